@@ -1,0 +1,44 @@
+"""kforge: PyTorch-integrated runtime dispatch for GPU kernels.
+
+    import kforge
+    y = kforge.ops.rms_norm(x, weight, 1e-6)
+
+Every call is routed by (op, device, dtypes, shape) to the fastest verified implementation the
+score table knows, and served by the vendor (PyTorch) implementation on a miss. Importing kforge
+reads no table, initialises no CUDA and imports no LLM SDK.
+"""
+from __future__ import annotations
+
+from kforge import ops
+from kforge.errors import KforgeError, KforgeInputError, KforgePinError, UnknownNameError
+from kforge.router import pins as _pins
+from kforge.router.dispatch import ROUTER as _ROUTER
+
+__version__ = "0.1.0"
+
+
+def use(op: str, impl: str):
+    """Context manager: calls of `op` inside the block go to `impl` ("vendor", "inductor",
+    "triton:<id>") or raise `KforgePinError`; never a silent fallback."""
+    return _pins.use(op, impl, known_ops=ops.SPECS)
+
+
+def stats() -> dict:
+    """Calls in this process per op: hits, misses, fallbacks, pinned and empty, by implementation."""
+    return _ROUTER.stats()
+
+
+def flush() -> list:
+    """Write the miss counts gathered so far to the miss log now (also done at exit)."""
+    return _ROUTER.flush()
+
+
+def reset() -> None:
+    """Forget routing decisions and cached table reads; re-read KFORGE_HOME/KFORGE_TABLE/KFORGE_PIN."""
+    from kforge.router.dispatch import reset as _reset
+
+    _reset()
+
+
+__all__ = ["ops", "use", "stats", "flush", "reset", "KforgeError", "KforgeInputError", "KforgePinError",
+           "UnknownNameError", "__version__"]

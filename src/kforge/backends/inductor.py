@@ -1,0 +1,54 @@
+"""The inductor backend: torch.compile of the op's reference, a candidate like any other.
+
+Each (op, problem, dtypes) gets its own compiled function, so it runs the static-shape build it
+was measured with: dynamo keys its cache on the code object, and one shared code object would
+turn dynamic after two shapes and fall back to eager after eight.
+"""
+from __future__ import annotations
+
+import threading
+import types
+
+from kforge.backends.base import Backend, BackendName, Capabilities, Implementation
+from kforge.records import Domain
+
+INDUCTOR_CAPABILITIES = Capabilities(has_backward=False, can_torch_compile=True, cuda_graph_safe=True, any_layout=True)
+
+_lock = threading.Lock()
+_compiled: dict = {}
+
+
+def _fresh_copy(fn):
+    """A function with its own code object, hence its own dynamo cache."""
+    code = fn.__code__.replace()
+    copy = types.FunctionType(code, fn.__globals__, fn.__name__, fn.__defaults__, fn.__closure__)
+    copy.__qualname__ = fn.__qualname__
+    copy.__kwdefaults__ = fn.__kwdefaults__
+    return copy
+
+
+class InductorBackend(Backend):
+    name = BackendName.INDUCTOR
+    capabilities = INDUCTOR_CAPABILITIES
+
+    def available(self):
+        try:
+            import torch._inductor  # noqa: F401  (imports triton; only here, never at `import kforge`)
+        except Exception as exc:  # pragma: no cover - depends on the installation
+            return f"torch._inductor does not import: {exc}"
+        return None
+
+    def supports(self, spec, key):
+        return self.available() is None
+
+    def load(self, spec, record=None):
+        import torch
+
+        slot = (spec.name, None if record is None else (record.key.shape, record.key.dtypes, record.key.device))
+        with _lock:
+            fn = _compiled.get(slot)
+            if fn is None:
+                fn = torch.compile(_fresh_copy(spec.reference), fullgraph=True, dynamic=False)
+                _compiled[slot] = fn
+        return Implementation(id=BackendName.INDUCTOR.value, backend=BackendName.INDUCTOR, fn=fn,
+                              domain=Domain() if record is None else record.domain, capabilities=INDUCTOR_CAPABILITIES)

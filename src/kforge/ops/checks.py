@@ -1,0 +1,45 @@
+"""Argument checks shared by op specs. Each raises `KforgeInputError` naming op and argument.
+
+They run once per distinct call signature (the router caches its decision), never per call.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+
+from kforge.errors import KforgeInputError
+
+
+def floating_tensor(op: str, name: str, value, dtypes) -> torch.Tensor:
+    if not isinstance(value, torch.Tensor):
+        raise KforgeInputError(op, name, f"must be a torch.Tensor, got {type(value).__name__}")
+    if value.dtype not in dtypes:
+        allowed = ", ".join(str(d).replace("torch.", "") for d in dtypes)
+        raise KforgeInputError(op, name, f"has dtype {value.dtype}; kforge.{op} takes {allowed}")
+    return value
+
+
+def min_rank(op: str, name: str, value: torch.Tensor, rank: int) -> None:
+    if value.dim() < rank:
+        raise KforgeInputError(op, name, f"must have at least {rank} dimension(s), got shape {tuple(value.shape)}")
+
+
+def same_device(op: str, first: str, tensor: torch.Tensor, name: str, other: torch.Tensor) -> None:
+    if other.device != tensor.device:
+        raise KforgeInputError(op, name, f"is on {other.device} but '{first}' is on {tensor.device}")
+
+
+def same_shape(op: str, first: str, tensor: torch.Tensor, name: str, other: torch.Tensor) -> None:
+    if other.shape != tensor.shape:
+        raise KforgeInputError(op, name, f"has shape {tuple(other.shape)} but '{first}' has {tuple(tensor.shape)}")
+
+
+def vector_of(op: str, name: str, value: torch.Tensor, size: int, of: str) -> None:
+    if value.dim() != 1 or value.shape[0] != size:
+        raise KforgeInputError(op, name, f"must have shape ({size},) to match the last dim of '{of}', got {tuple(value.shape)}")
+
+
+def epsilon(op: str, name: str, value) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+        raise KforgeInputError(op, name, f"must be a finite non-negative number, got {value!r}")

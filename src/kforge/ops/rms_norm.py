@@ -1,0 +1,94 @@
+"""rms_norm(x, weight, eps=1e-6) -> y: y = x / sqrt(mean(x^2, -1) + eps) * weight.
+
+x: (..., hidden) in bf16/fp16/fp32/fp64; weight: (hidden,), any floating dtype; y: like x.
+Statistics are accumulated in fp32 (fp64 for fp64 input), as Llama-style models do.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from kforge.ops import checks
+from kforge.ops.spec import FLOAT_DTYPES, OpSpec, generator, prod, randn, resolution_floor
+
+NAME = "rms_norm"
+DTYPES = FLOAT_DTYPES + (torch.float64,)
+
+
+def accumulate_dtype(dtype: torch.dtype) -> torch.dtype:
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def reference(x: torch.Tensor, weight: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
+    acc = accumulate_dtype(x.dtype)
+    xf = x.to(acc)
+    y = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)
+    return (y * weight.to(acc)).to(x.dtype)
+
+
+def vendor(x: torch.Tensor, weight: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
+    y = F.rms_norm(x, (x.shape[-1],), weight, eps)
+    # The op's contract is a contiguous output (the fake says so); ATen keeps odd input layouts.
+    return y if y.is_contiguous() else y.contiguous()
+
+
+def fake(x: torch.Tensor, weight: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
+    return x.new_empty(x.shape)
+
+
+def make_inputs(shape, dtype, device, seed):
+    gen = generator(seed)
+    x = randn(shape, dtype, device, gen)
+    weight = randn((shape[-1],), dtype, device, gen, scale=0.2, shift=1.0)  # (hidden,)
+    return (x, weight, 1e-6)
+
+
+def check(args) -> None:
+    x, weight, eps = args
+    checks.floating_tensor(NAME, "x", x, DTYPES)
+    checks.min_rank(NAME, "x", x, 1)
+    checks.floating_tensor(NAME, "weight", weight, DTYPES)
+    checks.same_device(NAME, "x", x, "weight", weight)
+    checks.vector_of(NAME, "weight", weight, x.shape[-1], "x")
+    checks.epsilon(NAME, "eps", eps)
+
+
+def problem(args):
+    x = args[0]
+    hidden = x.shape[-1]
+    return (prod(x.shape[:-1]), hidden)  # (rows, hidden)
+
+
+def norm_bytes(problem, dtype, streams: int = 2) -> int:
+    """`streams` row-sized tensors read or written, plus one weight vector."""
+    rows, hidden = problem
+    size = torch.finfo(dtype).bits // 8
+    return size * (streams * rows * hidden + hidden)
+
+
+NORM_SHAPES = {
+    "smoke": ((4, 64), (2, 3, 128)),
+    "odd": ((3, 1000), (5, 4097), (1, 17), (7, 4113), (2, 3, 65)),
+    "edge": ((0, 64), (1, 1), (1, 8), (64, 1)),
+    "decode": ((1, 4096), (8, 4096), (32, 4096), (64, 8192)),
+    "prefill": ((4096, 4096), (4096, 5120), (16384, 8192)),
+}
+
+SPEC = OpSpec(
+    name=NAME,
+    schema="rms_norm(Tensor x, Tensor weight, float eps=1e-06) -> Tensor",
+    description="RMSNorm over the last dim: x / sqrt(mean(x^2) + eps) * weight",
+    reference=reference,
+    vendor=vendor,
+    fake=fake,
+    make_inputs=make_inputs,
+    check=check,
+    problem=problem,
+    problem_dims=("rows", "hidden"),
+    exact_dims=("hidden",),
+    dtypes=DTYPES,
+    tolerance=lambda dtype, problem: resolution_floor(dtype, problem[1]),
+    bytes_moved=norm_bytes,
+    flops=lambda problem, dtype: 4 * problem[0] * problem[1],
+    shape_sets=NORM_SHAPES,
+)

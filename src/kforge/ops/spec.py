@@ -1,0 +1,160 @@
+"""`OpSpec`: everything kforge knows about one op, in one frozen dataclass.
+
+An op's module (`kforge/ops/rms_norm.py`, ...) builds one `OpSpec`. Registration with
+torch.library, the router's key, the test grid, benchmark shapes, the evaluator's error budget and
+(later) the generation prompts are all derived from it.
+
+Vocabulary:
+- *shape*: the shape of the op's primary input (`x`); `make_inputs` builds every argument from it.
+- *problem*: the op's own dims, derived from the arguments (`(rows, hidden)` for a norm). The
+  router keys records on it. `exact_dims` must match a record exactly (kernels specialise on
+  them); the other dims may be served by the nearest measured size (see `router.key`).
+- *oracle*: the reference run on float64 copies of the inputs.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any, Callable, Mapping
+
+import torch
+
+Shape = tuple[int, ...]
+Problem = tuple[int, ...]
+
+FLOAT_DTYPES = (torch.bfloat16, torch.float16, torch.float32)
+
+
+@dataclasses.dataclass(frozen=True)
+class Tolerance:
+    """Resolution floor of the error budget, added to the reference's own low-precision error.
+
+    See `kforge.testing` for the rule that combines it with the reference's own error.
+    """
+
+    atol: float
+    rtol: float
+
+
+def resolution_floor(dtype: torch.dtype, reduction: int, scale: float = 1.0) -> Tolerance:
+    """One unit of `dtype`'s resolution at output magnitude `scale`, widened slowly with the
+    length of the reduction each output depends on (rounding error grows ~sqrt(log n) for the
+    tree reductions GPUs use)."""
+    eps = torch.finfo(dtype).eps
+    widen = math.sqrt(math.log2(max(reduction, 1) + 1))
+    # fp32/fp64 results carry a few roundings (exp, division, the sum) that the output rounding
+    # does not hide; for half types the output rounding, measured by the reference, dominates.
+    roundings = 4.0 if dtype in (torch.float32, torch.float64) else 1.0
+    return Tolerance(atol=eps * widen * scale, rtol=roundings * eps)
+
+
+def _schema_arguments(name: str, schema: str) -> tuple[tuple[str, ...], dict[str, Any], tuple[int, ...]]:
+    parsed = torch._C.parse_schema(f"kforge::{schema}")
+    if parsed.name != f"kforge::{name}":
+        raise ValueError(f"OpSpec {name!r}: schema names {parsed.name!r}")
+    names = tuple(a.name for a in parsed.arguments)
+    defaults = {a.name: a.default_value for a in parsed.arguments if a.has_default_value()}
+    tensors = tuple(i for i, a in enumerate(parsed.arguments) if str(a.type) == "Tensor")
+    return names, defaults, tensors
+
+
+@dataclasses.dataclass(frozen=True, eq=False)  # identity equality: one spec object per op
+class OpSpec:
+    """The whole meaning of one op. See the module docstring for the vocabulary."""
+
+    name: str
+    schema: str  # torch.library schema without namespace: "rms_norm(Tensor x, ...) -> Tensor"
+    description: str
+    reference: Callable[..., Any]  # eager, CPU-runnable; computes in float64 when given float64
+    vendor: Callable[..., Any]  # the best PyTorch has; must accept every valid call
+    fake: Callable[..., Any]  # meta implementation: output metadata only
+    make_inputs: Callable[[Shape, torch.dtype, Any, int], tuple]  # (shape, dtype, device, seed)
+    check: Callable[[tuple], None]  # raises KforgeInputError naming the argument
+    problem: Callable[[tuple], Problem]  # the op's dims from a call's arguments
+    problem_dims: tuple[str, ...]  # names of the problem dims: ("rows", "hidden")
+    exact_dims: tuple[str, ...]  # dims a record must match exactly
+    dtypes: tuple[torch.dtype, ...]  # dtypes of the primary input the op is defined for
+    tolerance: Callable[[torch.dtype, Problem], Tolerance]
+    bytes_moved: Callable[[Problem, torch.dtype], int]  # minimum bytes through device memory
+    flops: Callable[[Problem, torch.dtype], int]
+    shape_sets: Mapping[str, tuple[Shape, ...]]
+    num_outputs: int = 1
+    # Derived from `schema` in __post_init__.
+    arg_names: tuple[str, ...] = dataclasses.field(init=False)
+    defaults: Mapping[str, Any] = dataclasses.field(init=False)
+    tensor_args: tuple[int, ...] = dataclasses.field(init=False)
+
+    def __post_init__(self) -> None:
+        names, defaults, tensors = _schema_arguments(self.name, self.schema)
+        object.__setattr__(self, "arg_names", names)
+        object.__setattr__(self, "defaults", defaults)
+        object.__setattr__(self, "tensor_args", tensors)
+        if not tensors:
+            raise ValueError(f"OpSpec {self.name!r}: the schema takes no Tensor")
+        unknown = set(self.exact_dims) - set(self.problem_dims)
+        if unknown:
+            raise ValueError(f"OpSpec {self.name!r}: exact_dims {sorted(unknown)} not in problem_dims")
+        if not self.shape_sets or not all(self.shape_sets.values()):
+            raise ValueError(f"OpSpec {self.name!r}: needs at least one non-empty shape set")
+        if not self.dtypes:
+            raise ValueError(f"OpSpec {self.name!r}: needs at least one dtype")
+
+    @property
+    def qualname(self) -> str:
+        return f"kforge::{self.name}"
+
+    def bind(self, args: tuple, kwargs: Mapping[str, Any]) -> tuple:
+        """Positional arguments with defaults filled in, as the schema orders them."""
+        if len(args) > len(self.arg_names):
+            raise TypeError(f"kforge.{self.name}() takes {len(self.arg_names)} arguments, got {len(args)}")
+        bound = list(args)
+        for name in self.arg_names[len(args):]:
+            if name in kwargs:
+                bound.append(kwargs[name])
+            elif name in self.defaults:
+                bound.append(self.defaults[name])
+            else:
+                raise TypeError(f"kforge.{self.name}() missing required argument '{name}'")
+        extra = set(kwargs) - set(self.arg_names[len(args):])
+        if extra:
+            raise TypeError(f"kforge.{self.name}() got unexpected or repeated arguments {sorted(extra)}")
+        return tuple(bound)
+
+    def shapes(self, *sets: str) -> tuple[Shape, ...]:
+        """The shapes of the named sets (all sets when none named), in order, without repeats."""
+        names = sets or tuple(self.shape_sets)
+        out: list[Shape] = []
+        for name in names:
+            if name not in self.shape_sets:
+                from kforge.errors import UnknownNameError
+
+                raise UnknownNameError(f"shape set of {self.name}", name, self.shape_sets)
+            out.extend(s for s in self.shape_sets[name] if s not in out)
+        return tuple(out)
+
+    def oracle(self, args: tuple):
+        """The reference on float64 copies of the floating-point tensor arguments."""
+        return self.reference(*to_dtype(args, torch.float64))
+
+
+def to_dtype(args: tuple, dtype: torch.dtype) -> tuple:
+    """Floating-point tensors in `args` cast (copied) to `dtype`; everything else as it is."""
+    return tuple(a.to(dtype) if isinstance(a, torch.Tensor) and a.is_floating_point() else a for a in args)
+
+
+def generator(seed: int) -> torch.Generator:
+    """A CPU generator: inputs are drawn on the CPU and moved, so a seed means the same data
+    on every device."""
+    return torch.Generator(device="cpu").manual_seed(seed)
+
+
+def randn(shape: Shape, dtype: torch.dtype, device: Any, gen: torch.Generator, scale: float = 1.0, shift: float = 0.0):
+    x = torch.randn(shape, generator=gen, dtype=torch.float32) * scale + shift
+    return x.to(device=device, dtype=dtype)
+
+
+def prod(dims) -> int:
+    out = 1
+    for d in dims:
+        out *= d
+    return out

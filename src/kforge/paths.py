@@ -1,0 +1,37 @@
+"""Where kforge reads and writes on disk.
+
+Everything kforge writes lives under one home: `KFORGE_HOME` when set (tests use it), otherwise the
+platformdirs user data dir (`~/.local/share/kforge` on Linux). Read-only tables shipped with the
+package live in `kforge/tables/`. `KFORGE_TABLE` names one extra table file, read last (it wins).
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+PACKAGE_DIR = Path(__file__).resolve().parent
+BUNDLED_TABLE_DIR = PACKAGE_DIR / "tables"
+
+
+def home() -> Path:
+    """The directory everything kforge writes goes under (not created here)."""
+    env = os.environ.get("KFORGE_HOME")
+    if env:
+        return Path(env).expanduser()
+    # Imported here: platformdirs is only needed when KFORGE_HOME is unset.
+    import platformdirs
+
+    return Path(platformdirs.user_data_dir("kforge", appauthor=False))
+
+
+def user_table_dir() -> Path:
+    return home() / "table"
+
+
+def misses_dir() -> Path:
+    return home() / "misses"
+
+
+def extra_table_file() -> Path | None:
+    env = os.environ.get("KFORGE_TABLE")
+    return Path(env).expanduser() if env else None

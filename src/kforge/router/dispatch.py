@@ -1,0 +1,321 @@
+"""The hot path: route one call of a kforge op to an implementation.
+
+Per call, once the call's signature has been seen: build the signature (shapes, dtypes, devices,
+contiguity, address alignment, requires_grad, scalar arguments), one dict lookup, one counter
+increment, the implementation's call. Everything else (argument checks, table reads, ranking,
+loading) happens once per distinct signature under a lock. Every `CHECK_INTERVAL_S` a call also
+checks whether a table file changed (then decisions are dropped and re-made) and whether the miss
+counts are due to be flushed to disk.
+"""
+from __future__ import annotations
+
+import atexit
+import collections
+import enum
+import logging
+import threading
+import time
+import warnings
+from typing import Any, Callable
+
+import torch
+
+from kforge.backends import BACKENDS, BackendName, Implementation, vendor_implementation
+from kforge.device import fingerprint
+from kforge.errors import KforgePinError
+from kforge.records import DispatchKey, Record
+from kforge.router import misses, pins
+from kforge.router.key import call_info, is_empty, nearest_shape, exact_indices
+from kforge.router.policy import rank, _rejects
+from kforge.router.table import ScoreTable
+
+log = logging.getLogger("kforge")
+
+CHECK_INTERVAL_S = 1.0
+
+
+class Kind(str, enum.Enum):
+    HIT = "hit"  # served by the best eligible table record (vendor included, if it won)
+    MISS = "miss"  # the table has no record for this key: vendor, logged for generation
+    FALLBACK = "fallback"  # records exist but none could serve (domain, failure): vendor, logged
+    PINNED = "pinned"  # forced by `kforge.use` or KFORGE_PIN
+    EMPTY = "empty"  # zero elements: nothing to compute, vendor returns the empty result
+
+
+class Decision:
+    __slots__ = ("fn", "impl", "kind", "key", "calls", "flushed", "reason")
+
+    def __init__(self, fn: Callable, impl: str, kind: Kind, key: DispatchKey | None, reason: str = ""):
+        self.fn = fn
+        self.impl = impl
+        self.kind = kind
+        self.key = key
+        self.calls = 0
+        self.flushed = 0  # calls already handed to the miss log
+        self.reason = reason
+
+
+class KforgeFallbackWarning(RuntimeWarning):
+    """An implementation failed at call time and was switched off for its key."""
+
+
+def _signature_fn(spec) -> Callable[[tuple], tuple]:
+    tensors = spec.tensor_args
+    scalars = tuple(i for i in range(len(spec.arg_names)) if i not in tensors)
+
+    def part(t):
+        return (t.shape, t.dtype, t.device, t.is_contiguous(), t.data_ptr() & 15, t.requires_grad)
+
+    if len(tensors) == 1 and not scalars:
+        (i,) = tensors
+        return lambda args: part(args[i])
+    if tensors == (0, 1) and scalars == (2,):
+        return lambda args: (part(args[0]), part(args[1]), args[2])
+    if tensors == (0, 1, 2) and scalars == (3,):
+        return lambda args: (part(args[0]), part(args[1]), part(args[2]), args[3])
+    return lambda args: tuple(part(args[i]) if i in tensors else args[i] for i in range(len(args)))
+
+
+def _grad_guard(fast: Callable, differentiable: Callable) -> Callable:
+    """For signatures with inputs that require grad: the differentiable vendor path while grad
+    mode is on, the chosen implementation otherwise (inference under no_grad)."""
+    is_grad_enabled = torch.is_grad_enabled
+
+    def call(*args):
+        return differentiable(*args) if is_grad_enabled() else fast(*args)
+
+    return call
+
+
+class Router:
+    """Process-wide routing state shared by every op."""
+
+    def __init__(self, table: ScoreTable | None = None):
+        self.table = table or ScoreTable()
+        self.lock = threading.RLock()
+        self.ops: dict[str, OpRouter] = {}
+        self.next_check = 0.0
+        self.last_flush = time.monotonic()
+        self.disabled: set[tuple[DispatchKey, str]] = set()
+        self.impls: dict[tuple, Implementation] = {}
+        self.retired: collections.Counter = collections.Counter()  # (op, kind, impl) -> calls
+        self.unflushed: dict[DispatchKey, list[int]] = {}  # key -> [misses, fallbacks]
+        self._atexit = False
+
+    def periodic(self, now: float) -> None:
+        self.next_check = now + CHECK_INTERVAL_S
+        if not self._atexit:
+            self._atexit = True
+            atexit.register(self.flush)
+        pins.STATE.env()  # parsed once; turns pinning on when KFORGE_PIN is set
+        if self.table.changed():
+            for op in list(self.ops.values()):
+                op.reset()
+        if now - self.last_flush >= misses.FLUSH_INTERVAL_S:
+            self.flush()
+
+    def load(self, spec, record: Record) -> Implementation:
+        ident = record.ident
+        impl = self.impls.get(ident)
+        if impl is None:
+            impl = BACKENDS[BackendName(record.backend)].load(spec, record)
+            self.impls[ident] = impl
+        return impl
+
+    def retire(self, d: Decision, op: str) -> None:
+        """Keep a dropped decision's counts for stats and the miss log."""
+        self.retired[(op, d.kind.value, d.impl)] += d.calls
+        if d.kind in (Kind.MISS, Kind.FALLBACK) and d.calls > d.flushed:
+            counts = self.unflushed.setdefault(d.key, [0, 0])
+            counts[0 if d.kind is Kind.MISS else 1] += d.calls - d.flushed
+            d.flushed = d.calls
+
+    def flush(self) -> list:
+        """Hand the miss and fallback counts to the on-disk miss log. Never raises."""
+        with self.lock:
+            self.last_flush = time.monotonic()
+            counts: dict[DispatchKey, tuple[int, int]] = {k: (v[0], v[1]) for k, v in self.unflushed.items()}
+            self.unflushed = {}
+            for op in self.ops.values():
+                for d in op.all_decisions():
+                    if d.kind in (Kind.MISS, Kind.FALLBACK) and d.calls > d.flushed:
+                        m, f = counts.get(d.key, (0, 0))
+                        delta = d.calls - d.flushed
+                        counts[d.key] = (m + delta, f) if d.kind is Kind.MISS else (m, f + delta)
+                        d.flushed = d.calls
+        if not counts:
+            return []
+        try:
+            return misses.merge(counts)
+        except Exception as exc:  # a full disk must not break the user's program
+            log.warning("kforge: could not write the miss log: %s", exc)
+            return []
+
+    def stats(self) -> dict:
+        with self.lock:
+            per_op: dict[str, dict[str, Any]] = {}
+            counted = collections.Counter(self.retired)
+            for name, op in self.ops.items():
+                for d in op.all_decisions():
+                    counted[(name, d.kind.value, d.impl)] += d.calls
+            for (name, kind, impl), calls in counted.items():
+                if not calls:
+                    continue
+                row = per_op.setdefault(name, {"calls": 0, **{k.value: 0 for k in Kind}, "by_impl": {}})
+                row["calls"] += calls
+                row[kind] += calls
+                row["by_impl"][impl] = row["by_impl"].get(impl, 0) + calls
+            return {"ops": per_op, "disabled": sorted(f"{impl} for {key}" for key, impl in self.disabled)}
+
+
+class OpRouter:
+    """Routing of one op; `__call__` is the hot path."""
+
+    def __init__(self, router: Router, spec):
+        self.router = router
+        self.spec = spec
+        self.signature = _signature_fn(spec)
+        self.decisions: dict[tuple, Decision] = {}
+        self.pinned: dict[tuple, Decision] = {}
+        self.vendor = vendor_implementation(spec)
+        self._monotonic = time.monotonic
+
+    def __call__(self, args: tuple):
+        router = self.router
+        now = self._monotonic()
+        if now >= router.next_check:
+            router.periodic(now)
+        if pins.STATE.active:
+            impl = pins.STATE.lookup(self.spec.name)
+            if impl is not None:
+                return self.call_pinned(args, impl)
+        sig = self.signature(args)
+        d = self.decisions.get(sig)
+        if d is None:
+            d = self.decide(args, sig)
+        d.calls += 1
+        try:
+            return d.fn(*args)
+        except Exception as exc:
+            return self.failed(d, args, exc)
+
+    # -- cold path -----------------------------------------------------------------------------
+    def all_decisions(self):
+        return list(self.decisions.values()) + list(self.pinned.values())
+
+    def reset(self) -> None:
+        with self.router.lock:
+            for d in self.all_decisions():
+                self.router.retire(d, self.spec.name)
+            self.decisions = {}
+            self.pinned = {}
+
+    def decide(self, args: tuple, sig: tuple) -> Decision:
+        spec = self.spec
+        with self.router.lock:
+            d = self.decisions.get(sig)
+            if d is not None:
+                return d
+            spec.check(args)
+            d = self.make_decision(args)
+            self.decisions[sig] = d
+            return d
+
+    def make_decision(self, args: tuple) -> Decision:
+        spec = self.spec
+        if is_empty(args, spec.tensor_args):
+            return Decision(spec.vendor, "vendor", Kind.EMPTY, None)
+        device = str(fingerprint(args[spec.tensor_args[0]].device))
+        call = call_info(spec, args, device)
+        ranking = rank(spec, self.router.table.records(device, spec.name), call, self.router.disabled)
+        for record in ranking.eligible:
+            try:
+                impl = self.router.load(spec, record)
+            except Exception as exc:
+                self.router.disabled.add((call.key, record.impl))
+                warnings.warn(f"kforge.{spec.name}: could not load {record.impl} for {call.key}: {exc}; "
+                              "switched off for this key", KforgeFallbackWarning, stacklevel=5)
+                continue
+            fn = impl.fn
+            if call.requires_grad and not impl.capabilities.has_backward:
+                fn = _grad_guard(fn, spec.vendor)
+            return Decision(fn, impl.id, Kind.HIT, call.key)
+        if ranking.rejected or any(key == call.key for key, _ in self.router.disabled):
+            reasons = "; ".join(f"{r.impl}: {why}" for r, why in ranking.rejected)
+            return Decision(spec.vendor, "vendor", Kind.FALLBACK, call.key, reasons or "switched off")
+        return Decision(spec.vendor, "vendor", Kind.MISS, call.key)
+
+    def failed(self, d: Decision, args: tuple, exc: Exception):
+        """A non-vendor implementation raised: serve this call from vendor, switch the
+        implementation off for the key for the rest of the process, warn once."""
+        if d.impl == "vendor" or d.kind in (Kind.PINNED, Kind.EMPTY):
+            raise exc
+        spec = self.spec
+        with self.router.lock:
+            if (d.key, d.impl) not in self.router.disabled:
+                self.router.disabled.add((d.key, d.impl))
+                warnings.warn(f"kforge.{spec.name}: {d.impl} failed for {d.key} ({type(exc).__name__}: {exc}); "
+                              "served by vendor and switched off for this key for the rest of the process",
+                              KforgeFallbackWarning, stacklevel=4)
+            d.calls -= 1
+            stale = [s for s, other in self.decisions.items() if other.key == d.key]
+            for s in stale:
+                self.router.retire(self.decisions.pop(s), spec.name)
+            self.router.retired[(spec.name, Kind.FALLBACK.value, "vendor")] += 1
+            self.router.unflushed.setdefault(d.key, [0, 0])[1] += 1
+        return spec.vendor(*args)
+
+    def call_pinned(self, args: tuple, impl_id: str):
+        sig = (self.signature(args), impl_id)
+        d = self.pinned.get(sig)
+        if d is None:
+            with self.router.lock:
+                self.spec.check(args)
+                d = self.pinned.setdefault(sig, self.make_pinned(args, impl_id))
+        d.calls += 1
+        return d.fn(*args)
+
+    def make_pinned(self, args: tuple, impl_id: str) -> Decision:
+        spec = self.spec
+        if impl_id == "vendor" or is_empty(args, spec.tensor_args):
+            return Decision(spec.vendor, "vendor", Kind.PINNED, None)
+        device = str(fingerprint(args[spec.tensor_args[0]].device))
+        call = call_info(spec, args, device)
+        records = [r for r in self.router.table.records(device, spec.name)
+                   if r.impl == impl_id and r.key.dtypes == call.key.dtypes]
+        shape = nearest_shape(call.key.shape, {r.key.shape for r in records}, exact_indices(spec))
+        record = next((r for r in records if r.key.shape == shape), None)
+        if record is None:
+            if impl_id != BackendName.INDUCTOR.value:
+                raise KforgePinError(spec.name, impl_id, f"the score table has no record of it for {call.key}")
+            impl = BACKENDS[BackendName.INDUCTOR].load(spec, None)  # buildable for any call
+        else:
+            why = _rejects(spec, record, call, exact_indices(spec), self.router.disabled)
+            if why is not None:
+                raise KforgePinError(spec.name, impl_id, why)
+            impl = self.router.load(spec, record)
+        if call.requires_grad and not impl.capabilities.has_backward:
+            raise KforgePinError(spec.name, impl_id, "inputs require grad and it has no backward; "
+                                 "call it under torch.no_grad() or pin 'vendor'")
+        return Decision(impl.fn, impl_id, Kind.PINNED, call.key)
+
+
+ROUTER = Router()
+
+
+def reset(table: ScoreTable | None = None) -> Router:
+    """Forget every decision, disabled implementation, cached table read and pin from the
+    environment (tests, and after changing KFORGE_HOME / KFORGE_TABLE / KFORGE_PIN)."""
+    with ROUTER.lock:
+        ROUTER.flush()
+        ROUTER.table = table or ScoreTable()
+        ROUTER.disabled.clear()
+        ROUTER.impls.clear()
+        ROUTER.retired.clear()
+        ROUTER.unflushed.clear()
+        ROUTER.next_check = 0.0
+        for op in ROUTER.ops.values():
+            op.decisions = {}
+            op.pinned = {}
+        pins.STATE.reset()
+    return ROUTER

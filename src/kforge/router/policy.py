@@ -1,0 +1,63 @@
+"""Choosing among records: which implementations may serve a call, fastest first.
+
+A record is eligible for a call when
+  - it is for the call's dtype signature and its exact shape, or, when no record has that shape,
+    for the nearest measured shape (`router.key.nearest_shape`);
+  - its backend exists in this kforge and can run here;
+  - its correctness evidence covers the call (dtypes and exact dims verified);
+  - its domain accepts the call (dtypes, contiguity, alignment, size limits);
+  - it has not been switched off in this process after failing at call time.
+Eligible records are ranked by `Record.score_us`, which includes the host cost of a call.
+"""
+from __future__ import annotations
+
+import dataclasses
+
+from kforge.backends import BACKENDS, BackendName
+from kforge.records import CallInfo, Record
+from kforge.router.key import exact_indices, nearest_shape
+
+
+@dataclasses.dataclass(frozen=True)
+class Ranking:
+    eligible: tuple[Record, ...]  # fastest first
+    rejected: tuple[tuple[Record, str], ...]  # with the reason
+    shape: tuple[int, ...] | None  # the measured shape used (the call's own, or the nearest)
+
+
+def rank(spec, records: list[Record], call: CallInfo, disabled: frozenset | set = frozenset()) -> Ranking:
+    same_dtypes = [r for r in records if r.key.dtypes == call.key.dtypes]
+    measured = {r.key.shape for r in same_dtypes}
+    exact_idx = exact_indices(spec)
+    shape = call.key.shape if call.key.shape in measured else nearest_shape(call.key.shape, measured, exact_idx)
+    if shape is None:
+        return Ranking((), (), None)
+    eligible, rejected = [], []
+    for record in (r for r in same_dtypes if r.key.shape == shape):
+        reason = _rejects(spec, record, call, exact_idx, disabled)
+        if reason is None:
+            eligible.append(record)
+        else:
+            rejected.append((record, reason))
+    eligible.sort(key=lambda r: (r.score_us, r.impl))
+    return Ranking(tuple(eligible), tuple(rejected), shape)
+
+
+def _rejects(spec, record: Record, call: CallInfo, exact_idx, disabled) -> str | None:
+    try:
+        backend = BACKENDS[BackendName(record.backend)]
+    except (ValueError, KeyError):
+        return f"backend {record.backend!r} is not in this kforge"
+    why = backend.available()
+    if why is not None:
+        return why
+    if not backend.supports(spec, call.key):
+        return f"backend {record.backend} does not support this key"
+    if not record.evidence.covers(call.key, exact_idx):
+        return "correctness evidence does not cover this call"
+    why = record.domain.rejects(call, spec.problem_dims)
+    if why is not None:
+        return f"outside its domain: {why}"
+    if (call.key, record.impl) in disabled:
+        return "switched off in this process after failing at call time"
+    return None

@@ -1,0 +1,85 @@
+"""`assert_matches_reference`: the one correctness rule, shared by tests, evaluator and benchmarks.
+
+For each output, with the oracle being the reference run on float64 copies of the inputs, and
+m_i = |oracle_i| + atol, every element must satisfy
+    |out_i - oracle_i| <= 2 * r * m_i + atol + rtol * |oracle_i|,
+    r = max_j |reference_at_dtype_j - oracle_j| / m_j,
+where `reference_at_dtype` is the reference run on the inputs as given (the error PyTorch itself
+makes at that precision, taken relative to magnitude so small outputs keep a tight budget) and
+(atol, rtol) is the spec's resolution floor for the dtype and problem. NaN and Inf must appear exactly where the oracle has them (same sign for Inf); dtype,
+shape and device must match what the reference returns.
+"""
+from __future__ import annotations
+
+import dataclasses
+
+import torch
+
+REF_FACTOR = 2.0
+
+
+@dataclasses.dataclass(frozen=True)
+class Comparison:
+    ok: bool
+    max_error: float  # largest |out - oracle|
+    worst_ratio: float  # largest error / allowed over elements (<= 1 passes)
+    message: str  # empty when ok; otherwise the first problem, with the first bad index and values
+
+
+def _as_tuple(out) -> tuple:
+    return tuple(out) if isinstance(out, (tuple, list)) else (out,)
+
+
+def compare(spec, args: tuple, out, *, oracle=None, at_dtype=None) -> Comparison:
+    """Compare `out` (what an implementation returned for `args`) with the reference."""
+    outs = _as_tuple(out)
+    oracles = _as_tuple(oracle if oracle is not None else spec.oracle(args))
+    lows = _as_tuple(at_dtype if at_dtype is not None else spec.reference(*args))
+    if len(outs) != len(oracles):
+        return Comparison(False, float("inf"), float("inf"), f"{spec.name}: returned {len(outs)} outputs, expected {len(oracles)}")
+    problem = spec.problem(args)
+    worst_err, worst_ratio = 0.0, 0.0
+    for n, (o, ref, low) in enumerate(zip(outs, oracles, lows)):
+        where = f"{spec.name} output {n}"
+        if not isinstance(o, torch.Tensor):
+            return Comparison(False, float("inf"), float("inf"), f"{where}: not a tensor ({type(o).__name__})")
+        if o.shape != low.shape or o.dtype != low.dtype or o.device != low.device:
+            return Comparison(False, float("inf"), float("inf"),
+                              f"{where}: got {tuple(o.shape)} {o.dtype} on {o.device}, expected {tuple(low.shape)} {low.dtype} on {low.device}")
+        if o.numel() == 0:
+            continue
+        got = o.detach().to("cpu", torch.float64)
+        want = ref.detach().to("cpu", torch.float64)
+        lowp = low.detach().to("cpu", torch.float64)
+        nonfinite = ~torch.isfinite(want)
+        bad_special = (torch.isnan(got) != torch.isnan(want)) | (torch.isinf(got) != torch.isinf(want))
+        bad_special |= torch.isinf(want) & (got != want)
+        if bad_special.any():
+            idx = tuple(int(i) for i in bad_special.nonzero()[0])
+            return Comparison(False, float("inf"), float("inf"),
+                              f"{where}: non-finite mismatch at {idx}: got {got[idx].item()}, expected {want[idx].item()}")
+        finite = ~nonfinite
+        tol = spec.tolerance(o.dtype, problem)
+        magnitude = want.abs().where(finite, torch.zeros_like(want)) + tol.atol
+        ref_err = float(((lowp - want).abs() / magnitude)[finite].max()) if finite.any() else 0.0
+        err = torch.where(finite, (got - want).abs(), torch.zeros_like(got))
+        allowed = REF_FACTOR * ref_err * magnitude + tol.atol + tol.rtol * (magnitude - tol.atol)
+        ratio = err / allowed
+        max_ratio = float(ratio.max())
+        worst_err = max(worst_err, float(err.max()))
+        worst_ratio = max(worst_ratio, max_ratio)
+        if max_ratio > 1.0:
+            idx = tuple(int(i) for i in (ratio > 1.0).nonzero()[0])
+            return Comparison(False, worst_err, worst_ratio,
+                              f"{where}: error {float(err[idx]):.3g} over budget {float(allowed[idx]):.3g} at index {idx}: "
+                              f"got {got[idx].item():.6g}, expected {want[idx].item():.6g} "
+                              f"(reference at {o.dtype} errs up to {ref_err:.3g} relative)")
+    return Comparison(True, worst_err, worst_ratio, "")
+
+
+def assert_matches_reference(spec, args: tuple, out, **kwargs) -> Comparison:
+    """Raise AssertionError with the first offending index and values unless `out` matches."""
+    result = compare(spec, args, out, **kwargs)
+    if not result.ok:
+        raise AssertionError(result.message)
+    return result
