@@ -32,7 +32,8 @@ def register_op(spec):
     return _make_entry(spec, route, overload)
 
 
-def _make_entry(spec, route: OpRouter, overload):
+def _make_entry(spec, router: OpRouter, overload):
+    route = router.route
     n_args = len(spec.arg_names)
     first = spec.tensor_args[0]
     bind = spec.bind

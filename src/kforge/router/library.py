@@ -28,9 +28,25 @@ def register(spec, impl: Callable) -> "torch._ops.OpOverload":
     lib = library()
     lib.define(spec.schema)
     lib.impl(spec.name, impl, "CompositeExplicitAutograd")
-    torch.library.register_fake(spec.qualname, spec.fake, lib=lib)
+    torch.library.register_fake(spec.qualname, _make_fake(spec), lib=lib)
     torch.library.register_autograd(spec.qualname, _make_backward(spec), setup_context=_make_setup(spec), lib=lib)
     return getattr(getattr(torch.ops, NAMESPACE), spec.name).default
+
+
+def _make_fake(spec):
+    """The spec's fake behind the spec's argument checks. The dispatcher runs the Meta kernel (this
+    fake) whenever any argument is on the meta device, so unchecked, `torch.ops.kforge.rms_norm(x,
+    weight_on_meta)` with x on the CPU returned an uninitialised CPU tensor. Under torch.compile the
+    same checks turn a bad call into a KforgeInputError at trace time."""
+    fake, check, bind, n_args = spec.fake, spec.check, spec.bind, len(spec.arg_names)
+
+    def checked_fake(*args, **kwargs):
+        if kwargs or len(args) != n_args:
+            args = bind(args, kwargs)
+        check(args)
+        return fake(*args)
+
+    return checked_fake
 
 
 def _make_setup(spec):

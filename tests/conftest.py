@@ -1,0 +1,33 @@
+"""Shared fixtures. Every test runs with its own KFORGE_HOME and fresh routing state."""
+from __future__ import annotations
+
+import pytest
+
+from kforge.backends import BACKENDS, BackendName
+from kforge.router import dispatch
+
+
+@pytest.fixture(autouse=True)
+def kforge_home(tmp_path, monkeypatch):
+    """KFORGE_HOME in a temp dir, KFORGE_TABLE/KFORGE_PIN unset, routing state reset before and
+    after (the reset after flushes the test's miss counts into its own home, not the user's)."""
+    home = tmp_path / "kforge-home"
+    monkeypatch.setenv("KFORGE_HOME", str(home))
+    monkeypatch.delenv("KFORGE_TABLE", raising=False)
+    monkeypatch.delenv("KFORGE_PIN", raising=False)
+    dispatch.reset()
+    yield home
+    dispatch.reset()
+
+
+@pytest.fixture
+def fake_triton(monkeypatch, kforge_home):
+    """A `helpers.FakeTritonBackend` in the TRITON slot: records naming "triton:test-ok",
+    "triton:test-wrong", "triton:test-raise" route to CPU functions. Returns the backend, whose
+    `calls` counter says which implementation served."""
+    from helpers import FakeTritonBackend
+
+    backend = FakeTritonBackend()
+    monkeypatch.setitem(BACKENDS, BackendName.TRITON, backend)
+    dispatch.reset()
+    return backend

@@ -1,0 +1,100 @@
+"""Test helpers: valid score-table records, and a stand-in Triton backend that runs on a CPU.
+
+The stand-in takes the TRITON slot of `kforge.backends.BACKENDS` (see the `fake_triton` fixture in
+conftest.py), so records naming backend "triton" route to plain Python functions without compiling
+anything. What an implementation does is read from its id:
+    triton:test-ok*     the op's reference (correct values)
+    triton:test-wrong*  the reference plus one (visibly wrong values: it must never be chosen)
+    triton:test-raise*  raises RuntimeError at call time
+Each instance counts the calls of every implementation it loaded, so a test can see what served.
+"""
+from __future__ import annotations
+
+import collections
+
+import torch
+
+from kforge.backends import Backend, BackendName, Capabilities, Implementation
+from kforge.device import fingerprint
+from kforge.records import DispatchKey, Domain, Evidence, Record
+
+
+def cpu_device() -> str:
+    """The fingerprint string of this machine's CPU, as the router keys records for CPU calls."""
+    return str(fingerprint("cpu"))
+
+
+def dtype_sig(op: str, dtype: torch.dtype = torch.float32) -> str:
+    """The dtype signature of a call of a built-in op whose tensors all have `dtype`."""
+    n = {"rms_norm": 2, "fused_add_rms_norm": 3, "softmax": 1}[op]
+    return ",".join([str(dtype).removeprefix("torch.")] * n)
+
+
+def make_record(op: str = "rms_norm", problem=(8, 64), *, impl: str = "triton:test-ok", backend: str | None = None,
+                p50: float = 1.0, host: float = 0.0, dtype: torch.dtype = torch.float32, dtypes: str | None = None,
+                device: str | None = None, domain: Domain | None = None, evidence: Evidence | None = None,
+                attempt_id: str | None = None) -> Record:
+    """A valid record for `op` at `problem` on this CPU whose evidence covers exactly its key."""
+    dtypes = dtypes or dtype_sig(op, dtype)
+    key = DispatchKey(op, device or cpu_device(), dtypes, tuple(problem))
+    if backend is None:
+        backend = impl.split(":", 1)[0]
+    if evidence is None:
+        evidence = Evidence(dtypes=(dtypes,), shapes=(tuple(problem),), seeds=(0, 1), max_error_ratio=0.5)
+    return Record(key=key, impl=impl, backend=backend, p20_us=p50 * 0.9, p50_us=p50, p80_us=p50 * 1.1,
+                  host_us=host, timing="cpu_wall", evidence=evidence, domain=domain or Domain(),
+                  attempt_id=attempt_id)
+
+
+def _plus_one(out):
+    return tuple(o + 1 for o in out) if isinstance(out, tuple) else out + 1
+
+
+class FakeTritonBackend(Backend):
+    """Stands in for the Triton backend on a CPU; see the module docstring."""
+
+    name = BackendName.TRITON
+    capabilities = Capabilities()
+
+    def __init__(self) -> None:
+        self.calls: collections.Counter = collections.Counter()  # impl id -> calls
+        self.loads: collections.Counter = collections.Counter()  # impl id -> loads
+
+    def available(self):
+        return None
+
+    def supports(self, spec, key):
+        return True
+
+    def load(self, spec, record):
+        impl = record.impl
+        self.loads[impl] += 1
+        kind = impl.split(":", 1)[1]
+        calls = self.calls
+
+        if kind.startswith("test-ok"):
+            def fn(*args):
+                calls[impl] += 1
+                return spec.reference(*args)
+        elif kind.startswith("test-wrong"):
+            def fn(*args):
+                calls[impl] += 1
+                return _plus_one(spec.reference(*args))
+        elif kind.startswith("test-raise"):
+            def fn(*args):
+                calls[impl] += 1
+                raise RuntimeError(f"{impl}: simulated launch failure")
+        else:
+            raise ValueError(f"fake triton backend cannot build {impl!r}")
+        return Implementation(id=impl, backend=BackendName.TRITON, fn=fn, domain=record.domain,
+                              capabilities=self.capabilities)
+
+
+def write_user_table(*records: Record) -> None:
+    """Write `records` into the user table (as another process would) and make the running router
+    look for table changes on its next call instead of waiting up to CHECK_INTERVAL_S."""
+    from kforge.router import dispatch
+    from kforge.router.table import ScoreTable
+
+    ScoreTable().write(records)
+    dispatch.ROUTER.next_check = 0.0

@@ -1,0 +1,141 @@
+"""Gradients through `kforge.ops.<op>` (eager: the vendor's own autograd) and `torch.ops.kforge.<op>`
+(the registered backward, a vjp of the reference) against the reference's gradients: gradcheck in
+fp64, and in fp32 a comparison with the reference's autograd against an fp64 oracle. Every output
+of an op carries a cotangent, fused_add_rms_norm's two included, together and one at a time.
+"""
+from __future__ import annotations
+
+import pytest
+import torch
+
+import kforge
+from kforge.ops import SPECS
+from kforge.ops.spec import to_dtype
+
+ENTRIES = ("eager", "torch_ops")
+GRADCHECK_SHAPES = ((3, 8), (2, 3, 5), (1, 1))
+FP32_SHAPES = ((4, 33), (2, 3, 64))
+
+
+def entry_point(op: str, entry: str):
+    return getattr(kforge.ops, op) if entry == "eager" else getattr(torch.ops.kforge, op)
+
+
+def outputs(out) -> tuple:
+    return out if isinstance(out, tuple) else (out,)
+
+
+def with_grad(args: tuple, wanted) -> tuple:
+    """Fresh leaves for the tensor arguments at positions `wanted`; the others detached."""
+    return tuple(a.detach().clone().requires_grad_(i in wanted) if isinstance(a, torch.Tensor) else a
+                 for i, a in enumerate(args))
+
+
+def cotangents(out, seed: int, which=None) -> tuple:
+    """Random cotangents per output (None for outputs not in `which`)."""
+    gen = torch.Generator().manual_seed(seed)
+    return tuple(torch.randn(o.shape, generator=gen, dtype=torch.float32).to(o.dtype)  # exact in fp64
+                 if which is None or n in which else None for n, o in enumerate(outputs(out)))
+
+
+def input_grads(fn, args: tuple, wanted, seed: int, which=None) -> tuple:
+    leaves = with_grad(args, wanted)
+    outs = outputs(fn(*leaves))
+    # An output that depends on none of the leaves (fused_add_rms_norm's h, for the weight alone) has
+    # no graph under the reference; its contribution is zero, as the registered backward returns.
+    used = [(o, c) for o, c in zip(outs, cotangents(outs, seed, which)) if c is not None and o.requires_grad]
+    if not used:
+        return tuple(torch.zeros_like(leaves[i]) for i in wanted)
+    # Materialized: an input an output does not depend on (weight, for h) gets zeros, not None.
+    return torch.autograd.grad([o for o, _ in used], [leaves[i] for i in wanted], [c for _, c in used],
+                               materialize_grads=True)
+
+
+def _wanted_sets(spec):
+    """All tensor arguments, and each tensor argument alone."""
+    sets = [spec.tensor_args]
+    if len(spec.tensor_args) > 1:
+        sets += [(i,) for i in spec.tensor_args]
+    return sets
+
+
+def _output_sets(spec):
+    return [None] + ([(n,) for n in range(spec.num_outputs)] if spec.num_outputs > 1 else [])
+
+
+@pytest.mark.parametrize("entry", ENTRIES)
+@pytest.mark.parametrize("op", list(SPECS))
+def test_gradcheck_fp64(op, entry):
+    spec = SPECS[op]
+    fn = entry_point(op, entry)
+    for n, shape in enumerate(GRADCHECK_SHAPES):
+        args = with_grad(spec.make_inputs(shape, torch.float64, "cpu", n), spec.tensor_args)
+        for which in _output_sets(spec):
+            def f(*a, which=which):
+                out = outputs(fn(*a))
+                return out if which is None else tuple(out[i] for i in which)
+
+            assert torch.autograd.gradcheck(f, args), f"{op} {shape} outputs {which}"
+
+
+def _assert_grads_close(op, what, got, oracle, low):
+    """Each gradient's error against the fp64 oracle within 2x the fp32 reference's own error plus
+    a few units of fp32 resolution at the gradient's scale."""
+    for n, (g, want, ref) in enumerate(zip(got, oracle, low)):
+        assert g.dtype == ref.dtype and g.shape == ref.shape, f"{op} {what} grad {n}: {g.dtype} {g.shape}"
+        g64, ref64 = g.double(), ref.double()
+        scale = float(want.abs().max())
+        budget = 2 * float((ref64 - want).abs().max()) + 8 * torch.finfo(torch.float32).eps * scale
+        err = float((g64 - want).abs().max())
+        assert err <= budget, f"{op} {what} grad of input {n}: error {err:.3g} > budget {budget:.3g} (scale {scale:.3g})"
+
+
+@pytest.mark.parametrize("entry", ENTRIES)
+@pytest.mark.parametrize("op", list(SPECS))
+def test_fp32_grads_match_reference_autograd(op, entry):
+    spec = SPECS[op]
+    fn = entry_point(op, entry)
+    for n, shape in enumerate(FP32_SHAPES):
+        args = spec.make_inputs(shape, torch.float32, "cpu", n)
+        for wanted in _wanted_sets(spec):
+            for which in _output_sets(spec):
+                what = f"{shape} d/d{[spec.arg_names[i] for i in wanted]} of outputs {which or 'all'}"
+                got = input_grads(fn, args, wanted, seed=n, which=which)
+                low = input_grads(spec.reference, args, wanted, seed=n, which=which)
+                oracle = input_grads(spec.reference, to_dtype(args, torch.float64), wanted, seed=n, which=which)
+                _assert_grads_close(op, what, got, oracle, low)
+
+
+def _scalar_args(spec) -> list[int]:
+    return [i for i in range(len(spec.arg_names)) if i not in spec.tensor_args]
+
+
+@pytest.mark.parametrize("op", [op for op, spec in SPECS.items() if _scalar_args(spec)])
+def test_torch_ops_backward_with_scalars_by_keyword(op):
+    """The registered backward sees the call's scalars however they were passed (here by keyword,
+    with a non-default value), not the schema defaults."""
+    spec = SPECS[op]
+    scalars = _scalar_args(spec)
+    args = spec.make_inputs((3, 6), torch.float64, "cpu", 0)
+    kwargs = {spec.arg_names[i]: 0.25 for i in scalars}  # large eps: a default would show
+    tensors = with_grad(tuple(args[i] for i in spec.tensor_args), range(len(spec.tensor_args)))
+    fn = getattr(torch.ops.kforge, op)
+    assert torch.autograd.gradcheck(lambda *t: fn(*t, **kwargs), tensors)
+    got = input_grads(lambda *t: fn(*t, **kwargs), tensors, range(len(tensors)), seed=0)
+    want = input_grads(lambda *t: spec.reference(*t, **kwargs), tensors, range(len(tensors)), seed=0)
+    for g, w in zip(got, want):
+        torch.testing.assert_close(g, w)
+
+
+@pytest.mark.parametrize("entry", ENTRIES)
+@pytest.mark.parametrize("op", list(SPECS))
+def test_no_grad_calls_build_no_graph(op, entry):
+    spec = SPECS[op]
+    args = with_grad(spec.make_inputs((4, 16), torch.float32, "cpu", 0), spec.tensor_args)
+    with torch.no_grad():
+        out = entry_point(op, entry)(*args)
+    assert not any(o.requires_grad for o in outputs(out))
+    # The same signature with grad mode on builds a graph again (the decision cache must not
+    # have kept the no-grad path).
+    out = entry_point(op, entry)(*args)
+    assert all(o.requires_grad for o in outputs(out))
