@@ -1,8 +1,10 @@
 """The inductor backend: torch.compile of the op's reference, a candidate like any other.
 
-Each (op, problem, dtypes) gets its own compiled function, so it runs the static-shape build it
-was measured with: dynamo keys its cache on the code object, and one shared code object would
-turn dynamic after two shapes and fall back to eager after eight.
+Each record (op, problem, dtypes, device) gets its own compiled function (dynamo keys its cache
+on the code object, so each gets a fresh copy of the reference's code): the first call compiles
+the static-shape build that was measured; nearest-shape calls served by the same record make
+dynamo recompile once with dynamic shapes (`dynamic=None`) instead of piling up static builds
+until its recompile limit (8) fails the call.
 """
 from __future__ import annotations
 
@@ -48,7 +50,7 @@ class InductorBackend(Backend):
         with _lock:
             fn = _compiled.get(slot)
             if fn is None:
-                fn = torch.compile(_fresh_copy(spec.reference), fullgraph=True, dynamic=False)
+                fn = torch.compile(_fresh_copy(spec.reference), fullgraph=True, dynamic=None)
                 _compiled[slot] = fn
         return Implementation(id=BackendName.INDUCTOR.value, backend=BackendName.INDUCTOR, fn=fn,
                               domain=Domain() if record is None else record.domain, capabilities=INDUCTOR_CAPABILITIES)

@@ -22,7 +22,7 @@ import torch
 
 from kforge.backends import BACKENDS, BackendName, Implementation, vendor_implementation
 from kforge.device import fingerprint
-from kforge.errors import KforgeInputError, KforgePinError
+from kforge.errors import UnknownNameError, KforgeInputError, KforgePinError
 from kforge.records import DispatchKey, Record
 from kforge.router import misses, pins
 from kforge.router.key import call_info, is_empty, nearest_shape, exact_indices
@@ -43,7 +43,7 @@ class Kind(str, enum.Enum):
 
 
 class Decision:
-    __slots__ = ("fn", "impl", "kind", "key", "calls", "flushed", "reason")
+    __slots__ = ("fn", "impl", "kind", "key", "calls", "flushed", "reason", "retired")
 
     def __init__(self, fn: Callable, impl: str, kind: Kind, key: DispatchKey | None, reason: str = ""):
         self.fn = fn
@@ -53,6 +53,7 @@ class Decision:
         self.calls = 0
         self.flushed = 0  # calls already handed to the miss log
         self.reason = reason
+        self.retired = False  # its counts moved to Router.retired
 
 
 class KforgeFallbackWarning(RuntimeWarning):
@@ -138,7 +139,9 @@ class Router:
         if not self._atexit:
             self._atexit = True
             atexit.register(self.flush)
-        pins.STATE.env()  # parsed once; turns pinning on when KFORGE_PIN is set
+        unknown = sorted(set(pins.STATE.env()) - set(self.ops))  # parsed once; turns pinning on
+        if unknown:
+            raise UnknownNameError(f"op in {pins.ENV_VAR}", unknown[0], self.ops)
         # Only now: while KFORGE_PIN is invalid, env() raises and every call must raise, not just one.
         self.next_check = now + CHECK_INTERVAL_S
         if self.table.changed():
@@ -157,6 +160,7 @@ class Router:
 
     def retire(self, d: Decision, op: str) -> None:
         """Keep a dropped decision's counts for stats and the miss log."""
+        d.retired = True
         self.retired[(op, d.kind.value, d.impl)] += d.calls
         if d.kind in (Kind.MISS, Kind.FALLBACK) and d.calls > d.flushed:
             counts = self.unflushed.setdefault(d.key, [0, 0])
@@ -296,13 +300,11 @@ class OpRouter:
         """A non-vendor implementation raised: serve this call from vendor, switch the
         implementation off for the key for the rest of the process, warn once."""
         try:
-            # A call can reach a cached decision without having been checked: get_device() is -1
-            # for CPU and meta tensors alike, so (x on cpu, weight on meta) shares the signature of
-            # a valid all-CPU call. Such a call is the caller's fault: refuse it as the check would,
-            # count nothing and switch nothing off.
+            # Defence in depth: a call whose arguments are invalid is the caller's fault, whatever
+            # signature it shared: refuse it as the check would, count nothing, switch nothing off.
             self.spec.check(args)
         except KforgeInputError:
-            d.calls -= 1
+            self.uncount(d)
             raise
         if d.impl == "vendor" or d.kind in (Kind.PINNED, Kind.EMPTY):
             raise exc
@@ -313,13 +315,21 @@ class OpRouter:
                 warnings.warn(f"kforge.{spec.name}: {d.impl} failed for {d.key} ({type(exc).__name__}: {exc}); "
                               "served by vendor and switched off for this key for the rest of the process",
                               KforgeFallbackWarning, stacklevel=4)
-            d.calls -= 1
+            self.uncount(d)
             stale = [s for s, other in self.decisions.items() if other.key == d.key]
             for s in stale:
                 self.router.retire(self.decisions.pop(s), spec.name)
             self.router.retired[(spec.name, Kind.FALLBACK.value, "vendor")] += 1
             self.router.unflushed.setdefault(d.key, [0, 0])[1] += 1
         return spec.vendor(*args)
+
+    def uncount(self, d: Decision) -> None:
+        """Take back one call counted on `d` (its counts may have moved to the router meanwhile)."""
+        with self.router.lock:
+            if d.retired:
+                self.router.retired[(self.spec.name, d.kind.value, d.impl)] -= 1
+            else:
+                d.calls -= 1
 
     def call_pinned(self, args: tuple, impl_id: str):
         sig = (self.signature(args), impl_id)

@@ -1,0 +1,65 @@
+#!/usr/bin/env bash
+# Set up kforge in ./.venv (idempotent; a second run with nothing changed takes about a second).
+#
+#   bash scripts/setup.sh          # runtime + CLI:  .venv/bin/kforge demo
+#   bash scripts/setup.sh --test   # plus the test dependencies:  .venv/bin/python -m pytest -q
+#
+# A CPU torch goes in first when the venv has none: on these machines `pip install torch==2.13.0`
+# takes a CPU build from local disk, while an unpinned torch would pull a multi-GB CUDA build.
+# Override with KFORGE_TORCH (e.g. KFORGE_TORCH="torch==2.13.0" or a wheel path); PYTHON picks the
+# interpreter that creates the venv (default python3, 3.10 or newer). Messages go to stderr.
+set -euo pipefail
+
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+ROOT="$(pwd)"
+VENV="$ROOT/.venv"
+PY="$VENV/bin/python"
+TORCH_SPEC="${KFORGE_TORCH:-torch==2.13.0}"
+
+say() { echo "setup: $*" >&2; }
+
+mode=runtime
+for arg in "$@"; do
+    case "$arg" in
+        --test) mode=test ;;
+        -h|--help) sed -n '2,10p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' >&2; exit 0 ;;
+        *) say "unknown argument '$arg' (use --test or nothing)"; exit 2 ;;
+    esac
+done
+
+if [ ! -x "$PY" ]; then
+    base="${PYTHON:-python3}"
+    if ! "$base" -c 'import sys; sys.exit(sys.version_info < (3, 10))' 2>/dev/null; then
+        say "kforge needs Python 3.10 or newer; '$base' is $("$base" --version 2>&1 || echo missing)"
+        exit 1
+    fi
+    say "creating $VENV with $("$base" --version 2>&1)"
+    "$base" -m venv "$VENV"
+fi
+
+# Metadata and import specs only: importing torch takes seconds.
+if "$PY" -c 'import importlib.util, sys; sys.exit(importlib.util.find_spec("torch") is None)' 2>/dev/null; then
+    say "torch $("$PY" -c 'from importlib.metadata import version; print(version("torch"))') already in the venv"
+else
+    say "installing a CPU torch first: pip install $TORCH_SPEC"
+    "$PY" -m pip install "$TORCH_SPEC" >&2
+fi
+
+# The stamp records what was installed for which pyproject.toml; a test install covers runtime.
+stamp="$VENV/.kforge-setup"
+digest="$(sha256sum pyproject.toml | cut -c1-64)"
+installed_for() { [ -f "$stamp" ] && grep -qx "$digest $1 $ROOT" "$stamp"; }
+importable() {
+    "$PY" -c "import importlib.util as u, sys; s = u.find_spec('kforge'); sys.exit(not (s and s.origin.startswith('$ROOT/')))" 2>/dev/null
+}
+
+if { installed_for "$mode" || installed_for test; } && importable && [ -x "$VENV/bin/kforge" ]; then
+    say "kforge ($mode) already installed in $VENV"
+else
+    target="."
+    [ "$mode" = test ] && target=".[test]"
+    say "installing kforge: pip install -e '$target'"
+    "$PY" -m pip install -e "$target" >&2
+    echo "$digest $mode $ROOT" > "$stamp"
+fi
+say "ready: $VENV/bin/kforge (kforge $("$PY" -c 'from importlib.metadata import version; print(version("kforge"))'))"

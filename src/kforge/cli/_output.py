@@ -1,0 +1,56 @@
+"""Output helpers shared by the subcommands: JSON to stdout, aligned tables, progress on stderr."""
+from __future__ import annotations
+
+import json
+import sys
+from typing import Any, Iterable, Sequence
+
+from kforge.device import DeviceFingerprint
+
+_SHORT_DTYPES = {"bfloat16": "bf16", "float16": "fp16", "float32": "fp32", "float64": "fp64"}
+
+
+def emit_json(payload: Any) -> None:
+    json.dump(payload, sys.stdout, indent=1, default=str)
+    sys.stdout.write("\n")
+
+
+def progress(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def render(headers: Sequence[str], rows: Iterable[Sequence[Any]], right: Iterable[int] = ()) -> str:
+    """A plain-text table: columns padded to their widest cell, `right` columns right-aligned."""
+    cells = [[str(h) for h in headers]] + [["" if c is None else str(c) for c in row] for row in rows]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
+    right = set(right)
+    lines = []
+    for n, row in enumerate(cells):
+        line = "  ".join(c.rjust(w) if i in right else c.ljust(w) for i, (c, w) in enumerate(zip(row, widths)))
+        lines.append(line.rstrip())
+        if n == 0:
+            lines.append("  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def shape_text(shape: Sequence[int]) -> str:
+    return "x".join(str(d) for d in shape)
+
+
+def dtypes_text(dtypes: str) -> str:
+    """"bfloat16,bfloat16" -> "bf16"; mixed signatures keep every entry."""
+    parts = [_SHORT_DTYPES.get(d, d) for d in dtypes.split(",")]
+    return parts[0] if len(set(parts)) == 1 else ",".join(parts)
+
+
+def device_text(device: str) -> str:
+    """A fingerprint string shortened to "kind: name" for tables (JSON keeps it whole)."""
+    try:
+        fp = DeviceFingerprint.parse(device)
+    except ValueError:
+        return device
+    return f"{fp.kind}: {fp.name}"
+
+
+def number(value: float | None, digits: int = 1) -> str:
+    return "-" if value is None else f"{value:.{digits}f}"

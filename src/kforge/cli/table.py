@@ -1,0 +1,127 @@
+"""kforge table: what the score table holds and where each key is routed.
+
+Lists every record of every layer (bundled < user < KFORGE_TABLE; later wins for the same key and
+implementation), grouped per op and key, marking with "->" the implementation the router would
+choose for a contiguous, 16-byte aligned call without grad, and saying why others are passed over.
+
+  kforge table --export FILE   all merged records (after --op/--device filters) into one file
+  kforge table --import FILE   merge a table file's records into the user table
+A fleet shares results by exporting on one machine and importing (or naming the file in
+KFORGE_TABLE) on others.
+"""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from kforge.cli._output import device_text, dtypes_text, emit_json, number, render, shape_text
+from kforge.ops import SPECS
+from kforge.records import CallInfo, Record
+from kforge.router.files import atomic_write_json
+from kforge.router.policy import rank
+from kforge.router.table import ScoreTable, parse_table, shard_payload
+
+HELP = "records per op and key, the implementation routed to; --export/--import a table file"
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("--op", help="only this op")
+    parser.add_argument("--device", metavar="SUBSTR", help="only devices whose fingerprint contains SUBSTR")
+    io = parser.add_mutually_exclusive_group()
+    io.add_argument("--export", metavar="FILE", type=Path, help="write the merged records into one table file")
+    io.add_argument("--import", dest="import_file", metavar="FILE", type=Path,
+                    help="merge a table file's records into the user table")
+
+
+def merged_records(op: str | None = None, device: str | None = None) -> list[tuple[str, Record]]:
+    """(layer name, record) for every record in force: later layers replace earlier ones."""
+    merged: dict = {}
+    for layer, record in ScoreTable().all_records():
+        if (op is None or record.key.op == op) and (device is None or device in record.key.device):
+            merged[record.ident] = (layer.name, record)
+    return list(merged.values())
+
+
+def routes(entries: list[tuple[str, Record]]) -> list[dict]:
+    """One row per key: its records fastest first, the one chosen, and why others are not."""
+    by_key: dict = {}
+    for layer, record in entries:
+        by_key.setdefault(record.key, []).append((layer, record))
+    by_device_op: dict = {}
+    for _, record in entries:
+        by_device_op.setdefault((record.key.device, record.key.op), []).append(record)
+    rows = []
+    for key in sorted(by_key, key=lambda k: (k.op, k.device, k.dtypes, k.shape)):
+        spec = SPECS.get(key.op)
+        chosen, rejected = None, {}
+        if spec is not None:
+            call = CallInfo(key=key, contiguous=True, aligned=16, requires_grad=False)
+            ranking = rank(spec, by_device_op[(key.device, key.op)], call)
+            chosen = ranking.eligible[0].impl if ranking.eligible else "vendor"
+            rejected = {r.impl: why for r, why in ranking.rejected}
+        records = sorted(by_key[key], key=lambda lr: (lr[1].score_us, lr[1].impl))
+        rows.append({"op": key.op, "device": key.device, "dtypes": key.dtypes, "shape": list(key.shape),
+                     "chosen": chosen, "op_known": spec is not None, "rejected": rejected,
+                     "records": [{**r.to_json(), "layer": layer} for layer, r in records]})
+    return rows
+
+
+def run(args) -> int:
+    if args.import_file is not None:
+        return import_table(args)
+    entries = merged_records(args.op, args.device)
+    if args.export is not None:
+        return export_table(args, [r for _, r in entries])
+    rows = routes(entries)
+    if args.json:
+        emit_json({"keys": rows})
+        return 0
+    if not rows:
+        print("the score table is empty" + (" for that filter" if args.op or args.device else "")
+              + ": every call is served by vendor (try `kforge demo`)")
+        return 0
+    for op in sorted({row["op"] for row in rows}):
+        print(f"\n{op}" + ("" if SPECS.get(op) else "  (op not registered in this process)"))
+        table_rows = []
+        for row in (r for r in rows if r["op"] == op):
+            first = True
+            for rec in row["records"]:
+                mark = "->" if rec["impl"] == row["chosen"] else ""
+                note = row["rejected"].get(rec["impl"], "")
+                table_rows.append([
+                    device_text(row["device"]) if first else "", dtypes_text(row["dtypes"]) if first else "",
+                    shape_text(row["shape"]) if first else "", mark, rec["impl"], number(rec["time_us"]["p50"]),
+                    number(rec["host_us"]), number(rec["gbps"], 2), number(rec["ceiling_fraction"], 2),
+                    rec["layer"], rec["provider"], note])
+                first = False
+            if row["chosen"] == "vendor" and not any(r["impl"] == "vendor" for r in row["records"]):
+                table_rows.append(["", "", "", "->", "vendor (fallback)", "", "", "", "", "", "", ""])
+        print(render(["device", "dtypes", "shape", "", "impl", "p50 us", "host us", "GB/s", "ceiling", "layer",
+                      "provider", "passed over because"], table_rows, right=(5, 6, 7, 8)))
+    return 0
+
+
+def export_table(args, records: list[Record]) -> int:
+    # One writer (this command); the temp file + os.replace keeps concurrent readers safe.
+    atomic_write_json(args.export, shard_payload(None, None, records))
+    if args.json:
+        emit_json({"exported": len(records), "path": str(args.export)})
+    else:
+        print(f"exported {len(records)} record(s) to {args.export}")
+    return 0
+
+
+def import_table(args) -> int:
+    records, skipped = parse_table(args.import_file.read_text(), str(args.import_file))
+    records = [r for r in records if (args.op is None or r.key.op == args.op)
+               and (args.device is None or args.device in r.key.device)]
+    written = ScoreTable().write(records) if records else []
+    if skipped:
+        print(f"kforge table: {args.import_file}: skipped {skipped} invalid record(s)", file=sys.stderr)
+    if args.json:
+        emit_json({"imported": len(records), "skipped": skipped, "shards": [str(p) for p in written]})
+    else:
+        print(f"imported {len(records)} record(s) into {len(written)} shard(s) of the user table")
+        for p in written:
+            print(f"  {p}")
+    return 0

@@ -1,0 +1,308 @@
+"""Calibration: prove implementations of an op correct on one problem, time them, and turn the
+result into score-table records keyed exactly as the router keys calls.
+
+    from kforge.evaluate.calibrate import calibrate
+    records = calibrate(get_spec("rms_norm"), (64, 4096), torch.bfloat16, "cpu")
+    ScoreTable().write(records)
+
+For each implementation (a backend name, or an `Implementation` built elsewhere):
+  1. Correctness, on the inputs of every seed: the output must match the reference under
+     `kforge.testing.compare`, must not alias an input, and the inputs must come back unchanged.
+     An implementation that raises or fails any seed gets no record, and a `CalibrationRejected`
+     warning says why.
+  2. Timing, in one process run for every implementation that passed (so results compare):
+     - CPU ("cpu_wall"): wall time of batches of back-to-back calls, each batch ~`SAMPLE_S` long,
+       the implementations interleaved batch by batch so that drift in the machine's load hits all
+       of them alike; p20/p50/p80 over batches. host_us = p50: on a CPU the host is the device.
+     - CUDA ("cuda_events"): warm-up, then one event pair around each call with the L2 cache
+       flushed before it and a GPU sleep queued ahead of it, so the events see device time and
+       not launch overhead; p20/p50/p80 over calls. host_us: `HOST_CALLS` back-to-back calls
+       timed on the host with one synchronize after the loop: what the host spends per call.
+The key comes from `router.key.call_info` on the seed-0 inputs and the fingerprint of their device,
+so CPU timings land only on CPU keys and are never mixed with GPU records.
+"""
+from __future__ import annotations
+
+import dataclasses
+import statistics
+import time
+import warnings
+from typing import Callable, Iterable, Mapping, Union
+
+import torch
+
+import kforge
+from kforge.backends import BackendName, Implementation, get_backend
+from kforge.device import fingerprint, installed_version
+from kforge.records import DispatchKey, Domain, Evidence, Record
+from kforge.router.key import call_info
+from kforge.testing import compare
+
+Candidate = Union[str, BackendName, Implementation]
+
+DEFAULT_BACKENDS: tuple[Candidate, ...] = (BackendName.VENDOR, BackendName.INDUCTOR)
+DEFAULT_SEEDS = (0, 1, 2)
+
+SAMPLE_S = 2e-3  # one CPU timing batch; long enough that perf_counter's ~100 ns jitter is noise
+CPU_SAMPLES = 25
+CUDA_WARMUP = 10
+CUDA_TARGET_S = 0.1  # device time spent timing one implementation
+CUDA_REPS = (20, 1000)
+HOST_CALLS = 100  # well under the CUDA launch queue's depth (~1000), so launches never block
+PAD_MARGIN_US = 20.0  # GPU sleep queued before a timed call beyond twice its host time
+
+
+class CalibrationRejected(UserWarning):
+    """An implementation failed correctness (or could not be loaded) and got no record."""
+
+    def __init__(self, key: DispatchKey, impl: str, reason: str):
+        self.key = key
+        self.impl = impl
+        self.reason = reason
+        super().__init__(f"kforge calibrate: {impl} rejected for {key}: {reason}")
+
+
+@dataclasses.dataclass(frozen=True)
+class Timing:
+    """Microseconds per call of one implementation on one problem."""
+
+    p20_us: float
+    p50_us: float
+    p80_us: float
+    host_us: float
+    kind: str  # a `records.TIMING_KINDS` value
+    samples: int
+
+
+def calibrate(spec, shape, dtype: torch.dtype, device, backends: Iterable[Candidate] = DEFAULT_BACKENDS,
+              seeds: Iterable[int] = DEFAULT_SEEDS, *, ceiling_gbps: float | None = None,
+              provider: str = "builtin") -> list[Record]:
+    """Records for every implementation in `backends` that is correct on `shape`, fastest first.
+
+    spec: the op's `OpSpec`; shape: the primary input's shape, as `spec.make_inputs` takes it
+    (e.g. `(rows, hidden)` for rms_norm); dtype: the dtype of the op's floating inputs; device:
+    "cpu", "cuda", "cuda:1", ... . backends: backend names (loaded for this key) or ready
+    `Implementation`s. ceiling_gbps: the device's memory bandwidth, when known, for
+    `ceiling_fraction`. provider: what the records name as their source. Rejected
+    implementations are reported with `CalibrationRejected` warnings.
+    """
+    seeds = tuple(int(s) for s in seeds)
+    if not seeds:
+        raise ValueError("calibrate needs at least one seed")
+    device = torch.device(device)
+    if device.type not in ("cpu", "cuda"):
+        raise ValueError(f"calibrate times cpu and cuda devices, got {device}")
+    args = spec.make_inputs(tuple(shape), dtype, device, seeds[0])
+    key = call_info(spec, args, str(fingerprint(args[spec.tensor_args[0]].device))).key
+
+    passed: dict[str, tuple[Implementation, float]] = {}
+    for candidate in backends:
+        try:
+            impl = _resolve(spec, candidate, key)
+        except Exception as exc:
+            _reject(key, _name(candidate), f"could not be loaded: {type(exc).__name__}: {exc}")
+            continue
+        if impl.id in passed:
+            raise ValueError(f"calibrate: implementation {impl.id!r} given twice")
+        worst, why = verify(spec, impl.fn, tuple(shape), dtype, device, seeds)
+        if why is not None:
+            _reject(key, impl.id, why)
+            continue
+        passed[impl.id] = (impl, worst)
+    if not passed:
+        return []
+
+    timings = measure({impl_id: impl.fn for impl_id, (impl, _) in passed.items()}, args)
+    versions = {"torch": torch.__version__, "triton": installed_version("triton") or "none",
+                "kforge": kforge.__version__, "device": fingerprint(args[spec.tensor_args[0]].device).name}
+    nbytes = spec.bytes_moved(key.shape, dtype)
+    records = []
+    for impl_id, (impl, worst) in passed.items():
+        t = timings[impl_id]
+        gbps = nbytes / t.p50_us / 1e3 if t.p50_us > 0 else None  # bytes/us = 1e-3 GB/s
+        records.append(Record(
+            key=key, impl=impl.id, backend=impl.backend.value,
+            p20_us=t.p20_us, p50_us=t.p50_us, p80_us=t.p80_us, host_us=t.host_us, timing=t.kind,
+            evidence=Evidence(dtypes=(key.dtypes,), shapes=(key.shape,), seeds=seeds, max_error_ratio=worst),
+            domain=impl.domain, gbps=gbps,
+            ceiling_fraction=gbps / ceiling_gbps if gbps is not None and ceiling_gbps else None,
+            provider=provider, versions=versions,
+        ))
+    records.sort(key=lambda r: (r.score_us, r.impl))
+    return records
+
+
+def verify(spec, fn: Callable, shape, dtype: torch.dtype, device, seeds: Iterable[int]) -> tuple[float, str | None]:
+    """(worst error/budget ratio over seeds, None) when `fn` is correct on `shape` for every seed;
+    (inf, why) at the first failure."""
+    worst = 0.0
+    for seed in seeds:
+        args = spec.make_inputs(shape, dtype, device, seed)
+        tensors = [args[i] for i in spec.tensor_args]
+        before = [t.clone() for t in tensors]
+        oracle, at_dtype = spec.oracle(args), spec.reference(*args)
+        try:
+            out = fn(*args)
+        except Exception as exc:
+            return float("inf"), f"seed {seed}: raised {type(exc).__name__}: {exc}"
+        outs = out if isinstance(out, (tuple, list)) else (out,)
+        inputs_at = {t.untyped_storage().data_ptr() for t in tensors if t.numel()}
+        if any(isinstance(o, torch.Tensor) and o.numel() and o.untyped_storage().data_ptr() in inputs_at for o in outs):
+            return float("inf"), f"seed {seed}: an output aliases an input"
+        if not all(torch.equal(t, b) for t, b in zip(tensors, before)):
+            return float("inf"), f"seed {seed}: wrote to its inputs"
+        result = compare(spec, args, out, oracle=oracle, at_dtype=at_dtype)
+        if not result.ok:
+            return float("inf"), f"seed {seed}: {result.message}"
+        worst = max(worst, result.worst_ratio)
+    return worst, None
+
+
+def measure(fns: Mapping[str, Callable], args: tuple) -> dict[str, Timing]:
+    """Time each function on `args` (all on one device) with the timer for that device."""
+    device = next(a.device for a in args if isinstance(a, torch.Tensor))
+    if device.type == "cuda":
+        return {name: time_cuda(fn, args) for name, fn in fns.items()}
+    return time_cpu(fns, args)
+
+
+def time_cpu(fns: Mapping[str, Callable], args: tuple, *, samples: int = CPU_SAMPLES,
+             sample_s: float = SAMPLE_S) -> dict[str, Timing]:
+    """Wall time per call of each function, batches interleaved across functions."""
+    clock = time.perf_counter
+    inner = {}
+    for name, fn in fns.items():
+        fn(*args)  # first-call work (lazy init, compilation) is not timed
+        calls, start = 0, clock()
+        while True:
+            fn(*args)
+            calls += 1
+            elapsed = clock() - start
+            if elapsed >= sample_s / 4:
+                break
+        inner[name] = max(1, round(sample_s * calls / elapsed))
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(max(samples, 2)):
+        for name, fn in fns.items():
+            n = inner[name]
+            start = clock()
+            for _ in range(n):
+                fn(*args)
+            times[name].append((clock() - start) / n * 1e6)
+    out = {}
+    for name, ts in times.items():
+        p20, p50, p80 = _quantiles(ts)
+        out[name] = Timing(p20, p50, p80, host_us=p50, kind="cpu_wall", samples=len(ts))
+    return out
+
+
+_flush_buffers: dict[int, torch.Tensor] = {}
+
+
+def _l2_flush_buffer(device: torch.device) -> torch.Tensor:
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    buf = _flush_buffers.get(index)
+    if buf is None:
+        l2 = getattr(torch.cuda.get_device_properties(index), "L2_cache_size", 0) or 64 << 20
+        buf = torch.empty(2 * l2 // 4, dtype=torch.int32, device=torch.device("cuda", index))
+        _flush_buffers[index] = buf
+    return buf
+
+
+def time_cuda(fn: Callable, args: tuple) -> Timing:
+    """Device time per call by CUDA events (L2 flushed before each call), and host time per call.
+
+    Before each timed call a GPU sleep longer than the host's launch time is queued, so the start
+    event fires only once the call is already queued: the events then measure the call's device
+    time, not the host's Python and launch overhead (which host_us reports)."""
+    device = next(a.device for a in args if isinstance(a, torch.Tensor))
+    with torch.cuda.device(device):
+        for _ in range(CUDA_WARMUP):
+            fn(*args)
+        flush = _l2_flush_buffer(device)
+        torch.cuda.synchronize()
+        clock = time.perf_counter
+        t0 = clock()
+        for _ in range(HOST_CALLS):
+            fn(*args)
+        host_us = (clock() - t0) / HOST_CALLS * 1e6
+        torch.cuda.synchronize()
+
+        pad_cycles = int(_sleep_cycles_per_us(device) * (2 * host_us + PAD_MARGIN_US))
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        torch.cuda._sleep(pad_cycles)
+        start.record()
+        for _ in range(5):
+            fn(*args)
+        end.record()
+        torch.cuda.synchronize()
+        estimate_ms = max(start.elapsed_time(end) / 5, 1e-3)
+        reps = min(max(int(CUDA_TARGET_S * 1e3 / estimate_ms), CUDA_REPS[0]), CUDA_REPS[1])
+        starts = [torch.cuda.Event(enable_timing=True) for _ in range(reps)]
+        ends = [torch.cuda.Event(enable_timing=True) for _ in range(reps)]
+        for s, e in zip(starts, ends):
+            flush.zero_()
+            torch.cuda._sleep(pad_cycles)
+            s.record()
+            fn(*args)
+            e.record()
+        torch.cuda.synchronize()
+        times = [s.elapsed_time(e) * 1e3 for s, e in zip(starts, ends)]
+    p20, p50, p80 = _quantiles(times)
+    return Timing(p20, p50, p80, host_us=host_us, kind="cuda_events", samples=len(times))
+
+
+_sleep_rates: dict[int, float] = {}
+
+
+def _sleep_cycles_per_us(device: torch.device) -> float:
+    """GPU clock cycles per microsecond as `torch.cuda._sleep` counts them, measured once."""
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    rate = _sleep_rates.get(index)
+    if rate is None:
+        cycles = 1_000_000
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        torch.cuda._sleep(cycles)  # the first call may pay for loading the kernel
+        start.record()
+        torch.cuda._sleep(cycles)
+        end.record()
+        torch.cuda.synchronize()
+        rate = cycles / max(start.elapsed_time(end) * 1e3, 1.0)
+        _sleep_rates[index] = rate
+    return rate
+
+
+def _quantiles(values: list[float]) -> tuple[float, float, float]:
+    deciles = statistics.quantiles(values, n=10, method="inclusive")
+    return deciles[1], deciles[4], deciles[7]
+
+
+def _name(candidate: Candidate) -> str:
+    if isinstance(candidate, Implementation):
+        return candidate.id
+    return candidate.value if isinstance(candidate, BackendName) else str(candidate)
+
+
+def _resolve(spec, candidate: Candidate, key: DispatchKey) -> Implementation:
+    if isinstance(candidate, Implementation):
+        return candidate
+    backend = get_backend(candidate)
+    why = backend.available()
+    if why is not None:
+        raise RuntimeError(why)
+    if not backend.supports(spec, key):
+        raise RuntimeError(f"backend {backend.name.value} does not support {key}")
+    # The inductor backend keeps one static-shape build per record key: loading through a record of
+    # this key measures the very build the router will later load for it, and compiles it once.
+    return backend.load(spec, _placeholder(key, backend.name))
+
+
+def _placeholder(key: DispatchKey, backend: BackendName) -> Record:
+    """A record naming only `key` and a built-in backend (its numbers are never written)."""
+    return Record(key=key, impl=backend.value, backend=backend.value, p20_us=0.0, p50_us=0.0, p80_us=0.0,
+                  host_us=0.0, timing="cpu_wall", domain=Domain(),
+                  evidence=Evidence(dtypes=(key.dtypes,), shapes=(key.shape,), seeds=(0,), max_error_ratio=0.0))
+
+
+def _reject(key: DispatchKey, impl: str, reason: str) -> None:
+    warnings.warn(CalibrationRejected(key, impl, reason), stacklevel=3)
