@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import json
+import os
 import platform
 import subprocess
 import sys
@@ -21,6 +22,7 @@ def environment() -> dict:
                                 cwd=Path(__file__).parent, timeout=10).stdout.strip() or None
     except (OSError, subprocess.SubprocessError):
         commit = None
+    commit = commit or os.environ.get("KFORGE_COMMIT")  # the device tool's copy has no .git
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
     return {
         "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
@@ -39,5 +41,6 @@ def write_json(name: str, payload: dict, subdir: str | None = None) -> Path:
     folder = RESULTS / subdir if subdir else RESULTS
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / name
+    path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(payload, indent=1, sort_keys=True) + "\n")
     return path
