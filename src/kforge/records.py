@@ -132,7 +132,7 @@ class Record:
     p20_us: float
     p50_us: float
     p80_us: float
-    host_us: float  # host time of one call through kforge (what the router pays per call)
+    host_us: float  # host time per call of the implementation (the router's own cost is the same for all)
     timing: str  # one of TIMING_KINDS
     evidence: Evidence
     domain: Domain = dataclasses.field(default_factory=Domain)

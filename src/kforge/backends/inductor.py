@@ -8,6 +8,7 @@ until its recompile limit (8) fails the call.
 """
 from __future__ import annotations
 
+import functools
 import threading
 import types
 
@@ -29,16 +30,23 @@ def _fresh_copy(fn):
     return copy
 
 
+@functools.cache
+def _inductor_unavailable() -> str | None:
+    """Why torch.compile cannot run here, or None. Asked once per process, and not at import:
+    torch._inductor imports triton."""
+    import importlib.util
+
+    if importlib.util.find_spec("torch._inductor") is None:  # pragma: no cover - depends on the build
+        return "torch._inductor is not installed"
+    return None
+
+
 class InductorBackend(Backend):
     name = BackendName.INDUCTOR
     capabilities = INDUCTOR_CAPABILITIES
 
     def available(self):
-        try:
-            import torch._inductor  # noqa: F401  (imports triton; only here, never at `import kforge`)
-        except Exception as exc:  # pragma: no cover - depends on the installation
-            return f"torch._inductor does not import: {exc}"
-        return None
+        return _inductor_unavailable()
 
     def supports(self, spec, key):
         return self.available() is None

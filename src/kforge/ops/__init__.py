@@ -22,9 +22,7 @@ ENTRIES: dict = {}
 
 def register(spec: OpSpec):
     """Register an op spec: torch.library op `kforge::<name>`, router, and entry point."""
-    if spec.name in SPECS:
-        raise ValueError(f"kforge op {spec.name!r} is already registered")
-    entry = register_op(spec)
+    entry = register_op(spec)  # raises if the name is taken
     SPECS[spec.name] = spec
     ENTRIES[spec.name] = entry
     return entry

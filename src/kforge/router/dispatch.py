@@ -26,8 +26,8 @@ from kforge.errors import UnknownNameError, KforgeInputError, KforgePinError
 from kforge.records import DispatchKey, Record
 from kforge.router import misses, pins
 from kforge.router.key import call_info, is_empty, nearest_shape, exact_indices
-from kforge.router.policy import rank, _rejects
-from kforge.router.table import ScoreTable
+from kforge.router.policy import rank, rejects
+from kforge.router.table import ScoreTable, TableWarning
 
 log = logging.getLogger("kforge")
 
@@ -120,6 +120,21 @@ def _grad_guard(fast: Callable, differentiable: Callable) -> Callable:
     return call
 
 
+def _grad_refusal(fn: Callable, op: str, impl_id: str) -> Callable:
+    """A pinned implementation without a backward, for inputs that require grad: fine under
+    no_grad / inference_mode (the usual inference setup with nn.Parameter weights), refused when
+    autograd would need it."""
+    is_grad_enabled = torch.is_grad_enabled
+
+    def call(*args):
+        if is_grad_enabled():
+            raise KforgePinError(op, impl_id, "inputs require grad and it has no backward; "
+                                 "call it under torch.no_grad() or pin 'vendor'")
+        return fn(*args)
+
+    return call
+
+
 class Router:
     """Process-wide routing state shared by every op."""
 
@@ -134,6 +149,7 @@ class Router:
         self.retired: collections.Counter = collections.Counter()  # (op, kind, impl) -> calls
         self.unflushed: dict[DispatchKey, list[int]] = {}  # key -> [misses, fallbacks]
         self._atexit = False
+        self._flushing = False
 
     def periodic(self, now: float) -> None:
         if not self._atexit:
@@ -147,8 +163,11 @@ class Router:
         if self.table.changed():
             for op in list(self.ops.values()):
                 op.reset()
-        if now - self.last_flush >= misses.FLUSH_INTERVAL_S:
-            self.flush()
+        if now - self.last_flush >= misses.FLUSH_INTERVAL_S and not self._flushing:
+            # Never on the caller's thread: the write takes a file lock another process may hold.
+            self._flushing = True
+            self.last_flush = now
+            threading.Thread(target=self._background_flush, name="kforge-miss-flush", daemon=True).start()
 
     def load(self, spec, record: Record) -> Implementation:
         ident = record.ident
@@ -167,8 +186,15 @@ class Router:
             counts[0 if d.kind is Kind.MISS else 1] += d.calls - d.flushed
             d.flushed = d.calls
 
+    def _background_flush(self) -> None:
+        try:
+            self.flush()
+        finally:
+            self._flushing = False
+
     def flush(self) -> list:
-        """Hand the miss and fallback counts to the on-disk miss log. Never raises."""
+        """Hand the miss and fallback counts to the on-disk miss log. Never raises; counts that
+        could not be written stay queued for the next flush."""
         with self.lock:
             self.last_flush = time.monotonic()
             counts: dict[DispatchKey, tuple[int, int]] = {k: (v[0], v[1]) for k, v in self.unflushed.items()}
@@ -184,8 +210,13 @@ class Router:
             return []
         try:
             return misses.merge(counts)
-        except Exception as exc:  # a full disk must not break the user's program
-            log.warning("kforge: could not write the miss log: %s", exc)
+        except Exception as exc:  # a full disk or a held lock must not break the user's program
+            with self.lock:
+                for key, (m, f) in counts.items():
+                    queued = self.unflushed.setdefault(key, [0, 0])
+                    queued[0] += m
+                    queued[1] += f
+            log.warning("kforge: could not write the miss log (kept the counts for later): %s", exc)
             return []
 
     def stats(self) -> dict:
@@ -225,7 +256,8 @@ class OpRouter:
     def _make_route(self) -> Callable[[tuple], Any]:
         """The hot path, as a closure over locals: attribute lookups cost ~40 ns each here.
         `decisions` is only ever cleared in place, never replaced, so binding it is safe."""
-        router, name, signature, decisions = self.router, self.spec.name, self.signature, self.decisions
+        router, spec, signature, decisions = self.router, self.spec, self.signature, self.decisions
+        name = spec.name
         pin_state, monotonic, decide, failed = pins.STATE, time.monotonic, self.decide, self.failed
 
         def route(args: tuple):
@@ -236,7 +268,11 @@ class OpRouter:
                 impl = pin_state.lookup(name)
                 if impl is not None:
                     return self.call_pinned(args, impl)
-            sig = signature(args)
+            try:
+                sig = signature(args)
+            except (AttributeError, TypeError):
+                spec.check(args)  # names the op and the argument that is not a tensor
+                raise
             d = decisions.get(sig)
             if d is None:
                 d = decide(args, sig)
@@ -278,7 +314,13 @@ class OpRouter:
             return Decision(spec.vendor, "vendor", Kind.EMPTY, None)
         device = str(fingerprint(args[spec.tensor_args[0]].device))
         call = call_info(spec, args, device)
-        ranking = rank(spec, self.router.table.records(device, spec.name), call, self.router.disabled)
+        try:
+            records = self.router.table.records(device, spec.name)
+        except Exception as exc:  # an unreadable table location must not break an op vendor can serve
+            warnings.warn(f"kforge: cannot read the score table ({type(exc).__name__}: {exc}); serving vendor",
+                          TableWarning, stacklevel=5)
+            records = []
+        ranking = rank(spec, records, call, self.router.disabled)
         for record in ranking.eligible:
             try:
                 impl = self.router.load(spec, record)
@@ -299,13 +341,6 @@ class OpRouter:
     def failed(self, d: Decision, args: tuple, exc: Exception):
         """A non-vendor implementation raised: serve this call from vendor, switch the
         implementation off for the key for the rest of the process, warn once."""
-        try:
-            # Defence in depth: a call whose arguments are invalid is the caller's fault, whatever
-            # signature it shared: refuse it as the check would, count nothing, switch nothing off.
-            self.spec.check(args)
-        except KforgeInputError:
-            self.uncount(d)
-            raise
         if d.impl == "vendor" or d.kind in (Kind.PINNED, Kind.EMPTY):
             raise exc
         spec = self.spec
@@ -359,14 +394,14 @@ class OpRouter:
                 raise KforgePinError(spec.name, impl_id, f"the score table has no record of it for {call.key}")
             impl = BACKENDS[BackendName.INDUCTOR].load(spec, None)  # buildable for any call
         else:
-            why = _rejects(spec, record, call, exact_indices(spec), self.router.disabled)
+            why = rejects(spec, record, call, exact_indices(spec), self.router.disabled)
             if why is not None:
                 raise KforgePinError(spec.name, impl_id, why)
             impl = self.router.load(spec, record)
+        fn = impl.fn
         if call.requires_grad and not impl.capabilities.has_backward:
-            raise KforgePinError(spec.name, impl_id, "inputs require grad and it has no backward; "
-                                 "call it under torch.no_grad() or pin 'vendor'")
-        return Decision(impl.fn, impl_id, Kind.PINNED, call.key)
+            fn = _grad_refusal(fn, spec.name, impl_id)
+        return Decision(fn, impl_id, Kind.PINNED, call.key)
 
 
 ROUTER = Router()

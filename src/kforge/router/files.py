@@ -60,6 +60,6 @@ def file_state(path: Path) -> tuple[int, int, int] | None:
     """(mtime_ns, size, inode) of a file, None when absent: what tells a reader it changed."""
     try:
         st = os.stat(path)
-    except FileNotFoundError:
+    except OSError:  # absent, or a path through a file / without permission: nothing to read
         return None
     return (st.st_mtime_ns, st.st_size, st.st_ino)

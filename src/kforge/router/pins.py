@@ -29,14 +29,17 @@ class PinState:
 
     def __init__(self) -> None:
         self.active = False
+        self.live = 0  # `use` blocks open in any thread
         self._env: Mapping[str, str] | None = None
 
     def env(self) -> Mapping[str, str]:
         if self._env is None:
             self._env = parse(os.environ.get(ENV_VAR, ""), source=ENV_VAR)
-            if self._env:
-                self.active = True
+            self.update()
         return self._env
+
+    def update(self) -> None:
+        self.active = self.live > 0 or bool(self._env)
 
     def lookup(self, op: str) -> str | None:
         scoped = _scoped.get()
@@ -45,8 +48,9 @@ class PinState:
         return self.env().get(op)
 
     def reset(self) -> None:
+        """Forget the parsed environment (re-read on the next call); open `use` blocks stay."""
         self._env = None
-        self.active = False
+        self.update()
 
 
 STATE = PinState()
@@ -77,10 +81,12 @@ def use(op: str, impl: str, *, known_ops=None) -> Iterator[None]:
 
         raise UnknownNameError("op", op, known_ops)
     validate_impl(impl)
-    STATE.env()
-    STATE.active = True
+    STATE.live += 1
+    STATE.update()
     token = _scoped.set({**(_scoped.get() or {}), op: impl})
     try:
         yield
     finally:
         _scoped.reset(token)
+        STATE.live -= 1
+        STATE.update()

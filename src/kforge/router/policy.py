@@ -34,7 +34,7 @@ def rank(spec, records: list[Record], call: CallInfo, disabled: frozenset | set 
         return Ranking((), (), None)
     eligible, rejected = [], []
     for record in (r for r in same_dtypes if r.key.shape == shape):
-        reason = _rejects(spec, record, call, exact_idx, disabled)
+        reason = rejects(spec, record, call, exact_idx, disabled)
         if reason is None:
             eligible.append(record)
         else:
@@ -43,7 +43,8 @@ def rank(spec, records: list[Record], call: CallInfo, disabled: frozenset | set 
     return Ranking(tuple(eligible), tuple(rejected), shape)
 
 
-def _rejects(spec, record: Record, call: CallInfo, exact_idx, disabled) -> str | None:
+def rejects(spec, record: Record, call: CallInfo, exact_idx, disabled) -> str | None:
+    """Why `record` may not serve `call`, or None when it may."""
     try:
         backend = BACKENDS[BackendName(record.backend)]
     except (ValueError, KeyError):

@@ -177,6 +177,13 @@ class ScoreTable:
         return records
 
     def _set_aside(self, path: Path, reason: str) -> None:
+        try:
+            self._move_corrupt(path, reason)
+        except OSError as exc:  # read-only mount, permissions: leave it, serve from other layers
+            self._warn(path, file_state(path), f"kforge: score table {path} is corrupt ({reason}) and could not "
+                                                f"be moved aside ({exc}); ignoring it")
+
+    def _move_corrupt(self, path: Path, reason: str) -> None:
         with lock_for(path):
             state = file_state(path)
             if state is None:
@@ -205,7 +212,7 @@ class ScoreTable:
 
     def write(self, records: Iterable[Record], layer: Layer | None = None) -> list[Path]:
         """Merge `records` into their shards of `layer` (the user table by default): one record per
-        (key, implementation), the newest wins. Safe against concurrent writers and crashes."""
+        (key, implementation), the one with the newest timestamp wins. Safe against concurrent writers and crashes."""
         layer = layer or self.writable_layer()
         groups: dict[tuple[str, str], list[Record]] = {}
         for record in records:
@@ -215,7 +222,10 @@ class ScoreTable:
             path = layer.path(device, op)
             with lock_for(path):
                 merged = {r.ident: r for r in self._existing_for_write(path)}
-                merged.update((r.ident, r) for r in group)
+                for r in group:  # the newest measurement wins, whatever order files arrive in
+                    old = merged.get(r.ident)
+                    if old is None or r.timestamp >= old.timestamp:
+                        merged[r.ident] = r
                 atomic_write_json(path, shard_payload(None if layer.single_file else device,
                                                       None if layer.single_file else op, merged.values()))
             written.append(path)
