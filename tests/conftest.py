@@ -1,10 +1,19 @@
 """Shared fixtures. Every test runs with its own KFORGE_HOME and fresh routing state."""
 from __future__ import annotations
 
-import pytest
+import os
 
-from kforge.backends import BACKENDS, BackendName
-from kforge.router import dispatch
+import torch
+
+# Without a usable CUDA GPU, Triton runs kernels on CPU tensors only in its interpreter, and reads
+# this when triton is first imported (importing torch._inductor imports it): set it before that.
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+import pytest  # noqa: E402
+
+from kforge.backends import BACKENDS, BackendName  # noqa: E402
+from kforge.router import dispatch  # noqa: E402
 
 
 @pytest.fixture(autouse=True)

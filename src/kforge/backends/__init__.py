@@ -1,19 +1,19 @@
 """Backends: where implementations come from. A plain dict keyed by `BackendName`.
 
-The Triton backend (stored, verified kernels) arrives with the evaluation harness: it adds
-`BackendName.TRITON: TritonBackend()` here. Records naming a backend this kforge lacks are kept
-in the table and skipped by the router.
+Records naming a backend this kforge lacks are kept in the table and skipped by the router.
 """
 from __future__ import annotations
 
 from kforge.backends.base import Backend, BackendName, Capabilities, Implementation
 from kforge.backends.inductor import InductorBackend
+from kforge.backends.triton import TritonBackend
 from kforge.backends.vendor import VendorBackend, vendor_implementation
 from kforge.errors import UnknownNameError
 
 BACKENDS: dict[BackendName, Backend] = {
     BackendName.VENDOR: VendorBackend(),
     BackendName.INDUCTOR: InductorBackend(),
+    BackendName.TRITON: TritonBackend(),
 }
 
 

@@ -20,7 +20,7 @@ if TYPE_CHECKING:
 class BackendName(str, enum.Enum):
     VENDOR = "vendor"  # the op's PyTorch implementation (ATen, cuBLAS)
     INDUCTOR = "inductor"  # torch.compile of the op's reference
-    TRITON = "triton"  # stored, verified Triton kernels (arrives with the evaluation harness)
+    TRITON = "triton"  # stored, verified Triton kernels (kforge.store)
 
 
 @dataclasses.dataclass(frozen=True)

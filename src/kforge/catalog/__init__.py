@@ -1,0 +1,28 @@
+"""The embedded kernel catalog: seed kernels shipped with kforge, one candidate file each.
+
+Each file here follows the candidate contract (`kforge.candidate`): `forward` with its op's
+signature, the `@triton.jit` kernels it launches, a `DOMAIN`, and its tunables as module-level
+constants (what the catalog provider mutates). They are data, not modules of kforge: nothing
+imports them; they are loaded by path, stored, evaluated and routed like any generated kernel.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+CATALOG_DIR = Path(__file__).resolve().parent
+
+# op -> seed files, best general-purpose first.
+SEEDS: dict[str, tuple[str, ...]] = {
+    "rms_norm": ("rms_norm_rowwise.py",),
+    "fused_add_rms_norm": ("fused_add_rms_norm_rowwise.py",),
+    "softmax": ("softmax_rowwise.py", "softmax_online.py"),
+}
+
+
+def seeds(op: str) -> list[Path]:
+    """The seed kernel files for `op` (empty for an op the catalog has none for, e.g. a user's)."""
+    return [CATALOG_DIR / name for name in SEEDS.get(op, ())]
+
+
+def all_seeds() -> dict[str, list[Path]]:
+    return {op: seeds(op) for op in SEEDS}

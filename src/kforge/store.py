@@ -1,0 +1,258 @@
+"""The kernel store: candidate sources addressed by the sha256 of their exact bytes.
+
+Layout under `<KFORGE_HOME>/kernels/` (see `kforge.paths.home`):
+    <sha[:2]>/<sha>.py     the source, byte for byte as generated
+    <sha[:2]>/<sha>.json   metadata: op, provider, parent sha, attempt id, created, versions
+Both are written once, by exclusive create (write a temp file, fsync, hard-link it into place):
+the first writer wins, so concurrent puts of the same source leave one file and one metadata
+record, and a reader never sees half a file.
+
+Every read re-hashes the file on disk: a kernel edited after it was verified raises
+`KernelIntegrityError` (the router then switches its record off and serves vendor). A module is
+imported from the bytes that were hashed, never from a bytecode cache (see `kforge.candidate`).
+"""
+from __future__ import annotations
+
+import dataclasses
+import datetime as _dt
+import hashlib
+import json
+import os
+import re
+import tempfile
+import threading
+import types
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Iterator
+
+from kforge import paths
+from kforge.candidate import Candidate, candidate_from_module, load_module
+from kforge.device import installed_version
+from kforge.errors import KforgeError
+
+if TYPE_CHECKING:
+    from kforge.ops.spec import OpSpec
+
+SHA_RE = re.compile(r"[0-9a-f]{64}")
+META_KIND = "kforge-kernel"
+
+_modules_lock = threading.Lock()
+_modules: dict[str, types.ModuleType] = {}  # sha -> module, imported once per process
+
+
+class KernelIntegrityError(KforgeError):
+    """A stored kernel whose file is missing or no longer hashes to its name."""
+
+    def __init__(self, sha: str, path: Path, problem: str):
+        self.sha = sha
+        self.path = path
+        super().__init__(f"stored kernel {sha} at {path}: {problem}; refusing to load it")
+
+
+def sha256_of(source: str | bytes) -> str:
+    data = source.encode("utf-8") if isinstance(source, str) else source
+    return hashlib.sha256(data).hexdigest()
+
+
+def module_name(sha: str) -> str:
+    return f"kforge_kernel_{sha[:16]}"
+
+
+@dataclasses.dataclass(frozen=True)
+class StoredKernel:
+    sha256: str
+    path: Path  # the source file
+    op: str
+    provider: str
+    parent: str | None  # sha256 of the kernel this one was derived from
+    attempt_id: str | None
+    created: str  # ISO 8601, UTC
+    versions: dict[str, str]  # kforge, torch, triton at the time it was stored
+
+    @property
+    def impl_id(self) -> str:
+        """The implementation id the router and the score table use for this kernel."""
+        return f"triton:{self.sha256[:12]}"
+
+    def source(self) -> str:
+        """The source text, re-checked against the hash."""
+        return _verified_bytes(self.sha256, self.path).decode("utf-8")
+
+    def to_json(self) -> dict:
+        return {"kind": META_KIND, "sha256": self.sha256, "op": self.op, "provider": self.provider,
+                "parent": self.parent, "attempt_id": self.attempt_id, "created": self.created,
+                "versions": dict(self.versions)}
+
+
+def _versions() -> dict[str, str]:
+    from kforge import __version__
+
+    return {"kforge": __version__, "torch": installed_version("torch") or "none",
+            "triton": installed_version("triton") or "none"}
+
+
+def _verified_bytes(sha: str, path: Path) -> bytes:
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise KernelIntegrityError(sha, path, "the source file is missing") from None
+    except OSError as exc:
+        raise KernelIntegrityError(sha, path, f"the source file cannot be read ({exc})") from None
+    actual = sha256_of(data)
+    if actual != sha:
+        raise KernelIntegrityError(sha, path, f"edited on disk: its content now hashes to {actual}")
+    return data
+
+
+def _write_once(path: Path, data: bytes) -> bool:
+    """Create `path` holding `data` unless it exists. Atomic and durable; True when this call
+    created it."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        try:
+            os.link(tmp, path)  # fails if `path` exists: the first writer wins
+            created = True
+        except FileExistsError:
+            created = False
+        except OSError:  # a file system without hard links: last writer wins, still atomic
+            created = not path.exists()
+            if created:
+                os.replace(tmp, path)
+    finally:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:  # moved into place by the fallback
+            pass
+    if created:
+        _fsync_dir(path.parent)
+    return created
+
+
+def _replace(path: Path, data: bytes) -> None:
+    """Atomically replace `path` with `data` (repairs a tampered source with the true bytes)."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+    _fsync_dir(path.parent)
+
+
+def _fsync_dir(directory: Path) -> None:
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:  # pragma: no cover - platforms without directory fds
+        return
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class KernelStore:
+    """Content-addressed kernel sources under `root` (default `<KFORGE_HOME>/kernels`)."""
+
+    def __init__(self, root: Path | None = None):
+        self.root = Path(root) if root is not None else paths.home() / "kernels"
+
+    def source_path(self, sha: str) -> Path:
+        return self.root / sha[:2] / f"{sha}.py"
+
+    def meta_path(self, sha: str) -> Path:
+        return self.root / sha[:2] / f"{sha}.json"
+
+    def put(self, source: str, *, op: str, provider: str, parent: str | None = None,
+            attempt_id: str | None = None) -> StoredKernel:
+        """Store `source` (idempotent: the same bytes give the same kernel, and the first put's
+        metadata is kept). A stored copy edited on disk is restored from `source`."""
+        data = source.encode("utf-8")
+        sha = sha256_of(data)
+        if parent is not None and not SHA_RE.fullmatch(parent):
+            raise ValueError(f"parent must be a kernel sha256 (64 hex digits), got {parent!r}")
+        meta = StoredKernel(sha256=sha, path=self.source_path(sha), op=op, provider=provider, parent=parent,
+                            attempt_id=attempt_id,
+                            created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+                            versions=_versions())
+        # Metadata first: a source file without metadata is never visible.
+        _write_once(self.meta_path(sha), (json.dumps(meta.to_json(), indent=1, sort_keys=True) + "\n").encode())
+        if not _write_once(self.source_path(sha), data):
+            try:
+                _verified_bytes(sha, self.source_path(sha))
+            except KernelIntegrityError:
+                _replace(self.source_path(sha), data)
+        return self.get(sha)
+
+    def get(self, sha: str) -> StoredKernel:
+        """The stored kernel `sha` (a full sha256). Raises KernelIntegrityError when its source is
+        missing or edited, or its metadata is missing or unreadable."""
+        sha = self._check_sha(sha)
+        path = self.source_path(sha)
+        _verified_bytes(sha, path)
+        return self._read_meta(sha, path)
+
+    def load(self, sha: str, spec: "OpSpec | None" = None) -> Candidate:
+        """The stored kernel `sha` imported as a candidate (module `kforge_kernel_<sha[:16]>`,
+        imported once per process), checked against `spec` when given. The file is re-hashed on
+        every call, cached or not. Raises KernelIntegrityError, or CandidateError for a file that
+        does not follow the candidate contract."""
+        sha = self._check_sha(sha)
+        path = self.source_path(sha)
+        data = _verified_bytes(sha, path)
+        with _modules_lock:
+            module = _modules.get(sha)
+            if module is None:
+                module = load_module(path, module_name(sha), source=data)
+                _modules[sha] = module
+        return candidate_from_module(module, spec)
+
+    def list(self, op: str | None = None) -> list[StoredKernel]:
+        """Every stored kernel (of `op` when given) whose metadata reads, oldest first. Sources are
+        not re-hashed here; `get` and `load` do that."""
+        out = []
+        for meta_path in self._meta_files():
+            sha = meta_path.stem
+            try:
+                kernel = self._read_meta(sha, self.source_path(sha))
+            except KernelIntegrityError:
+                continue
+            if op is None or kernel.op == op:
+                out.append(kernel)
+        return sorted(out, key=lambda k: (k.created, k.sha256))
+
+    def _meta_files(self) -> Iterator[Path]:
+        if not self.root.is_dir():
+            return iter(())
+        return (p for p in sorted(self.root.glob("??/*.json")) if SHA_RE.fullmatch(p.stem))
+
+    def _read_meta(self, sha: str, path: Path) -> StoredKernel:
+        meta_path = self.meta_path(sha)
+        try:
+            data: Any = json.loads(meta_path.read_text())
+            if not isinstance(data, dict) or data.get("sha256") != sha:
+                raise ValueError("not this kernel's metadata")
+            return StoredKernel(sha256=sha, path=path, op=str(data["op"]), provider=str(data["provider"]),
+                                parent=data.get("parent"), attempt_id=data.get("attempt_id"),
+                                created=str(data.get("created", "")), versions=dict(data.get("versions", {})))
+        except FileNotFoundError:
+            raise KernelIntegrityError(sha, meta_path, "its metadata file is missing") from None
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise KernelIntegrityError(sha, meta_path, f"its metadata is unreadable ({exc})") from None
+
+    @staticmethod
+    def _check_sha(sha: str) -> str:
+        if not isinstance(sha, str) or not SHA_RE.fullmatch(sha):
+            raise ValueError(f"a stored kernel is named by its full sha256 (64 lowercase hex digits), got {sha!r}")
+        return sha
