@@ -303,6 +303,9 @@ def test_miss_counts_are_flushed_periodically(monkeypatch):
     assert logged("rms_norm", (8, 64))["misses"] == 0  # not per call: the hot path never writes
     dispatch.ROUTER.next_check = 0.0
     assert_correct("softmax", SPECS["softmax"].make_inputs((2, 8), F32, "cpu", 0))  # the next periodic check
+    # The periodic flush runs on a daemon thread, never on the caller's: wait for it.
+    for thread in [t for t in threading.enumerate() if t.name == "kforge-miss-flush"]:
+        thread.join(timeout=30)
     assert logged("rms_norm", (8, 64))["misses"] == 3
 
 

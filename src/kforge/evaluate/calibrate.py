@@ -10,30 +10,31 @@ For each implementation (a backend name, or an `Implementation` built elsewhere)
      `kforge.testing.compare`, must not alias an input, and the inputs must come back unchanged.
      An implementation that raises or fails any seed gets no record, and a `CalibrationRejected`
      warning says why.
-  2. Timing, in one process run for every implementation that passed (so results compare):
-     - CPU ("cpu_wall"): wall time of batches of back-to-back calls, each batch ~`SAMPLE_S` long,
+  2. Timing, in one process run for every implementation that passed, interleaved (so results
+     compare), by `kforge.evaluate.timing.measure`:
+     - CPU ("cpu_wall"): wall time of batches of back-to-back calls, each batch ~`timing.SAMPLE_S` long,
        the implementations interleaved batch by batch so that drift in the machine's load hits all
        of them alike; p20/p50/p80 over batches. host_us = p50: on a CPU the host is the device.
      - CUDA ("cuda_events"): warm-up, then one event pair around each call with the L2 cache
        flushed before it and a GPU sleep queued ahead of it, so the events see device time and
-       not launch overhead; p20/p50/p80 over calls. host_us: `HOST_CALLS` back-to-back calls
-       timed on the host with one synchronize after the loop: what the host spends per call.
+       not launch overhead; p20/p50/p80 over calls. host_us: `timing.HOST_CALLS` back-to-back calls
+       timed on the host, queued behind a GPU sleep, one synchronize after the loop: what the
+       host spends per call.
 The key comes from `router.key.call_info` on the seed-0 inputs and the fingerprint of their device,
 so CPU timings land only on CPU keys and are never mixed with GPU records.
 """
 from __future__ import annotations
 
-import dataclasses
-import statistics
-import time
 import warnings
-from typing import Callable, Iterable, Mapping, Union
+from typing import Callable, Iterable, Union
 
 import torch
 
 import kforge
 from kforge.backends import BackendName, Implementation, get_backend
 from kforge.device import fingerprint, installed_version
+# Timing, measure, time_cpu and time_cuda are re-exported: calibrate's timing API predates timing.py.
+from kforge.evaluate.timing import Timing, measure, time_cpu, time_cuda  # noqa: F401
 from kforge.records import DispatchKey, Domain, Evidence, Record
 from kforge.router.key import call_info
 from kforge.testing import compare
@@ -42,14 +43,6 @@ Candidate = Union[str, BackendName, Implementation]
 
 DEFAULT_BACKENDS: tuple[Candidate, ...] = (BackendName.VENDOR, BackendName.INDUCTOR)
 DEFAULT_SEEDS = (0, 1, 2)
-
-SAMPLE_S = 2e-3  # one CPU timing batch; long enough that perf_counter's ~100 ns jitter is noise
-CPU_SAMPLES = 25
-CUDA_WARMUP = 10
-CUDA_TARGET_S = 0.1  # device time spent timing one implementation
-CUDA_REPS = (20, 1000)
-HOST_CALLS = 100  # well under the CUDA launch queue's depth (~1000), so launches never block
-PAD_MARGIN_US = 20.0  # GPU sleep queued before a timed call beyond twice its host time
 
 
 class CalibrationRejected(UserWarning):
@@ -60,18 +53,6 @@ class CalibrationRejected(UserWarning):
         self.impl = impl
         self.reason = reason
         super().__init__(f"kforge calibrate: {impl} rejected for {key}: {reason}")
-
-
-@dataclasses.dataclass(frozen=True)
-class Timing:
-    """Microseconds per call of one implementation on one problem."""
-
-    p20_us: float
-    p50_us: float
-    p80_us: float
-    host_us: float
-    kind: str  # a `records.TIMING_KINDS` value
-    samples: int
 
 
 def calibrate(spec, shape, dtype: torch.dtype, device, backends: Iterable[Candidate] = DEFAULT_BACKENDS,
@@ -156,125 +137,6 @@ def verify(spec, fn: Callable, shape, dtype: torch.dtype, device, seeds: Iterabl
             return float("inf"), f"seed {seed}: {result.message}"
         worst = max(worst, result.worst_ratio)
     return worst, None
-
-
-def measure(fns: Mapping[str, Callable], args: tuple) -> dict[str, Timing]:
-    """Time each function on `args` (all on one device) with the timer for that device."""
-    device = next(a.device for a in args if isinstance(a, torch.Tensor))
-    if device.type == "cuda":
-        return {name: time_cuda(fn, args) for name, fn in fns.items()}
-    return time_cpu(fns, args)
-
-
-def time_cpu(fns: Mapping[str, Callable], args: tuple, *, samples: int = CPU_SAMPLES,
-             sample_s: float = SAMPLE_S) -> dict[str, Timing]:
-    """Wall time per call of each function, batches interleaved across functions."""
-    clock = time.perf_counter
-    inner = {}
-    for name, fn in fns.items():
-        fn(*args)  # first-call work (lazy init, compilation) is not timed
-        calls, start = 0, clock()
-        while True:
-            fn(*args)
-            calls += 1
-            elapsed = clock() - start
-            if elapsed >= sample_s / 4:
-                break
-        inner[name] = max(1, round(sample_s * calls / elapsed))
-    times: dict[str, list[float]] = {name: [] for name in fns}
-    for _ in range(max(samples, 2)):
-        for name, fn in fns.items():
-            n = inner[name]
-            start = clock()
-            for _ in range(n):
-                fn(*args)
-            times[name].append((clock() - start) / n * 1e6)
-    out = {}
-    for name, ts in times.items():
-        p20, p50, p80 = _quantiles(ts)
-        out[name] = Timing(p20, p50, p80, host_us=p50, kind="cpu_wall", samples=len(ts))
-    return out
-
-
-_flush_buffers: dict[int, torch.Tensor] = {}
-
-
-def _l2_flush_buffer(device: torch.device) -> torch.Tensor:
-    index = device.index if device.index is not None else torch.cuda.current_device()
-    buf = _flush_buffers.get(index)
-    if buf is None:
-        l2 = getattr(torch.cuda.get_device_properties(index), "L2_cache_size", 0) or 64 << 20
-        buf = torch.empty(2 * l2 // 4, dtype=torch.int32, device=torch.device("cuda", index))
-        _flush_buffers[index] = buf
-    return buf
-
-
-def time_cuda(fn: Callable, args: tuple) -> Timing:
-    """Device time per call by CUDA events (L2 flushed before each call), and host time per call.
-
-    Before each timed call a GPU sleep longer than the host's launch time is queued, so the start
-    event fires only once the call is already queued: the events then measure the call's device
-    time, not the host's Python and launch overhead (which host_us reports)."""
-    device = next(a.device for a in args if isinstance(a, torch.Tensor))
-    with torch.cuda.device(device):
-        for _ in range(CUDA_WARMUP):
-            fn(*args)
-        flush = _l2_flush_buffer(device)
-        torch.cuda.synchronize()
-        clock = time.perf_counter
-        t0 = clock()
-        for _ in range(HOST_CALLS):
-            fn(*args)
-        host_us = (clock() - t0) / HOST_CALLS * 1e6
-        torch.cuda.synchronize()
-
-        pad_cycles = int(_sleep_cycles_per_us(device) * (2 * host_us + PAD_MARGIN_US))
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        torch.cuda._sleep(pad_cycles)
-        start.record()
-        for _ in range(5):
-            fn(*args)
-        end.record()
-        torch.cuda.synchronize()
-        estimate_ms = max(start.elapsed_time(end) / 5, 1e-3)
-        reps = min(max(int(CUDA_TARGET_S * 1e3 / estimate_ms), CUDA_REPS[0]), CUDA_REPS[1])
-        starts = [torch.cuda.Event(enable_timing=True) for _ in range(reps)]
-        ends = [torch.cuda.Event(enable_timing=True) for _ in range(reps)]
-        for s, e in zip(starts, ends):
-            flush.zero_()
-            torch.cuda._sleep(pad_cycles)
-            s.record()
-            fn(*args)
-            e.record()
-        torch.cuda.synchronize()
-        times = [s.elapsed_time(e) * 1e3 for s, e in zip(starts, ends)]
-    p20, p50, p80 = _quantiles(times)
-    return Timing(p20, p50, p80, host_us=host_us, kind="cuda_events", samples=len(times))
-
-
-_sleep_rates: dict[int, float] = {}
-
-
-def _sleep_cycles_per_us(device: torch.device) -> float:
-    """GPU clock cycles per microsecond as `torch.cuda._sleep` counts them, measured once."""
-    index = device.index if device.index is not None else torch.cuda.current_device()
-    rate = _sleep_rates.get(index)
-    if rate is None:
-        cycles = 1_000_000
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        torch.cuda._sleep(cycles)  # the first call may pay for loading the kernel
-        start.record()
-        torch.cuda._sleep(cycles)
-        end.record()
-        torch.cuda.synchronize()
-        rate = cycles / max(start.elapsed_time(end) * 1e3, 1.0)
-        _sleep_rates[index] = rate
-    return rate
-
-
-def _quantiles(values: list[float]) -> tuple[float, float, float]:
-    deciles = statistics.quantiles(values, n=10, method="inclusive")
-    return deciles[1], deciles[4], deciles[7]
 
 
 def _name(candidate: Candidate) -> str:

@@ -1,0 +1,92 @@
+"""kforge.evaluate.executors: one interface, outcomes in task order, a crashing task costs only
+itself; the local pool runs one task at a time per GPU and spreads tasks over GPUs; Ray (when
+installed) evaluates a batch on a local instance."""
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from kforge.evaluate.executors import InProcessExecutor, LocalPoolExecutor, RayExecutor, Task, make_executor
+from kforge.evaluate.sandbox import Status
+
+
+def batch_with_a_crash() -> list[Task]:
+    return [Task("sandbox_tasks:returns", {"i": 0}, 30), Task("sandbox_tasks:segfaults", {}, 30),
+            Task("sandbox_tasks:returns", {"i": 2}, 30), Task("sandbox_tasks:returns", {"i": 3}, 30)]
+
+
+def test_local_pool_survives_a_crashing_task_and_keeps_order():
+    with LocalPoolExecutor(workers=2) as pool:
+        outcomes = pool.map(batch_with_a_crash())
+        again = pool.map([Task("sandbox_tasks:returns", {"i": 9}, 30)])  # the pool still works
+    assert [o.status for o in outcomes] == [Status.OK, Status.CRASHED, Status.OK, Status.OK]
+    assert [o.value["echo"]["i"] for o in outcomes if o.ok] == [0, 2, 3]
+    assert outcomes[1].exit_code == -11
+    assert len({o.pid for o in outcomes}) == 4  # a fresh process per task
+    assert again[0].value["echo"] == {"i": 9}
+
+
+def test_local_pool_runs_one_task_per_gpu_at_a_time_across_gpus():
+    """devices=[0, 1]: each task sees one GPU in CUDA_VISIBLE_DEVICES, tasks on one GPU never
+    overlap, and both GPUs work at once (no GPU needed: the tasks only sleep)."""
+    tasks = [Task("sandbox_tasks:device_span", {"seconds": 0.4, "index": i}, 30) for i in range(4)]
+    start = time.monotonic()
+    with LocalPoolExecutor(devices=[0, "cuda:1"]) as pool:
+        outcomes = pool.map(tasks)
+    elapsed = time.monotonic() - start
+    spans = [o.value for o in outcomes]
+    assert [s["index"] for s in spans] == [0, 1, 2, 3]
+    assert {s["device"] for s in spans} == {"0", "1"}
+    for device in ("0", "1"):
+        mine = sorted((s["start"], s["end"]) for s in spans if s["device"] == device)
+        assert all(a_end <= b_start for (_, a_end), (b_start, _) in zip(mine, mine[1:]))
+    assert elapsed < 4 * 0.4  # concurrent across the two GPUs
+
+
+def test_local_pool_maps_indices_through_the_parents_visible_devices(monkeypatch):
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "5,7")
+    with LocalPoolExecutor(devices=[1]) as pool:
+        assert pool.slots == ["7"]
+    with pytest.raises(ValueError, match="twice"):
+        LocalPoolExecutor(devices=[0, "cuda:0"])
+
+
+def test_in_process_executor():
+    outcomes = InProcessExecutor().map([Task("sandbox_tasks:returns", {"i": 1}, 5),
+                                        Task("sandbox_tasks:raises", {"message": "no"}, 5)])
+    assert outcomes[0].ok and outcomes[0].value["echo"] == {"i": 1}
+    assert outcomes[1].status is Status.ERROR and outcomes[1].error == "ValueError: no"
+
+
+def test_make_executor_names_the_valid_kinds():
+    assert isinstance(make_executor("inprocess"), InProcessExecutor)
+    with make_executor("local", devices=[], workers=1) as pool:
+        assert isinstance(pool, LocalPoolExecutor) and pool.slots == [None]
+    with pytest.raises(ValueError, match="unknown executor kind 'slurm'; valid kinds: inprocess, local, ray"):
+        make_executor("slurm")
+
+
+def test_tasks_are_validated():
+    with pytest.raises(ValueError, match="package.module:function"):
+        Task("sandbox_tasks", {}, 1)
+    with pytest.raises(ValueError, match="JSON data"):
+        Task("sandbox_tasks:returns", {"f": print}, 1)
+    with pytest.raises(ValueError, match="timeout_s"):
+        Task("sandbox_tasks:returns", {}, 0)
+
+
+def test_ray_executor_evaluates_a_batch_with_a_crash():
+    pytest.importorskip("ray")
+    ex = RayExecutor(num_cpus=2)
+    try:
+        assert ex.num_gpus == 0
+        tasks = batch_with_a_crash() + [Task("sandbox_tasks:sleeps", {"seconds": 60}, 1.0),
+                                        Task("sandbox_tasks:raises", {"message": "bad"}, 30)]
+        outcomes = ex.map(tasks)
+    finally:
+        ex.close()
+    assert [o.status for o in outcomes] == [Status.OK, Status.CRASHED, Status.OK, Status.OK, Status.TIMEOUT,
+                                            Status.ERROR]
+    assert [o.value["echo"]["i"] for o in outcomes if o.ok] == [0, 2, 3]
+    assert outcomes[1].exit_code == -11 and outcomes[5].error == "ValueError: bad"

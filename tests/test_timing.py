@@ -1,0 +1,135 @@
+"""kforge.evaluate.timing on a CPU: labels, ordering, interleaving, checks of timed calls (replay
+fails), input-set rotation, and CUDA timers that refuse clearly without CUDA."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from kforge.evaluate import timing
+from kforge.evaluate.timing import TimedCall, Timing, TimingError
+
+
+def _spin(n: int):
+    def fn(x):
+        total = 0
+        for i in range(n):
+            total += i
+        return total
+    return fn
+
+
+def test_time_cpu_labels_cpu_wall_and_orders_by_real_cost():
+    """Ten times the Python work measures several times slower, interleaved in one run."""
+    timings = timing.time_cpu({"light": _spin(2_000), "heavy": _spin(20_000)}, (torch.zeros(1),), samples=7)
+    light, heavy = timings["light"], timings["heavy"]
+    for t in (light, heavy):
+        assert t.kind == "cpu_wall" and not t.is_gpu
+        assert t.reps == t.samples == 7
+        assert 0 < t.p20_us <= t.p50_us <= t.p80_us
+        assert t.host_us == t.p50_us and t.wall_us is None
+    assert heavy.p50_us > 3 * light.p50_us
+    ratios = timing.speedups(timings, "heavy")
+    assert ratios["heavy"] == 1.0 and ratios["light"] == pytest.approx(heavy.p50_us / light.p50_us)
+
+
+def test_time_together_on_cpu_is_time_cpu():
+    timings = timing.time_together({"a": _spin(100), "b": _spin(100)}, (torch.zeros(1),))
+    assert set(timings) == {"a", "b"} and all(t.kind == "cpu_wall" for t in timings.values())
+
+
+def _make_args(i: int) -> tuple:
+    return (torch.randn(8, 16, generator=torch.Generator().manual_seed(1000 + i)),)
+
+
+def _check_softmax(calls: list[TimedCall]) -> None:
+    for call in calls:
+        want = torch.softmax(call.args[0], dim=-1)
+        if not torch.allclose(call.out, want):
+            raise AssertionError(f"{call.name}: timed output does not match its inputs")
+
+
+def test_checks_see_timed_outputs_on_never_seen_inputs():
+    seen: list[TimedCall] = []
+
+    def check(calls):
+        seen.extend(calls)
+        _check_softmax(calls)
+
+    honest = lambda x: torch.softmax(x, dim=-1)  # noqa: E731
+    timing.time_cpu({"vendor": honest, "candidate": honest}, _make_args, samples=6, check=check, check_calls=2)
+    assert sorted(c.name for c in seen) == ["candidate", "candidate", "vendor", "vendor"]
+    first = _make_args(0)[0]
+    for call in seen:  # each checked call got a fresh set, not the one timed everywhere else
+        assert not torch.equal(call.args[0], first)
+    assert len({c.args[0].sum().item() for c in seen}) == 4
+
+
+def test_a_replayed_result_fails_the_check():
+    """Caches its result by the input's data_ptr: right on the first call, stale once the timer
+    overwrites the inputs in place before a checked call."""
+    cache = {}
+
+    def replays(x):
+        if x.data_ptr() not in cache:
+            cache[x.data_ptr()] = torch.softmax(x, dim=-1)
+        return cache[x.data_ptr()]
+
+    with pytest.raises(AssertionError, match="candidate: timed output does not match"):
+        timing.time_together({"candidate": replays}, _make_args, check=_check_softmax)
+
+
+def test_input_sets_rotate_and_need_make_args():
+    ptrs = set()
+
+    def records(x):
+        ptrs.add(x.data_ptr())
+
+    timing.time_cpu({"f": records}, _make_args, sets=3, samples=6)
+    assert len(ptrs) == 3
+    with pytest.raises(ValueError, match="make_args"):
+        timing.time_cpu({"f": records}, (torch.zeros(2),), sets=2)
+
+
+def test_host_cost_is_the_per_call_cost():
+    assert timing.host_cost(_spin(10), (torch.zeros(1),), calls=20) > 0
+    slow = timing.host_cost(lambda x: torch.zeros(1).add_(x).sum(), (torch.ones(1),), calls=20)
+    assert slow > 0
+
+
+def test_timing_validates_kind_and_order():
+    with pytest.raises(ValueError, match="timing kind"):
+        Timing(1, 2, 3, host_us=1, kind="gpu", reps=3)
+    with pytest.raises(ValueError, match="p20 <= p50 <= p80"):
+        Timing(3, 2, 1, host_us=1, kind="cpu_wall", reps=3)
+    assert Timing(1, 2, 3, host_us=1, kind="cuda_graph", reps=3).to_json()["kind"] == "cuda_graph"
+
+
+def test_escaped_stream_flags_wall_time_the_events_missed():
+    honest = Timing(90, 100, 110, host_us=8, kind="cuda_events", reps=50, wall_us=95)
+    hidden = Timing(4, 5, 6, host_us=8, kind="cuda_events", reps=50, wall_us=1000)  # side-stream kernel
+    host_bound = Timing(2, 3, 4, host_us=40, kind="cuda_events", reps=50, wall_us=45)
+    assert [timing.escaped_stream(t) for t in (honest, hidden, host_bound)] == [False, True, False]
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal on machines without CUDA")
+@pytest.mark.parametrize("call", [
+    lambda: timing.time_cuda(lambda x: x, (torch.zeros(2),)),
+    lambda: timing.time_cuda_graph(lambda x: x, _make_args),
+])
+def test_cuda_timers_refuse_clearly_without_cuda(call):
+    with pytest.raises(TimingError, match="needs CUDA.*time_cpu"):
+        call()
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_timers_order_work_and_label_kinds():  # pragma: no cover - runs on the GPU machines
+    def make(i):
+        return (torch.randn(1 << 22, device="cuda", generator=None),)
+
+    small = lambda x: x[: 1 << 12] * 2  # noqa: E731
+    big = lambda x: x * 2  # noqa: E731
+    ts = timing.time_together({"small": small, "big": big}, make)
+    assert ts["big"].kind == "cuda_events" and ts["big"].p50_us > ts["small"].p50_us
+    assert not timing.escaped_stream(ts["big"])
+    g = timing.time_cuda_graph(small, make)
+    assert g.kind == "cuda_graph" and 0 < g.p50_us < ts["small"].p50_us + 5
