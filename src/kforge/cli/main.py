@@ -9,10 +9,10 @@ import argparse
 import sys
 
 from kforge import __version__
-from kforge.cli import demo, doctor, misses, table
+from kforge.cli import bench, demo, doctor, evaluate, misses, table
 from kforge.errors import KforgeError
 
-COMMANDS = {"doctor": doctor, "table": table, "misses": misses, "demo": demo}
+COMMANDS = {"doctor": doctor, "table": table, "misses": misses, "demo": demo, "evaluate": evaluate, "bench": bench}
 
 
 def build_parser() -> argparse.ArgumentParser:

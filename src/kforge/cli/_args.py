@@ -1,0 +1,54 @@
+"""Strings from the command line become types here, once: shapes, dtypes, devices, executors."""
+from __future__ import annotations
+
+import torch
+
+from kforge.errors import KforgeError
+
+DTYPES = {"bf16": torch.bfloat16, "bfloat16": torch.bfloat16, "fp16": torch.float16, "float16": torch.float16,
+          "half": torch.float16, "fp32": torch.float32, "float32": torch.float32, "float": torch.float32,
+          "fp64": torch.float64, "float64": torch.float64}
+
+
+def shape(text: str) -> tuple[int, ...]:
+    """"32x4096" or "2,3,128" -> (32, 4096) / (2, 3, 128)."""
+    try:
+        dims = tuple(int(d) for d in text.replace(",", "x").split("x"))
+    except ValueError:
+        raise KforgeError(f"--shape {text!r}: expected dims like 32x4096") from None
+    if not dims or any(d < 0 for d in dims):
+        raise KforgeError(f"--shape {text!r}: dims must be non-negative integers")
+    return dims
+
+
+def dtype(text: str) -> torch.dtype:
+    try:
+        return DTYPES[text.lower()]
+    except KeyError:
+        raise KforgeError(f"--dtype {text!r}: use one of {', '.join(sorted(DTYPES))}") from None
+
+
+def device(text: str | None) -> str:
+    if text is None:
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if text.startswith("cuda") and not torch.cuda.is_available():
+        raise KforgeError(f"--device {text}: no CUDA GPU is visible to torch here")
+    return text
+
+
+def add_problem_arguments(parser) -> None:
+    parser.add_argument("--shape", action="append", default=None, metavar="DIMS",
+                        help="a shape of the op's primary input, e.g. 32x4096 (repeatable; default: the spec's smoke set)")
+    parser.add_argument("--dtype", action="append", default=None, metavar="DTYPE",
+                        help="bf16, fp16, fp32 (repeatable; default: every dtype the op takes but fp64)")
+    parser.add_argument("--device", default=None, help="cpu or cuda[:N] (default: cuda when available)")
+    parser.add_argument("--executor", default="local", choices=("local", "inprocess", "ray"),
+                        help="where candidates run: local sandboxed workers (default), in this process "
+                             "(tests only: no isolation), or a Ray cluster")
+    parser.add_argument("--no-record", action="store_true", help="do not write the results to the score table")
+
+
+def executor(kind: str):
+    from kforge.evaluate.executors import make_executor
+
+    return make_executor(kind)

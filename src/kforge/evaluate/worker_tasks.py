@@ -1,0 +1,106 @@
+"""What runs inside a sandboxed worker: everything that touches untrusted candidate code.
+
+`evaluate_stored(payload)` loads a stored kernel (its hash re-checked), proves it correct against
+the reference (`correctness.verify`), then times it with the vendor in the same run on fresh
+inputs, checking the outputs of timed calls. It returns JSON data only; the coordinator
+(`harness`) decides what to trust and writes the table.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+
+class TimedOutputMismatch(AssertionError):
+    """A timed call returned a wrong answer (result replay or caching)."""
+
+
+def evaluate_stored(payload: dict[str, Any]) -> dict[str, Any]:
+    """payload: op, sha256, device, dtypes (names), seeds, secret_seed, verify_shapes (or None:
+    the spec's sets that fit the device), timing_shapes. Returns {"verdict": {...}, "timings": [...]}."""
+    import torch
+
+    from kforge.evaluate import correctness, timing
+    from kforge.ops import get_spec
+    from kforge.records import CallInfo, DispatchKey
+    from kforge.router.key import dtype_signature
+    from kforge.store import KernelStore
+    from kforge.testing import compare
+
+    spec = get_spec(payload["op"])
+    device = torch.device(payload["device"])
+    dtypes = [getattr(torch, name) for name in payload["dtypes"]]
+    candidate = KernelStore().load(payload["sha256"], spec)
+    shapes = payload.get("verify_shapes")
+    verdict = correctness.verify(
+        spec, candidate.forward, device=device, dtypes=dtypes,
+        shapes=None if shapes is None else [tuple(s) for s in shapes], long_row=True if shapes is not None else None,
+        seeds=tuple(payload["seeds"]), secret_seed=payload.get("secret_seed"), domain=candidate.domain)
+    result: dict[str, Any] = {"verdict": verdict_to_json(verdict), "timings": [], "skipped": [],
+                              "domain": candidate.domain.to_json()}
+    if not verdict.accepted:
+        return result
+
+    def check(calls) -> None:
+        for call in calls:
+            outcome = compare(spec, call.args, call.out)
+            if not outcome.ok:
+                raise TimedOutputMismatch(f"a timed call of {call.name} returned a wrong result: {outcome.message}")
+
+    for shape in payload["timing_shapes"]:
+        shape = tuple(shape)
+        for dtype in dtypes:
+            args = spec.make_inputs(shape, dtype, device, 0)
+            call = CallInfo(DispatchKey(spec.name, "", dtype_signature(args, spec.tensor_args), tuple(spec.problem(args))),
+                            contiguous=True, aligned=16, requires_grad=False)
+            why = candidate.domain.rejects(call, spec.problem_dims)
+            if why is not None:
+                result["skipped"].append({"shape": list(shape), "dtype": str(dtype).removeprefix("torch."), "why": why})
+                continue
+            fns = {"candidate": candidate.forward, "vendor": spec.vendor}
+
+            def make_args(i, shape=shape, dtype=dtype):
+                return spec.make_inputs(shape, dtype, device, 1000 + i)
+
+            try:
+                if device.type == "cuda":
+                    timings = _time_cuda(fns, make_args, check)
+                else:
+                    timings = timing.time_together(fns, make_args, check=check)
+            except TimedOutputMismatch as exc:
+                result["verdict"] = {**result["verdict"], "accepted": False, "check": "timed_output",
+                                     "reason": f"shape {list(shape)} {dtype}: {exc}"}
+                return result
+            result["timings"].append({"shape": list(shape), "dtype": str(dtype).removeprefix("torch."),
+                                      "dtypes": call.key.dtypes, "problem": list(call.key.shape),
+                                      "timings": {name: t.to_json() for name, t in timings.items()}})
+    return result
+
+
+def _time_cuda(fns, make_args, check):
+    from kforge.evaluate import timing
+
+    timings = timing.time_together(fns, make_args, check=check)
+    if min(t.p50_us for t in timings.values()) < timing.GRAPH_BELOW_US:
+        # Microsecond kernels: events mostly see the launch; graph replays see the kernel.
+        graphed = timing.time_together(fns, make_args, graph=True, check=check)
+        timings = {name: _with_host(graphed[name], timings[name]) for name in fns}
+    return timings
+
+
+def _with_host(graphed, evented):
+    import dataclasses
+
+    return dataclasses.replace(graphed, host_us=evented.host_us, wall_us=evented.wall_us)
+
+
+def verdict_to_json(verdict) -> dict[str, Any]:
+    return {
+        "accepted": verdict.accepted,
+        "reason": verdict.reason,
+        "check": None if verdict.check is None else verdict.check.value,
+        "case": None if verdict.case is None else str(verdict.case),
+        "trial": None if verdict.trial is None else verdict.trial.value,
+        "max_error_ratio": verdict.max_error_ratio,
+        "evidence": None if verdict.evidence is None else verdict.evidence.to_json(),
+        "cases": verdict.cases,
+    }
