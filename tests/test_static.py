@@ -88,6 +88,14 @@ ALLOWED = {
             _tuned[(math.prod(x.shape[:-1]),)](y, x.shape[-1])
             return y
     """,
+    "properties and the device's type": """
+        def forward(x):
+            y = torch.empty_like(x.T, memory_format=torch.contiguous_format).T
+            if x.device.type == "cuda" and x.is_cuda and x.ndim == 2:
+                pass
+            _kernel[(1,)](x, y, x.numel(), BLOCK=16)
+            return y
+    """,
     "a parameter that shadows a builtin": """
         def forward(input):
             y = torch.empty_like(input)
@@ -111,6 +119,9 @@ FORBIDDEN = {
     "aten op": ("def forward(x):\n    return torch.ops.aten._softmax(x, -1, False)", Rule.TORCH),
     "tensor method": ("def forward(x):\n    return x.float().exp()", Rule.TORCH),
     "method on a container element": ("def forward(x):\n    return [x][0].sum()", Rule.TORCH),
+    "bound method called later": ("def forward(x):\n    f = x.softmax\n    return f(-1)", Rule.TORCH),
+    "colliding name on a tensor": ("def forward(x):\n    return x.add(1)", Rule.TORCH),
+    "method on an allocation": ("def forward(x):\n    return torch.empty_like(x).fill_(0)", Rule.TORCH),
     "arithmetic": ("def forward(x):\n    y = torch.empty_like(x)\n    return y * 0 + x", Rule.TORCH),
     "arithmetic via a container": ("def forward(x):\n    return [x][0] * 2", Rule.TORCH),
     "arithmetic in a helper": ("def _h(a):\n    return a - 1\ndef forward(x):\n    return _h(x)", Rule.TORCH),
@@ -192,3 +203,8 @@ def test_only_the_ops_tensor_arguments_are_tensors():
     bad = source("def forward(x, weight, eps=1e-6):\n    w = weight * 2\n    return torch.empty_like(x)")
     assert rules(ok, "rms_norm") == set()
     assert rules(bad, "rms_norm") == {Rule.TORCH}
+
+
+def test_without_a_spec_parameters_without_defaults_are_tensors():
+    src = source("def forward(x, scale=2.0):\n    s = scale * 2\n    return x * s")
+    assert {f.rule for f in check_source(src)} == {Rule.TORCH}
