@@ -67,7 +67,7 @@ def main() -> int:
     spec = kforge.ops.SPECS["rms_norm"]
     source = seeds("rms_norm")[0].read_text()
     stored = KernelStore().put(source, op="rms_norm", provider="catalog")
-    cand = KernelStore().load(stored.sha)
+    cand = KernelStore().load(stored.sha256)
     module = cand.module
     x, w, eps = spec.make_inputs((args.rows, args.hidden), torch.bfloat16, "cuda", 0)
     y = torch.empty_like(x)
@@ -85,8 +85,8 @@ def main() -> int:
 
     # The record that routes rms_norm at this key to the stored seed kernel.
     key = DispatchKey("rms_norm", str(fingerprint(x.device)), "bfloat16,bfloat16", (args.rows, args.hidden))
-    ScoreTable().write([Record(key=key, impl=f"triton:{stored.sha[:12]}", backend="triton", p20_us=1.0, p50_us=1.0,
-                               p80_us=1.0, host_us=0.0, timing="cuda_events", source_sha256=stored.sha,
+    ScoreTable().write([Record(key=key, impl=f"triton:{stored.sha256[:12]}", backend="triton", p20_us=1.0, p50_us=1.0,
+                               p80_us=1.0, host_us=0.0, timing="cuda_events", source_sha256=stored.sha256,
                                evidence=Evidence((key.dtypes,), (key.shape,), (0,), 0.5),
                                domain=Domain.from_json(module.DOMAIN), provider="catalog")])
     kforge.reset()
@@ -101,7 +101,7 @@ def main() -> int:
         checks[name] = "ok"
     assert_matches_reference(spec, (x, w, eps), kforge.ops.rms_norm(x, w, eps))
     routed_by = kforge.stats()["ops"]["rms_norm"]["by_impl"]
-    assert list(routed_by) == [f"triton:{stored.sha[:12]}"], routed_by
+    assert list(routed_by) == [f"triton:{stored.sha256[:12]}"], routed_by
 
     fns = {
         "vendor": lambda: torch.rms_norm(x, (args.hidden,), w, eps),
@@ -114,7 +114,7 @@ def main() -> int:
     over = results["routed"]["p50_us"] - results["jit"]["p50_us"]
     env = environment()
     payload = {"benchmark": "triton_launch", "environment": env, "shape": [args.rows, args.hidden],
-               "dtype": "bfloat16", "calls": args.calls, "repeat": args.repeat, "kernel_sha256": stored.sha,
+               "dtype": "bfloat16", "calls": args.calls, "repeat": args.repeat, "kernel_sha256": stored.sha256,
                "results": results, "routed_minus_jit_us": over, "goal_us": 1.5, "meets_goal": over <= 1.5}
     path = write_json(f"triton_launch-{args.rows}x{args.hidden}.json", payload, subdir="h100")
     print(f"{env['gpu']} | torch {env['torch']} | triton {env['triton']} | rms_norm bf16 {args.rows}x{args.hidden}")
