@@ -22,7 +22,7 @@ OFFLINE = ("kforge.gen", "kforge.evaluate", "kforge.cli", "kforge.compile", "kfo
            "anthropic", "openai", "ray")
 RUNTIME = ("kforge.ops", "kforge.ops.*", "kforge.backends", "kforge.backends.*", "kforge.router",
            "kforge.router.*", "kforge.store", "kforge.store.*", "kforge.candidate", "kforge.catalog",
-           "kforge.catalog.*", "kforge.records", "kforge.device",
+           "kforge.catalog.*", "kforge.files", "kforge.records", "kforge.device",
            "kforge.paths", "kforge.errors", "kforge.testing", "kforge")
 
 

@@ -29,6 +29,7 @@ from kforge import paths
 from kforge.candidate import Candidate, candidate_from_module, load_module
 from kforge.device import installed_version
 from kforge.errors import KforgeError
+from kforge.files import atomic_write_bytes, fsync_dir
 
 if TYPE_CHECKING:
     from kforge.ops.spec import OpSpec
@@ -129,37 +130,8 @@ def _write_once(path: Path, data: bytes) -> bool:
         except FileNotFoundError:  # moved into place by the fallback
             pass
     if created:
-        _fsync_dir(path.parent)
+        fsync_dir(path.parent)
     return created
-
-
-def _replace(path: Path, data: bytes) -> None:
-    """Atomically replace `path` with `data` (repairs a tampered source with the true bytes)."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-    _fsync_dir(path.parent)
-
-
-def _fsync_dir(directory: Path) -> None:
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:  # pragma: no cover - platforms without directory fds
-        return
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 class KernelStore:
@@ -192,7 +164,7 @@ class KernelStore:
             try:
                 _verified_bytes(sha, self.source_path(sha))
             except KernelIntegrityError:
-                _replace(self.source_path(sha), data)
+                atomic_write_bytes(self.source_path(sha), data)
         return self.get(sha)
 
     def get(self, sha: str) -> StoredKernel:

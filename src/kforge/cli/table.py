@@ -17,7 +17,7 @@ from pathlib import Path
 from kforge.cli._output import device_text, dtypes_text, emit_json, number, render, shape_text
 from kforge.ops import SPECS
 from kforge.records import CallInfo, Record
-from kforge.router.files import atomic_write_json
+from kforge.files import atomic_write_json
 from kforge.router.policy import rank
 from kforge.router.table import ScoreTable, parse_table, shard_payload
 

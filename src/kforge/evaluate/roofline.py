@@ -34,7 +34,7 @@ import torch
 
 from kforge import paths
 from kforge.device import fingerprint
-from kforge.router.files import atomic_write_json, lock_for, move_aside
+from kforge.files import atomic_write_json, lock_for, move_aside
 
 SCHEMA_VERSION = 1
 LATENCY_US = 5.0

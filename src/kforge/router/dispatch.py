@@ -22,7 +22,7 @@ import torch
 
 from kforge.backends import BACKENDS, BackendName, Implementation, vendor_implementation
 from kforge.device import fingerprint
-from kforge.errors import UnknownNameError, KforgeInputError, KforgePinError
+from kforge.errors import KforgePinError, UnknownNameError
 from kforge.records import DispatchKey, Record
 from kforge.router import misses, pins
 from kforge.router.key import call_info, is_empty, nearest_shape, exact_indices

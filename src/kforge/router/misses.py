@@ -14,7 +14,7 @@ from pathlib import Path
 from kforge import paths
 from kforge.device import slug
 from kforge.records import DispatchKey
-from kforge.router.files import atomic_write_json, file_state, lock_for, move_aside
+from kforge.files import atomic_write_json, file_state, lock_for, move_aside
 
 FLUSH_INTERVAL_S = 30.0
 KIND = "kforge-miss-log"

@@ -25,7 +25,7 @@ from kforge import paths
 from kforge.device import slug
 from kforge.errors import TableError
 from kforge.records import SCHEMA_VERSION, Record
-from kforge.router.files import atomic_write_json, file_state, lock_for, move_aside
+from kforge.files import atomic_write_json, file_state, lock_for, move_aside
 
 KIND = "kforge-score-table"
 

@@ -1,4 +1,4 @@
-"""Crash-safe JSON files shared between processes: lock, write a temp file, fsync, replace.
+"""Crash-safe files shared between processes (table, miss log, kernel store, ceilings): lock, write a temp file, fsync, replace.
 
 Readers never see half a file: `os.replace` is atomic, and a writer killed at any point leaves
 either the old file or the new one (plus, at worst, a stray temp file that readers ignore).
@@ -23,12 +23,16 @@ def lock_for(path: Path) -> FileLock:
 
 def atomic_write_json(path: Path, payload: dict) -> None:
     """Write `payload` to `path` atomically and durably. Call with the path's lock held."""
+    atomic_write_bytes(path, (json.dumps(payload, indent=1, sort_keys=True) + "\n").encode())
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Replace `path` with `data`: temp file in the same directory, fsync, os.replace, fsync dir."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(payload, f, indent=1, sort_keys=True)
-            f.write("\n")
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -38,14 +42,19 @@ def atomic_write_json(path: Path, payload: dict) -> None:
         except OSError:
             pass
         raise
+    fsync_dir(path.parent)
+
+
+def fsync_dir(directory: Path) -> None:
+    """Make a rename or link in `directory` durable (where the platform has directory fds)."""
     try:
-        dir_fd = os.open(path.parent, os.O_RDONLY)
+        fd = os.open(directory, os.O_RDONLY)
     except OSError:  # pragma: no cover - platforms without directory fds
         return
     try:
-        os.fsync(dir_fd)
+        os.fsync(fd)
     finally:
-        os.close(dir_fd)
+        os.close(fd)
 
 
 def move_aside(path: Path, why: str) -> Path:
