@@ -88,6 +88,15 @@ GENERATION_SIZE = 400  # records per write: big enough that a kill often lands i
 
 
 def _looping_writer(ready, generation: int) -> None:
+    # Hold each write open a little (a slow disk): the temp file then exists for a good share of
+    # the loop, so random kills land inside writes often, whatever this machine's speed.
+    real_fsync = os.fsync
+
+    def slow_fsync(fd):
+        time.sleep(0.02)
+        real_fsync(fd)
+
+    os.fsync = slow_fsync
     table = ScoreTable()
     while True:
         table.write([make_record(problem=(i + 1, 64), attempt_id=f"gen-{generation}") for i in range(GENERATION_SIZE)])
