@@ -9,7 +9,10 @@ at the end measures what each call costs the host, which is what a decode step p
                   directly (`kernel.run(grid, stream, function, metadata, ..., *args)`): the
                   cached-launcher path, valid while dtypes, shapes and 16-byte alignment match
   forward         the candidate's forward (allocates the output, then the JIT launch)
-  routed          kforge.ops.rms_norm routed to the stored seed kernel through the score table
+  routed          kforge.ops.rms_norm routed to the stored seed kernel through the score table:
+                  the Triton backend's cached launcher (kforge.backends.launcher), which replays
+                  the recorded launch through the C launcher after two calls
+  routed_jit      the same with KFORGE_LAUNCHER=jit: the router calls forward every time
 Goal (issue 3): routed at most 1.5 us over the bare launch (`jit`).
 
     python benchmarks/triton_launch.py [--rows 1] [--hidden 4096] [--calls 2000] [--repeat 9]
@@ -99,9 +102,16 @@ def main() -> int:
         torch.cuda.synchronize()
         assert_matches_reference(spec, (x, w, eps), out)
         checks[name] = "ok"
-    assert_matches_reference(spec, (x, w, eps), kforge.ops.rms_norm(x, w, eps))
+    for seed in range(4):  # forward, recorded forward, then the replay: each checked
+        xs, ws, _ = spec.make_inputs((args.rows, args.hidden), torch.bfloat16, "cuda", seed)
+        assert_matches_reference(spec, (xs, ws, eps), kforge.ops.rms_norm(xs, ws, eps))
     routed_by = kforge.stats()["ops"]["rms_norm"]["by_impl"]
     assert list(routed_by) == [f"triton:{stored.sha256[:12]}"], routed_by
+    from kforge.router import dispatch
+
+    (decision,) = dispatch.ROUTER.ops["rms_norm"].decisions.values()
+    launcher = decision.fn.launch_state
+    assert launcher.mode == "replay", launcher.reason
 
     fns = {
         "vendor": lambda: torch.rms_norm(x, (args.hidden,), w, eps),
@@ -111,11 +121,16 @@ def main() -> int:
         "routed": lambda: kforge.ops.rms_norm(x, w, eps),
     }
     results = {name: per_call_us(fn, args.calls, args.repeat) for name, fn in fns.items()}
+    os.environ["KFORGE_LAUNCHER"] = "jit"
+    kforge.reset()
+    assert_matches_reference(spec, (x, w, eps), kforge.ops.rms_norm(x, w, eps))
+    results["routed_jit"] = per_call_us(lambda: kforge.ops.rms_norm(x, w, eps), args.calls, args.repeat)
+    del os.environ["KFORGE_LAUNCHER"]
     over = results["routed"]["p50_us"] - results["jit"]["p50_us"]
     env = environment()
     payload = {"benchmark": "triton_launch", "environment": env, "shape": [args.rows, args.hidden],
                "dtype": "bfloat16", "calls": args.calls, "repeat": args.repeat, "kernel_sha256": stored.sha256,
-               "results": results, "routed_minus_jit_us": over, "goal_us": 1.5, "meets_goal": over <= 1.5}
+               "results": results, "launcher_mode": launcher.mode, "routed_minus_jit_us": over, "goal_us": 1.5, "meets_goal": over <= 1.5}
     path = write_json(f"triton_launch-{args.rows}x{args.hidden}.json", payload, subdir="h100")
     print(f"{env['gpu']} | torch {env['torch']} | triton {env['triton']} | rms_norm bf16 {args.rows}x{args.hidden}")
     for name, r in results.items():

@@ -70,9 +70,16 @@ DYNAMIC = {
 }
 
 
+# Cheats only a GPU exposes (the interpreter runs programs one after another, in order).
+GPU_ONLY = {
+    "atomic_split_row": ("rms_norm", Check.NONDETERMINISTIC, dict(shapes=((64, 4096),), dtypes=(torch.float32,)),
+                         lambda v: v.trial == Trial.REPEAT),
+}
+
+
 def test_the_corpus_is_complete_and_documented():
     files = {p.stem for p in CORPUS.glob("*.py")}
-    assert files == set(STATIC) | set(DYNAMIC)
+    assert files == set(STATIC) | set(DYNAMIC) | set(GPU_ONLY)
     assert len(files) >= 15
     readme = (CORPUS / "README.md").read_text()
     assert all(f"| {name}.py |" in readme for name in files)
@@ -93,6 +100,21 @@ def test_dynamic_cheat_passes_static_checks_and_is_rejected_for_its_reason(name)
     assert check_source(path.read_text(), spec) == []
     candidate = load_candidate(path, f"kforge_test_adversarial_{name}", spec)
     verdict = verify(spec, candidate.forward, domain=candidate.domain, **{**QUICK, **extra})
+    assert not verdict.accepted
+    assert verdict.check == check, verdict.reason
+    assert holds(verdict), verdict.reason
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("name", GPU_ONLY)
+def test_gpu_only_cheat_is_rejected_on_the_gpu(name):
+    op, check, extra, holds = GPU_ONLY[name]
+    spec = get_spec(op)
+    path = CORPUS / f"{name}.py"
+    assert check_source(path.read_text(), spec) == []
+    candidate = load_candidate(path, f"kforge_test_adversarial_{name}", spec)
+    verdict = verify(spec, candidate.forward, device="cuda", domain=candidate.domain,
+                     **{**QUICK, "secret_shapes": 0, **extra})
     assert not verdict.accepted
     assert verdict.check == check, verdict.reason
     assert holds(verdict), verdict.reason

@@ -55,3 +55,48 @@ def test_import_does_not_initialise_cuda():
     code = "import kforge, torch; print(torch.cuda.is_initialized())"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "False"
+
+
+@pytest.mark.parametrize("name", sorted(kforge.ops.SPECS))
+def test_a_replayed_stored_kernel_is_captured_by_cuda_graphs(name):
+    """The Triton backend's cached launcher (replay through the C launcher on the current stream)
+    inside a CUDA graph: decided and recorded outside the capture, replayed inside it."""
+    import dataclasses
+
+    from helpers import make_record, write_user_table
+    from kforge.backends.triton import impl_id
+    from kforge.catalog import seeds
+    from kforge.device import fingerprint
+    from kforge.router import dispatch
+    from kforge.store import KernelStore
+
+    spec = kforge.ops.SPECS[name]
+    entry = kforge.ops.ENTRIES[name]
+    sha = KernelStore().put(seeds(name)[0].read_text(), op=name, provider="catalog").sha256
+    domain = KernelStore().load(sha, spec).domain
+    record = make_record(name, (32, 4096), impl=impl_id(sha), dtype=torch.bfloat16, p50=0.1, domain=domain,
+                         device=str(fingerprint("cuda")))
+    write_user_table(dataclasses.replace(record, source_sha256=sha, provider="catalog", timing="cuda_events"))
+    dispatch.reset()
+    args = spec.make_inputs((32, 4096), torch.bfloat16, "cuda", 0)
+    for _ in range(3):
+        entry(*args)  # forward, recorded forward, replay: all outside the capture
+    (decision,) = dispatch.ROUTER.ops[name].decisions.values()
+    assert decision.impl == impl_id(sha)
+    assert decision.fn.launch_state.mode == "replay", decision.fn.launch_state.reason
+    torch.cuda.synchronize()
+    graph = torch.cuda.CUDAGraph()
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        entry(*args)
+        with torch.cuda.graph(graph, stream=stream):
+            out = entry(*args)
+    torch.cuda.current_stream().wait_stream(stream)
+    fresh = spec.make_inputs((32, 4096), torch.bfloat16, "cuda", 1)
+    for static, new in zip(args, fresh):
+        if isinstance(static, torch.Tensor):
+            static.copy_(new)
+    graph.replay()
+    torch.cuda.synchronize()
+    assert_matches_reference(spec, fresh, out)

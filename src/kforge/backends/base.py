@@ -40,6 +40,12 @@ class Implementation:
     fn: Callable[..., Any]
     domain: Domain
     capabilities: Capabilities
+    # Per router decision: given the first call's arguments, a callable for every call with the same
+    # signature (the Triton backend's cached launcher). None: `fn` serves every call.
+    specialize: Callable[[tuple], Callable[..., Any]] | None = None
+
+    def for_call(self, args: tuple) -> Callable[..., Any]:
+        return self.fn if self.specialize is None else self.specialize(args)
 
 
 class Backend(abc.ABC):

@@ -6,9 +6,10 @@ the router turns into one warning, the record switched off for the key, and vend
 A record may not claim more than the kernel's own DOMAIN (it would send calls the kernel was
 never written for); loading such a record fails the same way.
 
-Launch path: the candidate's own `forward` (Triton's JIT launcher). Whether a cached launcher
-(binding the compiled kernel once and skipping the JIT's argument specialisation per call) is
-faster and still correct is measured on the GPU before it replaces this.
+Launch path: per router decision, a cached launcher (`backends.launcher`): forward runs as written
+for the first two calls (the second recorded), then a replay of the recorded launches through the
+compiled kernels' C launchers, once it proved bit-identical to forward. `KFORGE_LAUNCHER=jit`
+keeps forward (Triton's JIT launch) on every call.
 
 Runs where Triton can: a CUDA GPU, or CPU tensors under the interpreter (`TRITON_INTERPRET=1`,
 set before triton is first imported; correctness only, timings there are not GPU timings).
@@ -65,5 +66,10 @@ class TritonBackend(Backend):
         why = domain_exceeds(record.domain, candidate.domain)
         if why is not None:
             raise ValueError(f"record {record.impl} for {record.key} claims more than the kernel's DOMAIN: its domain {why}")
+        from kforge.backends.launcher import cached_launcher
+
+        def specialize(args, forward=candidate.forward, module=candidate.module, tensors=spec.tensor_args):
+            return cached_launcher(forward, module, args, tensors)
+
         return Implementation(id=record.impl, backend=BackendName.TRITON, fn=candidate.forward, domain=record.domain,
-                              capabilities=TRITON_CAPABILITIES)
+                              capabilities=TRITON_CAPABILITIES, specialize=specialize)

@@ -1,8 +1,8 @@
 """What runs inside a sandboxed worker: everything that touches untrusted candidate code.
 
 `evaluate_stored(payload)` loads a stored kernel (its hash re-checked), proves it correct against
-the reference (`correctness.verify`), then times it with the vendor in the same run on fresh
-inputs, checking the outputs of timed calls. It returns JSON data only; the coordinator
+the reference (`correctness.verify`), then times it (through the cached launcher the router would use)
+with the vendor in the same run on fresh inputs, checking the outputs of timed calls. It returns JSON data only; the coordinator
 (`harness`) decides what to trust and writes the table.
 """
 from __future__ import annotations
@@ -19,6 +19,7 @@ def evaluate_stored(payload: dict[str, Any]) -> dict[str, Any]:
     the spec's sets that fit the device), timing_shapes. Returns {"verdict": {...}, "timings": [...]}."""
     import torch
 
+    from kforge.backends.launcher import cached_launcher
     from kforge.evaluate import correctness, timing
     from kforge.ops import get_spec
     from kforge.records import CallInfo, DispatchKey
@@ -56,7 +57,11 @@ def evaluate_stored(payload: dict[str, Any]) -> dict[str, Any]:
             if why is not None:
                 result["skipped"].append({"shape": list(shape), "dtype": str(dtype).removeprefix("torch."), "why": why})
                 continue
-            fns = {"candidate": candidate.forward, "vendor": spec.vendor}
+            # The candidate as the router serves it: its cached launcher (forward for two calls,
+            # then the recorded replay), so host_us is what a routed call pays and the timed
+            # calls' outputs check the replay too.
+            fns = {"candidate": cached_launcher(candidate.forward, candidate.module, args, spec.tensor_args),
+                   "vendor": spec.vendor}
 
             def make_args(i, shape=shape, dtype=dtype):
                 return spec.make_inputs(shape, dtype, device, 1000 + i)

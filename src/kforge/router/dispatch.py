@@ -329,7 +329,7 @@ class OpRouter:
                 warnings.warn(f"kforge.{spec.name}: could not load {record.impl} for {call.key}: {exc}; "
                               "switched off for this key", KforgeFallbackWarning, stacklevel=5)
                 continue
-            fn = impl.fn
+            fn = impl.for_call(args)
             if call.requires_grad and not impl.capabilities.has_backward:
                 fn = _grad_guard(fn, spec.vendor)
             return Decision(fn, impl.id, Kind.HIT, call.key)
@@ -398,7 +398,7 @@ class OpRouter:
             if why is not None:
                 raise KforgePinError(spec.name, impl_id, why)
             impl = self.router.load(spec, record)
-        fn = impl.fn
+        fn = impl.for_call(args)
         if call.requires_grad and not impl.capabilities.has_backward:
             fn = _grad_refusal(fn, spec.name, impl_id)
         return Decision(fn, impl_id, Kind.PINNED, call.key)

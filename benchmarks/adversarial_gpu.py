@@ -1,0 +1,126 @@
+"""The adversarial corpus (tests/adversarial) through the full harness on a GPU, plus what the
+side-stream cheat does to timers that only record events on the current stream.
+
+1. Every cheat goes through `evaluate_source(..., device="cuda")` (static checks, sandboxed
+   worker, verification, timing) and must be rejected for its own reason: the check named in
+   tests/test_adversarial.py (STATIC, DYNAMIC, GPU_ONLY).
+2. side_stream.py, with the static check bypassed (loaded here directly): timed by
+   `triton.testing.do_bench` (events on the current stream) and by kforge's timer, whose
+   synchronized wall time exposes the escaped work (`timing.escaped_stream`).
+
+    python benchmarks/adversarial_gpu.py [--only NAME ...]
+Writes results/h100/adversarial-gpu.json.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+sys.path.insert(0, str(HERE.parent / "tests"))
+from common import environment, write_json  # noqa: E402
+
+SHAPES = {"rms_norm": (64, 4096), "fused_add_rms_norm": (64, 4096), "softmax": (64, 4096)}
+
+
+def expectations() -> dict[str, tuple[str, str]]:
+    """corpus file -> (op, the harness's `check` that must reject it)."""
+    import test_adversarial as corpus
+
+    out = {name: (op, f"static:{rule.value}") for name, (op, rule) in corpus.STATIC.items()}
+    for table in (corpus.DYNAMIC, corpus.GPU_ONLY):
+        out.update({name: (op, check.value) for name, (op, check, _, _) in table.items()})
+    return out
+
+
+def run_corpus(only: list[str]) -> list[dict]:
+    from kforge.evaluate.executors import LocalPoolExecutor
+    from kforge.evaluate.harness import evaluate_source
+    from kforge.evaluate.static import check_source
+    from kforge.ops import get_spec
+
+    rows = []
+    with LocalPoolExecutor() as executor:
+        for name, (op, expected) in sorted(expectations().items()):
+            if only and name not in only:
+                continue
+            source = (HERE.parent / "tests" / "adversarial" / f"{name}.py").read_text()
+            start = time.monotonic()
+            result = evaluate_source(source, op, device="cuda", dtypes=[torch.bfloat16, torch.float32],
+                                     timing_shapes=[SHAPES[op]], executor=executor, provider="adversarial",
+                                     record=False, timeout_s=120.0)
+            if expected.startswith("static:"):
+                # The harness reports the first finding; the cheat's own rule must be among them
+                # (kills_process also imports os, patches_timer imports time, ...).
+                rules = {f"static:{f.rule.value}" for f in check_source(source, get_spec(op))}
+                ok = not result.accepted and str(result.check).startswith("static:") and expected in rules
+            else:
+                ok = not result.accepted and result.check == expected
+            rows.append({"case": name, "op": op, "expected_check": expected, "verdict": result.verdict,
+                         "check": result.check, "reason": result.reason[:400], "case_detail": result.case,
+                         "rejected_for_its_reason": ok, "seconds": round(time.monotonic() - start, 1)})
+            print(f"{name:24s} {result.verdict:9s} {str(result.check):28s} {'ok' if ok else 'MISMATCH'}", flush=True)
+    return rows
+
+
+def side_stream() -> dict:
+    import triton.testing
+
+    from kforge.candidate import load_module
+    from kforge.evaluate import roofline, timing
+    from kforge.ops import get_spec
+
+    spec = get_spec("softmax")
+    module = load_module(HERE.parent / "tests" / "adversarial" / "side_stream.py", "kforge_bench_side_stream")
+    shape = (4096, 4096)
+    (x,) = spec.make_inputs(shape, torch.bfloat16, "cuda", 0)
+    do_bench_us = {"side_stream": triton.testing.do_bench(lambda: module.forward(x)) * 1e3,
+                   "vendor": triton.testing.do_bench(lambda: spec.vendor(x)) * 1e3}
+    timed = timing.time_together({"side_stream": module.forward, "vendor": spec.vendor},
+                                 lambda i: spec.make_inputs(shape, torch.bfloat16, "cuda", 100 + i))
+    t = timed["side_stream"]
+    # What the harness does next with such a time: the roofline floor (copy bandwidth) of moving
+    # the op's bytes; beating it twice rejects the candidate (harness._beats_floor).
+    ceilings = roofline.ceilings(torch.device("cuda"))
+    result = roofline.classify(spec.bytes_moved(shape, torch.bfloat16), spec.flops(shape, torch.bfloat16),
+                               t.p50_us, ceilings)
+    return {"roofline_floor_us": result.floor_us, "beats_roofline_floor": roofline.implausible(t.p50_us, result.floor_us),
+            "shape": list(shape), "dtype": "bfloat16",
+            "do_bench_us": do_bench_us,
+            "do_bench_speedup_claimed": do_bench_us["vendor"] / do_bench_us["side_stream"],
+            "kforge_events_p50_us": t.p50_us, "kforge_wall_us": t.wall_us, "kforge_host_us": t.host_us,
+            "vendor_p50_us": timed["vendor"].p50_us,
+            "escaped_stream_detected": timing.escaped_stream(t)}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--only", nargs="*", default=[])
+    args = parser.parse_args()
+    if not torch.cuda.is_available():
+        print("needs a CUDA GPU", file=sys.stderr)
+        return 2
+    os.environ.setdefault("KFORGE_HOME", tempfile.mkdtemp(prefix="kforge-adversarial-"))
+    stream = side_stream()
+    print(f"side_stream: do_bench says {stream['do_bench_speedup_claimed']:.0f}x faster than vendor; kforge events "
+          f"{stream['kforge_events_p50_us']:.1f} us, synchronized wall {stream['kforge_wall_us']:.1f} us, "
+          f"escaped_stream={stream['escaped_stream_detected']}, roofline floor {stream['roofline_floor_us']:.1f} us, "
+          f"beats it: {stream['beats_roofline_floor']}", flush=True)
+    rows = run_corpus(args.only)
+    payload = {"benchmark": "adversarial_gpu", "environment": environment(), "corpus": rows,
+               "all_rejected_for_their_reason": all(r["rejected_for_its_reason"] for r in rows),
+               "side_stream": stream}
+    path = write_json("adversarial-gpu.json", payload, subdir="h100")
+    print(f"{sum(r['rejected_for_its_reason'] for r in rows)}/{len(rows)} rejected for their reason; wrote {path}")
+    return 0 if payload["all_rejected_for_their_reason"] else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
