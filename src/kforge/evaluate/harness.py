@@ -174,6 +174,15 @@ def _judge(spec, value: dict, sha: str, impl: str, device: torch.device) -> Eval
                       skipped=value.get("skipped", []), domain=Domain.from_json(value.get("domain", {})))
 
 
+def records_for(evaluation: Evaluation, *, provider: str, attempt_id: str | None, device: str | torch.device,
+                keys: Iterable[DispatchKey] | None = None) -> list[Record]:
+    """The score-table records of an accepted evaluation (candidate and vendor of the same run),
+    for every measured key or only `keys` (the generator records a variant where it is the best)."""
+    evaluation = dataclasses.replace(evaluation, measurements=[
+        m for m in evaluation.measurements if keys is None or m.key in set(keys)])
+    return _records(get_spec(evaluation.op), evaluation, evaluation.sha256, provider, attempt_id, torch.device(device))
+
+
 def _records(spec, evaluation: Evaluation, sha: str, provider: str, attempt_id: str | None,
              device: torch.device) -> list[Record]:
     # The kernel's own DOMAIN as the worker read it; the Triton backend re-checks at load that a
