@@ -4,6 +4,7 @@
 #   bash benchmarks/gpu_harness.sh launch       # launch-path benchmark + the GPU-side tests
 #   bash benchmarks/gpu_harness.sh bench        # kforge bench on the built-in ops (seeds vs vendor)
 #   bash benchmarks/gpu_harness.sh adversarial  # the cheat corpus through the harness on the GPU
+#   bash benchmarks/gpu_harness.sh generate OP  # issue 4: kforge generate --provider catalog, before/after
 set -uo pipefail
 export PYTHONPATH=src PYTHONUNBUFFERED=1 KFORGE_HOME=/tmp/kforge-home
 OUT=${OUT:-/tmp/out}
@@ -27,6 +28,18 @@ case ${1:-launch} in
       echo "bench $op rc=$?"; tail -3 "$OUT/bench-$op.log"
     done
     python3 -m kforge table 2>&1 | tail -30
+    ;;
+  generate)
+    op=${2:-rms_norm}
+    case $op in
+      softmax) shapes="--shape 4096x4096 --shape 65536x128 --shape 32x151936" ;;
+      *) shapes="--shape 32x4096 --shape 4096x4096 --shape 65536x128" ;;
+    esac
+    timeout ${GEN_TIMEOUT:-540} python3 -m kforge generate $op $shapes --dtype bf16 --provider catalog \
+      --rounds ${ROUNDS:-2} --variants ${VARIANTS:-3} --top-k 2 --json \
+      > "benchmarks/results/h100/generate-$op.json" 2> "$OUT/generate-$op.log"
+    echo "generate $op rc=$?"; grep -v "^\[" "$OUT/generate-$op.log" | tail -5; tail -2 "$OUT/generate-$op.log"
+    python3 -m kforge attempts list --op $op --limit 12 2>&1 | tail -14
     ;;
   adversarial)
     timeout ${ADV_TIMEOUT:-560} python3 benchmarks/adversarial_gpu.py 2>&1 | tail -40

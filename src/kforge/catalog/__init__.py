@@ -2,8 +2,12 @@
 
 Each file here follows the candidate contract (`kforge.candidate`): `forward` with its op's
 signature, the `@triton.jit` kernels it launches, a `DOMAIN`, and its tunables as module-level
-constants (what the catalog provider mutates). They are data, not modules of kforge: nothing
-imports them; they are loaded by path, stored, evaluated and routed like any generated kernel.
+constants, each one `NAME = literal` line, listed with their choices in a module-level
+`SEARCH_SPACE = {"NAME": [value, ...]}` literal: what the catalog provider
+(`kforge.gen.providers.catalog`) may rewrite. A shipped value should be written as `repr` writes
+it, so that a mutant set back to it is the shipped file byte for byte. They are data, not modules
+of kforge: nothing imports them; they are loaded by path, stored, evaluated and routed like any
+generated kernel.
 """
 from __future__ import annotations
 

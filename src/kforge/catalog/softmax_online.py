@@ -19,11 +19,20 @@ DOMAIN = {
 }
 
 # Tunables. BLOCK: columns per loop step (the row length rounded up to a power of two when the
-# row is shorter); 4096 fp32 values over 8 warps is 16 per thread, enough loads in flight to
-# stream at full bandwidth without spilling.
+# row is shorter). As shipped, 4096 fp32 values over 8 warps is 16 per thread, enough loads in
+# flight to stream at full bandwidth without spilling. NUM_STAGES: how many loop steps' loads
+# Triton's software pipeliner keeps in flight (3, its default on CUDA, as shipped).
 MAX_BLOCK = 4096
 MIN_BLOCK = 16
 NUM_WARPS = 8
+NUM_STAGES = 3
+
+# What the catalog provider may change (kforge.gen.providers.catalog): name -> choices.
+SEARCH_SPACE = {
+    "MAX_BLOCK": [1024, 2048, 4096, 8192],
+    "NUM_WARPS": [4, 8, 16],
+    "NUM_STAGES": [1, 2, 3, 4],
+}
 
 
 @triton.jit
@@ -59,5 +68,5 @@ def forward(x):
         return y
     rows = x.numel() // cols
     block = min(max(triton.next_power_of_2(cols), MIN_BLOCK), MAX_BLOCK)
-    _softmax_online_row[(rows,)](x, y, cols, BLOCK=block, num_warps=NUM_WARPS)
+    _softmax_online_row[(rows,)](x, y, cols, BLOCK=block, num_warps=NUM_WARPS, num_stages=NUM_STAGES)
     return y

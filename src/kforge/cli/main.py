@@ -9,10 +9,11 @@ import argparse
 import sys
 
 from kforge import __version__
-from kforge.cli import bench, demo, doctor, evaluate, misses, table
+from kforge.cli import attempts, bench, demo, doctor, evaluate, generate, misses, table
 from kforge.errors import KforgeError
 
-COMMANDS = {"doctor": doctor, "table": table, "misses": misses, "demo": demo, "evaluate": evaluate, "bench": bench}
+COMMANDS = {"doctor": doctor, "table": table, "misses": misses, "demo": demo, "evaluate": evaluate, "bench": bench,
+            "generate": generate, "attempts": attempts}
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,0 +1,141 @@
+"""kforge generate: fill gaps in the score table with verified Triton kernels.
+
+    kforge generate rms_norm --shape 32x4096 --dtype bf16 --provider catalog --rounds 3 --variants 4
+    kforge generate --from-misses --limit 3          # the logged misses worth the most time first
+    kforge generate rms_norm --resume RUN_ID          # continue an interrupted run
+
+Each round asks the provider for N variants (continuing the top-K lineages), checks and evaluates
+them in sandboxed workers (verification against the fp64 reference, timing with vendor in the same
+run), archives every attempt (`kforge attempts`), and records the fastest verified kernel per key
+in the score table. Prints a before/after table per key; progress goes to stderr. Providers:
+catalog (default: seed kernels and their tunables, no key, no network), anthropic, openai (any
+OpenAI-compatible server with --base-url), command (any program reading the prompt on stdin).
+"""
+from __future__ import annotations
+
+import os
+import sys
+
+from kforge.cli import _args
+from kforge.cli._output import emit_json, number, progress, render, shape_text
+from kforge.errors import KforgeError
+
+HELP = "generate, verify, time and record kernels for an op (or for the logged misses)"
+
+
+def add_arguments(parser) -> None:
+    from kforge.gen.config import add_provider_arguments
+
+    parser.add_argument("op", nargs="?", help="the op to generate kernels for (omit with --from-misses)")
+    parser.add_argument("--from-misses", action="store_true",
+                        help="work on the keys of the miss log, most expected time saved first")
+    parser.add_argument("--limit", type=int, default=None, help="with --from-misses: at most this many keys")
+    parser.add_argument("--rounds", type=int, default=3, help="rounds of variants (default: %(default)s)")
+    parser.add_argument("--variants", type=int, default=4, help="variants per round (default: %(default)s)")
+    parser.add_argument("--top-k", type=int, default=2, help="lineages kept between rounds (default: %(default)s)")
+    parser.add_argument("--target-speedup", type=float, default=None,
+                        help="stop once the best kernel beats vendor by this factor (geometric mean over keys)")
+    parser.add_argument("--target-fraction", type=float, default=None,
+                        help="stop once the best kernel reaches this fraction of the roofline on every key")
+    parser.add_argument("--token-budget", type=int, default=None, help="tokens (in + out) the run may spend (LLM providers)")
+    parser.add_argument("--max-seconds", type=float, default=None, help="time budget of the run")
+    parser.add_argument("--resume", nargs="?", const="latest", default=None, metavar="RUN_ID",
+                        help="continue an interrupted run (default: the latest unfinished run of OP)")
+    _args.add_problem_arguments(parser)
+    add_provider_arguments(parser)
+
+
+def run(args) -> int:
+    from kforge.gen import search
+    from kforge.gen.config import config_from_args
+    from kforge.gen.providers import make_provider
+
+    if bool(args.op) == bool(args.from_misses):
+        raise KforgeError("give an OP, or --from-misses (not both)")
+    device = _args.device(args.device)
+    if device == "cpu":
+        os.environ.setdefault("TRITON_INTERPRET", "1")
+    config = config_from_args(args)
+    provider = make_provider(config)  # a missing key fails here, before any work
+    settings = search.Settings(rounds=args.rounds, variants=args.variants, top_k=args.top_k,
+                               target_speedup=args.target_speedup, target_fraction=args.target_fraction,
+                               max_tokens=args.token_budget, max_seconds=args.max_seconds)
+    jobs = _jobs(args, device)
+    executor = _args.executor(args.executor)
+    results = []
+    try:
+        for op, shapes, dtypes, resume in jobs:
+            progress(f"generate {op} on {device} with {provider.name}: shapes "
+                     f"{', '.join(shape_text(s) for s in shapes) or '(resumed)'}")
+            result = search.run(op, provider, settings, device=device, dtypes=dtypes, shapes=shapes,
+                                executor=executor, resume=resume, model=config.model, record=not args.no_record,
+                                on_progress=progress)
+            results.append(result)
+            progress(f"{op}: {result.status}; {result.attempts} attempts, {result.accepted} accepted "
+                     f"({result.seconds:.0f} s); run id {result.run_id}")
+    finally:
+        executor.close()
+        provider.close()
+    if args.json:
+        emit_json({"device": device, "provider": provider.name, "runs": [r.to_json() for r in results]})
+    else:
+        _print(results)
+    return 0
+
+
+def _jobs(args, device: str) -> list[tuple]:
+    """(op, shapes, dtypes, resume run id) per search run."""
+    from kforge.gen import from_misses, search
+
+    if args.resume:
+        if args.from_misses:
+            raise KforgeError("--resume continues one run of an OP; it does not combine with --from-misses")
+        run_id = args.resume
+        if run_id == "latest":
+            pending = search.unfinished_runs(args.op)
+            if not pending:
+                raise KforgeError(f"--resume: no unfinished run of {args.op} under {search.runs_dir()}")
+            run_id = pending[-1]["run_id"]
+        return [(args.op, [], [], run_id)]
+    if not args.from_misses:
+        shapes = [_args.shape(s) for s in args.shape] if args.shape else None
+        dtypes = [_args.dtype(d) for d in args.dtype] if args.dtype else None
+        return [(args.op, shapes, dtypes, None)]
+    targets = from_misses.targets(device, args.limit, on_progress=progress)
+    if not targets:
+        progress("the miss log has no entries for this device: nothing to generate")
+        return []
+    rows = [[t.op, t.dtype, shape_text(t.shape), t.calls, number(t.current_us, 1), number(t.floor_us, 2),
+             number(t.saving_us / 1e3, 2), t.source] for t in targets]
+    print(render(["op", "dtype", "shape", "calls", "now us", "floor us", "saving ms", "now from"], rows,
+                 right=(3, 4, 5, 6)), file=sys.stderr)
+    import torch
+
+    jobs: dict[str, tuple] = {}
+    for t in targets:  # one run per op over its keys, in order of expected saving
+        shapes, dtypes = jobs.setdefault(t.op, ([], []))[:2]
+        if t.shape not in shapes:
+            shapes.append(t.shape)
+        dtype = getattr(torch, t.dtype)
+        if dtype not in dtypes:
+            dtypes.append(dtype)
+    return [(op, shapes, dtypes, None) for op, (shapes, dtypes) in jobs.items()]
+
+
+def _print(results) -> None:
+    rows = []
+    for r in results:
+        for k in r.keys:
+            before, after = k["before"], k["after"]
+            gain = (before["p50_us"] / after["p50_us"]) if before.get("p50_us") and after["p50_us"] else None
+            rows.append([r.op, k["dtype"], shape_text(k["shape"]), before["impl"], number(before.get("p50_us"), 2),
+                         after["impl"], number(after["p50_us"], 2), number(k["vendor_p50_us"], 2),
+                         "-" if gain is None else f"{gain:.2f}x"])
+    if rows:
+        print(render(["op", "dtype", "shape", "before", "us", "after", "us", "vendor us", "gain"], rows,
+                     right=(4, 6, 7, 8)))
+    else:
+        print("no kernel was accepted: the table is unchanged")
+    for r in results:
+        best = f"best {r.best.speedup:.2f}x vs vendor ({r.best.sha256[:12]})" if r.best else "no accepted kernel"
+        print(f"{r.op}: {r.status}; {r.attempts} attempts, {r.accepted} accepted, {best}; run {r.run_id}")

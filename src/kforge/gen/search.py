@@ -1,0 +1,485 @@
+"""The search loop of `kforge generate`: rounds of variants, top-K lineages, evaluation through the
+harness, every attempt archived, the best verified kernel per key recorded.
+
+    result = run(op, provider, Settings(rounds=3, variants=4, top_k=2), device="cuda",
+                 dtypes=[torch.bfloat16], shapes=[(32, 4096)])
+
+Per round, each variant v continues lineage v mod K (the K best accepted variants so far; none in
+round 0: the provider starts from scratch or from its seeds): prompt -> provider -> code
+extraction and static checks (one corrective re-prompt for a malformed answer) -> the harness
+(sandboxed verification, timing with vendor in the same run) in parallel over the executor's
+slots. A variant that is the fastest this run has seen at a key is written to the score table at
+once (kernel and vendor records of the same run, with provider, attempt id and parent), so an
+interrupted run loses nothing it proved. The state after every attempt is saved under
+`<home>/runs/<run id>.json`; `run(..., resume=RUN_ID)` continues where it stopped.
+
+Stops at `rounds`, at the target (speedup over vendor, or fraction of the roofline on every key),
+at the token or time budget, or when the provider has nothing new to offer.
+"""
+from __future__ import annotations
+
+import concurrent.futures
+import dataclasses
+import datetime as _dt
+import hashlib
+import json
+import math
+import secrets
+import time
+from typing import Any, Callable, Sequence
+
+import torch
+
+from kforge import paths
+from kforge.device import fingerprint, installed_version
+from kforge.errors import KforgeError
+from kforge.files import atomic_write_json
+from kforge.gen import extract, knowledge, prompt
+from kforge.gen.archive import Archive, Attempt
+from kforge.gen.types import Completion, GenerationContext, Message, Provider, ProviderError, Role, Usage
+from kforge.ops import get_spec
+
+STATE_KIND = "kforge-generate-run"
+FEEDBACK_KEPT = 3  # failures shown to the next prompt
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+    rounds: int = 3
+    variants: int = 4  # per round
+    top_k: int = 2  # lineages kept
+    target_speedup: float | None = None  # stop once the best variant beats vendor by this (geomean over keys)
+    target_fraction: float | None = None  # stop once the best variant reaches this roofline fraction on every key
+    max_tokens: int | None = None  # input + output tokens over the run
+    max_seconds: float | None = None
+    corrective_retries: int = 1  # re-prompts for a malformed answer
+    timeout_s: float = 600.0  # one candidate's evaluation
+    verify_shapes: tuple[tuple[int, ...], ...] | None = None  # None: the spec's shape sets (tests shrink them)
+
+    def __post_init__(self) -> None:
+        for name in ("rounds", "variants", "top_k"):
+            if getattr(self, name) < 1:
+                raise KforgeError(f"generate: --{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
+
+
+class SearchError(KforgeError):
+    """A run that cannot start or resume (unknown run id, a run of another op)."""
+
+
+@dataclasses.dataclass
+class Variant:
+    """An accepted candidate: what the lineages, the prompts' priors and the summary read."""
+
+    sha256: str
+    attempt_id: str
+    source: str
+    speedup: float  # geometric mean over measured keys of vendor p50 / candidate p50 (same run)
+    fraction: float | None  # lowest fraction of the roofline over measured keys
+    measurements: list[dict]  # Measurement.to_json() of each key
+
+    def to_json(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+@dataclasses.dataclass
+class RunResult:
+    run_id: str
+    op: str
+    status: str  # "finished: <why it stopped>"
+    rounds_done: int
+    attempts: int
+    accepted: int
+    best: Variant | None
+    keys: list[dict]  # per key: before and after (impl, p50), the winning attempt
+    usage: Usage
+    seconds: float
+
+    def to_json(self) -> dict:
+        return {"run_id": self.run_id, "op": self.op, "status": self.status, "rounds_done": self.rounds_done,
+                "attempts": self.attempts, "accepted": self.accepted,
+                "best": None if self.best is None else {k: v for k, v in self.best.to_json().items() if k != "source"},
+                "keys": self.keys, "usage": self.usage.to_json(), "seconds": round(self.seconds, 1)}
+
+
+def runs_dir():
+    return paths.home() / "runs"
+
+
+def new_run_id(op: str) -> str:
+    return f"{_dt.datetime.now(_dt.timezone.utc).strftime('%Y%m%dT%H%M%S')}-{op}-{secrets.token_hex(3)}"
+
+
+# -- the loop ------------------------------------------------------------------------------------
+def run(op: str, provider: Provider, settings: Settings = Settings(), *, device: str = "cpu",
+        dtypes: Sequence[torch.dtype] | None = None, shapes: Sequence[tuple[int, ...]] | None = None,
+        executor=None, resume: str | None = None, archive: Archive | None = None, table=None,
+        model: str | None = None, record: bool = True,
+        on_progress: Callable[[str], None] | None = None) -> RunResult:
+    """Search for kernels of `op` at `shapes` x `dtypes` on `device`; see the module docstring."""
+    from kforge.evaluate.executors import LocalPoolExecutor
+    from kforge.router.table import ScoreTable
+
+    spec = get_spec(op)
+    archive = archive or Archive()
+    table = table or ScoreTable()
+    say = on_progress or (lambda message: None)
+    state = _load_state(resume, op) if resume else _new_state(op, device, dtypes or _default_dtypes(spec),
+                                                              shapes or list(spec.shapes("smoke")), provider,
+                                                              model, settings)
+    if resume:
+        saved = dict(state["settings"])
+        if saved.get("verify_shapes") is not None:
+            saved["verify_shapes"] = tuple(tuple(x) for x in saved["verify_shapes"])
+        settings = Settings(**saved)
+    if not resume:
+        state["record"] = record
+        state["before"] = _best_per_key(table, state["fingerprint"], op)
+        _save_state(state)
+    device, dtypes = state["device"], [getattr(torch, d) for d in state["dtypes"]]
+    shapes = [tuple(s) for s in state["shapes"]]
+    own_executor = executor is None
+    executor = executor or LocalPoolExecutor()
+    fp = str(fingerprint(torch.device(device)))
+    started = time.monotonic() - state["elapsed_s"]
+    context = _PromptContext(spec, fp, device, dtypes, shapes)
+    try:
+        while state["round"] < settings.rounds and not state["status"]:
+            why = _should_stop(state, settings, started)
+            if why:
+                state["status"] = why
+                break
+            r = state["round"]
+            pending = [v for v in range(settings.variants) if f"{r}:{v}" not in state["done"]]
+            proposals = []
+            for v in pending:
+                say(_progress_line(state, settings, f"round {r + 1}/{settings.rounds} variant {v + 1}/{settings.variants}: asking {provider.name}"))
+                proposals.append(_propose(provider, context, state, settings, r, v))
+            if pending and all(p.exhausted for p in proposals):
+                state["status"] = f"the {provider.name} provider has no untried variant left"
+            say(_progress_line(state, settings, f"round {r + 1}/{settings.rounds}: evaluating "
+                                                f"{sum(p.source is not None for p in proposals)} candidate(s)"))
+            for proposal, evaluation in _evaluate_all(proposals, spec, device, dtypes, shapes, executor, settings,
+                                                      provider.name):
+                _conclude(proposal, evaluation, state, archive, table, provider, model, r)
+                _save_state(state)
+            if not state["status"]:
+                state["round"] = r + 1
+            state["elapsed_s"] = time.monotonic() - started
+            _save_state(state)
+        if not state["status"]:
+            state["status"] = _should_stop(state, settings, started) or f"ran {settings.rounds} round(s)"
+        state["elapsed_s"] = time.monotonic() - started
+        _save_state(state)
+        _learn(state, spec, fp, context)
+    finally:
+        if own_executor:
+            executor.close()
+    return _result(state, table)
+
+
+@dataclasses.dataclass
+class _Proposal:
+    round: int
+    variant: int
+    parent: Variant | None
+    messages: list[Message]
+    completions: list[Completion]
+    source: str | None = None
+    error: str | None = None  # why no source came out of the answer
+    check: str | None = None
+    problem: Any = None  # the last ExtractionError or static findings (for the next prompt's feedback)
+    exhausted: bool = False  # the provider had nothing new (catalog)
+
+    @property
+    def usage(self) -> Usage:
+        total = Usage()
+        for c in self.completions:
+            total = total + c.usage
+        return total
+
+
+@dataclasses.dataclass
+class _PromptContext:
+    spec: Any
+    fingerprint: str
+    device: str
+    dtypes: list
+    shapes: list
+
+    def ceilings(self):
+        from kforge.evaluate import roofline
+
+        return roofline.ceilings(torch.device(self.device))
+
+
+def _propose(provider: Provider, ctx: _PromptContext, state: dict, settings: Settings, r: int, v: int) -> _Proposal:
+    lineages = [Variant(**x) for x in state["lineages"]]
+    parent = lineages[v % len(lineages)] if lineages else None
+    gen_context = GenerationContext(
+        op=ctx.spec.name, round=r, variant=v, seed=_seed(state["run_id"], r, v),
+        parent_source=None if parent is None else parent.source, parent_sha256=None if parent is None else parent.sha256,
+        dtypes=tuple(state["dtypes"]), shapes=tuple(tuple(s) for s in state["shapes"]),
+        exclude=frozenset(state["tried"]))
+    triton_version = installed_version("triton") or "none"
+    entries = knowledge.relevant(knowledge.load(ctx.spec.name), _gpu_name(ctx.fingerprint), state["dtypes"][0],
+                                 triton_version)
+    messages = prompt.build_messages(
+        ctx.spec, device=ctx.fingerprint, ceilings=ctx.ceilings(), triton_version=triton_version,
+        dtypes=state["dtypes"], shapes=[tuple(s) for s in state["shapes"]], knowledge=entries,
+        priors=[_prior(x) for x in lineages], feedback=[prompt.Feedback(**f) for f in state["feedback"]],
+        parent_source=None if parent is None else parent.source,
+        evolve=parent is not None and "EVOLVE-BLOCK-START" in parent.source)
+    proposal = _Proposal(r, v, parent, list(messages), [])
+    for attempt in range(settings.corrective_retries + 1):
+        try:
+            completion = provider.complete(proposal.messages, context=gen_context)
+        except ProviderError as exc:
+            proposal.error, proposal.check = str(exc), "provider"
+            proposal.exhausted = "no untried variant" in str(exc)
+            return proposal
+        proposal.completions.append(completion)
+        try:
+            extracted = extract.check_answer(completion.text, ctx.spec, parent_source=gen_context.parent_source)
+        except extract.ExtractionError as exc:
+            problem, check = exc, "format"
+        else:
+            if not extracted.findings:
+                proposal.source, proposal.error, proposal.check, proposal.problem = extracted.source, None, None, None
+                return proposal
+            problem, check = extracted.findings, f"static:{extracted.findings[0].rule.value}"
+        proposal.error, proposal.check, proposal.problem = (str(problem) if check == "format"
+                                                            else "; ".join(str(f) for f in problem)), check, problem
+        if attempt < settings.corrective_retries:
+            proposal.messages += [Message(Role.ASSISTANT, completion.text), extract.corrective_message(problem)]
+    return proposal
+
+
+def _evaluate_all(proposals, spec, device, dtypes, shapes, executor, settings, provider_name: str):
+    """(proposal, Evaluation | None) for each proposal, candidates evaluated in parallel."""
+    from kforge.evaluate.harness import evaluate_source
+
+    def one(p: _Proposal):
+        if p.source is None:
+            return None
+        return evaluate_source(p.source, spec.name, device=device, dtypes=dtypes, timing_shapes=shapes,
+                               executor=executor, provider=provider_name, record=False, timeout_s=settings.timeout_s,
+                               parent=None if p.parent is None else p.parent.sha256,
+                               verify_shapes=settings.verify_shapes)
+
+    slots = max(1, len(getattr(executor, "slots", [None])))
+    with concurrent.futures.ThreadPoolExecutor(slots, thread_name_prefix="kforge-generate") as pool:
+        futures = [pool.submit(one, p) for p in proposals]
+        for p, f in zip(proposals, futures):
+            yield p, f.result()
+
+
+def _conclude(p: _Proposal, evaluation, state: dict, archive: Archive, table, provider: Provider,
+              model: str | None, r: int) -> None:
+    """Archive the attempt, update lineages, feedback and the best-per-key records."""
+    from kforge.evaluate.harness import records_for
+
+    usage = p.usage
+    state["usage"] = (Usage(**state["usage"]) + usage).to_json()
+    sha = None if p.source is None else hashlib.sha256(p.source.encode()).hexdigest()
+    if sha:
+        state["tried"] = sorted(set(state["tried"]) | {sha})
+    if evaluation is None:
+        verdict, reason, check, case, measurements = "error" if p.check == "provider" else "rejected", p.error, p.check, None, []
+    else:
+        verdict, reason, check, case = evaluation.verdict, evaluation.reason, evaluation.check, evaluation.case
+        measurements = [m.to_json() for m in evaluation.measurements]
+    speedup = _geomean([m["speedup_vs_vendor"] for m in measurements]) if measurements else None
+    last = p.completions[-1] if p.completions else None
+    attempt = Attempt(
+        id=archive.new_id(), run_id=state["run_id"], op=state["op"], device=state["fingerprint"], round=r,
+        variant=p.variant, parent=None if p.parent is None else p.parent.attempt_id,
+        parent_sha256=None if p.parent is None else p.parent.sha256, provider=provider.name,
+        model=(last.model if last else model) or provider.name, messages=[m.to_json() for m in p.messages],
+        response="" if last is None else last.text, source=p.source, sha256=sha, verdict=verdict, reason=reason or "",
+        check=check, case=case, measurements=measurements, best_speedup=speedup, usage=usage.to_json(),
+        latency_s=sum(c.latency_s for c in p.completions),
+        created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"))
+    archive.add(attempt)
+    state["done"][f"{r}:{p.variant}"] = attempt.id
+    state["attempts"] += 1
+    if evaluation is None or not evaluation.accepted:
+        if evaluation is not None:
+            fb = prompt.feedback_from_evaluation(evaluation)
+        elif p.problem is not None:
+            fb = prompt.feedback_from_answer(p.problem)
+        else:
+            fb = None  # the provider failed: nothing for the next prompt to learn
+        if fb is not None:
+            state["feedback"] = (state["feedback"] + [_feedback_json(fb)])[-FEEDBACK_KEPT:]
+        return
+    state["accepted"] += 1
+    fractions = [m["roofline"]["fraction_of_ceiling"] for m in measurements if m.get("roofline")]
+    variant = Variant(sha, attempt.id, p.source, speedup or 0.0, min(fractions) if fractions else None, measurements)
+    lineages = [Variant(**x) for x in state["lineages"]] + [variant]
+    lineages.sort(key=lambda x: (-x.speedup, x.attempt_id))
+    state["lineages"] = [x.to_json() for x in lineages[:state["settings"]["top_k"]]]
+    winning = []
+    for m in evaluation.measurements:
+        key = str(m.key)
+        best = state["best"].get(key)
+        if best is None or m.candidate.p50_us < best["p50_us"]:
+            state["best"][key] = {"p50_us": m.candidate.p50_us, "vendor_p50_us": m.vendor.p50_us,
+                                  "impl": evaluation.impl, "attempt_id": attempt.id, "shape": list(m.shape),
+                                  "dtype": m.dtype}
+            winning.append(m.key)
+    if winning and state["record"]:
+        table.write(records_for(evaluation, provider=provider.name, attempt_id=attempt.id,
+                                device=state["device"], keys=winning))
+
+
+# -- state ---------------------------------------------------------------------------------------
+def _new_state(op, device, dtypes, shapes, provider: Provider, model, settings: Settings) -> dict:
+    run_id = new_run_id(op)
+    return {"kind": STATE_KIND, "run_id": run_id, "op": op, "device": str(torch.device(device)),
+            "fingerprint": str(fingerprint(torch.device(device))),
+            "dtypes": [str(d).removeprefix("torch.") for d in dtypes], "shapes": [list(s) for s in shapes],
+            "provider": provider.name, "model": model, "settings": dataclasses.asdict(settings), "record": True,
+            "round": 0, "done": {}, "tried": [], "lineages": [], "feedback": [], "best": {}, "before": None,
+            "attempts": 0, "accepted": 0, "usage": Usage().to_json(), "elapsed_s": 0.0, "status": "",
+            "started": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}
+
+
+def state_path(run_id: str):
+    return runs_dir() / f"{run_id}.json"
+
+
+def _save_state(state: dict) -> None:
+    atomic_write_json(state_path(state["run_id"]), state)
+
+
+def _load_state(run_id: str, op: str) -> dict:
+    path = state_path(run_id)
+    try:
+        state = json.loads(path.read_text())
+    except FileNotFoundError:
+        known = sorted(p.stem for p in runs_dir().glob("*.json")) if runs_dir().is_dir() else []
+        raise SearchError(f"generate --resume {run_id}: no such run under {runs_dir()}; "
+                          f"known: {', '.join(known[-5:]) or '(none)'}") from None
+    except (OSError, ValueError) as exc:
+        raise SearchError(f"generate --resume {run_id}: cannot read {path}: {exc}") from None
+    if state.get("kind") != STATE_KIND:
+        raise SearchError(f"generate --resume {run_id}: {path} is not a generate run")
+    if state["op"] != op:
+        raise SearchError(f"generate --resume {run_id}: that run is for {state['op']}, not {op}")
+    if state["status"]:
+        raise SearchError(f"generate --resume {run_id}: that run has finished ({state['status']})")
+    return state
+
+
+def unfinished_runs(op: str | None = None) -> list[dict]:
+    """States of runs that stopped before finishing (newest last)."""
+    out = []
+    for path in sorted(runs_dir().glob("*.json")) if runs_dir().is_dir() else []:
+        try:
+            state = json.loads(path.read_text())
+        except (OSError, ValueError):
+            continue
+        if state.get("kind") == STATE_KIND and not state.get("status") and (op is None or state.get("op") == op):
+            out.append(state)
+    return out
+
+
+# -- helpers -------------------------------------------------------------------------------------
+def _should_stop(state: dict, settings: Settings, started: float) -> str:
+    best = state["lineages"][0] if state["lineages"] else None
+    if best and settings.target_speedup is not None and best["speedup"] >= settings.target_speedup:
+        return f"target reached: {best['speedup']:.2f}x over vendor >= {settings.target_speedup}x"
+    if best and settings.target_fraction is not None and best["fraction"] is not None \
+            and best["fraction"] >= settings.target_fraction:
+        return f"target reached: {best['fraction']:.0%} of the roofline >= {settings.target_fraction:.0%}"
+    tokens = state["usage"]["input_tokens"] + state["usage"]["output_tokens"]
+    if settings.max_tokens is not None and tokens >= settings.max_tokens:
+        return f"token budget spent: {tokens} >= {settings.max_tokens}"
+    if settings.max_seconds is not None and time.monotonic() - started >= settings.max_seconds:
+        return f"time budget spent: {time.monotonic() - started:.0f} s >= {settings.max_seconds:.0f} s"
+    return ""
+
+
+def _progress_line(state: dict, settings: Settings, what: str) -> str:
+    best = state["lineages"][0] if state["lineages"] else None
+    best_text = f"best {best['speedup']:.2f}x vs vendor ({best['sha256'][:12]})" if best else "no accepted kernel yet"
+    usage = state["usage"]
+    return (f"[{state['attempts']} attempts, {state['accepted']} accepted] {what} | {best_text}"
+            + (f" | {usage['input_tokens'] + usage['output_tokens']} tokens" if usage["input_tokens"] else ""))
+
+
+def _seed(run_id: str, r: int, v: int) -> int:
+    return int.from_bytes(hashlib.sha256(f"{run_id}:{r}:{v}".encode()).digest()[:8], "little")
+
+
+def _geomean(values: Sequence[float]) -> float:
+    values = [v for v in values if v > 0 and math.isfinite(v)]
+    return math.exp(sum(math.log(v) for v in values) / len(values)) if values else 0.0
+
+
+def _default_dtypes(spec) -> list:
+    return [d for d in spec.dtypes if d != torch.float64]
+
+
+def _gpu_name(fp: str) -> str:
+    from kforge.device import DeviceFingerprint
+
+    try:
+        return DeviceFingerprint.parse(fp).name
+    except ValueError:
+        return fp
+
+
+def _prior(v: Variant) -> "prompt.PriorVariant":
+    m = min(v.measurements, key=lambda m: m.get("speedup_vs_vendor", 0.0)) if v.measurements else {}
+    return prompt.PriorVariant(sha256=v.sha256, source=v.source, p50_us=m.get("candidate", {}).get("p50_us", 0.0),
+                               speedup=v.speedup, roofline_fraction=v.fraction, shape=tuple(m.get("shape", ())),
+                               dtype=m.get("dtype", ""))
+
+
+def _feedback_json(fb) -> dict:
+    return {"kind": fb.kind.value, "message": fb.message, "case": fb.case}
+
+
+def _learn(state: dict, spec, fp: str, ctx: _PromptContext) -> None:
+    """Append what this run measured to the op's knowledge file (the best variant, scoped)."""
+    if not state["lineages"] or state.get("learned"):
+        return
+    best = Variant(**state["lineages"][0])
+    knowledge.record_run(spec.name, gpu=_gpu_name(fp), dtypes=state["dtypes"], shapes=state["shapes"],
+                         triton_version=installed_version("triton") or "none", best=best,
+                         attempts=state["attempts"], accepted=state["accepted"])
+    state["learned"] = True
+    _save_state(state)
+
+
+def _best_per_key(table, fp: str, op: str) -> dict:
+    """{key: {"impl", "p50_us"}}: what the router would pick per key today (fastest record)."""
+    best: dict[str, dict] = {}
+    try:
+        records = table.records(fp, op)
+    except Exception:  # an unreadable table: nothing known before the run
+        records = []
+    for r in records:
+        key = str(r.key)
+        if key not in best or r.score_us < best[key]["score_us"]:
+            best[key] = {"impl": r.impl, "p50_us": r.p50_us, "score_us": r.score_us}
+    return best
+
+
+def _result(state: dict, table) -> RunResult:
+    best = Variant(**state["lineages"][0]) if state["lineages"] else None
+    keys = []
+    for key, found in sorted(state["best"].items()):
+        before = (state.get("before") or {}).get(key)
+        # After the run the key has: what it had, vendor as timed in this run, the run's best kernel.
+        options = [found, {"impl": "vendor", "p50_us": found["vendor_p50_us"]}] + ([before] if before else [])
+        after = min(options, key=lambda o: o["p50_us"])
+        keys.append({"key": key, "shape": found["shape"], "dtype": found["dtype"],
+                     "before": before or {"impl": "vendor (miss: not measured)", "p50_us": None},
+                     "vendor_p50_us": found["vendor_p50_us"],
+                     "kernel": {"impl": found["impl"], "p50_us": found["p50_us"], "attempt_id": found["attempt_id"]},
+                     "after": {"impl": after["impl"], "p50_us": after["p50_us"]},
+                     "winning_attempt": found["attempt_id"] if after is found else None})
+    return RunResult(state["run_id"], state["op"], state["status"], state["round"], state["attempts"],
+                     state["accepted"], best, keys, Usage(**state["usage"]), state["elapsed_s"])

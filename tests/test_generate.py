@@ -1,0 +1,160 @@
+"""The search loop (`kforge.gen.search`) and `kforge generate` on CPU, with the catalog provider and
+Triton's interpreter: kernels are proposed, verified in sandboxed workers, archived and recorded;
+an interrupted run resumes; a malformed answer gets one corrective re-prompt; `--from-misses`
+picks up the keys earlier op calls logged."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+import kforge
+from kforge.backends.triton import TritonBackend
+from kforge.cli.main import main
+from kforge.device import fingerprint
+from kforge.evaluate.executors import LocalPoolExecutor
+from kforge.gen import from_misses, search
+from kforge.gen.archive import Archive
+from kforge.gen.providers.catalog import CatalogProvider
+from kforge.gen.types import Completion, Provider
+from kforge.router import dispatch
+from kforge.router.table import ScoreTable
+
+pytestmark = pytest.mark.skipif(
+    TritonBackend().available() is not None, reason=f"Triton cannot run here: {TritonBackend().available()}")
+
+SHAPE = (4, 64)
+QUICK = dict(verify_shapes=((4, 64), (3, 100)), timeout_s=300.0)
+
+
+@pytest.fixture(scope="module")
+def executor():
+    with LocalPoolExecutor([], workers=2) as pool:
+        yield pool
+
+
+def run(provider, executor, **settings):
+    return search.run("rms_norm", provider, search.Settings(**{**QUICK, **settings}), device="cpu",
+                      dtypes=[torch.float32], shapes=[SHAPE], executor=executor)
+
+
+def test_a_catalog_run_archives_every_attempt_and_records_the_best(executor):
+    result = run(CatalogProvider(), executor, rounds=2, variants=2, top_k=1)
+    attempts = Archive().query(op="rms_norm", run_id=result.run_id)
+    assert len(attempts) == result.attempts == 4
+    accepted = [a for a in attempts if a.accepted]
+    assert len(accepted) == result.accepted >= 2
+    assert {(a.round, a.variant) for a in attempts} == {(0, 0), (0, 1), (1, 0), (1, 1)}
+    assert all(a.source and a.sha256 and a.provider == "catalog" and a.measurements for a in accepted)
+    # Round 1 continues the best of round 0: its parent is an accepted attempt of this run.
+    assert {a.parent for a in attempts if a.round == 1} <= {a.id for a in accepted if a.round == 0}
+    # The fastest kernel per key went to the table, with vendor from the same run and provenance.
+    (key,) = result.keys
+    fp = str(fingerprint(torch.device("cpu")))
+    records = {r.impl: r for r in ScoreTable().records(fp, "rms_norm") if list(r.key.shape) == list(SHAPE)}
+    assert "vendor" in records
+    # Each variant that was the fastest so far was recorded when it was measured: the last of them wins.
+    triton = {r.attempt_id: r for r in records.values() if r.backend == "triton"}
+    best = triton[key["kernel"]["attempt_id"]]
+    assert best.provider == "catalog" and best.p50_us == min(r.p50_us for r in triton.values())
+    assert best.p50_us == pytest.approx(min(m["candidate"]["p50_us"] for a in accepted for m in a.measurements))
+    state = json.loads(search.state_path(result.run_id).read_text())
+    assert state["status"] == result.status == "ran 2 round(s)"
+    # The next op calls are routed by those records (a hit, whichever implementation is faster).
+    dispatch.reset()
+    x, w, eps = kforge.ops.SPECS["rms_norm"].make_inputs(SHAPE, torch.float32, "cpu", 5)
+    torch.testing.assert_close(kforge.ops.rms_norm(x, w, eps), torch.rms_norm(x, (64,), w, eps))
+    assert kforge.stats()["ops"]["rms_norm"]["hit"] == 1
+
+
+class Interrupting(Provider):
+    """The catalog, interrupted (as by Ctrl-C) at its `stop_at`-th answer."""
+
+    name = "catalog"
+
+    def __init__(self, stop_at: int):
+        self.inner, self.calls, self.stop_at = CatalogProvider(), 0, stop_at
+
+    def complete(self, messages, *, context=None, **params):
+        self.calls += 1
+        if self.calls == self.stop_at:
+            raise KeyboardInterrupt
+        return self.inner.complete(messages, context=context, **params)
+
+
+def test_an_interrupted_run_resumes_where_it_stopped(executor):
+    with pytest.raises(KeyboardInterrupt):
+        run(Interrupting(stop_at=3), executor, rounds=2, variants=2, top_k=1)
+    (pending,) = search.unfinished_runs("rms_norm")
+    assert pending["round"] == 1 and set(pending["done"]) == {"0:0", "0:1"}
+    result = search.run("rms_norm", CatalogProvider(), resume=pending["run_id"], executor=executor)
+    assert result.run_id == pending["run_id"] and result.attempts == 4
+    attempts = Archive().query(run_id=result.run_id)
+    assert sorted((a.round, a.variant) for a in attempts) == [(0, 0), (0, 1), (1, 0), (1, 1)]
+    assert search.unfinished_runs("rms_norm") == []
+    with pytest.raises(search.SearchError, match="has finished"):
+        search.run("rms_norm", CatalogProvider(), resume=pending["run_id"], executor=executor)
+
+
+class MalformedFirst(Provider):
+    """Answers prose without code, then (after the corrective message) the catalog's seed."""
+
+    name = "scripted"
+
+    def __init__(self):
+        self.inner, self.seen = CatalogProvider(), []
+
+    def complete(self, messages, *, context=None, **params):
+        self.seen.append(list(messages))
+        if len(self.seen) == 1:
+            return Completion("I would use one program per row, with fp32 statistics.", "scripted", "m1")
+        return Completion(self.inner.complete(messages, context=context).text, "scripted", "m1")
+
+
+def test_a_malformed_answer_gets_one_corrective_reprompt(executor):
+    provider = MalformedFirst()
+    result = run(provider, executor, rounds=1, variants=1)
+    assert len(provider.seen) == 2
+    second = provider.seen[1]
+    assert second[-2].content.startswith("I would use one program") and second[-1].role.value == "user"
+    (attempt,) = Archive().query(run_id=result.run_id)
+    assert attempt.accepted and len(attempt.messages) == len(second)
+
+
+class AlwaysProse(Provider):
+    name = "scripted"
+
+    def complete(self, messages, *, context=None, **params):
+        return Completion("No code today.", "scripted", "m1")
+
+
+def test_an_answer_without_code_twice_is_archived_as_rejected_and_fed_back(executor):
+    provider = AlwaysProse()
+    result = run(provider, executor, rounds=2, variants=1)
+    attempts = Archive().query(run_id=result.run_id)
+    assert [a.verdict for a in attempts] == ["rejected", "rejected"] and all(a.check == "format" for a in attempts)
+    state = json.loads(search.state_path(result.run_id).read_text())
+    assert state["feedback"] and state["feedback"][-1]["kind"] == "format"
+    assert result.accepted == 0 and result.keys == []
+
+
+def test_from_misses_picks_up_logged_keys_and_fills_them(capsys):
+    spec = kforge.ops.SPECS["rms_norm"]
+    for seed in range(3):
+        kforge.ops.rms_norm(*spec.make_inputs(SHAPE, torch.float32, "cpu", seed))
+    kforge.flush()
+    (target,) = from_misses.targets("cpu")
+    assert (target.op, target.shape, target.dtype, target.calls) == ("rms_norm", SHAPE, "float32", 3)
+    assert target.source == "vendor timed now" and target.saving_us > 0
+    code = main(["generate", "--from-misses", "--limit", "1", "--provider", "catalog", "--rounds", "1",
+                 "--variants", "1", "--device", "cpu", "--json"])
+    assert code == 0
+    out = json.loads(capsys.readouterr().out)
+    (run_json,) = out["runs"]
+    assert run_json["op"] == "rms_norm" and run_json["accepted"] == 1
+    (key,) = run_json["keys"]
+    assert key["shape"] == list(SHAPE) and key["before"]["p50_us"] is None
+    dispatch.reset()
+    kforge.ops.rms_norm(*spec.make_inputs(SHAPE, torch.float32, "cpu", 9))
+    assert kforge.stats()["ops"]["rms_norm"]["hit"] == 1  # no longer a miss
