@@ -94,12 +94,15 @@ def test_static_cheat_is_rejected_by_its_rule(name):
 
 @pytest.mark.parametrize("name", DYNAMIC)
 def test_dynamic_cheat_passes_static_checks_and_is_rejected_for_its_reason(name):
-    op, check, extra, holds = DYNAMIC[name]
+    rejected_for_its_reason(name, *DYNAMIC[name], device="cpu")
+
+
+def rejected_for_its_reason(name, op, check, extra, holds, device) -> None:
     spec = get_spec(op)
     path = CORPUS / f"{name}.py"
     assert check_source(path.read_text(), spec) == []
     candidate = load_candidate(path, f"kforge_test_adversarial_{name}", spec)
-    verdict = verify(spec, candidate.forward, domain=candidate.domain, **{**QUICK, **extra})
+    verdict = verify(spec, candidate.forward, device=device, domain=candidate.domain, **{**QUICK, **extra})
     assert not verdict.accepted
     assert verdict.check == check, verdict.reason
     assert holds(verdict), verdict.reason
@@ -109,12 +112,4 @@ def test_dynamic_cheat_passes_static_checks_and_is_rejected_for_its_reason(name)
 @pytest.mark.parametrize("name", GPU_ONLY)
 def test_gpu_only_cheat_is_rejected_on_the_gpu(name):
     op, check, extra, holds = GPU_ONLY[name]
-    spec = get_spec(op)
-    path = CORPUS / f"{name}.py"
-    assert check_source(path.read_text(), spec) == []
-    candidate = load_candidate(path, f"kforge_test_adversarial_{name}", spec)
-    verdict = verify(spec, candidate.forward, device="cuda", domain=candidate.domain,
-                     **{**QUICK, "secret_shapes": 0, **extra})
-    assert not verdict.accepted
-    assert verdict.check == check, verdict.reason
-    assert holds(verdict), verdict.reason
+    rejected_for_its_reason(name, op, check, {"secret_shapes": 0, **extra}, holds, device="cuda")
