@@ -158,3 +158,36 @@ def test_from_misses_picks_up_logged_keys_and_fills_them(capsys):
     dispatch.reset()
     kforge.ops.rms_norm(*spec.make_inputs(SHAPE, torch.float32, "cpu", 9))
     assert kforge.stats()["ops"]["rms_norm"]["hit"] == 1  # no longer a miss
+
+
+@pytest.mark.parametrize("name", ["anthropic", "openai"])
+def test_through_a_real_sdk_a_malformed_answer_then_a_good_one_is_accepted(name, httpserver, monkeypatch, executor):
+    """The real client against a loopback server: prose first, the corrective re-prompt, then code."""
+    from kforge.catalog import seeds
+    from kforge.gen.config import load_config
+    from kforge.gen.providers import make_provider
+
+    good = f"Here it is:\n```python\n{seeds('rms_norm')[0].read_text()}```\n"
+    if name == "anthropic":
+        path, answer = "/v1/messages", lambda text: {
+            "id": "m", "type": "message", "role": "assistant", "model": "claude-sonnet-5-5", "stop_reason": "end_turn",
+            "stop_sequence": None, "content": [{"type": "text", "text": text}],
+            "usage": {"input_tokens": 3000, "output_tokens": 900}}
+    else:
+        path, answer = "/v1/chat/completions", lambda text: {
+            "id": "c", "object": "chat.completion", "created": 0, "model": "gpt-4.1",
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}],
+            "usage": {"prompt_tokens": 3000, "completion_tokens": 900, "total_tokens": 3900}}
+    httpserver.expect_ordered_request(path, method="POST").respond_with_json(answer("Use one program per row."))
+    httpserver.expect_ordered_request(path, method="POST").respond_with_json(answer(good))
+    monkeypatch.setenv(f"{name.upper()}_API_KEY", "test-key")
+    base = httpserver.url_for("/v1" if name == "openai" else "").rstrip("/")
+    provider = make_provider(load_config(provider=name, base_url=base, max_retries="0"))
+    result = run(provider, executor, rounds=1, variants=1)
+    assert len(httpserver.log) == 2
+    second = json.loads(httpserver.log[1][0].get_data())["messages"]
+    assert second[-2]["content"] == "Use one program per row." and second[-2]["role"] == "assistant"
+    (attempt,) = Archive().query(run_id=result.run_id)
+    assert attempt.accepted and attempt.provider == name
+    assert attempt.usage["input_tokens"] == 6000 and attempt.usage["output_tokens"] == 1800
+    assert result.usage.input_tokens == 6000
