@@ -107,19 +107,30 @@ class MalformedFirst(Provider):
 
     def complete(self, messages, *, context=None, **params):
         self.seen.append(list(messages))
+        if context is None:  # asked to reflect on the run
+            return Completion("One program per row kept rms_norm memory-bound at 4x64 fp32.", "scripted", "m1")
         if len(self.seen) == 1:
             return Completion("I would use one program per row, with fp32 statistics.", "scripted", "m1")
         return Completion(self.inner.complete(messages, context=context).text, "scripted", "m1")
 
 
-def test_a_malformed_answer_gets_one_corrective_reprompt(executor):
+def test_a_malformed_answer_gets_one_corrective_reprompt_and_the_model_reflects(executor):
+    from kforge.gen import knowledge
+
     provider = MalformedFirst()
     result = run(provider, executor, rounds=1, variants=1)
-    assert len(provider.seen) == 2
+    assert len(provider.seen) == 3
     second = provider.seen[1]
     assert second[-2].content.startswith("I would use one program") and second[-1].role.value == "user"
     (attempt,) = Archive().query(run_id=result.run_id)
     assert attempt.accepted and len(attempt.messages) == len(second)
+    # After the run: the measured best variant and the model's reflection on it, both scoped.
+    reflection = provider.seen[2][-1].content
+    assert "rms_norm" in reflection and attempt.sha256[:12] in reflection
+    learned = [e for e in knowledge.load("rms_norm") if e.origin == knowledge.Origin.USER]
+    assert len(learned) == 2 and learned[1].title.startswith("Reflection (scripted)")
+    assert learned[1].text == "One program per row kept rms_norm memory-bound at 4x64 fp32."
+    assert learned[1].dtypes == ("float32",) and learned[0].measured == learned[1].measured
 
 
 class AlwaysProse(Provider):
@@ -180,14 +191,15 @@ def test_through_a_real_sdk_a_malformed_answer_then_a_good_one_is_accepted(name,
             "usage": {"prompt_tokens": 3000, "completion_tokens": 900, "total_tokens": 3900}}
     httpserver.expect_ordered_request(path, method="POST").respond_with_json(answer("Use one program per row."))
     httpserver.expect_ordered_request(path, method="POST").respond_with_json(answer(good))
+    httpserver.expect_ordered_request(path, method="POST").respond_with_json(answer("Rows in registers won."))
     monkeypatch.setenv(f"{name.upper()}_API_KEY", "test-key")
     base = httpserver.url_for("/v1" if name == "openai" else "").rstrip("/")
     provider = make_provider(load_config(provider=name, base_url=base, max_retries="0"))
     result = run(provider, executor, rounds=1, variants=1)
-    assert len(httpserver.log) == 2
+    assert len(httpserver.log) == 3  # answer, corrective answer, reflection on the run
     second = json.loads(httpserver.log[1][0].get_data())["messages"]
     assert second[-2]["content"] == "Use one program per row." and second[-2]["role"] == "assistant"
     (attempt,) = Archive().query(run_id=result.run_id)
     assert attempt.accepted and attempt.provider == name
     assert attempt.usage["input_tokens"] == 6000 and attempt.usage["output_tokens"] == 1800
-    assert result.usage.input_tokens == 6000
+    assert result.usage.input_tokens == 9000  # the reflection counts against the run's budget too

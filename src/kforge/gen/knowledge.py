@@ -279,7 +279,7 @@ def relevant(entries: Iterable[Entry], gpu: str | None, dtype=None, triton_versi
     return kept
 
 
-def _summary(source: str, limit: int = 600) -> str | None:
+def summary(source: str, limit: int = 600) -> str | None:
     """The first paragraph of a source's module docstring, on one line (None without one)."""
     try:
         doc = ast.get_docstring(ast.parse(source))
@@ -307,7 +307,7 @@ def record_run(op: str, *, gpu: str, dtypes: Iterable, shapes: Iterable, triton_
     fraction = getattr(best, "fraction", None)
     text = render("learned_run", gpu=gpu, triton=triton_version, attempts=attempts, accepted=accepted, sha=sha,
                   attempt_id=best.attempt_id, speedup=f"{speedup:.2f}",
-                  fraction=None if fraction is None else f"{fraction:.0%}", summary=_summary(best.source))
+                  fraction=None if fraction is None else f"{fraction:.0%}", summary=summary(best.source))
     entry = Entry(title=render("learned_run_title", sha=sha, speedup=f"{speedup:.2f}", shapes=shape_text),
                   outcome=Outcome.SUCCESS if math.isfinite(speedup) and speedup > 1.0 else Outcome.FAILURE,
                   text=text, gpu=gpu.replace("|", "/") or ANY, dtypes=tuple(_dtype_name(d) for d in dtypes),

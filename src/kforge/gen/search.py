@@ -170,7 +170,7 @@ def run(op: str, provider: Provider, settings: Settings = Settings(), *, device:
             state["status"] = _should_stop(state, settings, started) or f"ran {settings.rounds} round(s)"
         state["elapsed_s"] = time.monotonic() - started
         _save_state(state)
-        _learn(state, spec, fp, context)
+        _learn(state, spec, fp, provider, say)
     finally:
         if own_executor:
             executor.close()
@@ -441,16 +441,39 @@ def _feedback_json(fb) -> dict:
     return {"kind": fb.kind.value, "message": fb.message, "case": fb.case}
 
 
-def _learn(state: dict, spec, fp: str, ctx: _PromptContext) -> None:
-    """Append what this run measured to the op's knowledge file (the best variant, scoped)."""
+def _learn(state: dict, spec, fp: str, provider: Provider, say: Callable[[str], None]) -> None:
+    """Append what this run measured to the op's knowledge file (the best variant, scoped), and,
+    when the provider is a model (not the catalog), its reflection on the run."""
     if not state["lineages"] or state.get("learned"):
         return
     best = Variant(**state["lineages"][0])
-    knowledge.record_run(spec.name, gpu=_gpu_name(fp), dtypes=state["dtypes"], shapes=state["shapes"],
-                         triton_version=installed_version("triton") or "none", best=best,
-                         attempts=state["attempts"], accepted=state["accepted"])
+    triton_version = installed_version("triton") or "none"
+    entry = knowledge.record_run(spec.name, gpu=_gpu_name(fp), dtypes=state["dtypes"], shapes=state["shapes"],
+                                 triton_version=triton_version, best=best, attempts=state["attempts"],
+                                 accepted=state["accepted"])
+    if provider.name != "catalog":
+        try:
+            text = _reflect(state, spec, fp, provider, best, entry, triton_version)
+        except ProviderError as exc:  # a reflection is a bonus: the run's results stand without it
+            say(f"no reflection recorded: {exc}")
+        else:
+            knowledge.append(spec.name, dataclasses.replace(
+                entry, title=f"Reflection ({provider.name}) on {entry.title}", text=prompt.truncate(text, 1500)))
     state["learned"] = True
     _save_state(state)
+
+
+def _reflect(state: dict, spec, fp: str, provider: Provider, best: Variant, entry, triton_version: str) -> str:
+    from kforge.gen.prompts import render
+
+    failures = "\n".join(f"- {f['kind']}: {prompt.truncate(f['message'], 300)}" for f in state["feedback"]) or "- none"
+    user = render("reflect", op=spec.name, gpu=_gpu_name(fp), triton=triton_version, dtypes=", ".join(state["dtypes"]),
+                  shapes=entry.shapes, attempts=state["attempts"], accepted=state["accepted"], sha=best.sha256[:12],
+                  speedup=f"{best.speedup:.2f}", measured=entry.measured or "(not timed)",
+                  summary=knowledge.summary(best.source), failures=failures)
+    completion = provider.complete([Message(Role.SYSTEM, render("reflect_system")), Message(Role.USER, user)])
+    state["usage"] = (Usage(**state["usage"]) + completion.usage).to_json()
+    return completion.text
 
 
 def _best_per_key(table, fp: str, op: str) -> dict:
