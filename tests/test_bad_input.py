@@ -16,7 +16,12 @@ from kforge.ops import SPECS
 from kforge.testing import assert_matches_reference
 
 ENTRIES = ("eager", "torch_ops")
-SHAPE = (4, 8)  # (rows, hidden)
+
+
+def primary(op: str) -> str:
+    """The name of the op's first tensor argument (`x` for most)."""
+    spec = SPECS[op]
+    return spec.arg_names[spec.tensor_args[0]]
 
 
 def entry_point(op: str, entry: str):
@@ -24,7 +29,7 @@ def entry_point(op: str, entry: str):
 
 
 def valid_args(op: str, dtype: torch.dtype = torch.float32) -> tuple:
-    return SPECS[op].make_inputs(SHAPE, dtype, "cpu", 0)
+    return SPECS[op].make_inputs(SPECS[op].shape_sets["smoke"][0], dtype, "cpu", 0)
 
 
 def replace(args: tuple, op: str, name: str, value) -> tuple:
@@ -71,13 +76,16 @@ def _bad_args() -> list[BadArg]:
     cases = []
     for op, spec in SPECS.items():
         names = spec.arg_names
+        x, i = primary(op), spec.tensor_args[0]
         cases += [
-            BadArg(op, "x", "int32_x", _set(op, "x", lambda a: a[0].to(torch.int32))),
-            BadArg(op, "x", "bool_x", _set(op, "x", lambda a: a[0] > 0)),
-            BadArg(op, "x", "complex_x", _set(op, "x", lambda a: a[0].to(torch.complex64))),
-            BadArg(op, "x", "0d_x", _set(op, "x", lambda a: a[0][0, 0])),
+            BadArg(op, x, f"int32_{x}", _set(op, x, lambda a, i=i: a[i].to(torch.int32))),
+            BadArg(op, x, f"bool_{x}", _set(op, x, lambda a, i=i: a[i] > 0)),
+            BadArg(op, x, f"complex_{x}", _set(op, x, lambda a, i=i: a[i].to(torch.complex64))),
+            BadArg(op, x, f"0d_{x}", _set(op, x, lambda a, i=i: a[i].reshape(-1)[0])),
         ]
-        if "weight" in names:
+        # The norms' weight: a vector along x's last dim (gemv's (N, K) weight has its own tests).
+        norm_weight = "weight" in names and valid_args(op)[names.index("weight")].dim() == 1
+        if norm_weight:
             i = names.index("weight")
             cases += [
                 # x on the CPU, weight on meta: torch.ops runs the Meta kernel (the fake), and the
@@ -106,7 +114,7 @@ def _bad_args() -> list[BadArg]:
                 for label, v in (("negative", -1e-6), ("nan", float("nan")), ("inf", float("inf")),
                                  ("neg_inf", float("-inf")))
             ]
-        if "weight" in names:  # the other way round: the row tensors on meta, weight on the CPU
+        if norm_weight:  # the other way round: the row tensors on meta, weight on the CPU
             rows = [n for n in ("x", "residual") if n in names]
             cases.append(BadArg(op, "weight", "x_on_meta", _to_meta(op, rows)))
     return cases
@@ -154,7 +162,8 @@ def _schema_cases():
         yield op, "repeated_kwarg", lambda a, k=repeated: (a, {k: a[0]}), {"eager": [f"'{repeated}'"]}
         if "eps" in spec.arg_names:
             yield op, "eps_str", lambda a, op=op: (replace(a, op, "eps", "1e-6"), {}), {"*": ["'eps'"]}
-        yield op, "x_list", lambda a: (([1.0, 2.0],) + a[1:], {}), {"*": ["'x'"]}
+        x, i = primary(op), spec.tensor_args[0]
+        yield op, f"{x}_list", lambda a, i=i: (a[:i] + ([1.0, 2.0],) + a[i + 1:], {}), {"*": [f"'{x}'"]}
 
 
 SCHEMA_CASES = list(_schema_cases())

@@ -11,6 +11,8 @@ Adding an op to the registry adds it to every test here.
 """
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 from torch._dynamo.testing import CompileCounterWithBackend
@@ -85,21 +87,21 @@ def test_matches_reference(op, dtype, shape, entry, seed):
 
 
 # -- opcheck ---------------------------------------------------------------------------------------
-OPCHECK_CASES = (  # (dtype, shape, requires_grad, scalars by keyword)
-    (torch.float32, (4, 64), True, False),
-    (torch.float64, (2, 3, 17), True, True),
-    (torch.bfloat16, (2, 3, 65), False, False),
-)
+def _opcheck_cases(spec):  # (dtype, shape, requires_grad, scalars by keyword)
+    return ((torch.float32, spec.shape_sets["smoke"][0], True, False),
+            (torch.float64, spec.shape_sets["smoke"][-1], True, True),
+            (torch.bfloat16, spec.shape_sets["odd"][0], False, False))
 
 
 @pytest.mark.parametrize("op", list(SPECS))
 def test_opcheck(op):
     spec = SPECS[op]
     overload = getattr(torch.ops.kforge, op).default
-    for dtype, shape, requires_grad, by_keyword in OPCHECK_CASES:
+    for dtype, shape, requires_grad, by_keyword in _opcheck_cases(spec):
         args = spec.make_inputs(shape, dtype, "cpu", 0)
         if requires_grad:
-            args = tuple(a.requires_grad_(True) if isinstance(a, torch.Tensor) else a for a in args)
+            args = tuple(a.requires_grad_(True) if isinstance(a, torch.Tensor) and a.is_floating_point() else a
+                         for a in args)
         kwargs = {}
         if by_keyword:  # the scalars as keywords: the dispatcher hands them to the kernel that way
             kwargs = {spec.arg_names[i]: a for i, a in enumerate(args) if i not in spec.tensor_args}
@@ -111,7 +113,6 @@ def test_opcheck(op):
 
 # -- torch.compile ---------------------------------------------------------------------------------
 COMPILE_DTYPE = torch.float32
-COMPILE_SHAPES = ((4, 64), (2, 3, 65))
 
 
 def _calls(op: str) -> int:
@@ -148,7 +149,8 @@ def test_torch_compile_fullgraph_matches_eager(op, entry):
     model.__code__ = model.__code__.replace()
     backend = CompileCounterWithBackend("inductor")  # records dynamo's graphs, compiles with Inductor
     compiled = torch.compile(model, backend=backend, fullgraph=True, dynamic=False)
-    for n, shape in enumerate(COMPILE_SHAPES):
+    shapes = spec.shape_sets["smoke"]
+    for n, shape in enumerate(shapes):
         args = spec.make_inputs(shape, COMPILE_DTYPE, "cpu", n)
         calls = _calls(op)
         got, got_post = compiled(*args)
@@ -158,13 +160,17 @@ def test_torch_compile_fullgraph_matches_eager(op, entry):
         assert_matches_reference(spec, (args[0] * 2.0, *args[1:]), got)
         torch.testing.assert_close(got, want, rtol=0, atol=0)  # same router, same implementation
         torch.testing.assert_close(got_post, want_post)
-    assert backend.frame_count == len(COMPILE_SHAPES), "one graph per static shape"
+    assert backend.frame_count == len(shapes), "one graph per static shape"
     assert packet in _graph_ops(backend.graphs), f"dynamo graph lacks kforge::{op}: {_graph_ops(backend.graphs)}"
 
 
 # -- odd layouts -----------------------------------------------------------------------------------
-LAYOUT_SHAPE = (6, 40)
 NAN = float("nan")
+
+
+def _fill(t: torch.Tensor):
+    """What the gaps of a relaid-out tensor hold: NaN, or the largest value of an integer dtype."""
+    return NAN if t.is_floating_point() else torch.iinfo(t.dtype).max
 
 
 def _relayout(layout: str, t: torch.Tensor) -> torch.Tensor:
@@ -172,15 +178,15 @@ def _relayout(layout: str, t: torch.Tensor) -> torch.Tensor:
     skips holds NaN, so an implementation that reads it shows. 1-D tensors (weights) only take
     the layouts that make sense for a vector."""
     if layout == "misaligned":  # storage offset of one element: 2-byte aligned for bf16
-        buf = torch.full((t.numel() + 1,), NAN, dtype=t.dtype)
+        buf = torch.full((t.numel() + 1,), _fill(t), dtype=t.dtype)
         buf[1:] = t.reshape(-1)
         return buf[1:].view(t.shape)
     if layout == "strided_last_dim":
-        return torch.stack([t, torch.full_like(t, NAN)], dim=-1)[..., 0]  # last-dim stride 2
+        return torch.stack([t, torch.full_like(t, _fill(t))], dim=-1)[..., 0]  # last-dim stride 2
     if t.dim() < 2:
         return t
     if layout == "sliced_rows":
-        return torch.stack([t, torch.full_like(t, NAN)], dim=-2).flatten(-3, -2)[..., ::2, :]  # row stride 2*hidden
+        return torch.stack([t, torch.full_like(t, _fill(t))], dim=-2).flatten(-3, -2)[..., ::2, :]  # row stride 2*hidden
     if layout == "expanded":
         return t[..., :1, :].expand(t.shape)  # row stride 0
     if layout == "transposed":
@@ -189,13 +195,20 @@ def _relayout(layout: str, t: torch.Tensor) -> torch.Tensor:
 
 
 VIEW_LAYOUTS = ("sliced_rows", "expanded", "transposed", "strided_last_dim", "misaligned")
-SMALL_SHAPES = {"one_element": (1, 1), "zero_rows": (0, 40), "zero_rows_3d": (2, 0, 40)}
+SMALL_SHAPES = ("smallest", "zero_size")  # from each op's "edge" set
+
+
+def _small_shape(spec, which: str):
+    edge = spec.shape_sets["edge"]
+    if which == "zero_size":
+        return next(s for s in edge if 0 in s)
+    return min((s for s in edge if 0 not in s), key=lambda s: (math.prod(s), len(s)))
 
 
 def _layout_args(spec, layout: str, dtype: torch.dtype) -> tuple:
     if layout in SMALL_SHAPES:
-        return spec.make_inputs(SMALL_SHAPES[layout], dtype, "cpu", 0)
-    args = spec.make_inputs(LAYOUT_SHAPE, dtype, "cpu", 0)
+        return spec.make_inputs(_small_shape(spec, layout), dtype, "cpu", 0)
+    args = spec.make_inputs(spec.shape_sets["smoke"][0], dtype, "cpu", 0)
     return tuple(_relayout(layout, a) if isinstance(a, torch.Tensor) else a for a in args)
 
 
@@ -212,7 +225,7 @@ def _same_strides(a: torch.Tensor, b: torch.Tensor) -> bool:
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32], ids=dtype_id)
 @pytest.mark.parametrize("entry", ENTRIES)
-@pytest.mark.parametrize("layout", VIEW_LAYOUTS + tuple(SMALL_SHAPES))
+@pytest.mark.parametrize("layout", VIEW_LAYOUTS + SMALL_SHAPES)
 @pytest.mark.parametrize("op", list(SPECS))
 def test_odd_layouts_are_served(op, layout, entry, dtype):
     spec = SPECS[op]

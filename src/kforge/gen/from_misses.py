@@ -21,7 +21,7 @@ from kforge.router import misses
 class Target:
     op: str
     dtype: str  # the primary input's dtype name
-    shape: tuple[int, ...]  # the problem shape, used as the input shape
+    shape: tuple[int, ...]  # the input shape (as make_inputs takes it) of the missed problem
     calls: int  # misses + fallbacks logged
     current_us: float  # what a call costs today (best record, or vendor timed now)
     floor_us: float | None  # roofline floor at this key on this device
@@ -57,9 +57,10 @@ def targets(device: str = "cpu", limit: int | None = None, table=None,
         if entry.get("device") != fp or entry["op"] not in SPECS:
             continue
         spec = SPECS[entry["op"]]
-        shape = tuple(entry["shape"])
+        problem = tuple(entry["shape"])
+        shape = spec.shape_for(problem)
         dtype = getattr(torch, entry["dtypes"].split(",")[0])
-        records = [r for r in table.records(fp, spec.name) if r.key.dtypes == entry["dtypes"] and r.key.shape == shape]
+        records = [r for r in table.records(fp, spec.name) if r.key.dtypes == entry["dtypes"] and r.key.shape == problem]
         if records:
             current, source = min(r.p50_us for r in records), "record"
         else:
@@ -68,7 +69,7 @@ def targets(device: str = "cpu", limit: int | None = None, table=None,
             current, source = timing.measure({"vendor": spec.vendor}, args)["vendor"].p50_us, "vendor timed now"
         floor = None
         if ceilings is not None:
-            floor = roofline.floor_us(spec.bytes_moved(shape, dtype), spec.flops(shape, dtype), ceilings)
+            floor = roofline.floor_us(spec.bytes_moved(problem, dtype), spec.flops(problem, dtype), ceilings)
         found.append(Target(spec.name, str(dtype).removeprefix("torch."), shape,
                             int(entry.get("misses", 0)) + int(entry.get("fallbacks", 0)), current, floor, source))
     found.sort(key=lambda t: (-t.saving_us, t.op, t.shape))

@@ -3,18 +3,22 @@
 Each op's meaning is one module here (`rms_norm.py` holds `SPEC`); this package namespace wires
 each spec to torch.library and the router, and binds the routed entry point under the op's name
 (so `kforge.ops.rms_norm` is the op, and `from kforge.ops.rms_norm import SPEC` is its spec).
-Adding a built-in op: a module with its `SPEC`, plus one line in `_BUILTIN` below.
+Adding a built-in op: a module with its `SPEC`, plus its name in `_BUILTIN` below.
 """
 from __future__ import annotations
 
+import importlib
+
 from kforge.errors import UnknownNameError
-from kforge.ops import fused_add_rms_norm as _fused_add_rms_norm_spec
-from kforge.ops import rms_norm as _rms_norm_spec
-from kforge.ops import softmax as _softmax_spec
 from kforge.ops.spec import OpSpec
 from kforge.router.entry import register_op
 
-_BUILTIN = (_rms_norm_spec.SPEC, _fused_add_rms_norm_spec.SPEC, _softmax_spec.SPEC)
+# Module names under kforge.ops, each holding one `SPEC`; registered in this order.
+_BUILTIN = (
+    "rms_norm",
+    "fused_add_rms_norm",
+    "softmax",
+)
 
 SPECS: dict[str, OpSpec] = {}
 ENTRIES: dict = {}
@@ -35,11 +39,9 @@ def get_spec(name: str) -> OpSpec:
         raise UnknownNameError("op", name, SPECS) from None
 
 
-for _spec in _BUILTIN:
-    register(_spec)
+for _module in _BUILTIN:
+    register(importlib.import_module(f"kforge.ops.{_module}").SPEC)
+    # `kforge.ops.<name>` is the op's entry point (the import bound the submodule there first).
+    globals()[_module] = ENTRIES[_module]
 
-rms_norm = ENTRIES["rms_norm"]
-fused_add_rms_norm = ENTRIES["fused_add_rms_norm"]
-softmax = ENTRIES["softmax"]
-
-__all__ = ["SPECS", "OpSpec", "get_spec", "register", "rms_norm", "fused_add_rms_norm", "softmax"]
+__all__ = ["SPECS", "OpSpec", "get_spec", "register", *_BUILTIN]

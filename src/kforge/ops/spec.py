@@ -5,7 +5,10 @@ torch.library, the router's key, the test grid, benchmark shapes, the evaluator'
 (later) the generation prompts are all derived from it.
 
 Vocabulary:
-- *shape*: the shape of the op's primary input (`x`); `make_inputs` builds every argument from it.
+- *shape*: the size tuple `make_inputs` builds every argument from: for most ops the shape of the
+  primary input (the first tensor argument); an op may append dims its other inputs need (gemv's
+  shape is x's shape plus the output features) and derive its options from them (topk_softmax's k).
+  `input_shape` maps a problem back to a shape.
 - *problem*: the op's own dims, derived from the arguments (`(rows, hidden)` for a norm). The
   router keys records on it. `exact_dims` must match a record exactly (kernels specialise on
   them); the other dims may be served by the nearest measured size (see `router.key`).
@@ -81,6 +84,13 @@ class OpSpec:
     flops: Callable[[Problem, torch.dtype], int]
     shape_sets: Mapping[str, tuple[Shape, ...]]
     num_outputs: int = 1
+    # The outputs as compared with the reference's, for outputs that are not plain values: given
+    # (args, outputs) it returns floating tensors, one per output, and raises `OutputMismatch` for
+    # an output no budget can excuse (topk_softmax: indices out of range or repeated; its indices
+    # are compared through the probabilities they select, so ties may break either way).
+    compare_view: Callable[[tuple, tuple], tuple] | None = None
+    # A shape (as make_inputs takes it) with the given problem; None: the problem is the shape.
+    input_shape: Callable[[Problem], Shape] | None = None
     # Derived from `schema` in __post_init__.
     arg_names: tuple[str, ...] = dataclasses.field(init=False)
     defaults: Mapping[str, Any] = dataclasses.field(init=False)
@@ -134,9 +144,17 @@ class OpSpec:
             out.extend(s for s in self.shape_sets[name] if s not in out)
         return tuple(out)
 
+    def shape_for(self, problem: Problem) -> Shape:
+        """A shape `make_inputs` builds a call of `problem` from."""
+        return tuple(self.input_shape(tuple(problem)) if self.input_shape is not None else problem)
+
     def oracle(self, args: tuple):
         """The reference on float64 copies of the floating-point tensor arguments."""
         return self.reference(*to_dtype(args, torch.float64))
+
+
+class OutputMismatch(ValueError):
+    """An output is wrong in a way no error budget excuses (raised by `OpSpec.compare_view`)."""
 
 
 def to_dtype(args: tuple, dtype: torch.dtype) -> tuple:

@@ -54,29 +54,36 @@ def _make_setup(spec):
 
     def setup_context(ctx, inputs, output):
         ctx.inputs = tuple(inputs)
-        ctx.save_for_backward(*(inputs[i] for i in tensor_args))
+        # Integer tensors (indices, positions, targets) take no gradient; they ride along as inputs.
+        ctx.wrt = tuple(i for i in tensor_args if inputs[i].is_floating_point())
+        ctx.save_for_backward(*(inputs[i] for i in ctx.wrt))
+        outs = output if isinstance(output, tuple) else (output,)
+        ctx.mark_non_differentiable(*(o for o in outs if not o.is_floating_point()))
 
     return setup_context
 
 
 def _make_backward(spec):
-    tensor_args = spec.tensor_args
-
     def backward(ctx, *grads):
         saved = ctx.saved_tensors
         args = list(ctx.inputs)
+        wrt = ctx.wrt
+        differentiable: list[int] = []
 
         def forward(*tensors):
-            for i, t in zip(tensor_args, tensors):
+            for i, t in zip(wrt, tensors):
                 args[i] = t
-            return spec.reference(*args)
+            outs = spec.reference(*args)
+            outs = outs if isinstance(outs, tuple) else (outs,)
+            differentiable[:] = [n for n, o in enumerate(outs) if o.is_floating_point()]
+            return tuple(outs[n] for n in differentiable)  # integer outputs carry no cotangent
 
         outputs, vjp = torch.func.vjp(forward, *saved)
-        outputs = outputs if isinstance(outputs, tuple) else (outputs,)
-        cotangents = tuple(torch.zeros_like(o) if g is None else g for g, o in zip(grads, outputs))
-        tensor_grads = vjp(cotangents if spec.num_outputs > 1 else cotangents[0])
+        cotangents = tuple(torch.zeros_like(o) if grads[n] is None else grads[n]
+                           for n, o in zip(differentiable, outputs))
+        tensor_grads = vjp(cotangents)
         result = [None] * len(ctx.inputs)
-        for i, g in zip(tensor_args, tensor_grads):
+        for i, g in zip(wrt, tensor_grads):
             result[i] = g
         return tuple(result)
 
