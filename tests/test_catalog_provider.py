@@ -71,7 +71,8 @@ def test_the_size_of_each_ops_space():
     # rowwise seeds: MIN_TILE (5 choices) x NUM_WARPS tables (4); softmax_online: 4 x 3 x 4
     known = [seed_source("rms_norm"), seed_source("fused_add_rms_norm"), seed_source("softmax", 0), seed_source("softmax", 1)]
     assert [space_size(source) for source in known] == [20, 20, 20, 48]
-    assert [variants(op) for op in ("rms_norm", "fused_add_rms_norm", "softmax", "mine")] == [20, 20, 68, 0]
+    # softmax: rowwise 20 + online 48 + split (PROGRAMS 4 x BLOCK 3 x NUM_WARPS 3) 36
+    assert [variants(op) for op in ("rms_norm", "fused_add_rms_norm", "softmax", "mine")] == [20, 20, 104, 0]
 
 
 # -- rewriting ---------------------------------------------------------------------------------------
@@ -140,12 +141,12 @@ def test_the_same_context_gives_the_same_answer():
 
 
 def test_without_a_parent_the_seeds_come_round_robin_shipped_first():
-    online, rowwise = seed_source("softmax", 1), seed_source("softmax", 0)
-    proposed = [ask("softmax", variant=v) for v in range(6)]
-    assert proposed[:2] == [rowwise, online]
-    assert [bool(changed(rowwise, s)) for s in proposed[2::2]] == [True, True]  # mutants of rowwise
-    assert [bool(changed(online, s)) for s in proposed[3::2]] == [True, True]  # mutants of online
-    assert len(set(proposed)) == 6
+    rowwise, online, split = (seed_source("softmax", i) for i in range(3))
+    proposed = [ask("softmax", variant=v) for v in range(9)]
+    assert proposed[:3] == [rowwise, online, split]
+    for n, seed in enumerate((rowwise, online, split)):  # then a mutant of each, in turn
+        assert [bool(changed(seed, s)) for s in proposed[3 + n::3]] == [True, True]
+    assert len(set(proposed)) == 9
     assert ask("rms_norm", variant=0) == seed_source("rms_norm")
 
 
@@ -200,10 +201,12 @@ def test_mutants_that_launch_what_was_tried_are_skipped():
 
 
 def test_seeds_whose_domain_excludes_every_shape_are_not_proposed():
-    """softmax_rowwise holds rows of at most 65536 columns; a vocabulary row goes to softmax_online."""
-    proposed = [ask("softmax", variant=v, shapes=((32, 151936),), dtypes=("bfloat16",)) for v in range(4)]
-    assert proposed[0] == seed_source("softmax", 1)
-    assert all("_softmax_online_row[" in s for s in proposed) and len(set(proposed)) == 4
+    """softmax_rowwise holds rows of at most 65536 columns; a vocabulary row goes to softmax_online
+    and softmax_split, in turn."""
+    proposed = [ask("softmax", variant=v, shapes=((32, 151936),), dtypes=("bfloat16",)) for v in range(6)]
+    assert proposed[:2] == [seed_source("softmax", 1), seed_source("softmax", 2)]
+    assert all("_softmax_online_row[" in s for s in proposed[0::2]) and all("_chunk_stats[" in s for s in proposed[1::2])
+    assert len(set(proposed)) == 6
 
 
 def test_a_parent_that_is_no_catalog_kernel_starts_from_the_seeds():
@@ -237,8 +240,27 @@ MUTANTS = {
     "fused_add_rms_norm_rowwise": [{"MIN_TILE": 256, "NUM_WARPS": NORM_WARPS_C}, {"MIN_TILE": 4096}],
     "softmax_rowwise": [{"MIN_TILE": 256, "NUM_WARPS": NORM_WARPS_B}, {"MIN_TILE": 4096}],
     "softmax_online": [{"MAX_BLOCK": 1024, "NUM_STAGES": 1}, {"NUM_WARPS": 4, "NUM_STAGES": 4}],
+    # Several chunks per row (3 of 1024 columns at 2100), and one chunk per row.
+    "softmax_split": [{"PROGRAMS": 264, "BLOCK": 1024}, {"BLOCK": 4096, "NUM_WARPS": 4}],
 }
-SHAPES = {"softmax_online": ((3, 2100), (2, 5)), "default": ((3, 64), (70, 5), (2, 3, 200))}
+SHAPES = {"softmax_online": ((3, 2100), (2, 5)), "softmax_split": ((3, 2100), (2, 5)),
+          "default": ((3, 64), (70, 5), (2, 3, 200))}
+
+
+def mutants_of(path) -> list[dict]:
+    """The MUTANTS above, or for a seed without an entry two of the catalog's own neighbours."""
+    if path.stem in MUTANTS:
+        return MUTANTS[path.stem]
+    source = path.read_text()
+    picks = [mutate(source, random.Random(i)) for i in range(2)]
+    return [{t.name: t.value for t in tunables(m) if t.name in changed(source, m)} for m in picks]
+
+
+def shapes_of(op, path) -> tuple:
+    """Tiny shapes for the interpreter: SHAPES above for the norms and softmax, else the op's smoke set."""
+    if path.stem in SHAPES:
+        return SHAPES[path.stem]
+    return SHAPES["default"] if op in ("rms_norm", "fused_add_rms_norm", "softmax") else get_spec(op).shapes("smoke")
 
 
 @pytest.mark.skipif(TritonBackend().available() is not None,
@@ -246,12 +268,12 @@ SHAPES = {"softmax_online": ((3, 2100), (2, 5)), "default": ((3, 64), (70, 5), (
 @pytest.mark.parametrize("op, path", SEED_FILES, ids=SEED_IDS)
 def test_mutants_match_the_reference(op, path):
     spec = get_spec(op)
-    for changes in MUTANTS[path.stem]:
+    for changes in mutants_of(path):
         source = rewrite(path.read_text(), changes)
         assert neighbours(path.read_text()).count(canonical(source)) == 1  # one the catalog proposes
         kernel = KernelStore().put(source, op=op, provider="catalog")
         candidate = KernelStore().load(kernel.sha256, spec)
-        for shape in SHAPES.get(path.stem, SHAPES["default"]):
+        for shape in shapes_of(op, path):
             for dtype in (torch.float32, torch.bfloat16):
                 args = spec.make_inputs(shape, dtype, DEVICE, 1)
                 assert_matches_reference(spec, args, candidate.forward(*args))

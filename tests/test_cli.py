@@ -204,3 +204,23 @@ def test_demo_routes_and_verifies_without_compiling(kforge_home, capsys):
     logged = json.loads(out)["entries"]
     assert {(e["op"], tuple(e["shape"])) for e in logged} == {("softmax", (8, 1000))}
     assert "calibrated softmax" in proc.stderr  # progress on stderr, JSON alone on stdout
+
+
+def test_bench_takes_named_shape_sets_and_can_calibrate_the_baselines_alone(capsys):
+    import torch
+
+    from kforge.ops import get_spec
+
+    rc, out, _ = run_main(capsys, "bench", "softmax", "--set", "smoke", "--shape", "3x40", "--dtype", "fp32",
+                          "--device", "cpu", "--no-inductor", "--no-candidates", "--json")
+    assert rc == 0
+    data = json.loads(out)
+    assert data["candidates"] == []  # no seed went through the harness
+    measured = [tuple(r["shape"]) for r in data["records"]]
+    # --shape first, then the smoke set's shapes, as problems: (rows, cols).
+    spec = get_spec("softmax")
+    smoke = [tuple(spec.problem(spec.make_inputs(s, torch.float32, "cpu", 0))) for s in spec.shapes("smoke")]
+    assert measured == [(3, 40)] + smoke
+    assert {r["impl"] for r in data["records"]} == {"vendor"}
+    table = {(r.key.shape, r.impl) for _, r in ScoreTable().all_records()}
+    assert table == {(s, "vendor") for s in measured}

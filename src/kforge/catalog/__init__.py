@@ -19,7 +19,7 @@ CATALOG_DIR = Path(__file__).resolve().parent
 SEEDS: dict[str, tuple[str, ...]] = {
     "rms_norm": ("rms_norm_rowwise.py",),
     "fused_add_rms_norm": ("fused_add_rms_norm_rowwise.py",),
-    "softmax": ("softmax_rowwise.py", "softmax_online.py"),
+    "softmax": ("softmax_rowwise.py", "softmax_online.py", "softmax_split.py"),
 }
 
 

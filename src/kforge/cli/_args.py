@@ -39,6 +39,9 @@ def device(text: str | None) -> str:
 def add_problem_arguments(parser) -> None:
     parser.add_argument("--shape", action="append", default=None, metavar="DIMS",
                         help="a shape of the op's primary input, e.g. 32x4096 (repeatable; default: the spec's smoke set)")
+    parser.add_argument("--set", action="append", default=None, metavar="NAME", dest="shape_set",
+                        help="the shapes of one of the op's shape sets (smoke, odd, edge, decode, prefill; "
+                             "repeatable, adds to --shape)")
     parser.add_argument("--dtype", action="append", default=None, metavar="DTYPE",
                         help="bf16, fp16, fp32 (repeatable; default: every dtype the op takes but fp64)")
     parser.add_argument("--device", default=None, help="cpu or cuda[:N] (default: cuda when available)")
@@ -46,6 +49,15 @@ def add_problem_arguments(parser) -> None:
                         help="where candidates run: local sandboxed workers (default), in this process "
                              "(tests only: no isolation), or a Ray cluster")
     parser.add_argument("--no-record", action="store_true", help="do not write the results to the score table")
+
+
+def shapes(args, spec) -> list[tuple[int, ...]] | None:
+    """The shapes named by --shape and --set, in order, without repeats; None when neither was given."""
+    if not args.shape and not args.shape_set:
+        return None
+    out = [shape(s) for s in args.shape or ()]
+    out += [s for s in spec.shapes(*args.shape_set) if s not in out] if args.shape_set else []
+    return out
 
 
 def executor(kind: str):

@@ -18,6 +18,8 @@ HELP = "evaluate vendor, inductor, catalog seeds and stored kernels for an op an
 def add_arguments(parser) -> None:
     parser.add_argument("op", help="the op to benchmark")
     parser.add_argument("--no-inductor", action="store_true", help="skip torch.compile of the reference")
+    parser.add_argument("--no-candidates", action="store_true",
+                        help="calibrate vendor (and inductor) only: no catalog seeds or stored kernels")
     _args.add_problem_arguments(parser)
 
 
@@ -35,14 +37,16 @@ def run(args) -> int:
     device = _args.device(args.device)
     if device == "cpu":
         os.environ.setdefault("TRITON_INTERPRET", "1")
-    shapes = [_args.shape(s) for s in args.shape] if args.shape else list(spec.shapes("smoke"))
+    shapes = _args.shapes(args, spec) or list(spec.shapes("smoke"))
     dtypes = [_args.dtype(d) for d in args.dtype] if args.dtype else [d for d in spec.dtypes if d != torch.float64]
     executor = _args.executor(args.executor)
     table = ScoreTable()
 
-    sources = {p.read_text(): "catalog" for p in seeds(spec.name)}
-    for stored in KernelStore().list(spec.name):
-        sources.setdefault(stored.source(), stored.provider)
+    sources = {}
+    if not args.no_candidates:
+        sources = {p.read_text(): "catalog" for p in seeds(spec.name)}
+        for stored in KernelStore().list(spec.name):
+            sources.setdefault(stored.source(), stored.provider)
     steps = len(shapes) * len(dtypes) + len(sources)
     done = 0
     rows, verdicts = [], []

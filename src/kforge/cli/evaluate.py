@@ -38,7 +38,7 @@ def run(args) -> int:
     device = _args.device(args.device)
     if device == "cpu":
         os.environ.setdefault("TRITON_INTERPRET", "1")  # inherited by the worker (allow-listed)
-    shapes = [_args.shape(s) for s in args.shape] if args.shape else None
+    shapes = _args.shapes(args, spec)
     dtypes = [_args.dtype(d) for d in args.dtype] if args.dtype else None
     progress(f"evaluating {args.file} as kforge.{spec.name} on {device} ...")
     result = evaluate_source(source, spec.name, device=device, dtypes=dtypes, timing_shapes=shapes,

@@ -98,7 +98,9 @@ def _jobs(args, device: str) -> list[tuple]:
             run_id = pending[-1]["run_id"]
         return [(args.op, [], [], run_id)]
     if not args.from_misses:
-        shapes = [_args.shape(s) for s in args.shape] if args.shape else None
+        from kforge.ops import get_spec
+
+        shapes = _args.shapes(args, get_spec(args.op))
         dtypes = [_args.dtype(d) for d in args.dtype] if args.dtype else None
         return [(args.op, shapes, dtypes, None)]
     targets = from_misses.targets(device, args.limit, on_progress=progress)

@@ -1,0 +1,198 @@
+"""Every kforge op on its GPU shape sets, against what a user would otherwise call, in one run.
+
+Per op and shape (bf16 unless --dtype says otherwise), timed in the same process on the same GPU:
+  eager    the op's reference: the natural PyTorch composition (fp32 statistics, as models write it)
+  vendor   the op's vendor implementation: PyTorch's own fused op where one exists (torch.rms_norm,
+           torch.layer_norm, softmax, F.cross_entropy, F.linear/cuBLAS); for the other ops the
+           best eager composition (marked "fused": false)
+  compile  torch.compile of the reference (Inductor, static shapes, default mode)
+  kforge   kforge.ops.<op>, routed through the score table (bundled + user layers) as a user's
+           call is: argument checks, key, decision cache and the chosen implementation's launch
+
+Each implementation's output is first checked against the fp64 oracle (kforge.testing.compare).
+Then two numbers per implementation:
+  device_us  GPU time per call: device events around one call, L2 flushed before it, p50
+             (kforge.evaluate.timing.time_together, all implementations interleaved)
+  host_us    what one call costs the host in a loop of calls (kforge.evaluate.timing.host_cost)
+and the comparison uses call_us = max(device_us, host_us): what a call costs in a stream of calls,
+where a call the GPU finishes before the host can issue the next one is bound by the host.
+Fractions of the copy ceiling (measured in the same run) are op bytes / device_us.
+
+Shape classes for the bandwidth goals: "large" moves at least 4x the L2 size; "short rows" have a
+last problem dim of at most 512 elements; "mid" moves at least a quarter of the L2 size; the rest
+is launch-bound ("small") and has no bandwidth goal.
+
+    python benchmarks/ops.py [--ops rms_norm softmax ...] [--sets decode prefill] [--dtype bf16]
+                             [--gpu-dir h100] [--no-compile]
+    python benchmarks/ops.py --report results/h100/ops.json     # RESULTS.md section + plot (CPU)
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+FUSED_VENDOR = {"rms_norm", "layer_norm", "softmax", "cross_entropy", "gemv"}
+IMPLS = ("eager", "vendor", "compile", "kforge")
+GOALS = {
+    "never_lose": 1.02,  # kforge call_us over the best of eager, vendor and compile, at most
+    "large": 0.97, "mid": 0.90, "short_rows": 0.70,  # fraction of the copy ceiling, at least
+    "geomean_vs_eager": 3.0, "geomean_vs_compile": 1.15,
+}
+
+
+def _dtype(text: str):
+    import torch
+
+    return {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}.get(text) or getattr(torch, text)
+
+
+def shape_class(spec, problem, nbytes: int, l2_bytes: int) -> str:
+    if nbytes >= 4 * l2_bytes:
+        return "large"
+    if problem[-1] <= 512 and spec.problem_dims[-1] not in ("k",):
+        return "short_rows"
+    if nbytes >= l2_bytes // 4:
+        return "mid"
+    return "small"
+
+
+def _routed_impl(op: str, fn, args) -> str:
+    import kforge
+
+    before = dict(kforge.stats()["ops"].get(op, {}).get("by_impl", {}))
+    fn(*args)
+    after = kforge.stats()["ops"].get(op, {}).get("by_impl", {})
+    changed = [impl for impl, n in after.items() if n != before.get(impl, 0)]
+    return changed[0] if changed else "?"
+
+
+def bench_one(spec, shape, dtype, ceilings, l2_bytes: int, compile_ref: bool) -> dict:
+    import torch
+
+    import kforge
+    from kforge.evaluate import timing
+    from kforge.testing import compare
+
+    device = "cuda"
+    args = spec.make_inputs(shape, dtype, device, 0)
+    problem = tuple(int(d) for d in spec.problem(args))
+    nbytes = spec.bytes_moved(problem, dtype)
+    fns = {"eager": spec.reference, "vendor": spec.vendor, "kforge": getattr(kforge.ops, spec.name)}
+    row = {"op": spec.name, "shape": list(shape), "problem": list(problem), "dtype": str(dtype).removeprefix("torch."),
+           "bytes": nbytes, "class": shape_class(spec, problem, nbytes, l2_bytes), "fused_vendor": spec.name in FUSED_VENDOR,
+           "impls": {}, "errors": {}}
+    if compile_ref:
+        torch._dynamo.reset()
+        compiled = torch.compile(spec.reference, dynamic=False)
+        t0 = time.perf_counter()
+        try:
+            compiled(*args)
+            fns["compile"] = compiled
+        except Exception as exc:  # noqa: BLE001 - reported, not fatal: the other baselines still count
+            row["errors"]["compile"] = f"{type(exc).__name__}: {exc}"[:300]
+        row["compile_s"] = round(time.perf_counter() - t0, 2)
+    row["routed_impl"] = _routed_impl(spec.name, fns["kforge"], args)
+    for name, fn in list(fns.items()):
+        result = compare(spec, args, fn(*args))
+        if not result.ok:
+            row["errors"][name] = result.message[:300]
+            del fns[name]
+    torch.cuda.synchronize()
+    timed = timing.time_together(fns, lambda i: spec.make_inputs(shape, dtype, device, i))
+    for name, fn in fns.items():
+        device_us = timed[name].p50_us
+        host_us = timing.host_cost(fn, args)
+        call_us = max(device_us, host_us)
+        row["impls"][name] = {"device_us": round(device_us, 3), "host_us": round(host_us, 3),
+                              "call_us": round(call_us, 3),
+                              "frac_ceiling": round(nbytes / (device_us * 1e-6) / (ceilings.copy_gbps * 1e9), 4)}
+    return row
+
+
+def summarize(rows: list[dict]) -> dict:
+    """Speedups per row (kforge over each baseline, by call_us) and the goals, met or missed."""
+    vs = {name: [] for name in ("eager", "vendor", "compile", "best")}
+    losses, ceiling_misses = [], []
+    for row in rows:
+        impls = row["impls"]
+        if "kforge" not in impls:
+            continue
+        mine = impls["kforge"]["call_us"]
+        others = {n: impls[n]["call_us"] for n in ("eager", "vendor", "compile") if n in impls}
+        row["speedup"] = {n: round(t / mine, 3) for n, t in others.items()}
+        if others:
+            best = min(others.values())
+            row["speedup"]["best"] = round(best / mine, 3)
+            if mine > GOALS["never_lose"] * best:
+                losses.append(f"{row['op']} {row['shape']}: {mine:.1f} us vs {best:.1f} ({min(others, key=others.get)})")
+        for n, s in row["speedup"].items():
+            vs[n].append(s)
+        goal = GOALS.get(row["class"])
+        if goal is not None and impls["kforge"]["frac_ceiling"] < goal:
+            ceiling_misses.append(f"{row['op']} {row['shape']} ({row['class']}): "
+                                  f"{impls['kforge']['frac_ceiling']:.0%} < {goal:.0%}")
+    geo = {n: round(math.exp(sum(math.log(s) for s in v) / len(v)), 3) for n, v in vs.items() if v}
+    return {"geomean_speedup": geo, "losses": losses, "ceiling_misses": ceiling_misses, "goals": GOALS,
+            "never_lose_met": not losses,
+            "geomean_vs_eager_met": geo.get("eager", 0) >= GOALS["geomean_vs_eager"],
+            "geomean_vs_compile_met": geo.get("compile", 0) >= GOALS["geomean_vs_compile"]}
+
+
+def run(argv: list[str]) -> int:
+    import torch
+
+    import kforge
+    from common import environment, write_json
+    from kforge.evaluate import roofline
+
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--ops", nargs="*", default=None)
+    parser.add_argument("--sets", nargs="*", default=["decode", "prefill"])
+    parser.add_argument("--dtype", default="bf16")
+    parser.add_argument("--gpu-dir", default="h100")
+    parser.add_argument("--name", default="ops.json")
+    parser.add_argument("--no-compile", action="store_true")
+    args = parser.parse_args(argv)
+    if not torch.cuda.is_available():
+        print("benchmarks/ops.py times GPU calls: no CUDA device here (use --report to render results)", file=sys.stderr)
+        return 2
+    dtype = _dtype(args.dtype)
+    ceilings = roofline.ceilings("cuda")
+    l2_bytes = torch.cuda.get_device_properties(0).L2_cache_size
+    rows = []
+    ops = args.ops or list(kforge.ops.SPECS)
+    for op in ops:
+        spec = kforge.ops.get_spec(op)
+        for shape in spec.shapes(*[s for s in args.sets if s in spec.shape_sets]):
+            t0 = time.perf_counter()
+            row = bench_one(spec, shape, dtype, ceilings, l2_bytes, not args.no_compile)
+            rows.append(row)
+            line = "  ".join(f"{n} {v['call_us']:.1f}" for n, v in row["impls"].items())
+            print(f"{op} {'x'.join(map(str, shape))} [{row['routed_impl']}] {line}  ({time.perf_counter() - t0:.1f} s)"
+                  + (f"  errors: {row['errors']}" if row["errors"] else ""), file=sys.stderr, flush=True)
+    payload = {"environment": environment(), "dtype": args.dtype, "sets": args.sets,
+               "ceilings": {"copy_gbps": ceilings.copy_gbps, "l2_bytes": l2_bytes}, "rows": rows,
+               "summary": summarize(rows)}
+    path = write_json(args.name, payload, args.gpu_dir)
+    print(json.dumps(payload["summary"], indent=1))
+    print(f"wrote {path}", file=sys.stderr)
+    return 0
+
+
+def main(argv: list[str]) -> int:
+    if argv[:1] == ["--report"]:
+        from ops_report import report
+
+        return report(Path(argv[1]))
+    return run(argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
