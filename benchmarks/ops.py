@@ -73,6 +73,18 @@ def _routed_impl(op: str, fn, args) -> str:
     return changed[0] if changed else "?"
 
 
+def _launch_modes(op: str) -> list[str]:
+    """How each routing decision of `op` launches (the cached launcher's mode, and why not replay)."""
+    from kforge.router.dispatch import ROUTER
+
+    modes = []
+    for decision in ROUTER.ops[op].decisions.values():
+        state = getattr(decision.fn, "launch_state", None)
+        modes.append(f"{decision.impl}: " + ("no launcher" if state is None else
+                                            state.mode + (f" ({state.reason})" if state.reason else "")))
+    return sorted(set(modes))
+
+
 def bench_one(spec, shape, dtype, ceilings, l2_bytes: int, compile_ref: bool) -> dict:
     import torch
 
@@ -113,6 +125,7 @@ def bench_one(spec, shape, dtype, ceilings, l2_bytes: int, compile_ref: bool) ->
         row["impls"][name] = {"device_us": round(device_us, 3), "host_us": round(host_us, 3),
                               "call_us": round(call_us, 3),
                               "frac_ceiling": round(nbytes / (device_us * 1e-6) / (ceilings.copy_gbps * 1e9), 4)}
+    row["launch_modes"] = _launch_modes(spec.name)
     return row
 
 
@@ -175,7 +188,8 @@ def run(argv: list[str]) -> int:
             row = bench_one(spec, shape, dtype, ceilings, l2_bytes, not args.no_compile)
             rows.append(row)
             line = "  ".join(f"{n} {v['call_us']:.1f}" for n, v in row["impls"].items())
-            print(f"{op} {'x'.join(map(str, shape))} [{row['routed_impl']}] {line}  ({time.perf_counter() - t0:.1f} s)"
+            print(f"{op} {'x'.join(map(str, shape))} [{row['routed_impl']}] {line}  ({time.perf_counter() - t0:.1f} s) "
+                  f"{row['launch_modes']}"
                   + (f"  errors: {row['errors']}" if row["errors"] else ""), file=sys.stderr, flush=True)
     payload = {"environment": environment(), "dtype": args.dtype, "sets": args.sets,
                "ceilings": {"copy_gbps": ceilings.copy_gbps, "l2_bytes": l2_bytes}, "rows": rows,

@@ -1,4 +1,5 @@
-"""Shared fixtures. Every test runs with its own KFORGE_HOME and fresh routing state."""
+"""Shared fixtures. Every test runs with its own KFORGE_HOME, without the bundled table, and with
+fresh routing state."""
 from __future__ import annotations
 
 import os
@@ -22,6 +23,9 @@ def kforge_home(tmp_path, monkeypatch):
     after (the reset after flushes the test's miss counts into its own home, not the user's)."""
     home = tmp_path / "kforge-home"
     monkeypatch.setenv("KFORGE_HOME", str(home))
+    # The measurements shipped with kforge (kforge/tables/) stay out of tests' tables; the tests of
+    # the shipped table read it by path.
+    monkeypatch.setenv("KFORGE_BUNDLED_TABLE", "none")
     monkeypatch.delenv("KFORGE_TABLE", raising=False)
     monkeypatch.delenv("KFORGE_PIN", raising=False)
     dispatch.reset()

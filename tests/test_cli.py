@@ -68,7 +68,8 @@ def test_doctor_reports_layers_health_and_key_status(kforge_home, monkeypatch, c
     foreign = shard_dir / "fused_add_rms_norm.json"
     foreign.write_text(json.dumps({"schema_version": SCHEMA_VERSION + 1, "kind": "kforge-score-table", "records": []}))
 
-    proc = kforge_cli("doctor", "--json", env={"ANTHROPIC_API_KEY": SECRET})
+    # With the shipped table layer (conftest switches it off for the other tests).
+    proc = kforge_cli("doctor", "--json", env={"ANTHROPIC_API_KEY": SECRET, "KFORGE_BUNDLED_TABLE": ""})
     report = json.loads(proc.stdout)
 
     assert report["provider_keys"] == {"ANTHROPIC_API_KEY": "set", "OPENAI_API_KEY": "unset"}
@@ -81,9 +82,11 @@ def test_doctor_reports_layers_health_and_key_status(kforge_home, monkeypatch, c
     assert user["health"] == "corrupt"
     health = {os.path.basename(f["path"]): f["health"] for f in user["files"]}
     assert health == {"rms_norm.json": "ok", "softmax.json": "corrupt", "fused_add_rms_norm.json": "foreign version"}
-    assert layers["bundled"]["writable"] is False
+    bundled = layers["bundled"]
+    assert bundled["writable"] is False and bundled["health"] == "ok" and bundled["records"] > 0
     assert corrupt.exists() and foreign.exists()  # doctor only reads
-    assert report["settings"] == {"KFORGE_HOME": str(kforge_home), "KFORGE_TABLE": None, "KFORGE_PIN": None}
+    assert report["settings"] == {"KFORGE_HOME": str(kforge_home), "KFORGE_BUNDLED_TABLE": "", "KFORGE_TABLE": None,
+                                  "KFORGE_PIN": None}
     assert report["miss_log"]["dir"] == str(kforge_home / "misses")
     assert report["devices"][0]["type"] == "cpu" and report["devices"][0]["fingerprint"] == CPU
     assert {b["name"]: b["available"] for b in report["backends"]}["vendor"] is True

@@ -31,7 +31,7 @@ def test_values_on_gpu(name, dtype):
 def test_cuda_graph_capture_and_replay(name):
     spec = kforge.ops.SPECS[name]
     entry = kforge.ops.ENTRIES[name]
-    args = spec.make_inputs((32, 4096), torch.bfloat16, "cuda", 0)
+    args = spec.make_inputs(spec.shapes("decode")[0], torch.bfloat16, "cuda", 0)
     entry(*args)  # decide outside capture
     capture_replay_and_check(spec, entry, args)
 
@@ -74,17 +74,18 @@ def test_a_replayed_stored_kernel_is_captured_by_cuda_graphs(name):
     from kforge.catalog import seeds
     from kforge.device import fingerprint
     from kforge.router import dispatch
+    from kforge.router.key import dtype_signature
     from kforge.store import KernelStore
 
     spec = kforge.ops.SPECS[name]
     entry = kforge.ops.ENTRIES[name]
     sha = KernelStore().put(seeds(name)[0].read_text(), op=name, provider="catalog").sha256
     domain = KernelStore().load(sha, spec).domain
-    record = make_record(name, (32, 4096), impl=impl_id(sha), dtype=torch.bfloat16, p50=0.1, domain=domain,
-                         device=str(fingerprint("cuda")))
+    args = spec.make_inputs(spec.shapes("decode")[0], torch.bfloat16, "cuda", 0)
+    record = make_record(name, spec.problem(args), impl=impl_id(sha), dtypes=dtype_signature(args, spec.tensor_args),
+                         p50=0.1, domain=domain, device=str(fingerprint("cuda")))
     write_user_table(dataclasses.replace(record, source_sha256=sha, provider="catalog", timing="cuda_events"))
     dispatch.reset()
-    args = spec.make_inputs((32, 4096), torch.bfloat16, "cuda", 0)
     for _ in range(3):
         entry(*args)  # forward, recorded forward, replay: all outside the capture
     (decision,) = dispatch.ROUTER.ops[name].decisions.values()

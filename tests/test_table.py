@@ -290,7 +290,7 @@ def test_default_layers_route_bundled_then_user_then_kforge_table(fake_triton, m
     writer.write([make_record(impl="triton:test-ok-b", p50=1.0)], layer=user)  # b now fastest
     writer.write([make_record(impl="triton:test-ok-a", p50=0.5)], layer=extra)  # a fastest again
 
-    monkeypatch.setattr(kforge.paths, "BUNDLED_TABLE_DIR", bundled.root)
+    monkeypatch.setenv("KFORGE_BUNDLED_TABLE", str(bundled.root))
     dispatch.reset()
     call_rms(times=1)
     assert fake_triton.calls == {"triton:test-ok-a": 1}  # bundled only (the user dir is elsewhere)
@@ -351,3 +351,26 @@ def test_an_unchanged_table_is_not_reread(fake_triton, monkeypatch):
     call_rms(times=5, seed=0)  # same signature, periodic checks find nothing changed
     assert reads == []
     assert fake_triton.calls == {"triton:test-ok": 6}
+
+
+def test_the_shipped_tables_parse_and_their_records_are_verified_measurements():
+    """Every shard in kforge/tables/ is a valid table of this schema for one device and op, and
+    each record carries the evidence and GPU timing the router relies on."""
+    from kforge.ops import SPECS
+    from kforge.router.table import parse_table
+    from kforge.store import KernelStore
+
+    shards = sorted(kforge.paths.BUNDLED_TABLE_DIR.glob("*/*.json"))
+    assert shards, "no bundled table"
+    for shard in shards:
+        data = json.loads(shard.read_text())
+        records, skipped = parse_table(shard.read_text(), str(shard))
+        assert skipped == 0 and records, shard
+        assert data["op"] == shard.stem and data["op"] in SPECS
+        assert {r.key.device for r in records} == {data["device"]} and {r.key.op for r in records} == {data["op"]}
+        for r in records:
+            assert r.timing in ("cuda_events", "cuda_graph") and r.p50_us > 0, (shard, r.impl)
+            assert r.evidence.max_error_ratio <= 1 and r.key.dtypes in r.evidence.dtypes
+            if r.impl.startswith("triton:"):  # the kernel the record names ships with the table, intact
+                kernel = KernelStore(kforge.paths.BUNDLED_TABLE_DIR / "kernels").get(r.source_sha256)
+                assert r.impl == kernel.impl_id and kernel.op == data["op"]

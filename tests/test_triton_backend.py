@@ -20,6 +20,7 @@ from kforge.device import fingerprint
 from kforge.records import DispatchKey, Domain, Evidence
 from kforge.router import dispatch
 from kforge.router.dispatch import KforgeFallbackWarning
+from kforge.router.key import dtype_signature
 from kforge.store import KernelStore
 from kforge.testing import assert_matches_reference
 
@@ -41,8 +42,9 @@ def store_seed(op: str, path) -> tuple[str, object]:
 
 def record_for(op: str, sha: str, domain: Domain, problem=None, dtype=torch.float32, **overrides):
     """A record of the stored kernel `sha` for `op` at `problem` on DEVICE, evidence covering it."""
-    record = make_record(op, problem or PROBLEM_SHAPES[op], impl=impl_id(sha), dtype=dtype, p50=0.5, domain=domain,
-                         device=str(fingerprint(DEVICE)))
+    dtypes = overrides.pop("dtypes", None)
+    record = make_record(op, problem or PROBLEM_SHAPES[op], impl=impl_id(sha), dtype=dtype, dtypes=dtypes, p50=0.5,
+                         domain=domain, device=str(fingerprint(DEVICE)))
     return dataclasses.replace(record, **{"source_sha256": sha, "provider": "catalog", **overrides})
 
 
@@ -120,9 +122,12 @@ def test_seeds_declare_a_domain_the_router_can_use():
 def test_a_stored_kernel_with_a_record_is_routed_to(op, path):
     spec = kforge.ops.SPECS[op]
     sha, candidate = store_seed(op, path)
-    write_user_table(record_for(op, sha, candidate.domain))
+    shape = PROBLEM_SHAPES.get(op, spec.shapes("smoke")[0])
+    probe = spec.make_inputs(shape, torch.float32, DEVICE, 0)  # the key is the op's problem, not the shape
+    write_user_table(record_for(op, sha, candidate.domain, problem=spec.problem(probe),
+                                dtypes=dtype_signature(probe, spec.tensor_args)))
     for seed in (0, 1):
-        args = spec.make_inputs(PROBLEM_SHAPES[op], torch.float32, DEVICE, seed)
+        args = spec.make_inputs(shape, torch.float32, DEVICE, seed)
         assert_matches_reference(spec, args, call(op, args))
     assert by_impl(op) == {impl_id(sha): 2}
     assert kforge.stats()["ops"][op]["hit"] == 2

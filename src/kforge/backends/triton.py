@@ -20,6 +20,7 @@ from __future__ import annotations
 import importlib.util
 import os
 
+from kforge import paths
 from kforge.backends.base import Backend, BackendName, Capabilities, Implementation
 from kforge.candidate import domain_exceeds
 
@@ -62,7 +63,11 @@ class TritonBackend(Backend):
         sha = record.source_sha256
         if record.impl != impl_id(sha):
             raise ValueError(f"record impl {record.impl!r} does not match its kernel {sha}: expected {impl_id(sha)!r}")
-        candidate = KernelStore().load(sha, spec)
+        store = KernelStore()
+        bundled = paths.bundled_kernel_dir()
+        if not store.source_path(sha).exists() and bundled is not None and KernelStore(bundled).source_path(sha).exists():
+            store = KernelStore(bundled)  # a kernel shipped with the bundled table
+        candidate = store.load(sha, spec)
         why = domain_exceeds(record.domain, candidate.domain)
         if why is not None:
             raise ValueError(f"record {record.impl} for {record.key} claims more than the kernel's DOMAIN: its domain {why}")

@@ -22,7 +22,7 @@ from kforge.router import misses
 from kforge.router.table import ForeignVersion, Layer, default_layers, parse_table
 
 HELP = "devices, versions, table layers and their health, backends, provider keys"
-SETTINGS = ("KFORGE_HOME", "KFORGE_TABLE", "KFORGE_PIN")
+SETTINGS = ("KFORGE_HOME", "KFORGE_BUNDLED_TABLE", "KFORGE_TABLE", "KFORGE_PIN")
 PROVIDER_KEYS = ("ANTHROPIC_API_KEY", "OPENAI_API_KEY")
 
 

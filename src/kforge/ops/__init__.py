@@ -18,6 +18,7 @@ _BUILTIN = (
     "rms_norm",
     "fused_add_rms_norm",
     "softmax",
+    "topk_softmax",
 )
 
 SPECS: dict[str, OpSpec] = {}

@@ -92,10 +92,9 @@ class Layer:
 
 
 def default_layers() -> list[Layer]:
-    layers = [
-        Layer("bundled", paths.BUNDLED_TABLE_DIR, single_file=False, writable=False),
-        Layer("user", paths.user_table_dir(), single_file=False, writable=True),
-    ]
+    bundled = paths.bundled_table_dir()
+    layers = [Layer("bundled", bundled, single_file=False, writable=False)] if bundled is not None else []
+    layers.append(Layer("user", paths.user_table_dir(), single_file=False, writable=True))
     extra = paths.extra_table_file()
     if extra is not None:
         layers.append(Layer("extra", extra, single_file=True, writable=False))
