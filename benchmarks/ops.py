@@ -40,6 +40,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 FUSED_VENDOR = {"rms_norm", "layer_norm", "softmax", "cross_entropy", "gemv"}
 IMPLS = ("eager", "vendor", "compile", "kforge")
+HOST_CALLS = 25
 GOALS = {
     "never_lose": 1.02,  # kforge call_us over the best of eager, vendor and compile, at most
     "large": 0.97, "mid": 0.90, "short_rows": 0.70,  # fraction of the copy ceiling, at least
@@ -120,7 +121,10 @@ def bench_one(spec, shape, dtype, ceilings, l2_bytes: int, compile_ref: bool) ->
     timed = timing.time_together(fns, lambda i: spec.make_inputs(shape, dtype, device, i))
     for name, fn in fns.items():
         device_us = timed[name].p50_us
-        host_us = timing.host_cost(fn, args)
+        # 25 calls: timing.host_cost queues its loop behind a GPU sleep, and a loop of more launches
+        # than the CUDA launch queue holds (~1000) blocks on it. The eager compositions launch 10 to
+        # 15 kernels a call; at the default 100 calls their "host cost" read 14-28 ms (2026-11-22).
+        host_us = timing.host_cost(fn, args, calls=HOST_CALLS)
         call_us = max(device_us, host_us)
         row["impls"][name] = {"device_us": round(device_us, 3), "host_us": round(host_us, 3),
                               "call_us": round(call_us, 3),
@@ -179,7 +183,8 @@ def run(argv: list[str]) -> int:
     dtype = _dtype(args.dtype)
     ceilings = roofline.ceilings("cuda")
     l2_bytes = torch.cuda.get_device_properties(0).L2_cache_size
-    rows = []
+    rows: list[dict] = []
+    payload, path = {"summary": {}}, None
     ops = args.ops or list(kforge.ops.SPECS)
     for op in ops:
         spec = kforge.ops.get_spec(op)
@@ -191,10 +196,11 @@ def run(argv: list[str]) -> int:
             print(f"{op} {'x'.join(map(str, shape))} [{row['routed_impl']}] {line}  ({time.perf_counter() - t0:.1f} s) "
                   f"{row['launch_modes']}"
                   + (f"  errors: {row['errors']}" if row["errors"] else ""), file=sys.stderr, flush=True)
-    payload = {"environment": environment(), "dtype": args.dtype, "sets": args.sets,
-               "ceilings": {"copy_gbps": ceilings.copy_gbps, "l2_bytes": l2_bytes}, "rows": rows,
-               "summary": summarize(rows)}
-    path = write_json(args.name, payload, args.gpu_dir)
+            # Written after every shape: a run cut short by its time limit keeps what it measured.
+            payload = {"environment": environment(), "dtype": args.dtype, "sets": args.sets,
+                       "ceilings": {"copy_gbps": ceilings.copy_gbps, "l2_bytes": l2_bytes}, "rows": rows,
+                       "summary": summarize(rows)}
+            path = write_json(args.name, payload, args.gpu_dir)
     print(json.dumps(payload["summary"], indent=1))
     print(f"wrote {path}", file=sys.stderr)
     return 0
