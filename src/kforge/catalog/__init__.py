@@ -20,6 +20,7 @@ SEEDS: dict[str, tuple[str, ...]] = {
     "rms_norm": ("rms_norm_rowwise.py",),
     "fused_add_rms_norm": ("fused_add_rms_norm_rowwise.py",),
     "softmax": ("softmax_rowwise.py", "softmax_online.py", "softmax_split.py"),
+    "silu_and_mul": ("silu_and_mul_tiled.py", "silu_and_mul_persistent.py"),
     "topk_softmax": ("topk_softmax_rowwise.py",),
 }
 

@@ -18,6 +18,7 @@ _BUILTIN = (
     "rms_norm",
     "fused_add_rms_norm",
     "softmax",
+    "silu_and_mul",
     "topk_softmax",
 )
 

@@ -1,0 +1,187 @@
+"""silu_and_mul's own cases; the generic tests (test_ops, test_bad_input, test_autograd,
+test_catalog_provider) cover what every op shares.
+
+- the reference against a hand-written fp64 SwiGLU, rounded once, special values included;
+- the vendor (`F.silu(a) * b` at x's dtype, two roundings) within the error budget on every CPU
+  shape, the long row and several seeds, per dtype;
+- the shape convention: an op shape is y's, (..., d), x is (..., 2d); problem, fake and bytes;
+- an odd last dim refused naming 'x', through both entry points;
+- the catalog seeds through the harness (sandboxed worker, interpreter) on tiny shapes: odd d,
+  zero rows, several column blocks; then with their tunables set so that the paths the CPU sets
+  never reach run: unrolled steps over partial chunks, multi-row tiles, several tiles per program.
+"""
+from __future__ import annotations
+
+import pytest
+import torch
+
+import kforge
+from kforge.catalog import seeds
+from kforge.errors import KforgeInputError
+from kforge.evaluate import harness
+from kforge.evaluate.correctness import LONG_ROW, verify
+from kforge.evaluate.executors import LocalPoolExecutor
+from kforge.ops.silu_and_mul import SPEC, fake, make_inputs, problem, reference, vendor
+from kforge.store import KernelStore
+from kforge.testing import assert_matches_reference, compare
+
+DTYPES = (torch.bfloat16, torch.float16, torch.float32, torch.float64)
+CPU_SETS = ("smoke", "odd", "edge")
+
+
+def dtype_id(dtype: torch.dtype) -> str:
+    return str(dtype).removeprefix("torch.")
+
+
+def swiglu_fp64(x: torch.Tensor) -> torch.Tensor:
+    """silu(gate) * up by its definition, g / (1 + e^-g) * u, in fp64 (no torch silu)."""
+    x = x.to(torch.float64)
+    d = x.shape[-1] // 2
+    gate, up = x[..., :d], x[..., d:]
+    return gate / (1.0 + torch.exp(-gate)) * up
+
+
+# -- the reference -----------------------------------------------------------------------------------
+@pytest.mark.parametrize("dtype", DTYPES, ids=dtype_id)
+def test_reference_is_the_fp64_swiglu_rounded_once(dtype):
+    (x,) = make_inputs((4, 3, 37), dtype, "cpu", 3)
+    x = x * 4  # gates out to +-16: silu's tails as well as its bend
+    exact = swiglu_fp64(x)  # (4, 3, 37)
+    got = reference(x)
+    assert got.dtype == dtype and got.shape == (4, 3, 37)
+    # One rounding (half a unit) of a computation in fp32 (fp64 for fp64) that errs a few units of
+    # its own; outputs under the smallest normal round to subnormals, whose spacing is absolute.
+    acc = torch.float64 if dtype == torch.float64 else torch.float32
+    rel = 0.5 * torch.finfo(dtype).eps + 4 * torch.finfo(acc).eps
+    bound = rel * exact.abs() + torch.finfo(dtype).tiny
+    err = (got.to(torch.float64) - exact).abs()
+    assert (err <= bound).all(), f"worst {float((err / bound).max()):.3g} of the bound"
+
+
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")  # numpy, in the interpreter, on exp(inf), inf / inf, inf * 0
+def test_reference_special_values():
+    nan, inf = float("nan"), float("inf")
+    gate = torch.tensor([-inf, inf, nan, 1.0, -100.0, inf, 0.0])
+    up = torch.tensor([1.0, 2.0, 1.0, nan, 3.0, 0.0, 5.0])
+    x = torch.cat([gate, up])[None, :]  # (1, 14)
+    got = reference(x)[0]
+    # silu(-inf) = -inf * 0; silu(inf) * 0 = inf * 0; a NaN in either half; a tail under fp32's range.
+    assert got[[0, 2, 3, 5]].isnan().all()
+    assert got[1] == inf and got[4] == 0 and got[4].signbit() and got[6] == 0
+    for path in seeds("silu_and_mul"):  # the kernels agree with it, NaN for NaN
+        candidate = KernelStore().load(KernelStore().put(path.read_text(), op=SPEC.name, provider="catalog").sha256, SPEC)
+        assert_matches_reference(SPEC, (x,), candidate.forward(x))
+
+
+# -- the vendor --------------------------------------------------------------------------------------
+@pytest.mark.parametrize("dtype", DTYPES, ids=dtype_id)
+def test_vendor_is_within_the_budget_everywhere(dtype):
+    worst = 0.0
+    for shape in SPEC.shapes(*CPU_SETS) + (LONG_ROW, (64, 4096)):
+        for seed in range(3):
+            args = make_inputs(shape, dtype, "cpu", seed)
+            result = compare(SPEC, args, vendor(*args))
+            assert result.ok, f"{shape} seed {seed}: {result.message}"
+            worst = max(worst, result.worst_ratio)
+    # Two roundings against the reference's one: measured 0.40 (bf16), 0.42 (fp16), 0.18 (fp32)
+    # of the budget; fp64 is the oracle's own computation.
+    assert worst <= (0.0 if dtype == torch.float64 else 0.6), worst
+
+
+# -- shapes and sizes --------------------------------------------------------------------------------
+def test_an_op_shape_is_the_outputs_and_x_is_twice_as_wide():
+    (x,) = make_inputs((2, 3, 5), torch.bfloat16, "cpu", 0)
+    assert x.shape == (2, 3, 10)
+    assert problem((x,)) == (6, 5)
+    assert SPEC.shape_for((6, 5)) == (6, 5)
+    assert fake(x.to("meta")).shape == (2, 3, 5)
+    # Every listed shape is a valid call, odd d included (x's last dim is even by construction);
+    # the GPU sets' x on meta (drawing prefill-sized data on the CPU takes seconds).
+    for shape in SPEC.shapes():
+        if shape in SPEC.shapes(*CPU_SETS):
+            args = make_inputs(shape, torch.float32, "cpu", 0)
+        else:
+            args = (torch.empty((*shape[:-1], 2 * shape[-1]), device="meta"),)
+        SPEC.check(args)
+        assert problem(args) == (torch.Size(shape[:-1]).numel(), shape[-1])
+    # The baselines' 4096x28672 (x of Llama 3 8B): 2d read and d written per row, in bf16.
+    assert SPEC.bytes_moved((4096, 14336), torch.bfloat16) == 4096 * (28672 + 14336) * 2
+    assert SPEC.bytes_moved((8, 18944), torch.float32) == 8 * 3 * 18944 * 4
+
+
+# -- bad calls ---------------------------------------------------------------------------------------
+@pytest.mark.parametrize("entry", ("eager", "torch_ops"))
+@pytest.mark.parametrize("shape", [(3, 5), (7,), (0, 3), (2, 1)], ids=lambda s: "x".join(map(str, s)))
+def test_an_odd_last_dim_is_refused_naming_x(shape, entry):
+    fn = kforge.ops.silu_and_mul if entry == "eager" else torch.ops.kforge.silu_and_mul
+    with pytest.raises(KforgeInputError, match=r"argument 'x' must have an even last dim") as info:
+        fn(torch.randn(shape))
+    assert (info.value.op, info.value.arg) == ("silu_and_mul", "x")
+    x = torch.randn(3, 6)
+    torch.testing.assert_close(fn(x), swiglu_fp64(x).float())  # the next valid call is served
+
+
+# -- the catalog seeds -------------------------------------------------------------------------------
+# Odd d (the up half at an odd offset), zero rows, rank 3, and d over several column blocks of
+# either seed (BLOCK 1024 and 2048 as shipped).
+TINY = ((3, 17), (0, 8), (2, 3, 40), (2, 4500))
+
+
+@pytest.mark.parametrize("path", seeds("silu_and_mul"), ids=lambda p: p.stem)
+def test_the_seeds_pass_the_harness(path):
+    result = harness.evaluate_source(path.read_text(), SPEC.name, dtypes=list(DTYPES), verify_shapes=TINY,
+                                     timing_shapes=[(3, 17)], executor=LocalPoolExecutor(workers=1))
+    assert result.accepted, result.reason
+    assert {"bfloat16", "float16", "float32", "float64"} <= set(result.evidence.dtypes)
+    assert {(6, 40), (2, 4500), (3, 17)} <= set(result.evidence.shapes)
+
+
+class _Recorder:
+    """Stands in for a kernel object: records each launch's grid and constexprs, then launches."""
+
+    def __init__(self, kernel):
+        self.kernel = kernel
+        self.launches = []
+
+    def __getitem__(self, grid):
+        def launch(*args, **kwargs):
+            self.launches.append((grid, kwargs))
+            return self.kernel[grid](*args, **kwargs)
+
+        return launch
+
+
+# name of the seed -> (tunables set outside their search space, the kernel's name, a check on its
+# launches at the shape below): 37 rows of 300 in 64-column blocks.
+FORCED = {
+    "silu_and_mul_tiled": (
+        # A grid of any size keeps STEPS: 4 unrolled blocks, the second chunk of each row partial
+        # (300 = 256 + 44) and its last steps wholly masked; 32-row tiles, the second group partial.
+        {"BLOCK": 64, "MIN_PROGRAMS": 1},
+        "_silu_and_mul_tile",
+        lambda grid, kw: kw["STEPS"] == 4 and kw["ROWS"] == 32 and grid == (2 * 2,)),
+    "silu_and_mul_persistent": (
+        # 3 programs for 2 row groups x 5 column blocks: each program loops over 3 or 4 tiles.
+        {"BLOCK": 64, "PROGRAMS": 3},
+        "_silu_and_mul_strided",
+        lambda grid, kw: kw["ROWS"] == 32 and grid == (3,)),
+}
+FORCED_SHAPE = (37, 300)
+
+
+@pytest.mark.parametrize("path", seeds("silu_and_mul"), ids=lambda p: p.stem)
+def test_the_seeds_loop_paths_are_right(path):
+    changes, kernel_name, launched_as_meant = FORCED[path.stem]
+    source = path.read_text()
+    for name, value in changes.items():
+        line = next(line for line in source.splitlines() if line.startswith(f"{name} = "))
+        source = source.replace(line + "\n", f"{name} = {value!r}\n", 1)
+    stored = KernelStore().put(source, op=SPEC.name, provider="user")
+    candidate = KernelStore().load(stored.sha256, SPEC)
+    recorder = _Recorder(getattr(candidate.module, kernel_name))
+    setattr(candidate.module, kernel_name, recorder)
+    verdict = verify(SPEC, candidate.forward, dtypes=[torch.float32, torch.bfloat16], shapes=[FORCED_SHAPE],
+                     domain=candidate.domain, secret_seed=11, secret_shapes=0)
+    assert verdict.accepted, verdict.reason
+    grid, kwargs = recorder.launches[0]
+    assert launched_as_meant(grid, kwargs), (grid, kwargs)
