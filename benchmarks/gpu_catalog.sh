@@ -7,6 +7,8 @@
 # one archive, $OUT/NAME.tgz (the device tool returns few files): the table shards under
 # tables/<device slug>/<op>.json (copied into src/kforge/tables/ once reviewed), the JSON and logs.
 #   bash benchmarks/gpu_catalog.sh NAME OP [OP ...]
+# Environment: GPU_DIR (results folder, h100), BENCH_TIMEOUT (per op, 200 s), GEN_SECONDS (0: no
+# generate), OPS_TIMEOUT (280 s; 0: no ops.py), OPS (ops.py's ops when they differ from the table's).
 set -uo pipefail
 export PYTHONPATH=src PYTHONUNBUFFERED=1 KFORGE_HOME=${KFORGE_HOME:-/tmp/kforge-home}
 OUT=${OUT:-/tmp/out}
@@ -30,8 +32,10 @@ python3 -m kforge table 2>&1 | cut -c1-150 | tail -80
 mkdir -p "$OUT/tables" && cp -r "$KFORGE_HOME"/table/* "$OUT/tables/" 2>/dev/null
 rm -f "$OUT"/tables/*/*.lock
 cp -r "$KFORGE_HOME/kernels" "$OUT/kernels" 2>/dev/null
-timeout ${OPS_TIMEOUT:-280} python3 benchmarks/ops.py --ops "$@" --gpu-dir "$GPU_DIR" --name "ops-$name.json" 2>&1 | tail -40
-cp "benchmarks/results/$GPU_DIR/ops-$name.json" "$OUT/" 2>/dev/null
+if [ "${OPS_TIMEOUT:-280}" -gt 0 ]; then  # OPS_TIMEOUT=0: the table only
+  timeout ${OPS_TIMEOUT:-280} python3 benchmarks/ops.py --ops ${OPS:-"$@"} --gpu-dir "$GPU_DIR" --name "ops-$name.json" 2>&1 | tail -40
+  cp "benchmarks/results/$GPU_DIR/ops-$name.json" "$OUT/" 2>/dev/null
+fi
 echo "done at $(( $(date +%s) - start )) s"
 cd "$OUT" && tar czf "/tmp/$name.tgz" --exclude "*.tgz" . && find . -mindepth 1 -delete && mv "/tmp/$name.tgz" .
 true
