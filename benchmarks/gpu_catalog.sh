@@ -8,7 +8,8 @@
 # tables/<device slug>/<op>.json (copied into src/kforge/tables/ once reviewed), the JSON and logs.
 #   bash benchmarks/gpu_catalog.sh NAME OP [OP ...]
 # Environment: GPU_DIR (results folder, h100), BENCH_TIMEOUT (per op, 200 s), GEN_SECONDS (0: no
-# generate), OPS_TIMEOUT (280 s; 0: no ops.py), OPS (ops.py's ops when they differ from the table's).
+# generate), NO_INDUCTOR (ops whose bench skips torch.compile: a table that already has its records,
+# or no time to compile every shape), OPS_TIMEOUT (280 s; 0: no ops.py), OPS (ops.py's ops when they differ from the table's).
 set -uo pipefail
 export PYTHONPATH=src PYTHONUNBUFFERED=1 KFORGE_HOME=${KFORGE_HOME:-/tmp/kforge-home}
 OUT=${OUT:-/tmp/out}
@@ -18,7 +19,8 @@ mkdir -p "$OUT" "benchmarks/results/$GPU_DIR"
 nvidia-smi --query-gpu=name,driver_version --format=csv,noheader
 start=$(date +%s)
 for op in "$@"; do
-  timeout ${BENCH_TIMEOUT:-200} python3 -m kforge bench "$op" --set decode --set prefill --dtype bf16 \
+  flags=""; case " ${NO_INDUCTOR:-} " in *" $op "*) flags="--no-inductor";; esac
+  timeout ${BENCH_TIMEOUT:-200} python3 -m kforge bench "$op" --set decode --set prefill --dtype bf16 $flags \
     --json > "$OUT/catalog-bench-$op.json" 2> "$OUT/catalog-bench-$op.log"
   echo "bench $op rc=$? at $(( $(date +%s) - start )) s"; grep -v "^\[" "$OUT/catalog-bench-$op.log" | tail -4
   if [ "${GEN_SECONDS:-0}" -gt 0 ]; then

@@ -1,7 +1,10 @@
 """Render a `benchmarks/ops.py` result: a markdown section of RESULTS.md and one PNG plot.
 
-    python benchmarks/ops.py --report benchmarks/results/h100/ops.json
+    python benchmarks/ops.py --report benchmarks/results/h200/ops-a.json [ops-b.json ...]
 
+Several runs (a device call lasts at most 10 minutes, so a suite is measured in parts) are merged
+into one table: rows in suite order, a later run's row replacing an earlier one of the same op,
+shape and dtype, and the summary recomputed over the merged rows; each run's command is listed.
 Runs on any machine (no GPU): it reads the JSON, replaces the section between the
 `<!-- ops:begin -->` and `<!-- ops:end -->` markers of benchmarks/RESULTS.md (appending it the
 first time), and writes `ops-speedup.png` next to the JSON (matplotlib, if installed).
@@ -23,15 +26,40 @@ def _x(value) -> str:
     return "-" if value is None else f"{value:.2f}x"
 
 
-def markdown(data: dict, json_path: Path) -> str:
+def merge(runs: list[dict]) -> dict:
+    """One result from several runs of benchmarks/ops.py on the same GPU (see the module docstring)."""
+    import kforge
+    from ops import shape_class, summarize
+
+    gpus = {run["environment"].get("gpu") for run in runs}
+    if len(gpus) > 1:
+        raise SystemExit(f"ops report: the runs are from different GPUs {sorted(map(str, gpus))}: report them separately")
+    rows: dict[tuple, dict] = {}
+    for run in runs:
+        for row in run["rows"]:
+            rows[(row["op"], tuple(row["shape"]), row["dtype"])] = row
+    merged = dict(runs[-1])
+    for (op, _, _), row in rows.items():  # classes by the current rule (ops.shape_class)
+        row["class"] = shape_class(kforge.ops.get_spec(op), row["problem"], row["bytes"], run["ceilings"]["l2_bytes"])
+    merged["rows"] = list(rows.values())
+    merged["summary"] = summarize(merged["rows"])
+    merged["runs"] = [{"date": run["environment"].get("date"), "command": run["environment"].get("command"),
+                       "copy_gbps": run["ceilings"]["copy_gbps"]} for run in runs]
+    return merged
+
+
+def markdown(data: dict, json_paths: list[Path]) -> str:
     env, summary = data["environment"], data["summary"]
+    runs = data.get("runs") or [{"date": env.get("date"), "command": env.get("command"),
+                                 "copy_gbps": data["ceilings"]["copy_gbps"]}]
     lines = [
         BEGIN,
         f"## Ops against eager, vendor and torch.compile (`benchmarks/ops.py`, {env.get('gpu')})",
         "",
-        f"{env.get('date')}; torch {env.get('torch')}, Triton {env.get('triton')}; {data['dtype']}; "
-        f"copy ceiling {data['ceilings']['copy_gbps']:.0f} GB/s measured in the run; "
-        f"command `{env.get('command')}`; JSON `{json_path.name}`.",
+        f"torch {env.get('torch')}, Triton {env.get('triton')}; {data['dtype']}; JSON "
+        + ", ".join(f"`{p.name}`" for p in json_paths) + "; runs (copy ceiling measured in each):",
+        *[f"- {run['date']}: `{run['command']}` ({run['copy_gbps']:.0f} GB/s)" for run in runs],
+        "",
         "Times are call_us = max(device p50 with L2 flushed, host cost per call in a loop), in microseconds; "
         "speedups are kforge's call_us against each baseline's; `%ceil` is kforge's op bytes over its device "
         "time as a fraction of the copy ceiling. `kforge impl` is what the router served.",
@@ -65,7 +93,7 @@ def markdown(data: dict, json_path: Path) -> str:
               for row in data["rows"] for name, msg in row.get("errors", {}).items()]
     if errors:
         lines += ["", "Implementations excluded (failed the oracle check or did not compile):", *errors]
-    lines += ["", f"![speedup per shape](results/{json_path.parent.name}/ops-speedup.png)", END]
+    lines += ["", f"![speedup per shape](results/{json_paths[0].parent.name}/ops-speedup.png)", END]
     return "\n".join(lines) + "\n"
 
 
@@ -98,15 +126,15 @@ def plot(data: dict, png: Path) -> bool:
     return True
 
 
-def report(json_path: Path) -> int:
-    data = json.loads(json_path.read_text())
-    section = markdown(data, json_path)
+def report(json_paths: list[Path]) -> int:
+    data = merge([json.loads(path.read_text()) for path in json_paths])
+    section = markdown(data, json_paths)
     text = RESULTS_MD.read_text()
     if BEGIN in text and END in text:
         text = text[:text.index(BEGIN)] + section + text[text.index(END) + len(END) + 1:]
     else:
         text = text.rstrip("\n") + "\n\n" + section
     RESULTS_MD.write_text(text)
-    png = json_path.parent / "ops-speedup.png"
+    png = json_paths[0].parent / "ops-speedup.png"
     print(f"updated {RESULTS_MD}" + (f"; wrote {png}" if plot(data, png) else "; matplotlib missing: no plot"))
     return 0

@@ -22,6 +22,10 @@ SEEDS: dict[str, tuple[str, ...]] = {
     "softmax": ("softmax_rowwise.py", "softmax_online.py", "softmax_split.py"),
     "silu_and_mul": ("silu_and_mul_tiled.py", "silu_and_mul_persistent.py"),
     "topk_softmax": ("topk_softmax_rowwise.py",),
+    "cross_entropy": ("cross_entropy_online.py", "cross_entropy_split.py"),
+    "layer_norm": ("layer_norm_rowwise.py", "layer_norm_looped.py"),
+    "gemv": ("gemv_rowblock.py", "gemv_splitk.py"),
+    "rotary_embedding": ("rotary_embedding_tiled.py",),
 }
 
 

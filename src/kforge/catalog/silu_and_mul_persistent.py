@@ -43,7 +43,8 @@ SEARCH_SPACE = {
 
 @triton.jit
 def _silu_and_mul_strided(x_ptr, y_ptr, rows, d, col_blocks, tiles, ROWS: tl.constexpr, BLOCK: tl.constexpr,
-                          ACC: tl.constexpr):
+                          FP64: tl.constexpr):
+    acc = tl.float64 if FP64 else tl.float32  # a bool, not a dtype: the launcher records constexprs by value
     cols = tl.arange(0, BLOCK)[None, :]  # (1, BLOCK)
     lanes = tl.arange(0, ROWS)[:, None]  # (ROWS, 1)
     for tile in range(tl.program_id(0), tiles, tl.num_programs(0)):
@@ -52,8 +53,8 @@ def _silu_and_mul_strided(x_ptr, y_ptr, rows, d, col_blocks, tiles, ROWS: tl.con
         row = group.to(tl.int64) * ROWS + lanes  # (ROWS, 1)
         mask = (row < rows) & (col < d)  # (ROWS, BLOCK)
         gate_row = x_ptr + row * (2 * d)  # the up half starts d further on
-        gate = tl.load(gate_row + col, mask=mask, other=0.0).to(ACC)
-        up = tl.load(gate_row + d + col, mask=mask, other=0.0).to(ACC)
+        gate = tl.load(gate_row + col, mask=mask, other=0.0).to(acc)
+        up = tl.load(gate_row + d + col, mask=mask, other=0.0).to(acc)
         # silu(g) = g / (1 + exp(-g)): -inf gives NaN and NaN stays NaN, as torch's silu does.
         y = gate / (1.0 + tl.exp(-gate)) * up
         tl.store(y_ptr + row * d + col, y.to(y_ptr.dtype.element_ty), mask=mask)
@@ -77,7 +78,6 @@ def forward(x):
     per_program = min(max(MIN_TILE // block, 1), triton.next_power_of_2(rows))
     col_blocks = triton.cdiv(d, block)
     tiles = triton.cdiv(rows, per_program) * col_blocks
-    acc = tl.float64 if x.dtype == torch.float64 else tl.float32
     _silu_and_mul_strided[(min(tiles, PROGRAMS),)](x, y, rows, d, col_blocks, tiles, ROWS=per_program, BLOCK=block,
-                                                   ACC=acc, num_warps=_num_warps(per_program * block))
+                                                   FP64=x.dtype == torch.float64, num_warps=_num_warps(per_program * block))
     return y

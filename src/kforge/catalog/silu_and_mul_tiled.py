@@ -46,7 +46,8 @@ SEARCH_SPACE = {
 
 @triton.jit
 def _silu_and_mul_tile(x_ptr, y_ptr, rows, d, chunks, ROWS: tl.constexpr, BLOCK: tl.constexpr,
-                       STEPS: tl.constexpr, ACC: tl.constexpr):
+                       STEPS: tl.constexpr, FP64: tl.constexpr):
+    acc = tl.float64 if FP64 else tl.float32  # a bool, not a dtype: the launcher records constexprs by value
     pid = tl.program_id(0)
     group = pid // chunks
     chunk = pid - group * chunks
@@ -57,8 +58,8 @@ def _silu_and_mul_tile(x_ptr, y_ptr, rows, d, chunks, ROWS: tl.constexpr, BLOCK:
     for step in tl.static_range(STEPS):
         col = (chunk * STEPS + step) * BLOCK + cols  # (1, BLOCK)
         mask = (row < rows) & (col < d)  # (ROWS, BLOCK)
-        gate = tl.load(gate_row + col, mask=mask, other=0.0).to(ACC)
-        up = tl.load(gate_row + d + col, mask=mask, other=0.0).to(ACC)
+        gate = tl.load(gate_row + col, mask=mask, other=0.0).to(acc)
+        up = tl.load(gate_row + d + col, mask=mask, other=0.0).to(acc)
         # silu(g) = g / (1 + exp(-g)): -inf gives NaN and NaN stays NaN, as torch's silu does.
         y = gate / (1.0 + tl.exp(-gate)) * up
         tl.store(y_row + col, y.to(y_ptr.dtype.element_ty), mask=mask)
@@ -85,7 +86,6 @@ def forward(x):
     while steps > 1 and groups * triton.cdiv(d, steps * block) < MIN_PROGRAMS:
         steps = steps // 2
     chunks = triton.cdiv(d, steps * block)
-    acc = tl.float64 if x.dtype == torch.float64 else tl.float32
     _silu_and_mul_tile[(groups * chunks,)](x, y, rows, d, chunks, ROWS=per_program, BLOCK=block, STEPS=steps,
-                                           ACC=acc, num_warps=_num_warps(per_program * block))
+                                           FP64=x.dtype == torch.float64, num_warps=_num_warps(per_program * block))
     return y

@@ -20,6 +20,10 @@ _BUILTIN = (
     "softmax",
     "silu_and_mul",
     "topk_softmax",
+    "cross_entropy",
+    "layer_norm",
+    "rotary_embedding",
+    "gemv",
 )
 
 SPECS: dict[str, OpSpec] = {}

@@ -1,0 +1,274 @@
+"""layer_norm's own cases; the generic tests (test_ops, test_bad_input, test_autograd,
+test_catalog_provider, test_triton_backend) cover what every op shares.
+
+- the reference against a hand-written per-row loop in Python floats (math.fsum), rounded once,
+  rows of large mean included; special values (NaN, Inf, constant rows, eps = 0), seeds agreeing;
+- the default eps is F.layer_norm's 1e-5;
+- the vendor within the error budget on every CPU shape, the long row and several seeds, and on
+  the mixed (x, weight, bias) dtypes ATen refuses, which it casts;
+- problem, fake and bytes; a bad bias refused naming 'bias', through both entry points;
+- the catalog seeds through the harness (sandboxed worker, interpreter) on tiny shapes that reach
+  each kernel: packed short rows with a partial group, a row per program, zero rows, several loop
+  steps, fp64 statistics; the looped seed with BLOCK forced small so lanes end with different
+  counts; both seeds on mixed dtypes and on rows whose mean dwarfs their spread; the fp64 eps.
+"""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import kforge
+from kforge.candidate import load_candidate
+from kforge.catalog import seeds
+from kforge.errors import KforgeInputError
+from kforge.evaluate import harness
+from kforge.evaluate.correctness import LONG_ROW, verify
+from kforge.evaluate.executors import LocalPoolExecutor
+from kforge.ops.layer_norm import SPEC, fake, make_inputs, problem, reference, vendor
+from kforge.store import KernelStore
+from kforge.testing import assert_matches_reference, compare
+
+DTYPES = (torch.bfloat16, torch.float16, torch.float32, torch.float64)
+CPU_SETS = ("smoke", "odd", "edge")
+ENTRIES = ("eager", "torch_ops")
+
+
+def dtype_id(dtype: torch.dtype) -> str:
+    return str(dtype).removeprefix("torch.")
+
+
+def entry_point(entry: str):
+    return kforge.ops.layer_norm if entry == "eager" else torch.ops.kforge.layer_norm
+
+
+def layer_norm_loop(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, eps: float):
+    """Per row in Python floats: the mean and the biased variance of the centred row with
+    math.fsum (correctly rounded sums), then (v - mean) / sqrt(var + eps) * w + b. Returns it in
+    fp64, and the size of the terms it sums, (|v| + |mean|) * rstd * |w| + |b|, which may cancel."""
+    hidden = x.shape[-1]
+    w, b = weight.double().tolist(), bias.double().tolist()
+    out, terms = [], []
+    for row in x.double().reshape(-1, hidden).tolist():
+        mean = math.fsum(row) / hidden
+        var = math.fsum((v - mean) ** 2 for v in row) / hidden
+        rstd = 1.0 / math.sqrt(var + eps)
+        out.append([(v - mean) * rstd * wi + bi for v, wi, bi in zip(row, w, b)])
+        terms.append([(abs(v) + abs(mean)) * rstd * abs(wi) + abs(bi) for v, wi, bi in zip(row, w, b)])
+    return (torch.tensor(out, dtype=torch.float64).reshape(x.shape),
+            torch.tensor(terms, dtype=torch.float64).reshape(x.shape))
+
+
+def candidate(path, name: str):
+    return load_candidate(path, f"layer_norm_test_{name}", SPEC)
+
+
+# -- the reference -----------------------------------------------------------------------------------
+@pytest.mark.parametrize("dtype", DTYPES, ids=dtype_id)
+def test_reference_is_the_per_row_definition_rounded_once(dtype):
+    x, weight, bias, eps = make_inputs((4, 3, 37), dtype, "cpu", 3)
+    x = x.clone()
+    x[1] = (x[1].double() * 0.01 + 300).to(dtype)  # mean 300, spread ~0.01: E[x^2] - mean^2 cancels
+    exact, terms = layer_norm_loop(x, weight, bias, eps)  # (4, 3, 37)
+    got = reference(x, weight, bias, eps)
+    assert got.dtype == dtype and got.shape == (4, 3, 37)
+    # One rounding (half a unit) of a computation in fp32 (fp64 for fp64) that errs a few units of
+    # its own at the size of its terms: x and the mean (300 in row 1), and the bias.
+    acc = torch.float64 if dtype == torch.float64 else torch.float32
+    bound = 0.5 * torch.finfo(dtype).eps * exact.abs() + 16 * torch.finfo(acc).eps * terms + torch.finfo(dtype).tiny
+    err = (got.to(torch.float64) - exact).abs()
+    assert (err <= bound).all(), f"worst {float((err / bound).max()):.3g} of the bound"
+
+
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")  # numpy, in the interpreter, on inf - inf
+def test_special_values_in_the_reference_and_the_seeds():
+    x, weight, bias, _ = make_inputs((6, 40), torch.float32, "cpu", 0)
+    x = x.clone()
+    x[0, 5] = float("nan")
+    x[1, 7] = float("inf")
+    x[2, [3, 9]] = torch.tensor([float("inf"), -float("inf")])
+    x[3] = 2.5  # constant: variance 0, the output is the bias
+    got = reference(x, weight, bias, 1e-5)
+    assert got[:3].isnan().all() and not got[3:].isnan().any()
+    assert torch.equal(got[3], bias)
+    # eps = 0 makes a constant row 0 * inf: NaN, as in F.layer_norm.
+    zero_eps = reference(x, weight, bias, 0.0)
+    assert zero_eps[3].isnan().all() and not zero_eps[4:].isnan().any()
+    assert F.layer_norm(x[3:4], (40,), weight, bias, 0.0).isnan().all()
+    for path in seeds("layer_norm"):
+        forward = candidate(path, f"special_{path.stem}").forward
+        for eps in (1e-5, 0.0):
+            assert_matches_reference(SPEC, (x, weight, bias, eps), forward(x, weight, bias, eps))
+
+
+def test_the_default_eps_is_f_layer_norms():
+    x, weight, bias, _ = make_inputs((3, 64), torch.float32, "cpu", 1)
+    x = x * 0.003  # variance ~1e-5: eps moves the output by a third
+    want = F.layer_norm(x, (64,), weight, bias)
+    assert not torch.allclose(want, F.layer_norm(x, (64,), weight, bias, 1e-6), rtol=1e-2)
+    for entry in ENTRIES:
+        torch.testing.assert_close(entry_point(entry)(x, weight, bias), want)
+    torch.testing.assert_close(reference(x, weight, bias), want)
+
+
+# -- the vendor --------------------------------------------------------------------------------------
+@pytest.mark.parametrize("dtype", DTYPES, ids=dtype_id)
+def test_vendor_is_within_the_budget_everywhere(dtype):
+    worst = 0.0
+    for shape in SPEC.shapes(*CPU_SETS) + (LONG_ROW, (64, 4096)):
+        for seed in range(2):
+            args = make_inputs(shape, dtype, "cpu", seed)
+            result = compare(SPEC, args, vendor(*args))
+            assert result.ok, f"{shape} seed {seed}: {result.message}"
+            worst = max(worst, result.worst_ratio)
+    # Measured 0.17 (bf16), 0.17 (fp16), 0.21 (fp32), 0.30 (fp64, against the fp64 oracle: sums
+    # in another order) of the budget.
+    assert worst <= 0.5, worst
+
+
+# (x, weight, bias) dtypes: ATen on the CPU takes parameters of x's dtype, or fp32 ones for half x.
+MIXED = [
+    (torch.float32, torch.bfloat16, torch.bfloat16),
+    (torch.bfloat16, torch.float16, torch.float16),
+    (torch.float64, torch.float32, torch.float32),
+    (torch.float16, torch.float64, torch.bfloat16),
+    (torch.bfloat16, torch.float32, torch.bfloat16),
+]
+MIXED_IDS = ["-".join(dtype_id(d) for d in dtypes) for dtypes in MIXED]
+
+
+def mixed_args(x_dtype, w_dtype, b_dtype, shape=(5, 100)):
+    x, weight, bias, eps = make_inputs(shape, x_dtype, "cpu", 0)
+    return (x, weight.to(w_dtype), bias.to(b_dtype), eps)
+
+
+@pytest.mark.parametrize("entry", ENTRIES)
+@pytest.mark.parametrize("dtypes", MIXED, ids=MIXED_IDS)
+def test_mixed_dtypes_aten_refuses_are_served(dtypes, entry):
+    args = mixed_args(*dtypes)
+    if dtypes[1] == dtypes[2]:  # the cast is needed: ATen alone refuses the call
+        with pytest.raises(RuntimeError, match="mixed dtype|same datatype"):
+            torch.layer_norm(args[0], (100,), args[1], args[2], args[3])
+    out = entry_point(entry)(*args)
+    assert out.dtype == dtypes[0]
+    assert_matches_reference(SPEC, args, out)
+
+
+# -- shapes and sizes --------------------------------------------------------------------------------
+def test_problem_fake_and_bytes():
+    x, weight, bias, eps = make_inputs((2, 3, 5), torch.bfloat16, "cpu", 0)
+    assert problem((x, weight, bias, eps)) == (6, 5)
+    assert fake(x.to("meta"), weight, bias, eps).shape == (2, 3, 5)
+    assert SPEC.shape_for((6, 5)) == (6, 5)
+    # x read and y written once, plus weight and bias: 4096x4096 bf16.
+    assert SPEC.bytes_moved((4096, 4096), torch.bfloat16) == 2 * (2 * 4096 * 4096 + 2 * 4096)
+    assert SPEC.bytes_moved((8, 8192), torch.float32) == 4 * (2 * 8 * 8192 + 2 * 8192)
+
+
+# -- bad calls ---------------------------------------------------------------------------------------
+BAD_BIAS = {
+    "int": lambda b: b.to(torch.int32),
+    "short": lambda b: b[:-1],
+    "2d": lambda b: b[None, :],
+    "scalar": lambda b: b[0],
+    "meta": lambda b: b.to("meta"),
+    "list": lambda b: b.tolist(),
+}
+
+
+@pytest.mark.parametrize("entry", ENTRIES)
+@pytest.mark.parametrize("what", list(BAD_BIAS))
+def test_a_bad_bias_is_refused_naming_bias(what, entry):
+    x, weight, bias, eps = make_inputs((4, 64), torch.float32, "cpu", 0)
+    bad = BAD_BIAS[what](bias)
+    error = (KforgeInputError, RuntimeError) if what == "list" and entry == "torch_ops" else KforgeInputError
+    with pytest.raises(error) as info:
+        entry_point(entry)(x, weight, bad, eps)
+    assert "bias" in str(info.value), str(info.value)
+    if isinstance(info.value, KforgeInputError):
+        assert (info.value.op, info.value.arg) == ("layer_norm", "bias")
+    assert_matches_reference(SPEC, (x, weight, bias, eps), entry_point(entry)(x, weight, bias, eps))
+
+
+# -- the catalog seeds -------------------------------------------------------------------------------
+# The harness adds the long row (2, 16384) and secret shapes near it. Rowwise: packed short rows
+# with a partial last group (37 rows of 24, 32 to a program as shipped), a row per program (1500
+# rounds up to 2048 >= MIN_TILE), zero rows, rank 3, in all four dtypes. Looped: two loop steps of
+# its 4096 columns, the second partial (4500), and rows shorter than one block, in fp64 (its fp64
+# statistics; the interpreter runs it slowly, so fp32 and bf16 are the next test's).
+HARNESS_CASES = {
+    "layer_norm_rowwise": (DTYPES, ((37, 24), (2, 1500), (0, 8), (2, 3, 40))),
+    "layer_norm_looped": ((torch.float64,), ((3, 17), (0, 8), (2, 3, 40), (2, 4500))),
+}
+
+
+@pytest.mark.parametrize("path", seeds("layer_norm"), ids=lambda p: p.stem)
+def test_the_seeds_pass_the_harness(path):
+    dtypes, shapes = HARNESS_CASES[path.stem]
+    result = harness.evaluate_source(path.read_text(), SPEC.name, dtypes=list(dtypes), verify_shapes=shapes,
+                                     timing_shapes=[(1, 16)], executor=LocalPoolExecutor(workers=1))
+    assert result.accepted, result.reason
+    assert {f"{d},{d},{d}" for d in map(dtype_id, dtypes)} == set(result.evidence.dtypes)
+    problems = {(math.prod(s[:-1]), s[-1]) for s in shapes if 0 not in s} | {LONG_ROW}
+    assert problems <= set(result.evidence.shapes), result.evidence.shapes
+
+
+class _Recorder:
+    """Stands in for a kernel object: records each launch's grid and constexprs, then launches."""
+
+    def __init__(self, kernel):
+        self.kernel = kernel
+        self.launches = []
+
+    def __getitem__(self, grid):
+        def launch(*args, **kwargs):
+            self.launches.append((grid, kwargs))
+            return self.kernel[grid](*args, **kwargs)
+
+        return launch
+
+
+def test_the_looped_seed_with_uneven_lane_counts():
+    """BLOCK 64 over rows of 300: five steps, the last covering 44 lanes, so lanes end with 5 or 4
+    elements and Chan's combination weighs them; fp32 and bf16."""
+    (path,) = [p for p in seeds("layer_norm") if p.stem == "layer_norm_looped"]
+    source = path.read_text()
+    line = next(line for line in source.splitlines() if line.startswith("MAX_BLOCK = "))
+    source = source.replace(line + "\n", "MAX_BLOCK = 64\n", 1)
+    stored = KernelStore().put(source, op=SPEC.name, provider="user")
+    loaded = KernelStore().load(stored.sha256, SPEC)
+    recorder = _Recorder(loaded.module._layer_norm_looped)
+    loaded.module._layer_norm_looped = recorder
+    verdict = verify(SPEC, loaded.forward, dtypes=[torch.float32, torch.bfloat16], shapes=[(5, 300)],
+                     domain=loaded.domain, secret_seed=11, secret_shapes=0)
+    assert verdict.accepted, verdict.reason
+    grid, kwargs = recorder.launches[0]
+    assert grid == (5,) and kwargs["BLOCK"] == 64, (grid, kwargs)
+
+
+@pytest.mark.parametrize("path", seeds("layer_norm"), ids=lambda p: p.stem)
+def test_the_seeds_on_mixed_dtypes_and_large_means(path):
+    forward = candidate(path, f"mixed_{path.stem}").forward
+    for dtypes in MIXED:
+        args = mixed_args(*dtypes, shape=(3, 1000))
+        assert_matches_reference(SPEC, args, forward(*args))
+    # fp32 rows of mean 1000 and spread 0.1 (ratio 1e4): E[x^2] - mean^2 loses all of fp32's digits.
+    x, weight, bias, eps = make_inputs((4, 5000), torch.float32, "cpu", 2)
+    x = x * 0.1 + 1000
+    out = forward(x, weight, bias, eps)
+    assert_matches_reference(SPEC, (x, weight, bias, eps), out)
+
+
+def test_the_eps_pair_puts_fp64_eps_back_together():
+    """Compiled kernels take a Python float as fp32: the seeds pass fp64 eps as hi (an fp32 value)
+    plus lo. Without lo, fp64 output would leave the budget."""
+    module = candidate(seeds("layer_norm")[0], "eps_pair").module
+    for eps in (1e-5, 1e-6, 1e-12, 0.25, 0.0):
+        hi, lo = module._eps_pair(eps, torch.float64)
+        assert hi + lo == eps and torch.tensor(hi, dtype=torch.float32).item() == hi
+    assert module._eps_pair(1e-5, torch.float32) == (1e-5, 0.0)
+    args = make_inputs((4, 256), torch.float64, "cpu", 0)
+    hi, _ = module._eps_pair(1e-5, torch.float64)
+    assert not compare(SPEC, args, reference(*args[:3], hi)).ok
