@@ -98,3 +98,20 @@ def write_user_table(*records: Record) -> None:
 
     ScoreTable().write(records)
     dispatch.ROUTER.next_check = 0.0
+
+
+class LaunchRecorder:
+    """Stands in for a Triton kernel object: records each launch's grid and keyword arguments
+    (the constexprs), then launches. Seed tests set it on a loaded candidate's module to check
+    which path forced tunables took."""
+
+    def __init__(self, kernel):
+        self.kernel = kernel
+        self.launches = []
+
+    def __getitem__(self, grid):
+        def launch(*args, **kwargs):
+            self.launches.append((grid, kwargs))
+            return self.kernel[grid](*args, **kwargs)
+
+        return launch

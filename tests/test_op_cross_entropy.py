@@ -20,6 +20,8 @@ import math
 import pytest
 import torch
 
+from helpers import LaunchRecorder
+
 import kforge
 from kforge.candidate import load_candidate
 from kforge.catalog import seeds
@@ -228,21 +230,6 @@ def test_the_seeds_take_int32_targets():
         assert torch.equal(candidate.forward(x, target.int(), ignore_index), want)
 
 
-class _Recorder:
-    """Stands in for a kernel object: records each launch's grid and constexprs, then launches."""
-
-    def __init__(self, kernel):
-        self.kernel = kernel
-        self.launches = []
-
-    def __getitem__(self, grid):
-        def launch(*args, **kwargs):
-            self.launches.append((grid, kwargs))
-            return self.kernel[grid](*args, **kwargs)
-
-        return launch
-
-
 # name of the seed -> (tunables set outside their search space, the kernel's name, a check on its
 # launches at the shape below): 5 rows of 1000 logits, in 64-logit blocks.
 FORCED = {
@@ -266,7 +253,7 @@ def test_the_seeds_loop_and_split_paths_are_right(path):
         source = source.replace(line + "\n", f"{name} = {value!r}\n", 1)
     stored = KernelStore().put(source, op=SPEC.name, provider="user")
     candidate = KernelStore().load(stored.sha256, SPEC)
-    recorder = _Recorder(getattr(candidate.module, kernel_name))
+    recorder = LaunchRecorder(getattr(candidate.module, kernel_name))
     setattr(candidate.module, kernel_name, recorder)
     verdict = verify(SPEC, candidate.forward, dtypes=[torch.float32, torch.bfloat16], shapes=[FORCED_SHAPE],
                      domain=candidate.domain, secret_seed=11, secret_shapes=0)

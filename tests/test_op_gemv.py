@@ -18,6 +18,8 @@ import math
 import pytest
 import torch
 
+from helpers import LaunchRecorder
+
 import kforge
 from kforge.candidate import load_candidate
 from kforge.catalog import seeds
@@ -234,21 +236,6 @@ def test_the_seeds_pass_the_harness(path):
     assert {(6, 24, 40), (4, 5, 0), (20, 40, 100), (1, 33, 1000)} <= set(result.evidence.shapes)
 
 
-class _Recorder:
-    """Stands in for a kernel object: records each launch's grid and constexprs, then launches."""
-
-    def __init__(self, kernel):
-        self.kernel = kernel
-        self.launches = []
-
-    def __getitem__(self, grid):
-        def launch(*args, **kwargs):
-            self.launches.append((grid, kwargs))
-            return self.kernel[grid](*args, **kwargs)
-
-        return launch
-
-
 # (seed, tunables set outside their search space, shape, the first kernel's name, a check on its
 # launches): the paths the CPU sets never reach.
 FORCED = [
@@ -279,7 +266,7 @@ def test_the_seeds_forced_paths_are_right(stem, changes, shape, kernel_name, lau
         source = source.replace(line + "\n", f"{name} = {value!r}\n", 1)
     stored = KernelStore().put(source, op=SPEC.name, provider="user")
     candidate = KernelStore().load(stored.sha256, SPEC)
-    recorder = _Recorder(getattr(candidate.module, kernel_name))
+    recorder = LaunchRecorder(getattr(candidate.module, kernel_name))
     setattr(candidate.module, kernel_name, recorder)
     verdict = verify(SPEC, candidate.forward, dtypes=[torch.float32, torch.bfloat16], shapes=[shape],
                      domain=candidate.domain, secret_seed=11, secret_shapes=0)

@@ -20,6 +20,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from helpers import LaunchRecorder
+
 import kforge
 from kforge.candidate import load_candidate
 from kforge.catalog import seeds
@@ -215,21 +217,6 @@ def test_the_seeds_pass_the_harness(path):
     assert problems <= set(result.evidence.shapes), result.evidence.shapes
 
 
-class _Recorder:
-    """Stands in for a kernel object: records each launch's grid and constexprs, then launches."""
-
-    def __init__(self, kernel):
-        self.kernel = kernel
-        self.launches = []
-
-    def __getitem__(self, grid):
-        def launch(*args, **kwargs):
-            self.launches.append((grid, kwargs))
-            return self.kernel[grid](*args, **kwargs)
-
-        return launch
-
-
 def test_the_looped_seed_with_uneven_lane_counts():
     """BLOCK 64 over rows of 300: five steps, the last covering 44 lanes, so lanes end with 5 or 4
     elements and Chan's combination weighs them; fp32 and bf16."""
@@ -239,7 +226,7 @@ def test_the_looped_seed_with_uneven_lane_counts():
     source = source.replace(line + "\n", "MAX_BLOCK = 64\n", 1)
     stored = KernelStore().put(source, op=SPEC.name, provider="user")
     loaded = KernelStore().load(stored.sha256, SPEC)
-    recorder = _Recorder(loaded.module._layer_norm_looped)
+    recorder = LaunchRecorder(loaded.module._layer_norm_looped)
     loaded.module._layer_norm_looped = recorder
     verdict = verify(SPEC, loaded.forward, dtypes=[torch.float32, torch.bfloat16], shapes=[(5, 300)],
                      domain=loaded.domain, secret_seed=11, secret_shapes=0)

@@ -18,6 +18,8 @@ from __future__ import annotations
 import pytest
 import torch
 
+from helpers import LaunchRecorder
+
 import kforge
 from kforge.catalog import seeds
 from kforge.errors import KforgeInputError
@@ -348,21 +350,6 @@ def test_the_seed_keeps_the_references_nan_and_inf():
             assert torch.equal(g.isnan(), w.isnan()) and torch.equal(g.isinf(), w.isinf())
 
 
-class _Recorder:
-    """Stands in for a kernel object: records each launch's grid and constexprs, then launches."""
-
-    def __init__(self, kernel):
-        self.kernel = kernel
-        self.launches = []
-
-    def __getitem__(self, grid):
-        def launch(*args, **kwargs):
-            self.launches.append((grid, kwargs))
-            return self.kernel[grid](*args, **kwargs)
-
-        return launch
-
-
 @pytest.mark.parametrize("head_size", [20, 22], ids=["neox", "interleaved"])
 def test_the_seeds_tiles_over_tokens_and_head_blocks_are_right(head_size):
     """With at most 4 heads and 256 elements a program: tiles of 2 tokens (9 = 4 x 2 + 1, the last
@@ -375,7 +362,7 @@ def test_the_seeds_tiles_over_tokens_and_head_blocks_are_right(head_size):
         source = source.replace(line + "\n", f"{name} = {value!r}\n", 1)
     store = KernelStore()
     candidate = store.load(store.put(source, op=SPEC.name, provider="user").sha256, SPEC)
-    recorder = _Recorder(candidate.module._rotary_embedding_tile)
+    recorder = LaunchRecorder(candidate.module._rotary_embedding_tile)
     candidate.module._rotary_embedding_tile = recorder
     verdict = verify(SPEC, candidate.forward, dtypes=[torch.bfloat16], shapes=[(9, 7, 3, head_size)],
                      domain=candidate.domain, secret_seed=11, secret_shapes=0)

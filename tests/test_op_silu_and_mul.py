@@ -15,6 +15,8 @@ from __future__ import annotations
 import pytest
 import torch
 
+from helpers import LaunchRecorder
+
 import kforge
 from kforge.catalog import seeds
 from kforge.errors import KforgeInputError
@@ -136,21 +138,6 @@ def test_the_seeds_pass_the_harness(path):
     assert {(6, 40), (2, 4500), (3, 17)} <= set(result.evidence.shapes)
 
 
-class _Recorder:
-    """Stands in for a kernel object: records each launch's grid and constexprs, then launches."""
-
-    def __init__(self, kernel):
-        self.kernel = kernel
-        self.launches = []
-
-    def __getitem__(self, grid):
-        def launch(*args, **kwargs):
-            self.launches.append((grid, kwargs))
-            return self.kernel[grid](*args, **kwargs)
-
-        return launch
-
-
 # name of the seed -> (tunables set outside their search space, the kernel's name, a check on its
 # launches at the shape below): 37 rows of 300 in 64-column blocks.
 FORCED = {
@@ -178,7 +165,7 @@ def test_the_seeds_loop_paths_are_right(path):
         source = source.replace(line + "\n", f"{name} = {value!r}\n", 1)
     stored = KernelStore().put(source, op=SPEC.name, provider="user")
     candidate = KernelStore().load(stored.sha256, SPEC)
-    recorder = _Recorder(getattr(candidate.module, kernel_name))
+    recorder = LaunchRecorder(getattr(candidate.module, kernel_name))
     setattr(candidate.module, kernel_name, recorder)
     verdict = verify(SPEC, candidate.forward, dtypes=[torch.float32, torch.bfloat16], shapes=[FORCED_SHAPE],
                      domain=candidate.domain, secret_seed=11, secret_shapes=0)
