@@ -131,10 +131,12 @@ TINY = ((3, 17), (0, 8), (2, 3, 40), (2, 4500))
 
 @pytest.mark.parametrize("path", seeds("silu_and_mul"), ids=lambda p: p.stem)
 def test_the_seeds_pass_the_harness(path):
-    result = harness.evaluate_source(path.read_text(), SPEC.name, dtypes=list(DTYPES), verify_shapes=TINY,
-                                     timing_shapes=[(3, 17)], executor=LocalPoolExecutor(workers=1))
+    # bf16 (upcast on load, the path fp16 and fp32 share; test_triton_backend runs those on the CPU
+    # sets) and fp64 (the other accumulation type): half the interpreter time of all four.
+    result = harness.evaluate_source(path.read_text(), SPEC.name, dtypes=[torch.bfloat16, torch.float64],
+                                     verify_shapes=TINY, timing_shapes=[(3, 17)], executor=LocalPoolExecutor(workers=1))
     assert result.accepted, result.reason
-    assert {"bfloat16", "float16", "float32", "float64"} <= set(result.evidence.dtypes)
+    assert {"bfloat16", "float64"} <= set(result.evidence.dtypes)
     assert {(6, 40), (2, 4500), (3, 17)} <= set(result.evidence.shapes)
 
 
