@@ -115,3 +115,19 @@ class LaunchRecorder:
             return self.kernel[grid](*args, **kwargs)
 
         return launch
+
+
+def load_with_tunables(source: str, spec, changes: dict, kernel_name: str):
+    """A seed's source with its tunables set to `changes` (each `NAME = literal` line rewritten),
+    stored and loaded as a candidate of `spec`, its kernel `kernel_name` wrapped in a
+    `LaunchRecorder`. Returns (candidate, recorder)."""
+    from kforge.store import KernelStore
+
+    for name, value in changes.items():
+        line = next(line for line in source.splitlines() if line.startswith(f"{name} = "))
+        source = source.replace(line + "\n", f"{name} = {value!r}\n", 1)
+    stored = KernelStore().put(source, op=spec.name, provider="user")
+    candidate = KernelStore().load(stored.sha256, spec)
+    recorder = LaunchRecorder(getattr(candidate.module, kernel_name))
+    setattr(candidate.module, kernel_name, recorder)
+    return candidate, recorder

@@ -18,7 +18,7 @@ import math
 import pytest
 import torch
 
-from helpers import LaunchRecorder
+from helpers import load_with_tunables
 
 import kforge
 from kforge.candidate import load_candidate
@@ -28,7 +28,6 @@ from kforge.evaluate import harness
 from kforge.evaluate.correctness import verify
 from kforge.evaluate.executors import LocalPoolExecutor
 from kforge.ops.gemv import SPEC, fake, make_inputs, problem, reference, vendor
-from kforge.store import KernelStore
 from kforge.testing import assert_matches_reference, compare
 
 DTYPES = (torch.bfloat16, torch.float16, torch.float32, torch.float64)
@@ -261,13 +260,7 @@ FORCED = [
                          ids=[f"{f[0]}-{'-'.join(f[1])}" for f in FORCED])
 def test_the_seeds_forced_paths_are_right(stem, changes, shape, kernel_name, launched_as_meant):
     source = next(p for p in seeds("gemv") if p.stem == stem).read_text()
-    for name, value in changes.items():
-        line = next(line for line in source.splitlines() if line.startswith(f"{name} = "))
-        source = source.replace(line + "\n", f"{name} = {value!r}\n", 1)
-    stored = KernelStore().put(source, op=SPEC.name, provider="user")
-    candidate = KernelStore().load(stored.sha256, SPEC)
-    recorder = LaunchRecorder(getattr(candidate.module, kernel_name))
-    setattr(candidate.module, kernel_name, recorder)
+    candidate, recorder = load_with_tunables(source, SPEC, changes, kernel_name)
     verdict = verify(SPEC, candidate.forward, dtypes=[torch.float32, torch.bfloat16], shapes=[shape],
                      domain=candidate.domain, secret_seed=11, secret_shapes=0)
     assert verdict.accepted, verdict.reason

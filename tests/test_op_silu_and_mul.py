@@ -15,7 +15,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from helpers import LaunchRecorder
+from helpers import load_with_tunables
 
 import kforge
 from kforge.catalog import seeds
@@ -162,13 +162,7 @@ FORCED_SHAPE = (37, 300)
 def test_the_seeds_loop_paths_are_right(path):
     changes, kernel_name, launched_as_meant = FORCED[path.stem]
     source = path.read_text()
-    for name, value in changes.items():
-        line = next(line for line in source.splitlines() if line.startswith(f"{name} = "))
-        source = source.replace(line + "\n", f"{name} = {value!r}\n", 1)
-    stored = KernelStore().put(source, op=SPEC.name, provider="user")
-    candidate = KernelStore().load(stored.sha256, SPEC)
-    recorder = LaunchRecorder(getattr(candidate.module, kernel_name))
-    setattr(candidate.module, kernel_name, recorder)
+    candidate, recorder = load_with_tunables(source, SPEC, changes, kernel_name)
     verdict = verify(SPEC, candidate.forward, dtypes=[torch.float32, torch.bfloat16], shapes=[FORCED_SHAPE],
                      domain=candidate.domain, secret_seed=11, secret_shapes=0)
     assert verdict.accepted, verdict.reason
