@@ -103,8 +103,11 @@ def problem(args):
 def tolerance(dtype, problem):
     # A logsumexp over vocab less one logit: an absolute error of a few units at the logsumexp's
     # magnitude, ~log(vocab) (plus the logit spread); the loss is of the same order.
+    # For fp32/fp64 the loss also carries the roundings of exp, the sum, log and the subtraction,
+    # which no output rounding hides: 4 units (fp64 at 1x3 erred 3.85e-16 against a 1-unit 3.7e-16).
     vocab = max(problem[1], 1)
-    return resolution_floor(dtype, vocab, scale=max(1.0, math.log(vocab)))
+    roundings = 4.0 if dtype in (torch.float32, torch.float64) else 1.0
+    return resolution_floor(dtype, vocab, scale=roundings * max(1.0, math.log(vocab)))
 
 
 def bytes_moved(problem, dtype) -> int:
