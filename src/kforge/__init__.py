@@ -33,6 +33,14 @@ def flush() -> list:
     return _ROUTER.flush()
 
 
+def explain(model, *example_inputs, **kwargs):
+    """What `torch.compile(model, backend="kforge")` rewrites in `model` for these inputs, where,
+    and why other candidate patterns were left alone (`kforge.compile.explain`)."""
+    from kforge.compile.explain import explain as _explain
+
+    return _explain(model, *example_inputs, **kwargs)
+
+
 def reset() -> None:
     """Forget routing decisions and cached table reads; re-read KFORGE_HOME/KFORGE_TABLE/KFORGE_PIN."""
     from kforge.router.dispatch import reset as _reset
@@ -40,5 +48,5 @@ def reset() -> None:
     _reset()
 
 
-__all__ = ["ops", "use", "stats", "flush", "reset", "KforgeError", "KforgeInputError", "KforgePinError",
+__all__ = ["ops", "use", "stats", "flush", "explain", "reset", "KforgeError", "KforgeInputError", "KforgePinError",
            "UnknownNameError", "__version__"]

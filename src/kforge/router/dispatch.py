@@ -219,6 +219,11 @@ class Router:
             log.warning("kforge: could not write the miss log (kept the counts for later): %s", exc)
             return []
 
+    def note_miss(self, key: DispatchKey) -> None:
+        """A miss seen when a graph was compiled (no call ran): queued for the miss log."""
+        with self.lock:
+            self.unflushed.setdefault(key, [0, 0])[0] += 1
+
     def stats(self) -> dict:
         with self.lock:
             per_op: dict[str, dict[str, Any]] = {}
@@ -245,6 +250,7 @@ class OpRouter:
         self.signature = _signature_fn(spec)
         self.decisions: dict[tuple, Decision] = {}
         self.pinned: dict[tuple, Decision] = {}
+        self.baked: dict[tuple, Decision] = {}  # (signature, impl): calls from compiled graphs
         self.vendor = vendor_implementation(spec)
         self._monotonic = time.monotonic
 
@@ -286,7 +292,7 @@ class OpRouter:
 
     # -- cold path -----------------------------------------------------------------------------
     def all_decisions(self):
-        return list(self.decisions.values()) + list(self.pinned.values())
+        return list(self.decisions.values()) + list(self.pinned.values()) + list(self.baked.values())
 
     def reset(self) -> None:
         with self.router.lock:
@@ -294,6 +300,7 @@ class OpRouter:
                 self.router.retire(d, self.spec.name)
             self.decisions.clear()
             self.pinned.clear()
+            self.baked.clear()
 
     def decide(self, args: tuple, sig: tuple) -> Decision:
         spec = self.spec
@@ -366,6 +373,46 @@ class OpRouter:
             else:
                 d.calls -= 1
 
+    def call_compiled(self, args: tuple, impl_id: str):
+        """A call from a graph compiled by the kforge backend, which chose `impl_id` at compile time
+        (`kforge::<op>.compiled`). Pins still win; an implementation that cannot serve the call
+        after all (another layout at run time, switched off after a failure) hands it to `route`."""
+        if pins.STATE.active and pins.STATE.lookup(self.spec.name) is not None:
+            return self.route(args)
+        sig = (self.signature(args), impl_id)
+        d = self.baked.get(sig)
+        if d is None:
+            d = self.bake(args, sig, impl_id)
+            if d is None:
+                return self.route(args)
+        d.calls += 1
+        try:
+            return d.fn(*args)
+        except Exception as exc:
+            self.baked.pop(sig, None)
+            return self.failed(d, args, exc)
+
+    def bake(self, args: tuple, sig: tuple, impl_id: str) -> Decision | None:
+        spec = self.spec
+        with self.router.lock:
+            d = self.baked.get(sig)
+            if d is not None:
+                return d
+            spec.check(args)
+            try:
+                d = self.make_pinned(args, impl_id)
+            except KforgePinError as exc:
+                warnings.warn(f"kforge.{spec.name}: {impl_id}, chosen when the graph was compiled, cannot serve "
+                              f"this call ({exc}); routed per call instead", KforgeFallbackWarning, stacklevel=4)
+                return None
+            if d.key is not None and (d.key, impl_id) in self.router.disabled:
+                return None
+            d.kind = Kind.EMPTY if is_empty(args, spec.tensor_args) else Kind.HIT
+            if not _all_contiguous(args, spec.tensor_args):
+                d.fn = _contiguous_outputs(d.fn)
+            self.baked[sig] = d
+            return d
+
     def call_pinned(self, args: tuple, impl_id: str):
         sig = (self.signature(args), impl_id)
         d = self.pinned.get(sig)
@@ -421,5 +468,6 @@ def reset(table: ScoreTable | None = None) -> Router:
         for op in ROUTER.ops.values():
             op.decisions.clear()
             op.pinned.clear()
+            op.baked.clear()
         pins.STATE.reset()
     return ROUTER

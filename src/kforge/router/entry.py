@@ -28,8 +28,11 @@ def register_op(spec):
         return route(args)
 
     overload = library.register(spec, kernel)
+    compiled = library.register_compiled(spec, route.call_compiled)
     ROUTER.ops[spec.name] = route
-    return _make_entry(spec, route, overload)
+    entry = _make_entry(spec, route, overload)
+    entry.compiled = compiled
+    return entry
 
 
 def _make_entry(spec, router: OpRouter, overload):

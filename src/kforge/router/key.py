@@ -32,13 +32,14 @@ def alignment(ptr_low_bits: int) -> int:
     return ptr_low_bits & -ptr_low_bits
 
 
-def call_info(spec, args: tuple, device: str) -> CallInfo:
+def call_info(spec, args: tuple, device: str, aligned: int | None = None) -> CallInfo:
+    """The call's key and layout facts; `aligned` given for fake tensors, which have no address."""
     tensors = [args[i] for i in spec.tensor_args]
     key = DispatchKey(spec.name, device, dtype_signature(args, spec.tensor_args), tuple(spec.problem(args)))
     return CallInfo(
         key=key,
         contiguous=all(t.is_contiguous() for t in tensors),
-        aligned=min(alignment(t.data_ptr() & 15) for t in tensors),
+        aligned=min(alignment(t.data_ptr() & 15) for t in tensors) if aligned is None else aligned,
         requires_grad=any(t.requires_grad for t in tensors),
     )
 

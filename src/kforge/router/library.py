@@ -8,7 +8,7 @@ eager calls that need gradients are served by the vendor's own autograd instead.
 """
 from __future__ import annotations
 
-from typing import Callable
+from typing import Any, Callable
 
 import torch
 
@@ -31,6 +31,43 @@ def register(spec, impl: Callable) -> "torch._ops.OpOverload":
     torch.library.register_fake(spec.qualname, _make_fake(spec), lib=lib)
     torch.library.register_autograd(spec.qualname, _make_backward(spec), setup_context=_make_setup(spec), lib=lib)
     return getattr(getattr(torch.ops, NAMESPACE), spec.name).default
+
+
+COMPILED = "compiled"  # the overload kforge's torch.compile backend bakes its choice into
+
+
+def compiled_schema(spec) -> str:
+    """`<name>.compiled(<the op's arguments, no defaults>, str impl) -> <the op's returns>`."""
+    parsed = torch._C.parse_schema(spec.qualname + spec.schema[len(spec.name):])
+    arguments = ", ".join(f"{a.type} {a.name}" for a in parsed.arguments)
+    returns = spec.schema[spec.schema.rindex("->"):]
+    return f"{spec.name}.{COMPILED}({arguments}, str impl) {returns}"
+
+
+def register_compiled(spec, impl: Callable[[tuple, str], Any]) -> "torch._ops.OpOverload":
+    """Define `kforge::<spec.name>.compiled`: the op with the implementation chosen at compile time
+    as a last argument, so the choice is part of the graph (and of Inductor's cache key)."""
+    lib = library()
+    lib.define(compiled_schema(spec))
+    n_args = len(spec.arg_names)
+
+    def kernel(*args):
+        return impl(args[:n_args], args[n_args])
+
+    lib.impl(f"{spec.name}.{COMPILED}", kernel, "CompositeExplicitAutograd")
+    checked_fake = _make_fake(spec)
+    name = f"{spec.qualname}.{COMPILED}"
+    torch.library.register_fake(name, lambda *args: checked_fake(*args[:n_args]), lib=lib)
+    setup, backward = _make_setup(spec), _make_backward(spec)
+
+    def setup_compiled(ctx, inputs, output):
+        setup(ctx, inputs[:n_args], output)
+
+    def backward_compiled(ctx, *grads):
+        return (*backward(ctx, *grads), None)
+
+    torch.library.register_autograd(name, backward_compiled, setup_context=setup_compiled, lib=lib)
+    return getattr(getattr(torch.ops, NAMESPACE), spec.name).compiled
 
 
 def _make_fake(spec):
