@@ -26,7 +26,9 @@ def cpu_device() -> str:
 
 def dtype_sig(op: str, dtype: torch.dtype = torch.float32) -> str:
     """The dtype signature of a call of a built-in op whose tensors all have `dtype`."""
-    n = {"rms_norm": 2, "fused_add_rms_norm": 3, "softmax": 1}[op]
+    from kforge.ops import SPECS
+
+    n = len(SPECS[op].tensor_args)
     return ",".join([str(dtype).removeprefix("torch.")] * n)
 
 

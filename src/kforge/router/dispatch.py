@@ -377,6 +377,9 @@ class OpRouter:
         """A call from a graph compiled by the kforge backend, which chose `impl_id` at compile time
         (`kforge::<op>.compiled`). Pins still win; an implementation that cannot serve the call
         after all (another layout at run time, switched off after a failure) hands it to `route`."""
+        now = time.monotonic()
+        if now >= self.router.next_check:
+            self.router.periodic(now)  # a changed table drops baked decisions too
         if pins.STATE.active and pins.STATE.lookup(self.spec.name) is not None:
             return self.route(args)
         sig = (self.signature(args), impl_id)

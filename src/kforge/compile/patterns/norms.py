@@ -106,6 +106,8 @@ def match_llama_rms_norm(rsqrt: Node) -> Match | Reject:
     and the cast back before the weight (HF's LlamaRMSNorm, Mistral, Qwen, Gemma's without +1)."""
     add = arg(rsqrt, "input")
     if canon(add) == "mean":
+        if canon(arg(add, "input")) == "add":
+            return Reject("eps (or another term) is added inside the mean, not after it")
         return Reject("rsqrt of the mean square with no eps added")
     if canon(add) != "add" or arg(add, "alpha") != 1:
         return Reject(f"rsqrt of {canon(add) or 'a non-sum'}, not of mean(x^2) + eps")

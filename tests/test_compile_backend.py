@@ -1,0 +1,287 @@
+"""torch.compile(backend="kforge"): registration, the rewrites of the Llama-style decoder block,
+near misses left alone, compile-time routing from the score table, dynamic shapes, options,
+kforge.explain, and (one test, the slowest) Inductor with its FX graph cache."""
+from __future__ import annotations
+
+import collections
+import warnings
+
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+import kforge
+from blocks import LlamaBlocks, LlamaRMSNorm
+from helpers import make_record, write_user_table
+from kforge.compile import Options, kforge_backend
+from kforge.errors import UnknownNameError
+from kforge.router.dispatch import KforgeFallbackWarning
+
+EAGER = {"compiler": "eager", "on_miss": "kforge"}
+
+
+@pytest.fixture(autouse=True)
+def fresh_dynamo():
+    torch._dynamo.reset()
+    yield
+    torch._dynamo.reset()
+
+
+def compile_capture(model, options=None, **kwargs):
+    """torch.compile through kforge_backend, keeping each rewritten GraphModule."""
+    graphs = []
+
+    def backend(gm, example_inputs):
+        fn = kforge_backend(gm, example_inputs, options=options)
+        graphs.append(gm)
+        return fn
+
+    return torch.compile(model, backend=backend, **kwargs), graphs
+
+
+def kforge_calls(graphs) -> collections.Counter:
+    """(op, overload) -> count of kforge op calls in the rewritten graphs."""
+    found = collections.Counter()
+    for gm in graphs:
+        for n in gm.graph.nodes:
+            if isinstance(n.target, torch._ops.OpOverload) and n.target.namespace == "kforge":
+                found[(n.target._opname, n.target._overloadname)] += 1
+    return found
+
+
+def llama_inputs(batch=2, seq=5, hidden=64, dtype=torch.float32, seed=0):
+    torch.manual_seed(seed)
+    model = LlamaBlocks(hidden=hidden).to(dtype).eval()
+    for p in model.parameters():  # norms start at ones: perturb them so the weights matter
+        p.data.add_(0.1 * torch.randn_like(p))
+    x = torch.randn(batch, seq, hidden, dtype=dtype)
+    pos = torch.arange(seq).expand(batch, seq)
+    return model, x, pos
+
+
+def test_the_backend_is_registered_once_through_its_entry_point():
+    from torch._dynamo.backends.registry import lookup_backend, register_backend
+
+    assert "kforge" in torch._dynamo.list_backends()
+    assert lookup_backend("kforge") is kforge_backend
+    with pytest.raises(AssertionError, match="duplicate name: kforge"):
+        register_backend(kforge_backend, name="kforge")
+
+
+@torch.no_grad()
+def test_llama_block_is_rewritten_and_matches_eager_fullgraph():
+    model, x, pos = llama_inputs()
+    compiled, graphs = compile_capture(model, EAGER, fullgraph=True)
+    torch.testing.assert_close(compiled(x, pos), model(x, pos), rtol=1e-5, atol=1e-5)
+    calls = kforge_calls(graphs)
+    # Layer 0's input norm is plain; every later norm follows a residual add (four of them,
+    # the last being the final torch.nn.RMSNorm); each MLP's gate is a silu_and_mul.
+    assert calls[("rms_norm", "compiled")] == 1
+    assert calls[("fused_add_rms_norm", "compiled")] == 4
+    assert calls[("silu_and_mul", "compiled")] == 2
+    eager_nodes = {n.target for gm in graphs for n in gm.graph.nodes}
+    assert torch.rsqrt not in eager_nodes and F.silu not in eager_nodes and torch.rms_norm not in eager_nodes
+
+
+@torch.no_grad()
+def test_llama_block_in_bf16_stays_within_the_ops_budget():
+    model, x, pos = llama_inputs(dtype=torch.bfloat16)
+    compiled, graphs = compile_capture(model, EAGER, fullgraph=True)
+    out, ref = compiled(x, pos), model(x, pos)
+    reference = model.float()(x.float(), pos)  # kforge's ops round once, eager rounds every step
+    err_kforge = (out.float() - reference).abs().max().item()
+    err_eager = (ref.float() - reference).abs().max().item()
+    assert err_kforge <= 2 * err_eager + 1e-2, (err_kforge, err_eager)
+    assert kforge_calls(graphs)[("fused_add_rms_norm", "compiled")] == 4
+
+
+@torch.no_grad()
+def test_dynamic_batch_routes_per_call_without_recompiling():
+    model, x, pos = llama_inputs(batch=2)
+    compiled, graphs = compile_capture(model, EAGER)
+    for batch in (2, 3, 5):
+        xb, pb = torch.randn(batch, 5, 64), pos[:1].expand(batch, 5).contiguous()
+        torch._dynamo.mark_dynamic(xb, 0)
+        torch._dynamo.mark_dynamic(pb, 0)
+        torch.testing.assert_close(compiled(xb, pb), model(xb, pb), rtol=1e-5, atol=1e-5)
+    assert len(graphs) == 1  # one graph served all three batch sizes
+    calls = kforge_calls(graphs)
+    assert calls[("fused_add_rms_norm", "default")] == 4 and calls[("silu_and_mul", "default")] == 2
+    assert not any(overload == "compiled" for _, overload in calls)
+    assert kforge.stats()["ops"]["fused_add_rms_norm"]["calls"] == 12
+
+
+class NearMisses(nn.Module):
+    """RMSNorm and SwiGLU spellings that are not exactly kforge's ops, one per output."""
+
+    def __init__(self, hidden=32):
+        super().__init__()
+        self.w = nn.Parameter(torch.rand(hidden) + 0.5)
+        self.up = nn.Linear(hidden, 2 * hidden, bias=False)
+        self.gate = nn.Linear(hidden, hidden, bias=False)
+
+    def forward(self, x):
+        w = self.w
+        eps_outside = x * (torch.rsqrt(x.pow(2).mean(-1, keepdim=True)) + 1e-6) * w
+        eps_inside = x * torch.rsqrt((x.pow(2) + 1e-6).mean(-1, keepdim=True)) * w
+        other_dim = x * torch.rsqrt(x.pow(2).mean(0, keepdim=True) + 1e-6) * w
+        extra_op = (x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + 1e-6)).relu() * w
+        var = x.pow(2).mean(-1, keepdim=True)  # the statistics are returned too: used elsewhere
+        shared = x * torch.rsqrt(var + 1e-6) * w
+        g, u = self.up(x).chunk(2, dim=-1)
+        swapped = F.silu(u) * g
+        separate = F.silu(self.gate(x)) * x
+        over_rows = torch.softmax(x, dim=0)
+        upcast = torch.softmax(x, dim=-1, dtype=torch.float64)
+        return eps_outside, eps_inside, other_dim, extra_op, shared, var, swapped, separate, over_rows, upcast
+
+
+@torch.no_grad()
+def test_near_misses_are_left_alone_with_their_reasons():
+    model = NearMisses()
+    x = torch.randn(6, 32)
+    compiled, graphs = compile_capture(model, EAGER, fullgraph=True)
+    for got, want in zip(compiled(x), model(x)):
+        torch.testing.assert_close(got, want)
+    assert not kforge_calls(graphs)
+    reasons = [e.reason for e in kforge.explain(model, x, options={"on_miss": "kforge"}).left]
+    expected = ["rsqrt of the mean square with no eps added", "eps (or another term) is added inside the mean",
+                "mean over dim 0, not the last", "the normalised x is not multiplied by a weight",
+                "its intermediate", "silu gates the second half", "not the two halves of one tensor",
+                "softmax over dim 0, not the last", "changes the result's dtype"]
+    for text in expected:
+        assert any(text in r for r in reasons), (text, reasons)
+
+
+@torch.no_grad()
+def test_a_weight_kept_in_fp32_under_bf16_activations_is_not_rewritten():
+    norm = LlamaRMSNorm(32)  # weight stays fp32: HF's result is then fp32, not the input's bf16
+    x = torch.randn(4, 32, dtype=torch.bfloat16)
+    explanation = kforge.explain(norm, x, options={"on_miss": "kforge"})
+    assert not explanation.rewritten
+    assert "not the input's torch.bfloat16" in explanation.left[0].reason
+
+
+@torch.no_grad()
+def test_compile_time_routing_bakes_the_tables_choice(fake_triton):
+    model, x, pos = llama_inputs()
+    rows_hidden = (10, 64)
+    write_user_table(make_record("fused_add_rms_norm", rows_hidden, impl="triton:test-ok-fused", p50=1.0),
+                     make_record("fused_add_rms_norm", rows_hidden, impl="vendor", p50=5.0),
+                     make_record("rms_norm", rows_hidden, impl="vendor", p50=2.0),
+                     make_record("rms_norm", rows_hidden, impl="inductor", p50=9.0),
+                     make_record("silu_and_mul", (10, 128), impl="inductor", p50=1.0),
+                     make_record("silu_and_mul", (10, 128), impl="vendor", p50=3.0))
+    compiled, graphs = compile_capture(model, {"compiler": "eager"})
+    torch.testing.assert_close(compiled(x, pos), model(x, pos), rtol=1e-5, atol=1e-5)
+    baked = [n.args[-1] for gm in graphs for n in gm.graph.nodes
+             if isinstance(n.target, torch._ops.OpOverload) and n.target._overloadname == "compiled"]
+    # silu_and_mul's best is Inductor: with compiler="eager" Inductor's build is baked in too.
+    assert sorted(baked) == ["inductor", "inductor", *["triton:test-ok-fused"] * 4, "vendor"]
+    assert fake_triton.calls["triton:test-ok-fused"] == 4  # four fused norms, one forward
+
+
+@torch.no_grad()
+def test_with_inductor_a_miss_or_an_inductor_win_is_left_to_inductor(fake_triton):
+    model, x, pos = llama_inputs()
+    write_user_table(make_record("silu_and_mul", (10, 128), impl="inductor", p50=1.0),
+                     make_record("silu_and_mul", (10, 128), impl="vendor", p50=3.0))
+    from kforge.compile.rewrite import rewrite
+
+    reports = []
+
+    def backend(gm, example_inputs):
+        reports.append(rewrite(gm, Options.parse({"compiler": "inductor"})))
+        return gm.forward  # the plan is what is tested; no Inductor compile needed
+
+    torch.compile(model, backend=backend)(x, pos)
+    entries = reports[0].entries
+    assert entries and not any(e.rewritten for e in entries)
+    silu = [e for e in entries if e.op == "silu_and_mul"]
+    assert len(silu) == 2 and all(e.impl == "inductor" and "table: inductor" in e.reason for e in silu)
+    norms = [e for e in entries if e.op != "silu_and_mul"]
+    assert norms and all("no usable record" in e.reason and "miss logged" in e.reason for e in norms)
+    logged = {k.op for k in kforge._ROUTER.unflushed}
+    assert {"rms_norm", "fused_add_rms_norm"} <= logged
+
+
+def test_a_compiled_choice_that_cannot_serve_falls_back_to_routing(fake_triton):
+    x, w = torch.randn(4, 16), torch.rand(16)
+    want = torch.rms_norm(x, (16,), w, 1e-6)
+    with pytest.warns(KforgeFallbackWarning, match="chosen when the graph was compiled"):
+        got = torch.ops.kforge.rms_norm.compiled(x, w, 1e-6, "triton:test-ok-gone")
+    torch.testing.assert_close(got, want)
+    write_user_table(make_record("rms_norm", (4, 16), impl="triton:test-raise", p50=1.0))
+    with pytest.warns(KforgeFallbackWarning, match="failed"):
+        got = torch.ops.kforge.rms_norm.compiled(x, w, 1e-6, "triton:test-raise")
+    torch.testing.assert_close(got, want)
+    with kforge.use("rms_norm", "vendor"):  # a pin wins over the compiled choice
+        torch.testing.assert_close(torch.ops.kforge.rms_norm.compiled(x, w, 1e-6, "triton:test-raise"), want)
+    assert fake_triton.calls["triton:test-raise"] == 1
+
+
+def test_with_grad_the_rewrites_route_per_call_and_backpropagate():
+    model, x, pos = llama_inputs(batch=1, seq=3)
+    x.requires_grad_(True)
+    compiled, graphs = compile_capture(model, {"compiler": "aot_eager"})
+    out = compiled(x, pos)
+    out.square().sum().backward()
+    got = [x.grad.clone()] + [p.grad.clone() for p in model.parameters()]
+    x.grad = None
+    model.zero_grad()
+    model(x, pos).square().sum().backward()
+    want = [x.grad] + [p.grad for p in model.parameters()]
+    for g, w in zip(got, want):
+        torch.testing.assert_close(g, w, rtol=1e-4, atol=1e-5)
+    assert kforge_calls(graphs)[("fused_add_rms_norm", "default")] == 4
+
+
+@pytest.mark.parametrize("options, message", [
+    ({"compilr": "eager"}, "unknown option of the kforge backend 'compilr'"),
+    ({"compiler": "tvm"}, "unknown compiler in the kforge backend's options 'tvm'"),
+    ({"ops": ["rms_nrom"]}, "unknown op in the kforge backend's options['ops'] 'rms_nrom'"),
+    ({"on_miss": "vendor"}, "unknown on_miss"),
+    ({"compiler": "eager", "inductor": {"max_autotune": True}}, "needs compiler='inductor'"),
+])
+def test_bad_options_name_the_option(options, message):
+    with pytest.raises((UnknownNameError, ValueError), match=message.replace("[", r"\[").replace("]", r"\]")):
+        Options.parse(options)
+
+
+@torch.no_grad()
+def test_options_ops_limits_the_rewrites():
+    model, x, pos = llama_inputs()
+    compiled, graphs = compile_capture(model, {**EAGER, "ops": ["silu_and_mul"]})
+    torch.testing.assert_close(compiled(x, pos), model(x, pos), rtol=1e-5, atol=1e-5)
+    assert set(kforge_calls(graphs)) == {("silu_and_mul", "compiled")}
+
+
+@torch.no_grad()
+def test_explain_says_what_where_and_why():
+    model, x, pos = llama_inputs()
+    explanation = kforge.explain(model, x, pos)
+    text = str(explanation)
+    assert "0 rewritten" in text  # no table: every match is a miss, left to Inductor
+    assert "blocks.py:" in text and "in forward" in text and "no usable record" in text
+    as_dict = explanation.to_dict()
+    assert as_dict["left"] == len(as_dict["entries"]) == 7
+    explanation = kforge.explain(model, x, pos, options={"on_miss": "kforge"})
+    assert {e.op for e in explanation.rewritten} >= {"rms_norm", "fused_add_rms_norm", "silu_and_mul"}
+    assert not kforge._ROUTER.unflushed  # explaining logs no misses
+
+
+@torch.no_grad()
+def test_inductor_compiles_the_rewritten_graph_and_its_fx_cache_hits():
+    from torch._dynamo.utils import counters
+
+    model, x, pos = llama_inputs(batch=1, seq=4)
+    options = {"on_miss": "kforge"}
+    want = model(x, pos)
+    torch.testing.assert_close(torch.compile(model, backend="kforge", options=options)(x, pos), want,
+                               rtol=1e-5, atol=1e-5)
+    torch._dynamo.reset()
+    hits = counters["inductor"]["fxgraph_cache_hit"]
+    torch.testing.assert_close(torch.compile(model, backend="kforge", options=options)(x, pos), want,
+                               rtol=1e-5, atol=1e-5)
+    assert counters["inductor"]["fxgraph_cache_hit"] == hits + 1
