@@ -188,8 +188,23 @@ def only_user(node: Node) -> Node | None:
 _FRAME = re.compile(r'File "([^"]+)", line (\d+), in (\S+)\n\s*(.*)')
 
 
+def module_path(node: Node) -> str:
+    """The submodule that produced `node` ("layers.0.input_layernorm"), "" at the top level."""
+    stack = node.meta.get("nn_module_stack") or {}
+    if not stack:
+        return ""
+    path = str(list(stack.values())[-1][0])
+    return re.sub(r"^L\['self'\]\.?", "", path)
+
+
 def where(node: Node) -> str:
-    """`file.py:LINE in fn: source line` of the model code that produced `node`, innermost frame."""
+    """`[module] file.py:LINE in fn: source line` of the model code that produced `node`."""
+    module = module_path(node)
+    prefix = f"[{module}] " if module else ""
+    return prefix + _source_line(node)
+
+
+def _source_line(node: Node) -> str:
     frames = _FRAME.findall(node.meta.get("stack_trace") or "")
     # The model's own line, not torch's (F.rms_norm's body, nn.Module's _call_impl).
     frames = [f for f in frames if "/torch/" not in f[0]] or frames
