@@ -92,7 +92,13 @@ def kforge_backend(gm: torch.fx.GraphModule, example_inputs: list, *, mode: str 
     opts = Options.parse(options)
     if mode not in (None, "default") and opts.compiler != "inductor":
         raise ValueError(f"kforge backend: mode={mode!r} needs compiler='inductor', not {opts.compiler!r}")
-    report = rewrite(gm, opts, next(_graph_numbers))
+    patches = {}
+    if opts.compiler == "inductor":
+        from torch._inductor import list_mode_options
+
+        patches = dict(list_mode_options(mode)) if mode not in (None, "default") else {}
+        patches.update(dict(opts.inductor))
+    report = rewrite(gm, opts, next(_graph_numbers), cudagraphs=bool(patches.get("triton.cudagraphs")))
     for e in report.entries:
         log.info("kforge.compile: %s %s at %s: %s", "rewrote" if e.rewritten else "left", e.op, e.where, e.reason)
     if opts.report is not None:
@@ -103,9 +109,6 @@ def kforge_backend(gm: torch.fx.GraphModule, example_inputs: list, *, mode: str 
         from torch._dynamo.backends.debugging import aot_eager
 
         return aot_eager(gm, example_inputs)
-    from torch._inductor import list_mode_options
     from torch._inductor.compile_fx import compile_fx
 
-    patches = dict(list_mode_options(mode)) if mode not in (None, "default") else {}
-    patches.update(dict(opts.inductor))
     return compile_fx(gm, example_inputs, config_patches=patches)

@@ -43,11 +43,12 @@ class Explanation:
         return "\n".join(lines)
 
 
-def explain(model, *example_inputs, dynamic: bool | None = None, options: dict | None = None,
-            **kwargs) -> Explanation:
+def explain(model, *example_inputs, dynamic: bool | None = None, mode: str | None = None,
+            options: dict | None = None, **kwargs) -> Explanation:
     """Run `model(*example_inputs, **kwargs)` once through the kforge backend without compiling
     anything (the rewritten graph runs eagerly) and return what it did. `options` as for the
-    backend, except `compiler` and `report`. Routing decisions are those the table gives for the
+    backend, except `compiler` and `report`; `mode` as for torch.compile ("reduce-overhead" ranks
+    implementations by device time alone). Routing decisions are those the table gives for the
     compiler the backend would use by default (Inductor)."""
     from kforge.compile.backend import Options
     from kforge.compile.rewrite import rewrite
@@ -57,10 +58,11 @@ def explain(model, *example_inputs, dynamic: bool | None = None, options: dict |
         if reserved in opts:
             raise ValueError(f"kforge.explain: options[{reserved!r}] is set by explain itself")
     plan_opts = Options.parse({**opts, "log_misses": False})  # routed as a compile with Inductor would route
+    cudagraphs = mode == "reduce-overhead" or bool(dict(plan_opts.inductor).get("triton.cudagraphs"))
     reports: list[Report] = []
 
     def backend(gm, example_inputs):
-        reports.append(rewrite(gm, plan_opts, len(reports)))
+        reports.append(rewrite(gm, plan_opts, len(reports), cudagraphs=cudagraphs))
         return gm.forward
 
     torch.compile(model, backend=backend, dynamic=dynamic)(*example_inputs, **kwargs)

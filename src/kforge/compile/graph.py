@@ -67,7 +67,7 @@ _FUNCTIONS: dict[Any, str] = {
     operator.mul: "mul", operator.imul: "mul", torch.mul: "mul",
     operator.truediv: "div", operator.itruediv: "div", torch.div: "div", torch.true_divide: "div",
     operator.pow: "pow", torch.pow: "pow", torch.square: "square",
-    operator.neg: "neg", torch.neg: "neg",
+    operator.neg: "neg", torch.neg: "neg", torch.negative: "neg",
     torch.rsqrt: "rsqrt", torch.sqrt: "sqrt", torch.cos: "cos", torch.sin: "sin",
     torch.mean: "mean", torch.sum: "sum",
     torch.softmax: "softmax", F.softmax: "softmax", torch.special.softmax: "softmax",
@@ -80,7 +80,7 @@ _FUNCTIONS: dict[Any, str] = {
 }
 _METHODS: dict[str, str] = {
     "add": "add", "sub": "sub", "mul": "mul", "div": "div", "true_divide": "div", "pow": "pow",
-    "square": "square", "neg": "neg", "rsqrt": "rsqrt", "sqrt": "sqrt", "cos": "cos", "sin": "sin",
+    "square": "square", "neg": "neg", "negative": "neg", "rsqrt": "rsqrt", "sqrt": "sqrt", "cos": "cos", "sin": "sin",
     "mean": "mean", "sum": "sum", "softmax": "softmax", "topk": "topk", "chunk": "chunk", "split": "split",
     "unsqueeze": "unsqueeze",
     # Pure dtype conversions; `cast_source` checks from the fake tensors that nothing else changed.

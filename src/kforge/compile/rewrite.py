@@ -91,6 +91,11 @@ def _emit(gm: GraphModule, m: Match, p: Plan) -> None:
                 new = graph.call_method("to", (new, cast))
             new.meta.update({k: v for k, v in old.meta.items() if k in _KEPT_META})
             old.replace_all_uses_with(new)
+    # Erased now, not at the final DCE: later patterns must not see the claimed nodes (the MoE
+    # router's softmax would otherwise be rewritten again by the plain softmax pattern).
+    for node in sorted(m.nodes, key=_position(graph), reverse=True):
+        if not node.users:
+            graph.erase_node(node)
 
 
 _KEPT_META = ("example_value", "stack_trace", "nn_module_stack", "source_fn_stack")
@@ -127,15 +132,16 @@ def _toposort(graph) -> None:
         prev = n
 
 
-def rewrite(gm: GraphModule, options, graph_index: int = 0) -> Report:
-    """Rewrite `gm` in place under `options` (a `compile.backend.Options`); returns the report."""
+def rewrite(gm: GraphModule, options, graph_index: int = 0, cudagraphs: bool = False) -> Report:
+    """Rewrite `gm` in place under `options` (a `compile.backend.Options`); returns the report.
+    `cudagraphs`: the compiled graph will be replayed as a CUDA graph (ranks by device time)."""
     report = Report(graph_index)
     changed = False
     for pattern in PATTERNS:
         for node in [n for n in gm.graph.nodes if _anchored(n, pattern)]:
             if getattr(node, "_erased", False) or node.graph is not gm.graph:
                 continue
-            entry = _one(gm, pattern, node, options)
+            entry = _one(gm, pattern, node, options, cudagraphs)
             if entry is not None:
                 report.entries.append(entry)
                 changed = changed or entry.rewritten
@@ -151,10 +157,12 @@ def _anchored(node: Node, pattern: Pattern) -> bool:
     return canon(node) == pattern.anchor
 
 
-def _one(gm: GraphModule, pattern: Pattern, node: Node, options) -> Entry | None:
+def _one(gm: GraphModule, pattern: Pattern, node: Node, options, cudagraphs: bool) -> Entry | None:
     if not node.users:
         return None  # dead code: Inductor drops it anyway
     m = pattern.match(node)
+    if m is None:
+        return None  # no candidate at all (an "add" anchor sees every add): nothing to report
     place = where(node)
     if isinstance(m, Reject):
         return Entry(pattern.name, pattern.op, place, False, "", "", m.reason)
@@ -166,7 +174,7 @@ def _one(gm: GraphModule, pattern: Pattern, node: Node, options) -> Entry | None
     from kforge import ops
 
     p = plan(ops.SPECS[m.op], tuple(_fake(a) for a in m.args), compiler=options.compiler, on_miss=options.on_miss,
-             route=options.route, log_misses=options.log_misses)
+             route=options.route, log_misses=options.log_misses, cudagraphs=cudagraphs)
     if p.route is Route.LEAVE:
         return Entry(pattern.name, m.op, place, False, p.route.value, p.impl, p.reason, m.note)
     _emit(gm, m, p)

@@ -42,7 +42,19 @@ def _aligned(tensors) -> int:
     return min(alignment((t.storage_offset() * t.element_size()) & 15) for t in tensors)
 
 
-def plan(spec, fake_args: tuple, *, compiler: str, on_miss: str, route: str, log_misses: bool = True) -> Plan:
+def compile_cost(record, cudagraphs: bool) -> float:
+    """A record's cost per call inside a compiled graph. Under CUDA graphs the host does nothing
+    per call: device time alone. Otherwise a kforge op still pays its host cost per call (the
+    dispatcher and the launch, measured with the record), but Inductor's code is launched by the
+    graph's own wrapper: its record's host cost (a standalone compiled function, 50-150 us on an
+    H200) is not what the graph pays, so Inductor is ranked by device time."""
+    if cudagraphs or record.backend == BackendName.INDUCTOR.value:
+        return record.p50_us
+    return record.score_us
+
+
+def plan(spec, fake_args: tuple, *, compiler: str, on_miss: str, route: str, log_misses: bool = True,
+         cudagraphs: bool = False) -> Plan:
     """How the backend serves one matched call of `spec` whose arguments are `fake_args`."""
     tensors = [fake_args[i] for i in spec.tensor_args]
     if torch.is_grad_enabled() and any(t.requires_grad for t in tensors):
@@ -60,9 +72,11 @@ def plan(spec, fake_args: tuple, *, compiler: str, on_miss: str, route: str, log
     call = call_info(spec, fake_args, device, aligned=_aligned(tensors))
     ranking = rank(spec, ROUTER.table.records(device, spec.name), call, ROUTER.disabled)
     if ranking.eligible:
-        best = ranking.eligible[0]
-        others = ", ".join(f"{r.impl} {r.score_us:.1f} us" for r in ranking.eligible[1:3])
-        why = f"table: {best.impl} {best.score_us:.1f} us" + (f" (next: {others})" if others else "")
+        ranked = sorted(ranking.eligible, key=lambda r: (compile_cost(r, cudagraphs), r.impl))
+        best = ranked[0]
+        unit = "us device" if cudagraphs else "us"
+        others = ", ".join(f"{r.impl} {compile_cost(r, cudagraphs):.1f}" for r in ranked[1:3])
+        why = f"table: {best.impl} {compile_cost(best, cudagraphs):.1f} {unit}" + (f" (next: {others})" if others else "")
         if ranking.shape != call.key.shape:
             why += f", measured at the nearest shape {ranking.shape}"
         if best.backend == BackendName.INDUCTOR.value and compiler == "inductor":

@@ -40,15 +40,15 @@ class Pattern:
     name: str  # "llama-rms-norm", shown by kforge.explain
     op: str  # the kforge op it rewrites to
     anchor: str  # the canonical operation it starts from
-    match: Callable[[Node], Match | Reject]
+    match: Callable[[Node], Match | Reject | None]  # None: not a candidate at all (nothing to report)
     description: str
 
 
 def _all() -> tuple[Pattern, ...]:
-    from kforge.compile.patterns import activations, norms
+    from kforge.compile.patterns import activations, loss, moe, norms, rotary
 
     ordered: list[Pattern] = []
-    for module in (norms, activations):
+    for module in (moe, norms, loss, activations, rotary):
         ordered.extend(module.PATTERNS)
     return tuple(ordered)
 

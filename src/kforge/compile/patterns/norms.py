@@ -6,7 +6,7 @@ from typing import Any
 import torch
 from torch.fx import Node
 
-from kforge.compile.graph import arg, canon, cast_source, dtype, last_dim, only_user, operands, strip_casts, \
+from kforge.compile.graph import arg, canon, cast_source, dtype, last_dim, only_user, operands, \
     the_other, val
 from kforge.compile.patterns import Match, Pattern, Reject
 from kforge.ops.rms_norm import DTYPES
