@@ -11,7 +11,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 import kforge
-from blocks import LlamaBlocks, LlamaRMSNorm
+from blocks import LlamaBlocks, LlamaRMSNorm, MoEBlock
 from helpers import make_record, write_user_table
 from kforge.compile import Options, kforge_backend
 from kforge.errors import UnknownNameError
@@ -109,6 +109,20 @@ def test_dynamic_batch_routes_per_call_without_recompiling():
     assert calls[("fused_add_rms_norm", "default")] == 4 and calls[("silu_and_mul", "default")] == 2
     assert not any(overload == "compiled" for _, overload in calls)
     assert kforge.stats()["ops"]["fused_add_rms_norm"]["calls"] == 12
+
+
+@torch.no_grad()
+def test_moe_block_with_dynamic_tokens_routes_per_call():
+    torch.manual_seed(0)
+    model = MoEBlock().eval()
+    compiled, graphs = compile_capture(model, EAGER)
+    for tokens in (3, 7, 16):
+        x = torch.randn(tokens, 64)
+        torch._dynamo.mark_dynamic(x, 0)
+        torch.testing.assert_close(compiled(x), model(x), rtol=1e-5, atol=1e-5)
+    assert len(graphs) == 1
+    assert kforge_calls(graphs) == {("topk_softmax", "default"): 1, ("silu_and_mul", "default"): 1}
+    assert kforge.stats()["ops"]["topk_softmax"]["calls"] == 3
 
 
 class NearMisses(nn.Module):
@@ -269,6 +283,18 @@ def test_explain_says_what_where_and_why():
     explanation = kforge.explain(model, x, pos, options={"on_miss": "kforge"})
     assert {e.op for e in explanation.rewritten} >= {"rms_norm", "fused_add_rms_norm", "silu_and_mul"}
     assert not kforge._ROUTER.unflushed  # explaining logs no misses
+
+
+@torch.no_grad()
+def test_inductor_compiles_the_moe_block_with_the_router_rewritten(fake_triton):
+    torch.manual_seed(0)
+    model = MoEBlock().eval()
+    x = torch.randn(5, 64)
+    write_user_table(make_record("topk_softmax", (5, 8, 2, 1), impl="triton:test-ok-router", p50=1.0),
+                     make_record("topk_softmax", (5, 8, 2, 1), impl="inductor", p50=20.0))
+    compiled = torch.compile(model, backend="kforge", fullgraph=True)
+    torch.testing.assert_close(compiled(x), model(x), rtol=1e-5, atol=1e-5)
+    assert fake_triton.calls["triton:test-ok-router"] == 1  # baked into Inductor's code, called once
 
 
 @torch.no_grad()
