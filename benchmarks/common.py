@@ -17,12 +17,15 @@ RESULTS = Path(__file__).resolve().parent / "results"
 
 
 def environment() -> dict:
-    try:
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                                cwd=Path(__file__).parent, timeout=10).stdout.strip() or None
-    except (OSError, subprocess.SubprocessError):
-        commit = None
-    commit = commit or os.environ.get("KFORGE_COMMIT")  # the device tool's copy has no .git
+    # KFORGE_COMMIT first: the device tool's copy of the tree carries a stale .git (on 2026-11-30 it
+    # named the previous session's last commit), or none.
+    commit = os.environ.get("KFORGE_COMMIT")
+    if not commit:
+        try:
+            commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                                    cwd=Path(__file__).parent, timeout=10).stdout.strip() or None
+        except (OSError, subprocess.SubprocessError):
+            commit = None
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
     return {
         "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),

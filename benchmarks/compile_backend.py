@@ -64,7 +64,10 @@ SIZES = {  # llama: (batch, seq); moe: (tokens,)
               "moe": {"decode": [(4,)], "prefill": [(32,)]}},
 }
 DECODE_POSITION = 1023  # a decode token's position: rotary angles away from the trivial position 0
-BACKENDS = ("inductor", "kforge")
+# control: the kforge backend with no rewrites (options ops=[]): the same code path and the same
+# graph as Inductor's. Its difference from inductor is the measurement's floor: in the first H200
+# runs identical graphs differed by up to 12% in call time (host-bound decode), 1% in device time.
+BACKENDS = ("inductor", "control", "kforge")
 WARMUP = 5  # calls after the compiling one: CUDA graph trees run eagerly once, record, then replay
 STREAM_US = 3000.0  # length of one back-to-back batch
 STREAM_CALLS = (2, 50)
@@ -114,6 +117,12 @@ def _backend(name: str, on_miss: str | None):
 
     if name == "inductor":
         return name
+    if name == "control":
+        import functools
+
+        from kforge.compile import kforge_backend
+
+        return functools.partial(kforge_backend, options={"ops": []})
     if on_miss is None:
         try:
             lookup_backend("kforge")
@@ -264,8 +273,13 @@ def ratios(impls: dict, modes: list[str]) -> dict:
     out = {}
     for mode in modes:
         kf, ind, eager = impls.get(f"kforge/{mode}", {}), impls.get(f"inductor/{mode}", {}), impls.get("eager", {})
+        control = impls.get(f"control/{mode}", {})
         r = {}
         for key, suffix in (("call_us", ""), ("device_us", " device")):
+            if key in kf and key in control:
+                r["kforge/control" + suffix] = round(kf[key] / control[key], 4)
+            if key in control and key in ind:
+                r["control/inductor" + suffix] = round(control[key] / ind[key], 4)
             if key in kf and key in ind:
                 r["kforge/inductor" + suffix] = round(kf[key] / ind[key], 4)
             if key in kf and key in eager:
@@ -302,7 +316,7 @@ def bench_size(block, dims, model, set_name, size, modes, args_ns, device, t0, d
     fns = {}
     try:  # an error (out of memory, a compiled graph failing at run time) costs this size, not the run
         options = {"on_miss": args_ns.on_miss} if args_ns.on_miss else None
-        row["explain"] = kforge.explain(model, *args, options=options).to_dict()
+        row["explain"] = kforge.explain(model, *args, options=options).to_dict()  # as mode="default" plans
         row["rewritten_ops"] = dict(Counter(e["op"] for e in row["explain"]["entries"] if e["rewritten"]))
         _log(t0, f"{label}: kforge.explain rewrote {row['rewritten_ops'] or 'nothing'}")
         fns, info = compile_all(model, args, modes, args_ns.on_miss, t0, deadline, label)

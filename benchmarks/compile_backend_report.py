@@ -61,19 +61,20 @@ def markdown(data: dict, json_paths: list[Path]) -> str:
              "Blocks (tests/blocks.py): " + "; ".join(f"{name} {b['class']}({', '.join(f'{k}={v}' for k, v in b['dims'].items())}), "
                                                      f"{b['weight_bytes'] / 2**20:.0f} MiB of weights"
                                                      for name, b in data["blocks"].items()) + ".",
-             "Times in microseconds: p50 per call of back-to-back calls (`device` = one call behind a GPU sleep). "
-             "Ratios are kforge's time over the baseline's in the same mode (< 1: kforge faster). `err` is max |kforge - "
-             "inductor| (max |inductor - eager| in brackets). `rewrites` are kforge.explain's.", "",
-             "| block | size | mode | eager | inductor | kforge | kforge/inductor | kforge/eager | device kforge/inductor "
+             "Times in microseconds: p50 per call of back-to-back calls (`call`), and of one call behind a GPU sleep "
+             "(`device`: the kernels alone). Ratios are times over the baseline's in the same mode (< 1: kforge faster). "
+             "`control` is the kforge backend with no rewrites (the same graph as Inductor's): control/inductor shows "
+             "how far two identical graphs differ, the floor under which a ratio means nothing. `err` is max |kforge - "
+             "inductor| (max |inductor - eager| in brackets). `rewrites` are what the kforge compile rewrote.", "",
+             "| block | size | mode | eager call | inductor call | kforge call | kforge/inductor call | control/inductor call "
+             "| inductor device | kforge device | **kforge/inductor device** | control/inductor device | kforge/eager device "
              "| err | compile s (ind, kf) | rewrites |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for row in data["rows"]:
         impls = row["impls"]
-        rewrites = ", ".join(f"{op} x{n}" for op, n in sorted(row["rewritten_ops"].items())) or "none"
-        compiled = {n: i["rewrote"] for n, i in impls.items() if "rewrote" in i and i["rewrote"] != row["rewritten_ops"]}
-        if compiled:  # the compile's own log disagrees with kforge.explain's plan
-            rewrites += f" (compiled: {compiled})"
         for mode in data["modes"]:
+            done = (impls.get(f"kforge/{mode}") or {}).get("rewrote")
+            rewrites = ", ".join(f"{op} x{n}" for op, n in sorted((done or {}).items())) or "none"
             kf, ind, r = impls.get(f"kforge/{mode}"), impls.get(f"inductor/{mode}"), row["ratios"].get(mode, {})
             acc = row["accuracy"]["modes"].get(mode)
             err = "-" if not acc else f"{acc['kforge_vs_inductor']:.3g} ({acc['inductor_vs_eager']:.3g})"
@@ -82,10 +83,12 @@ def markdown(data: dict, json_paths: list[Path]) -> str:
             lines.append(f"| {row['block']} | {row['set']} {'x'.join(map(str, row['size']))} | {mode}"
                          + (" (graph skipped)" if skips and mode == "reduce-overhead" else "")
                          + f" | {_us(impls.get('eager'))} | {_us(ind)} | {_us(kf)} | {_ratio(r, 'kforge/inductor')} | "
-                         f"{_ratio(r, 'kforge/eager')} | {_ratio(r, 'kforge/inductor device')} | {err} | {compile_s} | {rewrites} |")
+                         f"{_ratio(r, 'control/inductor')} | {_us(ind, 'device_us')} | {_us(kf, 'device_us')} | "
+                         f"**{_ratio(r, 'kforge/inductor device')}** | {_ratio(r, 'control/inductor device')} | "
+                         f"{_ratio(r, 'kforge/eager device')} | {err} | {compile_s} | {rewrites} |")
     geo = data["summary"]["geomean_time_ratio"]
     lines += ["", "Geomean time ratios: " + "; ".join(
-        f"{mode}: " + ", ".join(f"{k} {v:.3f}" for k, v in r.items() if "device" not in k) for mode, r in geo.items()) + "."]
+        f"{mode}: " + ", ".join(f"{k} {v:.3f}" for k, v in sorted(r.items())) for mode, r in geo.items()) + "."]
     errors = [f"- {row['block']} {row['set']} {'x'.join(map(str, row['size']))} {name}: {i['error']}"
               for row in data["rows"] for name, i in row["impls"].items() if "error" in i]
     errors += [f"- {row['block']} {row['set']} {'x'.join(map(str, row['size']))}: {row['error']}"
