@@ -111,6 +111,22 @@ def test_opcheck(op):
         assert set(result.values()) == {"SUCCESS"}, f"{op} {dtype_id(dtype)} {shape}: {result}"
 
 
+@pytest.mark.parametrize("op", list(SPECS))
+def test_opcheck_of_the_overload_compiled_graphs_call(op):
+    """`kforge::<op>.compiled(..., impl)`, which the torch.compile backend bakes its choice into."""
+    spec = SPECS[op]
+    overload = getattr(torch.ops.kforge, op).compiled
+    for dtype, shape, requires_grad, _ in _opcheck_cases(spec)[:1]:
+        args = tuple(a.requires_grad_(True) if isinstance(a, torch.Tensor) and a.is_floating_point() else a
+                     for a in spec.make_inputs(shape, dtype, "cpu", 0))
+        result = torch.library.opcheck(overload, (*args, "vendor"))
+        assert set(result.values()) == {"SUCCESS"}, f"{op} {dtype_id(dtype)} {shape}: {result}"
+        want = spec.vendor(*args)
+        got = overload(*args, "vendor")
+        for g, w in zip(got if isinstance(got, tuple) else (got,), want if isinstance(want, tuple) else (want,)):
+            torch.testing.assert_close(g, w)
+
+
 # -- torch.compile ---------------------------------------------------------------------------------
 COMPILE_DTYPE = torch.float32
 
