@@ -46,6 +46,15 @@ def _normalized_last(node: Node, x) -> Reject | None:
     return None
 
 
+def _constant_eps_same_dtype(node: Node, eps: Any, x) -> Reject | None:
+    """torch's norm calls: kforge's take eps as a constant and return x's dtype."""
+    if not isinstance(eps, (float, int)) or isinstance(eps, bool):
+        return Reject("eps is not a constant number")
+    if dtype(node) != x.dtype:
+        return Reject(f"the result is {dtype(node)}, not the input's {x.dtype}")
+    return None
+
+
 def _plain_input(name: str, x) -> Reject | None:
     if not isinstance(x, torch.Tensor) or x.dtype not in DTYPES or x.dim() < 1:
         return Reject(f"{name} is {getattr(x, 'dtype', type(x).__name__)}, not one of kforge's float dtypes")
@@ -66,24 +75,29 @@ def _with_residual_add(m: Match, x: Node, weight: Any, eps: float) -> Match:
                  note=(m.note + "; " if m.note else "") + "the residual sum is normalised before it is rounded")
 
 
-def match_torch_rms_norm(node: Node) -> Match | Reject:
+def _norm_call(node: Node, takes: str):
+    """(x node, x, weight node) of torch's rms_norm / layer_norm call, or a Reject."""
     x_node, weight = arg(node, "input"), arg(node, "weight")
     x = val(x_node)
     why = _plain_input("input", x) or _normalized_last(node, x)
     if why:
         return why
     if weight is None:
-        return Reject("no weight (elementwise_affine=False): kforge.rms_norm takes one")
-    why = _hidden_vector("weight", weight, x.shape[-1])
-    if why:
-        return why
+        return Reject(f"no weight (elementwise_affine=False): kforge.{takes}")
+    return _hidden_vector("weight", weight, x.shape[-1]) or (x_node, x, weight)
+
+
+def match_torch_rms_norm(node: Node) -> Match | Reject:
+    call = _norm_call(node, "rms_norm takes one")
+    if isinstance(call, Reject):
+        return call
+    x_node, x, weight = call
     eps = arg(node, "eps")
     if eps is None:
         eps = torch.finfo(x.dtype).eps  # F.rms_norm's default
-    if not isinstance(eps, (float, int)) or isinstance(eps, bool):
-        return Reject("eps is not a constant number")
-    if dtype(node) != x.dtype:
-        return Reject(f"the result is {dtype(node)}, not the input's {x.dtype}")
+    why = _constant_eps_same_dtype(node, eps, x)
+    if why:
+        return why
     m = Match("rms_norm", (x_node, weight, float(eps)), (node,), frozenset({node}), node)
     return _with_residual_add(m, x_node, weight, float(eps))
 
@@ -165,23 +179,20 @@ def match_llama_rms_norm(rsqrt: Node) -> Match | Reject:
 
 
 def match_layer_norm(node: Node) -> Match | Reject:
-    x_node, weight, bias = arg(node, "input"), arg(node, "weight"), arg(node, "bias")
-    x = val(x_node)
-    why = _plain_input("input", x) or _normalized_last(node, x)
-    if why:
-        return why
-    if weight is None:
-        return Reject("no weight (elementwise_affine=False): kforge.layer_norm takes weight and bias")
+    call = _norm_call(node, "layer_norm takes weight and bias")
+    if isinstance(call, Reject):
+        return call
+    x_node, x, weight = call
+    bias = arg(node, "bias")
     if bias is None:
         return Reject("no bias (bias=False): kforge.layer_norm takes weight and bias")
-    why = _hidden_vector("weight", weight, x.shape[-1]) or _hidden_vector("bias", bias, x.shape[-1])
+    why = _hidden_vector("bias", bias, x.shape[-1])
     if why:
         return why
     eps = arg(node, "eps")
-    if not isinstance(eps, (float, int)) or isinstance(eps, bool):
-        return Reject("eps is not a constant number")
-    if dtype(node) != x.dtype:
-        return Reject(f"the result is {dtype(node)}, not the input's {x.dtype}")
+    why = _constant_eps_same_dtype(node, eps, x)
+    if why:
+        return why
     return Match("layer_norm", (x_node, weight, bias, float(eps)), (node,), frozenset({node}), node)
 
 
