@@ -12,9 +12,11 @@ name raises. Options, as a dict (`torch.compile(..., options={...})`) or an `Opt
     route      "auto" (default): static shapes bake the table's choice in, dynamic ones route
                per call; "runtime": always route per call
     inductor   Inductor config patches, e.g. {"max_autotune": True}
-    report     a callable given each graph's `Report` (what `kforge.explain` uses)
+    mode       Inductor's mode ("reduce-overhead" for CUDA graphs, "max-autotune", ...): torch.compile
+               refuses `mode=` and `options=` together, so with options the mode goes here
+    report     a callable given each graph's `Report`
 
-`mode=` ("reduce-overhead" for CUDA graphs, "max-autotune", ...) is passed on to Inductor.
+`torch.compile(..., mode=...)` without options works too.
 """
 from __future__ import annotations
 
@@ -42,6 +44,7 @@ class Options:
     on_miss: str = ""  # "" -> "inductor" with Inductor, "kforge" otherwise
     route: str = "auto"
     inductor: tuple[tuple[str, Any], ...] = ()
+    mode: str | None = None
     report: Callable[[Any], None] | None = None
     log_misses: bool = True  # kforge.explain plans without logging
 
@@ -61,6 +64,8 @@ class Options:
                 if name not in ops.SPECS:
                     raise UnknownNameError("op in the kforge backend's options['ops']", name, ops.SPECS)
             object.__setattr__(self, "ops", frozenset(self.ops))
+        if self.mode not in (None, "default") and self.compiler != "inductor":
+            raise ValueError(f"kforge backend: mode={self.mode!r} needs compiler='inductor', not {self.compiler!r}")
         if self.inductor and self.compiler != "inductor":
             raise ValueError(f"kforge backend: options['inductor'] needs compiler='inductor', not {self.compiler!r}")
 
@@ -90,6 +95,9 @@ def kforge_backend(gm: torch.fx.GraphModule, example_inputs: list, *, mode: str 
     from kforge.compile.rewrite import rewrite
 
     opts = Options.parse(options)
+    if mode not in (None, "default") and opts.mode not in (None, "default", mode):
+        raise ValueError(f"kforge backend: mode={mode!r} and options['mode']={opts.mode!r} disagree")
+    mode = mode if mode not in (None, "default") else opts.mode
     if mode not in (None, "default") and opts.compiler != "inductor":
         raise ValueError(f"kforge backend: mode={mode!r} needs compiler='inductor', not {opts.compiler!r}")
     patches = {}

@@ -46,7 +46,8 @@ class Explanation:
 def explain(model, *example_inputs, dynamic: bool | None = None, mode: str | None = None,
             options: dict | None = None, **kwargs) -> Explanation:
     """Run `model(*example_inputs, **kwargs)` once through the kforge backend without compiling
-    anything (the rewritten graph runs eagerly) and return what it did. `options` as for the
+    anything (the rewritten graph runs eagerly) and return what it did. Like torch._dynamo.explain,
+    it resets Dynamo: models compiled before recompile on their next call. `options` as for the
     backend, except `compiler` and `report`; `mode` as for torch.compile ("reduce-overhead" ranks
     implementations by device time alone). Routing decisions are those the table gives for the
     compiler the backend would use by default (Inductor)."""
@@ -58,6 +59,7 @@ def explain(model, *example_inputs, dynamic: bool | None = None, mode: str | Non
         if reserved in opts:
             raise ValueError(f"kforge.explain: options[{reserved!r}] is set by explain itself")
     plan_opts = Options.parse({**opts, "log_misses": False})  # routed as a compile with Inductor would route
+    mode = mode or plan_opts.mode
     cudagraphs = mode == "reduce-overhead" or bool(dict(plan_opts.inductor).get("triton.cudagraphs"))
     reports: list[Report] = []
 
@@ -65,5 +67,12 @@ def explain(model, *example_inputs, dynamic: bool | None = None, mode: str | Non
         reports.append(rewrite(gm, plan_opts, len(reports), cudagraphs=cudagraphs))
         return gm.forward
 
-    torch.compile(model, backend=backend, dynamic=dynamic)(*example_inputs, **kwargs)
+    # As torch._dynamo.explain does: reset Dynamo before and after, or each explain would add a
+    # cache entry to the model's code (another backend), and after Dynamo's recompile limit the
+    # model, the user's own torch.compile of it included, would run eagerly.
+    torch._dynamo.reset()
+    try:
+        torch.compile(model, backend=backend, dynamic=dynamic)(*example_inputs, **kwargs)
+    finally:
+        torch._dynamo.reset()
     return Explanation(reports)

@@ -62,6 +62,46 @@ def _escapes(m: Match) -> str | None:
     return None
 
 
+_INPLACE_FUNCTIONS = {operator.iadd, operator.isub, operator.imul, operator.itruediv, operator.ipow,
+                      operator.ifloordiv, operator.imod, operator.iand, operator.ior, operator.ixor,
+                      operator.ilshift, operator.irshift, operator.imatmul, operator.setitem}
+
+
+def mutates(node: Node) -> bool:
+    """Whether `node` may write a tensor (in place) or other state: `x.add_()`, `x += y`,
+    `x[i] = y`, a mutable op overload. Dynamo's graph is not functional yet."""
+    if node.op == "call_method":
+        return node.target.endswith("_") and not node.target.startswith("__")
+    if node.op != "call_function":
+        return False
+    target = node.target
+    if target in _INPLACE_FUNCTIONS:
+        return True
+    if isinstance(target, torch._ops.OpOverload):
+        return target._schema.is_mutable
+    name = getattr(target, "__name__", "")
+    return name.endswith("_") and not name.startswith("__")
+
+
+def _unsafe_mutation(m: Match) -> str | None:
+    """Why rewriting `m` could change what a mutation does: an in-place op in the pattern writes a
+    tensor the pattern does not own (its other readers would see the old value), or a mutation
+    lies between the pattern's first and last node (the rewrite moves computation across it)."""
+    for node in m.nodes:
+        if mutates(node):
+            written = node.args[0] if node.args else None
+            if written not in m.nodes:
+                return (f"{node.name} writes {getattr(written, 'name', written)} in place, which the pattern "
+                        "does not own")
+    position = _position(m.anchor.graph)
+    span = [position(n) for n in m.nodes | {r for r in m.replaces if r is not None}]
+    first, last = min(span), max(span)
+    for node in m.anchor.graph.nodes:
+        if first < position(node) < last and node not in m.nodes and mutates(node):
+            return f"{node.name} mutates state between the pattern's first and last node"
+    return None
+
+
 def _fake(a: Any) -> Any:
     return val(a) if isinstance(a, Node) else a
 
@@ -91,11 +131,24 @@ def _emit(gm: GraphModule, m: Match, p: Plan) -> None:
                 new = graph.call_method("to", (new, cast))
             new.meta.update({k: v for k, v in old.meta.items() if k in _KEPT_META})
             old.replace_all_uses_with(new)
-    # Erased now, not at the final DCE: later patterns must not see the claimed nodes (the MoE
-    # router's softmax would otherwise be rewritten again by the plain softmax pattern).
+    # Erased now: later patterns must not see the claimed nodes (the MoE router's softmax would
+    # otherwise be rewritten again by the plain softmax pattern). Then what fed only them (the
+    # chunk before a SwiGLU, a weight's upcast), never a node that mutates: no global dead-code
+    # pass on a graph that is not functional yet (it would drop a KV-cache copy_).
+    inputs = {i for n in m.nodes for i in n.all_input_nodes} - set(m.nodes)
     for node in sorted(m.nodes, key=_position(graph), reverse=True):
         if not node.users:
             graph.erase_node(node)
+    _erase_dead(graph, inputs)
+
+
+def _erase_dead(graph, candidates: set) -> None:
+    while candidates:
+        node = candidates.pop()
+        if node.users or node.op not in ("call_function", "call_method") or mutates(node):
+            continue
+        candidates.update(node.all_input_nodes)
+        graph.erase_node(node)
 
 
 _KEPT_META = ("example_value", "stack_trace", "nn_module_stack", "source_fn_stack")
@@ -147,7 +200,6 @@ def rewrite(gm: GraphModule, options, graph_index: int = 0, cudagraphs: bool = F
                 changed = changed or entry.rewritten
     if changed:
         _toposort(gm.graph)
-        gm.graph.eliminate_dead_code()
         gm.graph.lint()
         gm.recompile()
     return report
@@ -168,7 +220,7 @@ def _one(gm: GraphModule, pattern: Pattern, node: Node, options, cudagraphs: boo
         return Entry(pattern.name, pattern.op, place, False, "", "", m.reason)
     if options.ops is not None and m.op not in options.ops:
         return Entry(pattern.name, m.op, place, False, "", "", f"kforge.{m.op} is not in options['ops']")
-    why = _escapes(m)
+    why = _escapes(m) or _unsafe_mutation(m)
     if why:
         return Entry(pattern.name, m.op, place, False, "", "", why)
     from kforge import ops

@@ -82,11 +82,12 @@ def plan(spec, fake_args: tuple, *, compiler: str, on_miss: str, route: str, log
         if best.backend == BackendName.INDUCTOR.value and compiler == "inductor":
             return Plan(Route.LEAVE, "inductor", why)
         return Plan(Route.BAKED, best.impl, why)
-    if log_misses:
-        ROUTER.note_miss(call.key)
     rejected = "; ".join(f"{r.impl}: {why}" for r, why in ranking.rejected)
-    why = (f"no usable record for {call.key.dtypes} {call.key.shape}" + (" (miss logged)" if log_misses else "")
-           + (f": {rejected}" if rejected else ""))
+    why = f"no usable record for {call.key.dtypes} {call.key.shape}" + (f": {rejected}" if rejected else "")
     if on_miss == "inductor" and compiler == "inductor":
-        return Plan(Route.LEAVE, "inductor", why)
-    return Plan(Route.BAKED, "vendor", why)
+        if log_misses:  # no call will ever reach kforge to log it
+            ROUTER.note_miss(call.key)
+        return Plan(Route.LEAVE, "inductor", why + (" (miss logged)" if log_misses else ""))
+    # Routed per call: vendor now, each call counted as a miss, and a kernel generated for the key
+    # later serves the same compiled graph once the table has it.
+    return Plan(Route.RUNTIME, "per call", why + "; routed per call (vendor until the table has a record)")

@@ -56,6 +56,9 @@ class Decision:
         self.retired = False  # its counts moved to Router.retired
 
 
+_PER_CALL = object()  # in OpRouter.baked: the compiled choice cannot serve this signature, route it
+
+
 class KforgeFallbackWarning(RuntimeWarning):
     """An implementation failed at call time and was switched off for its key."""
 
@@ -292,7 +295,8 @@ class OpRouter:
 
     # -- cold path -----------------------------------------------------------------------------
     def all_decisions(self):
-        return list(self.decisions.values()) + list(self.pinned.values()) + list(self.baked.values())
+        baked = [d for d in self.baked.values() if d is not _PER_CALL]
+        return list(self.decisions.values()) + list(self.pinned.values()) + baked
 
     def reset(self) -> None:
         with self.router.lock:
@@ -386,16 +390,19 @@ class OpRouter:
         d = self.baked.get(sig)
         if d is None:
             d = self.bake(args, sig, impl_id)
-            if d is None:
-                return self.route(args)
+        if d is _PER_CALL:
+            return self.route(args)
         d.calls += 1
         try:
             return d.fn(*args)
         except Exception as exc:
-            self.baked.pop(sig, None)
+            if d.impl != "vendor":
+                self.baked[sig] = _PER_CALL  # switched off for its key by `failed`: route from now on
             return self.failed(d, args, exc)
 
-    def bake(self, args: tuple, sig: tuple, impl_id: str) -> Decision | None:
+    def bake(self, args: tuple, sig: tuple, impl_id: str):
+        """The Decision for a compiled call's signature, or `_PER_CALL` (remembered, so a choice
+        that cannot serve costs one warning, not a table read per call)."""
         spec = self.spec
         with self.router.lock:
             d = self.baked.get(sig)
@@ -407,9 +414,10 @@ class OpRouter:
             except KforgePinError as exc:
                 warnings.warn(f"kforge.{spec.name}: {impl_id}, chosen when the graph was compiled, cannot serve "
                               f"this call ({exc}); routed per call instead", KforgeFallbackWarning, stacklevel=4)
-                return None
-            if d.key is not None and (d.key, impl_id) in self.router.disabled:
-                return None
+                d = None
+            if d is None or (d.key is not None and (d.key, impl_id) in self.router.disabled):
+                self.baked[sig] = _PER_CALL
+                return _PER_CALL
             d.kind = Kind.EMPTY if is_empty(args, spec.tensor_args) else Kind.HIT
             if not _all_contiguous(args, spec.tensor_args):
                 d.fn = _contiguous_outputs(d.fn)

@@ -93,8 +93,8 @@ def match_torch_rms_norm(node: Node) -> Match | Reject:
         return call
     x_node, x, weight = call
     eps = arg(node, "eps")
-    if eps is None:
-        eps = torch.finfo(x.dtype).eps  # F.rms_norm's default
+    if eps is None:  # F.rms_norm's default: the eps of the type it computes in (fp32 for half types)
+        eps = torch.finfo(torch.float64 if x.dtype == torch.float64 else torch.float32).eps
     why = _constant_eps_same_dtype(node, eps, x)
     if why:
         return why

@@ -312,7 +312,7 @@ def _heads_dim(q, k, cos, sin) -> int | Reject:
 
 
 def _emit(q: Node, k: Node, cos: Node, sin: Node, h: int, sign: int, cache_dtype: torch.dtype, tokens: Any,
-          graph, args, call) -> tuple[Node, Node]:
+          outs: tuple[Node, Node], graph, args, call) -> tuple[Node, Node]:
     n, half = val(q).dim(), val(cos).shape[-1] // 2
 
     def method(name, *a):
@@ -340,11 +340,16 @@ def _emit(q: Node, k: Node, cos: Node, sin: Node, h: int, sign: int, cache_dtype
     positions = graph.call_function(torch.arange, (tokens,), {"dtype": torch.int64, "device": val(q).device})
     q_out, k_out = call(q3, k3, positions, cache, True)
 
-    def back(out, moved):
+    def back(out, moved, eager):
         out = method("view_as", out, moved)
-        return out if h == n - 2 else method("movedim", out, -2, h)
+        if h == n - 2:
+            return out
+        out = method("movedim", out, -2, h)
+        # Eager's sum is contiguous when q is (a contiguous (batch, heads, seq, dim), say); the
+        # moved-back view is not, and a later .view() of it would fail.
+        return method("contiguous", out) if val(eager).is_contiguous() else out
 
-    return back(q_out, q_moved), back(k_out, k_moved)
+    return back(q_out, q_moved, outs[0]), back(k_out, k_moved, outs[1])
 
 
 def match_rotary(add: Node) -> Match | Reject | None:
@@ -391,7 +396,7 @@ def match_rotary(add: Node) -> Match | Reject | None:
         notes.append(f"rounded once (the eager graph rounds each product and the sum to {qv.dtype})")
     if first.sign == -1:
         notes.append("rotate_half written cat((x2, -x1)): the inverse rotation, sin negated in the cache")
-    emit = functools.partial(_emit, q, k, first.cos, first.sin, h, first.sign, cache_dtype, tokens)
+    emit = functools.partial(_emit, q, k, first.cos, first.sin, h, first.sign, cache_dtype, tokens, (q_out, k_out))
     return Match("rotary_embedding", fakes, (q_out, k_out), frozenset(q_nodes | k_nodes), add, note="; ".join(notes),
                  emit=emit)
 
