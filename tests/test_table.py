@@ -44,7 +44,7 @@ def call_rms(shape=(8, 64), seed=0, times: int = 3):
 
 
 # -- concurrent and crashing writers -------------------------------------------------------------
-WRITERS, PER_WRITER, BATCHES = 16, 50, 2
+WRITERS, PER_WRITER, BATCHES = 8, 40, 2  # 8 processes contend for one shard: 16 writes, 320 records
 
 
 def _concurrent_writer(worker: int, start) -> None:

@@ -17,6 +17,21 @@ from kforge.router.dispatch import ROUTER as _ROUTER
 __version__ = "0.1.0"
 
 
+def define_op(name: str, schema: str, reference, make_inputs, *, shapes, **options):
+    """Register an op from a PyTorch reference: routed, logged and generated for like a built-in
+    one, and persisted so other processes load it by name (`kforge.ops.user`)."""
+    from kforge.ops import user
+
+    return user.define_op(name, schema, reference, make_inputs, shapes=shapes, **options)
+
+
+def op(schema: str, make_inputs, *, shapes, name: str | None = None, **options):
+    """Decorator form of `define_op`: the decorated function is the reference."""
+    from kforge.ops import user
+
+    return user.op(schema, make_inputs, shapes=shapes, name=name, **options)
+
+
 def use(op: str, impl: str):
     """Context manager: calls of `op` inside the block go to `impl` ("vendor", "inductor",
     "triton:<id>") or raise `KforgePinError`; never a silent fallback."""
@@ -48,5 +63,5 @@ def reset() -> None:
     _reset()
 
 
-__all__ = ["ops", "use", "stats", "flush", "explain", "reset", "KforgeError", "KforgeInputError", "KforgePinError",
+__all__ = ["ops", "define_op", "op", "use", "stats", "flush", "explain", "reset", "KforgeError", "KforgeInputError", "KforgePinError",
            "UnknownNameError", "__version__"]

@@ -188,7 +188,7 @@ def _cases(spec, device, dtypes, shape_sets, shapes, seeds, secret, layouts, lon
         long_row = shapes is None and spec.problem_dims[:1] == ("rows",)
     if long_row and LONG_ROW not in public:
         public.append(LONG_ROW)
-    hidden = _secret_shapes(public, secret, secret_shapes)
+    hidden = _secret_shapes(public, secret, 0 if spec.fixed_shapes else secret_shapes)
     secret_seeds = [_derive(secret, "seed", i) for i in range(SECRET_SEEDS)]
     groups = []
     for dtype in (tuple(dtypes) if dtypes is not None else spec.dtypes):

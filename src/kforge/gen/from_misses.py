@@ -13,7 +13,8 @@ from typing import Callable
 import torch
 
 from kforge.device import fingerprint
-from kforge.ops import SPECS
+from kforge.errors import UnknownNameError
+from kforge.ops import get_spec
 from kforge.router import misses
 
 
@@ -54,9 +55,12 @@ def targets(device: str = "cpu", limit: int | None = None, table=None,
     say = on_progress or (lambda message: None)
     found = []
     for entry in misses.read_all():
-        if entry.get("device") != fp or entry["op"] not in SPECS:
+        if entry.get("device") != fp:
             continue
-        spec = SPECS[entry["op"]]
+        try:
+            spec = get_spec(entry["op"])  # a user op persisted under KFORGE_HOME loads here
+        except UnknownNameError:
+            continue
         problem = tuple(entry["shape"])
         shape = spec.shape_for(problem)
         dtype = getattr(torch, entry["dtypes"].split(",")[0])

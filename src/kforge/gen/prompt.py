@@ -224,6 +224,8 @@ def _signature(spec) -> str:
 def _reference_source(spec) -> tuple[str, str]:
     """(the reference function's source, preceded by the sources of the helper functions it
     calls from its own module or kforge.ops, e.g. `accumulate_dtype`; its module's docstring)."""
+    if spec.reference_source is not None:
+        return spec.reference_source, ""
     module = inspect.getmodule(spec.reference)
     ordered: list = []
 

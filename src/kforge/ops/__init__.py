@@ -35,19 +35,37 @@ def register(spec: OpSpec):
     entry = register_op(spec)  # raises if the name is taken
     SPECS[spec.name] = spec
     ENTRIES[spec.name] = entry
+    globals()[spec.name] = entry  # `kforge.ops.<name>` (for a built-in, replacing its submodule)
     return entry
 
 
+def is_builtin(name: str) -> bool:
+    return name in _BUILTIN
+
+
 def get_spec(name: str) -> OpSpec:
-    try:
+    """The spec of a registered op, or of a user op persisted under KFORGE_HOME (loaded now)."""
+    spec = SPECS.get(name)
+    if spec is not None:
+        return spec
+    user = importlib.import_module("kforge.ops.user")
+
+    if name in user.persisted():
+        user.load(name)
         return SPECS[name]
-    except KeyError:
-        raise UnknownNameError("op", name, SPECS) from None
+    raise UnknownNameError("op", name, list(SPECS) + user.persisted())
+
+
+def __getattr__(name: str):
+    """`kforge.ops.<name>` of a user op persisted under KFORGE_HOME loads it on first use."""
+    if not name.startswith("_") and name != "user":
+        user = importlib.import_module("kforge.ops.user")  # not `from kforge.ops import`: that calls here
+        if name in user.persisted():
+            return user.load(name)
+    raise AttributeError(f"module 'kforge.ops' has no attribute {name!r}")
 
 
 for _module in _BUILTIN:
     register(importlib.import_module(f"kforge.ops.{_module}").SPEC)
-    # `kforge.ops.<name>` is the op's entry point (the import bound the submodule there first).
-    globals()[_module] = ENTRIES[_module]
 
-__all__ = ["SPECS", "OpSpec", "get_spec", "register", *_BUILTIN]
+__all__ = ["SPECS", "OpSpec", "get_spec", "is_builtin", "register", *_BUILTIN]

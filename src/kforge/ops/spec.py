@@ -91,6 +91,12 @@ class OpSpec:
     compare_view: Callable[[tuple, tuple], tuple] | None = None
     # A shape (as make_inputs takes it) with the given problem; None: the problem is the shape.
     input_shape: Callable[[Problem], Shape] | None = None
+    # The source prompts show as the reference's (user ops from a KernelBench file: the whole
+    # file); None: read from `reference` and the helpers of its module.
+    reference_source: str | None = None
+    # Only the shapes in `shape_sets` are valid calls (a KernelBench problem: its weights fix the
+    # dims): the evaluator then tries no perturbed secret shapes, only secret seeds.
+    fixed_shapes: bool = False
     # Derived from `schema` in __post_init__.
     arg_names: tuple[str, ...] = dataclasses.field(init=False)
     defaults: Mapping[str, Any] = dataclasses.field(init=False)

@@ -1,0 +1,391 @@
+"""User-defined ops: `kforge.define_op`, the `@kforge.op` decorator and KernelBench-style files.
+
+    def reference(x, scale: float):            # in a .py file: the definition is persisted
+        return torch.relu(x) * scale
+
+    def make_inputs(shape, dtype, device, seed):
+        g = torch.Generator().manual_seed(seed)
+        return (torch.randn(shape, generator=g).to(device, dtype), 0.5)
+
+    scaled_relu = kforge.define_op("scaled_relu", "(Tensor x, float scale) -> Tensor", reference,
+                                   make_inputs, shapes=[(4096, 4096)])
+    y = scaled_relu(x, 0.5)                     # also kforge.ops.scaled_relu, torch.ops.kforge.scaled_relu
+
+A user op gets the built-ins' registry, routing, miss log and generation: its reference is also its
+vendor implementation (what a miss serves), its fake runs the reference on fake tensors, and its
+key's problem is the shape of its first tensor argument (so `make_inputs(shape, ...)` must build a
+first tensor of exactly `shape`, and accept other shapes of the same rank: the evaluator tries
+perturbed ones). Defaults that a kernel author may want to override: `dtypes`, `exact_dims` (the
+last dim), `bytes_moved` (one read and one write of the first tensor), `flops`, `tolerance`.
+
+Persisted under `$KFORGE_HOME/ops/<name>/` (definition.json and a copy of the defining file), so
+another process (a sandboxed evaluation worker, a later session) loads it by name: `get_spec(name)`
+and `kforge.ops.<name>` load persisted ops on first use. Loading runs that file's code: it is the
+user's own code, trusted as their environment is. A file from an untrusted source (an issue) must
+only ever be loaded inside the sandboxed worker.
+
+A KernelBench-style file (`class Model(nn.Module)`, `get_inputs()`, `get_init_inputs()`) defines an
+op too (`from_kernelbench`): the model is built once with torch.manual_seed(0) and its forward is
+the reference; the arguments are `get_inputs()`'s; other shapes of the first input map the other
+inputs' dims by value (a dim equal to one of the first input's takes its new size).
+"""
+from __future__ import annotations
+
+import ast
+import copy
+import importlib.util
+import inspect
+import json
+import re
+import sys
+import threading
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import torch
+
+from kforge import paths
+from kforge.errors import KforgeError, KforgeInputError
+from kforge.files import atomic_write_bytes
+from kforge.ops.spec import OpSpec, prod, resolution_floor
+
+NAME = re.compile(r"[a-z][a-z0-9_]{0,63}$")
+DEFAULT_DTYPES = (torch.bfloat16, torch.float16, torch.float32)
+_DTYPE_NAMES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32,
+                "float64": torch.float64}
+_LOCK = threading.RLock()
+
+
+class UserOpError(KforgeError, ValueError):
+    """A user op definition that kforge cannot register, load or persist."""
+
+
+def ops_dir() -> Path:
+    return paths.home() / "ops"
+
+
+# -- definition ----------------------------------------------------------------------------------
+def _schema(name: str, schema: str) -> str:
+    schema = schema.strip()
+    if schema.startswith("("):
+        schema = name + schema
+    try:
+        parsed = torch._C.parse_schema(f"kforge::{schema}")
+    except RuntimeError as exc:
+        raise UserOpError(f"op {name!r}: schema {schema!r} does not parse: {exc}") from None
+    if parsed.name != f"kforge::{name}":
+        raise UserOpError(f"op {name!r}: the schema names {parsed.name.split('::')[-1]!r}")
+    if not parsed.returns or any(str(r.type) != "Tensor" for r in parsed.returns):
+        raise UserOpError(f"op {name!r}: the schema must return Tensor or a tuple of Tensors, not {schema!r}")
+    if any(a.alias_info is not None for a in parsed.arguments):
+        raise UserOpError(f"op {name!r}: kforge ops are functional: no argument may be written (Tensor(a!))")
+    return schema
+
+
+def _shapes(name: str, shapes) -> tuple[tuple[int, ...], ...]:
+    try:
+        out = tuple(tuple(int(d) for d in s) for s in shapes)
+    except TypeError:
+        raise UserOpError(f"op {name!r}: shapes must be a list of shapes like [(4096, 4096)]") from None
+    if not out or any(not s or any(d < 0 for d in s) for s in out) or len({len(s) for s in out}) != 1:
+        raise UserOpError(f"op {name!r}: shapes must be a non-empty list of shapes of one rank, non-negative dims")
+    return out
+
+
+def _check_fn(name: str, spec_holder: list, dtypes: tuple[torch.dtype, ...]) -> Callable[[tuple], None]:
+    """Tensors where the schema says Tensor, all on one device, the first in the op's dtypes."""
+
+    def check(args: tuple) -> None:
+        spec = spec_holder[0]
+        device = None
+        for i in spec.tensor_args:
+            arg, t = spec.arg_names[i], args[i]
+            if not isinstance(t, torch.Tensor):
+                raise KforgeInputError(name, arg, f"must be a Tensor, got {type(t).__name__}")
+            if device is None:
+                device, first = t.device, arg
+                if t.dtype not in dtypes:
+                    raise KforgeInputError(name, arg, f"has dtype {t.dtype}; the op is defined for "
+                                           + ", ".join(str(d).removeprefix("torch.") for d in dtypes))
+            elif t.device != device:
+                raise KforgeInputError(name, arg, f"is on {t.device} but '{first}' is on {device}")
+
+    return check
+
+
+def _functional(reference: Callable) -> Callable:
+    """The reference as the op's vendor implementation: an output that shares memory with an
+    input (`x.view(-1)`, `x` itself) is copied, since the schema declares no aliasing."""
+
+    def vendor(*args):
+        out = reference(*args)
+        inputs = {a.untyped_storage().data_ptr() for a in args if isinstance(a, torch.Tensor) and a.numel()}
+        outs = tuple(out) if isinstance(out, (tuple, list)) else (out,)
+        outs = tuple(o.clone() if o.numel() and o.untyped_storage().data_ptr() in inputs else o for o in outs)
+        return outs if isinstance(out, (tuple, list)) else outs[0]
+
+    return vendor
+
+
+def _fake_fn(reference: Callable) -> Callable:
+    """The reference on fake tensors gives the outputs' metadata; kforge outputs are new,
+    contiguous tensors whatever the reference returns (a view of an input, say)."""
+
+    def fake(*args):
+        out = reference(*args)
+        if isinstance(out, (tuple, list)):
+            return tuple(torch.empty_like(o, memory_format=torch.contiguous_format) for o in out)
+        return torch.empty_like(out, memory_format=torch.contiguous_format)
+
+    return fake
+
+
+def build_spec(name: str, schema: str, reference: Callable, make_inputs: Callable, *, shapes: Sequence,
+               dtypes: Sequence[torch.dtype] = DEFAULT_DTYPES, problem_dims: Sequence[str] | None = None,
+               exact_dims: Sequence[str] | None = None, bytes_moved: Callable | None = None,
+               flops: Callable | None = None, tolerance: Callable | None = None, description: str = "",
+               reference_source: str | None = None, fixed_shapes: bool = False) -> OpSpec:
+    """The OpSpec of a user op (not registered; `define_op` registers it)."""
+    if not isinstance(name, str) or not NAME.match(name):
+        raise UserOpError(f"op name {name!r}: lowercase letters, digits and _, starting with a letter, at most 64")
+    if not callable(reference) or not callable(make_inputs):
+        raise UserOpError(f"op {name!r}: reference and make_inputs must be callables")
+    schema = _schema(name, schema)
+    shapes = _shapes(name, shapes)
+    dtypes = tuple(dtypes)
+    if not dtypes or any(d not in _DTYPE_NAMES.values() for d in dtypes):
+        raise UserOpError(f"op {name!r}: dtypes must be among {', '.join(_DTYPE_NAMES)}")
+    rank = len(shapes[0])
+    problem_dims = tuple(problem_dims or (f"d{i}" for i in range(rank)))
+    if len(problem_dims) != rank:
+        raise UserOpError(f"op {name!r}: {len(problem_dims)} problem_dims for shapes of rank {rank}")
+    exact_dims = tuple(problem_dims[-1:] if exact_dims is None else exact_dims)
+    holder: list = []
+    first = [None]
+
+    def problem(args):
+        if first[0] is None:
+            first[0] = holder[0].tensor_args[0]
+        return tuple(args[first[0]].shape)
+
+    num_outputs = len(torch._C.parse_schema(f"kforge::{schema}").returns)
+    spec = OpSpec(
+        name=name, schema=schema, description=description or f"user-defined op {name}",
+        reference=reference, vendor=_functional(reference), fake=_fake_fn(reference), make_inputs=make_inputs,
+        check=_check_fn(name, holder, dtypes), problem=problem, problem_dims=problem_dims, exact_dims=exact_dims,
+        dtypes=dtypes,
+        tolerance=tolerance or (lambda dtype, p: resolution_floor(dtype, p[-1] if p else 1)),
+        bytes_moved=bytes_moved or (lambda p, dtype: 2 * prod(p) * (torch.finfo(dtype).bits // 8)),
+        flops=flops or (lambda p, dtype: prod(p)),
+        shape_sets={"smoke": shapes}, num_outputs=num_outputs, reference_source=reference_source,
+        fixed_shapes=fixed_shapes)
+    holder.append(spec)
+    return spec
+
+
+def define_op(name: str, schema: str, reference: Callable, make_inputs: Callable, *, shapes: Sequence,
+              persist: bool = True, **options):
+    """Register a user op; returns its entry point (also `kforge.ops.<name>`). `options`: see
+    `build_spec`. With `persist`, the definition is saved so other processes load it by name:
+    reference and make_inputs must then be module-level functions of one .py file."""
+    from kforge import ops
+
+    with _LOCK:
+        if name in ops.SPECS:
+            raise UserOpError(f"op {name!r} is already registered" + (" (a built-in op)" if ops.is_builtin(name) else ""))
+        spec = build_spec(name, schema, reference, make_inputs, shapes=shapes, **options)
+        manifest = _manifest(spec, reference, make_inputs, options) if persist else None
+        entry = ops.register(spec)
+        if manifest is not None:
+            _write(name, manifest)
+        return entry
+
+
+def op(schema: str, make_inputs: Callable, *, shapes: Sequence, name: str | None = None, **options):
+    """Decorator form of `define_op`: the decorated function is the reference; the op's name is
+    the function's unless given. Returns the op's entry point."""
+
+    def wrap(reference: Callable):
+        return define_op(name or reference.__name__, schema, reference, make_inputs, shapes=shapes, **options)
+
+    return wrap
+
+
+# -- persistence ---------------------------------------------------------------------------------
+_KEPT = ("dtypes", "problem_dims", "exact_dims", "description", "fixed_shapes")
+
+
+def _manifest(spec: OpSpec, reference: Callable, make_inputs: Callable, options: dict) -> dict:
+    unkept = sorted(set(options) - set(_KEPT) - {"reference_source"})
+    if unkept:
+        raise UserOpError(f"op {spec.name!r}: {', '.join(unkept)} cannot be persisted (functions); "
+                          "define them in the op's file and load it there, or pass persist=False")
+    files = set()
+    for fn in (reference, make_inputs):
+        path = inspect.getsourcefile(fn) if inspect.isfunction(fn) else None
+        if path is None or fn.__qualname__ != fn.__name__ or not Path(path).is_file():
+            raise UserOpError(f"op {spec.name!r}: to persist it, {getattr(fn, '__name__', fn)!r} must be a module-level "
+                              "function of a .py file (or pass persist=False)")
+        files.add(path)
+    if len(files) != 1:
+        raise UserOpError(f"op {spec.name!r}: reference and make_inputs must come from one file to be persisted")
+    return {"kind": "function", "name": spec.name, "schema": spec.schema, "reference": reference.__name__,
+            "make_inputs": make_inputs.__name__, "shapes": [list(s) for s in spec.shape_sets["smoke"]],
+            "dtypes": [str(d).removeprefix("torch.") for d in spec.dtypes], "problem_dims": list(spec.problem_dims),
+            "exact_dims": list(spec.exact_dims), "description": spec.description, "fixed_shapes": spec.fixed_shapes,
+            "source": Path(files.pop()).read_text()}
+
+
+def _write(name: str, manifest: dict) -> None:
+    folder = ops_dir() / name
+    folder.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(folder / "source.py", manifest.pop("source").encode())
+    atomic_write_bytes(folder / "definition.json", (json.dumps(manifest, indent=1) + "\n").encode())
+
+
+def persisted() -> list[str]:
+    """Names of the user ops persisted under this KFORGE_HOME."""
+    folder = ops_dir()
+    return sorted(p.name for p in folder.iterdir() if (p / "definition.json").is_file()) if folder.is_dir() else []
+
+
+def _module_from(name: str, path: Path):
+    module_name = f"kforge_user_ops.{name}"
+    spec = importlib.util.spec_from_file_location(module_name, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[module_name] = module  # dataclasses and pickling look modules up by name
+    try:
+        spec.loader.exec_module(module)
+    except Exception as exc:
+        sys.modules.pop(module_name, None)
+        raise UserOpError(f"op {name!r}: loading {path} failed: {type(exc).__name__}: {exc}") from exc
+    return module
+
+
+def load(name: str):
+    """Register the persisted op `name` in this process; returns its entry point."""
+    from kforge import ops
+
+    with _LOCK:
+        if name in ops.SPECS:
+            return ops.ENTRIES[name]
+        folder = ops_dir() / name
+        try:
+            manifest = json.loads((folder / "definition.json").read_text())
+        except (OSError, ValueError) as exc:
+            raise UserOpError(f"op {name!r} is not persisted under {ops_dir()} ({exc})") from None
+        module = _module_from(name, folder / "source.py")
+        if manifest.get("kind") == "kernelbench":
+            spec = _kernelbench_spec(name, module, (folder / "source.py").read_text())
+        else:
+            spec = build_spec(name, manifest["schema"], getattr(module, manifest["reference"]),
+                              getattr(module, manifest["make_inputs"]), shapes=manifest["shapes"],
+                              dtypes=[_DTYPE_NAMES[d] for d in manifest["dtypes"]],
+                              problem_dims=manifest["problem_dims"], exact_dims=manifest["exact_dims"],
+                              description=manifest.get("description", ""),
+                              fixed_shapes=manifest.get("fixed_shapes", False))
+        return ops.register(spec)
+
+
+# -- KernelBench-style files ---------------------------------------------------------------------
+KERNELBENCH_NAMES = ("Model", "get_inputs", "get_init_inputs")
+
+
+def kernelbench_problems(source: str) -> list[str]:
+    """What a KernelBench-style source lacks, read with `ast` alone (nothing runs)."""
+    try:
+        tree = ast.parse(source)
+    except SyntaxError as exc:
+        return [f"does not parse as Python: line {exc.lineno}: {exc.msg}"]
+    defined = {n.name for n in tree.body if isinstance(n, (ast.FunctionDef, ast.ClassDef))}
+    return [f"defines no {what}" for what in KERNELBENCH_NAMES if what not in defined]
+
+
+def _arg_type(value: Any, i: int) -> str:
+    if isinstance(value, torch.Tensor):
+        return f"Tensor in{i}"
+    if isinstance(value, bool):
+        return f"bool a{i}"
+    if isinstance(value, int):
+        return f"int a{i}"
+    if isinstance(value, float):
+        return f"float a{i}"
+    raise UserOpError(f"get_inputs()[{i}] is a {type(value).__name__}: only tensors, ints, floats and bools")
+
+
+def _kernelbench_spec(name: str, module, source: str) -> OpSpec:
+    missing = [n for n in KERNELBENCH_NAMES if not hasattr(module, n)]
+    if missing:
+        raise UserOpError(f"op {name!r}: the file defines no {', '.join(missing)}")
+    torch.manual_seed(0)
+    model = module.Model(*module.get_init_inputs()).eval()
+    template = list(module.get_inputs())
+    if not template or not isinstance(template[0], torch.Tensor):
+        raise UserOpError(f"op {name!r}: get_inputs() must return a list starting with a tensor")
+    with torch.no_grad():
+        out = model(*template)
+    outs = out if isinstance(out, (tuple, list)) else (out,)
+    if not all(isinstance(o, torch.Tensor) for o in outs):
+        raise UserOpError(f"op {name!r}: Model.forward must return a tensor or a tuple of tensors")
+    returns = "Tensor" if not isinstance(out, (tuple, list)) else f"({', '.join(['Tensor'] * len(outs))})"
+    schema = f"{name}({', '.join(_arg_type(v, i) for i, v in enumerate(template))}) -> {returns}"
+    copies: dict = {}
+
+    def reference(*args):
+        """Model.forward, with the model's parameters in the first floating input's dtype and device."""
+        like = next((a for a in args if isinstance(a, torch.Tensor) and a.is_floating_point()), args[0])
+        key = (like.device, like.dtype if like.is_floating_point() else None)
+        m = copies.get(key)
+        if m is None:
+            m = copy.deepcopy(model).to(device=like.device, dtype=key[1]) if key[1] else copy.deepcopy(model).to(like.device)
+            copies[key] = m
+        with torch.no_grad():
+            result = m(*args)
+        return tuple(result) if isinstance(result, list) else result
+
+    base = tuple(template[0].shape)
+
+    def make_inputs(shape, dtype, device, seed):
+        sizes = dict(zip(base, shape))  # a template dim equal to one of the first input's takes its new size
+        g = torch.Generator().manual_seed(seed)
+        args = []
+        for i, t in enumerate(template):
+            if not isinstance(t, torch.Tensor):
+                args.append(t)
+                continue
+            dims = tuple(shape) if i == 0 else tuple(sizes.get(d, d) for d in t.shape)
+            if t.is_floating_point():
+                args.append(torch.randn(dims, generator=g).to(device=device, dtype=dtype))
+            else:
+                high = int(t.max()) + 1 if t.numel() else 1
+                args.append(torch.randint(0, max(high, 1), dims, generator=g).to(device=device, dtype=t.dtype))
+        return tuple(args)
+
+    doc = (inspect.getdoc(module.Model) or "").split("\n")[0]
+    return build_spec(name, schema, reference, make_inputs, shapes=[base], description=doc or f"KernelBench op {name}",
+                      reference_source=source, fixed_shapes=True)
+
+
+def from_kernelbench(path: str | Path, name: str | None = None, *, persist: bool = True):
+    """Register the op a KernelBench-style file defines (name: the file's stem unless given);
+    returns its entry point. The file runs in this process: use it for files you trust."""
+    from kforge import ops
+
+    path = Path(path)
+    name = name or path.stem.lower()
+    try:
+        source = path.read_text()
+    except OSError as exc:
+        raise UserOpError(f"cannot read {path}: {exc}") from None
+    problems = kernelbench_problems(source)
+    if problems:
+        raise UserOpError(f"{path}: not a KernelBench-style file: {'; '.join(problems)}")
+    with _LOCK:
+        if name in ops.SPECS:
+            raise UserOpError(f"op {name!r} is already registered")
+        module = _module_from(name, path)
+        spec = _kernelbench_spec(name, module, source)
+        entry = ops.register(spec)
+        if persist:
+            _write(name, {"kind": "kernelbench", "name": name, "schema": spec.schema, "source": source})
+        return entry

@@ -1,0 +1,166 @@
+"""User-defined ops: kforge.define_op, @kforge.op and KernelBench-style files: registered, routed,
+logged and compiled like built-ins, persisted so another process loads them by name."""
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import kforge
+import user_op_defs
+from kforge.ops import user
+from kforge.ops.user import UserOpError
+
+HERE = Path(__file__).resolve().parent
+KERNELBENCH = HERE / "kernelbench" / "scaled_gelu_rowsum.py"
+_names = itertools.count()
+
+
+def fresh(stem: str) -> str:
+    """Op names are process-wide (torch.library): each test defines its own."""
+    return f"{stem}_{os.getpid()}_{next(_names)}"
+
+
+def run_elsewhere(code: str, home: Path) -> str:
+    env = {**os.environ, "KFORGE_HOME": str(home), "KFORGE_BUNDLED_TABLE": "none"}
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return proc.stdout
+
+
+def test_a_defined_op_is_called_routed_and_logged_like_a_builtin():
+    name = fresh("scaled_relu")
+    entry = kforge.define_op(name, "(Tensor x, float scale) -> Tensor", user_op_defs.reference,
+                             user_op_defs.make_inputs, shapes=[(8, 32)])
+    x = torch.randn(8, 32)
+    want = torch.relu(x) * 0.25
+    torch.testing.assert_close(entry(x, 0.25), want)
+    torch.testing.assert_close(getattr(kforge.ops, name)(x, scale=0.25), want)
+    torch.testing.assert_close(getattr(torch.ops.kforge, name)(x, 0.25), want)
+    stats = kforge.stats()["ops"][name]
+    assert (stats["calls"], stats["miss"], stats["by_impl"]) == (3, 3, {"vendor": 3})
+    kforge.flush()
+    from kforge.router import misses
+
+    assert [(e["op"], tuple(e["shape"])) for e in misses.read_all()] == [(name, (8, 32))]
+
+
+def test_a_defined_op_compiles_fullgraph_and_checks_its_arguments():
+    name = fresh("scaled_relu")
+    entry = kforge.define_op(name, "(Tensor x, float scale) -> Tensor", user_op_defs.reference,
+                             user_op_defs.make_inputs, shapes=[(8, 32)], persist=False)
+    op = getattr(torch.ops.kforge, name)
+    compiled = torch.compile(lambda x: op(x, 2.0) + 1, backend="aot_eager", fullgraph=True)
+    x = torch.randn(4, 32)
+    torch.testing.assert_close(compiled(x), torch.relu(x) * 2 + 1)
+    with pytest.raises(kforge.KforgeInputError, match=rf"kforge.{name}: argument 'x' has dtype torch.int64"):
+        entry(torch.ones(4, 32, dtype=torch.int64), 1.0)
+    with pytest.raises(kforge.KforgeInputError, match="argument 'x' has dtype torch.float64"):
+        entry(torch.ones(4, 32, dtype=torch.float64), 1.0)
+
+
+def test_outputs_are_new_tensors_even_when_the_reference_returns_a_view():
+    name = fresh("amax_flat")
+    entry = kforge.define_op(name, "(Tensor x) -> (Tensor, Tensor)", user_op_defs.two_outputs,
+                             user_op_defs.one_input, shapes=[(4, 8)], dtypes=[torch.float32])
+    x = torch.randn(4, 8)
+    fake = torch.library.opcheck(getattr(torch.ops.kforge, name).default, (x,),
+                                 test_utils=("test_schema", "test_faketensor"))
+    assert set(fake.values()) == {"SUCCESS"}
+    amax, flat = entry(x)
+    torch.testing.assert_close(amax, x.amax(-1))
+    torch.testing.assert_close(flat, x.view(-1))
+
+
+def test_the_decorator_form_names_the_op_after_the_function():
+    name = fresh("halved")
+
+    def make_inputs(shape, dtype, device, seed):
+        return (torch.full(shape, 3.0, dtype=dtype, device=device),)
+
+    @kforge.op("(Tensor x) -> Tensor", make_inputs, shapes=[(2, 2)], name=name, persist=False)
+    def halved(x):
+        return x / 2
+
+    torch.testing.assert_close(halved(torch.full((2, 2), 3.0)), torch.full((2, 2), 1.5))
+    assert kforge.ops.get_spec(name).reference is not halved  # the entry point, not the function
+    assert kforge.ops.get_spec(name).description == f"user-defined op {name}"
+
+
+def test_a_persisted_op_is_loaded_by_name_in_another_process(kforge_home):
+    name = fresh("scaled_relu")
+    kforge.define_op(name, "(Tensor x, float scale) -> Tensor", user_op_defs.reference, user_op_defs.make_inputs,
+                     shapes=[(8, 32)], description="relu, scaled")
+    manifest = json.loads((kforge_home / "ops" / name / "definition.json").read_text())
+    assert manifest["reference"] == "reference" and manifest["shapes"] == [[8, 32]]
+    out = run_elsewhere(
+        "import torch, kforge\n"
+        f"x = torch.arange(-3.0, 3.0)\n"
+        f"print(kforge.ops.{name}(x, 2.0).tolist(), kforge.ops.get_spec('{name}').description)\n", kforge_home)
+    assert out.strip() == "[0.0, 0.0, 0.0, 0.0, 2.0, 4.0] relu, scaled"
+
+
+@pytest.mark.parametrize("args, message", [
+    (("Bad-Name", "(Tensor x) -> Tensor"), "lowercase letters"),
+    (("rms_norm", "(Tensor x) -> Tensor"), "already registered (a built-in op)"),
+    (("{name}", "(Tensor x) -> int"), "must return Tensor"),
+    (("{name}", "(Tensor(a!) x) -> Tensor"), "functional"),
+    (("{name}", "(Tensor x ->"), "does not parse"),
+    (("{name}", "other(Tensor x) -> Tensor"), "the schema names 'other'"),
+])
+def test_bad_definitions_are_refused_with_the_reason(args, message):
+    name = fresh("bad")
+    op_name, schema = args[0].format(name=name), args[1]
+    with pytest.raises(UserOpError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        kforge.define_op(op_name, schema, user_op_defs.reference, user_op_defs.make_inputs, shapes=[(4, 4)])
+    assert op_name not in kforge.ops.SPECS or op_name == "rms_norm"
+
+
+def test_a_function_without_a_file_cannot_be_persisted_and_says_so(kforge_home):
+    name = fresh("lambda_op")
+    with pytest.raises(UserOpError, match="module-level function of a .py file"):
+        kforge.define_op(name, "(Tensor x) -> Tensor", lambda x: x * 2, user_op_defs.one_input, shapes=[(4,)])
+    assert name not in kforge.ops.SPECS and not (kforge_home / "ops" / name).exists()
+
+
+def test_a_kernelbench_file_defines_an_op(kforge_home):
+    name = fresh("gelu_rowsum")
+    entry = user.from_kernelbench(KERNELBENCH, name)
+    spec = kforge.ops.get_spec(name)
+    assert spec.schema == f"{name}(Tensor in0) -> Tensor" and spec.fixed_shapes
+    assert spec.shape_sets["smoke"] == ((8, 32),) and "class Model" in spec.reference_source
+    torch.manual_seed(0)
+    import importlib.util
+
+    module_spec = importlib.util.spec_from_file_location("kb_check", KERNELBENCH)
+    module = importlib.util.module_from_spec(module_spec)
+    module_spec.loader.exec_module(module)
+    torch.manual_seed(0)
+    model = module.Model(*module.get_init_inputs())
+    (x,) = spec.make_inputs((8, 32), torch.float32, "cpu", 3)
+    with torch.no_grad():
+        torch.testing.assert_close(entry(x), model(x))
+        (xb,) = spec.make_inputs((8, 32), torch.bfloat16, "cpu", 3)  # the parameters follow the input's dtype
+        torch.testing.assert_close(entry(xb).float(), model(xb.float()), rtol=0.05, atol=0.05)
+    out = run_elsewhere(
+        "import torch, kforge\n"
+        f"spec = kforge.ops.get_spec('{name}')\n"
+        f"(x,) = spec.make_inputs((8, 32), torch.float32, 'cpu', 3)\n"
+        f"print(round(float(kforge.ops.{name}(x).sum()), 4))\n", kforge_home)
+    with torch.no_grad():
+        assert float(out) == pytest.approx(round(float(model(x).sum()), 4), abs=1e-3)
+
+
+def test_kernelbench_files_are_checked_without_running_them(tmp_path):
+    bad = tmp_path / "bad.py"
+    bad.write_text("import os\nos.system('touch pwned')\nclass Model: pass\n")
+    assert user.kernelbench_problems(bad.read_text()) == ["defines no get_inputs", "defines no get_init_inputs"]
+    with pytest.raises(UserOpError, match="not a KernelBench-style file"):
+        user.from_kernelbench(bad, fresh("bad"))
+    assert not (Path.cwd() / "pwned").exists()
