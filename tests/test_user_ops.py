@@ -164,3 +164,44 @@ def test_kernelbench_files_are_checked_without_running_them(tmp_path):
     with pytest.raises(UserOpError, match="not a KernelBench-style file"):
         user.from_kernelbench(bad, fresh("bad"))
     assert not (Path.cwd() / "pwned").exists()
+
+
+def test_a_user_op_is_generated_through_a_fake_llm_verified_in_workers_and_served(kforge_home, httpserver,
+                                                                                   monkeypatch):
+    """The whole loop for an op kforge did not ship: define (persisted), a real OpenAI client
+    against a loopback server answering a Triton kernel, verification in sandboxed workers (which
+    load the op by name from KFORGE_HOME), the record written, the next call served by it."""
+    from kforge.evaluate.executors import LocalPoolExecutor
+    from kforge.gen import search
+    from kforge.gen.archive import Archive
+    from kforge.gen.config import load_config
+    from kforge.gen.providers import make_provider
+
+    name = fresh("scaled_relu")
+    kforge.define_op(name, "(Tensor x, float scale) -> Tensor", user_op_defs.reference, user_op_defs.make_inputs,
+                     shapes=[(4, 64)], dtypes=[torch.float32])
+    kernel = (HERE / "candidates" / "scaled_relu_triton.py").read_text()
+    answer = {"id": "c", "object": "chat.completion", "created": 0, "model": "gpt-4.1",
+              "choices": [{"index": 0, "message": {"role": "assistant", "content": f"```python\n{kernel}```"},
+                           "finish_reason": "stop"}],
+              "usage": {"prompt_tokens": 10, "completion_tokens": 10, "total_tokens": 20}}
+    httpserver.expect_request("/v1/chat/completions", method="POST").respond_with_json(answer)
+    monkeypatch.setenv("OPENAI_API_KEY", "test-key")
+    provider = make_provider(load_config(provider="openai", base_url=httpserver.url_for("/v1").rstrip("/"),
+                                         max_retries="0"))
+    with LocalPoolExecutor([], workers=2) as pool:
+        result = search.run(name, provider, search.Settings(rounds=1, variants=1, timeout_s=300.0), device="cpu",
+                            dtypes=[torch.float32], shapes=[(4, 64)], executor=pool)
+    (attempt,) = Archive().query(run_id=result.run_id)
+    assert attempt.accepted, attempt.verdict
+    prompt = json.loads(httpserver.log[0][0].get_data())["messages"][-1]["content"]
+    assert "torch.relu(x) * scale" in prompt  # the user's reference is what the model was shown
+    from helpers import cpu_device
+    from kforge.router.table import ScoreTable
+
+    kforge.reset()
+    (record,) = [r for r in ScoreTable().records(cpu_device(), name) if r.backend == "triton"]
+    x = torch.randn(4, 64)
+    with kforge.use(name, record.impl):  # on a CPU the interpreter loses to vendor: pin the kernel
+        torch.testing.assert_close(getattr(kforge.ops, name)(x, 0.5), torch.relu(x) * 0.5)
+    assert kforge.stats()["ops"][name]["by_impl"] == {record.impl: 1}

@@ -3,6 +3,7 @@
     kforge generate rms_norm --shape 32x4096 --dtype bf16 --provider catalog --rounds 3 --variants 4
     kforge generate --from-misses --limit 3          # the logged misses worth the most time first
     kforge generate rms_norm --resume RUN_ID          # continue an interrupted run
+    kforge generate --spec-file problem.py             # a KernelBench-style file as a new op
 
 Each round asks the provider for N variants (continuing the top-K lineages), checks and evaluates
 them in sandboxed workers (verification against the fp64 reference, timing with vendor in the same
@@ -27,6 +28,9 @@ def add_arguments(parser) -> None:
     from kforge.gen.config import add_provider_arguments
 
     parser.add_argument("op", nargs="?", help="the op to generate kernels for (omit with --from-misses)")
+    parser.add_argument("--spec-file", default=None, metavar="FILE",
+                        help="a KernelBench-style file (class Model, get_inputs, get_init_inputs) defining the op; "
+                             "registered and persisted as a user op named OP (default: the file's stem)")
     parser.add_argument("--from-misses", action="store_true",
                         help="work on the keys of the miss log, most expected time saved first")
     parser.add_argument("--limit", type=int, default=None, help="with --from-misses: at most this many keys")
@@ -50,6 +54,10 @@ def run(args) -> int:
     from kforge.gen.config import config_from_args
     from kforge.gen.providers import make_provider
 
+    if args.spec_file:
+        if args.from_misses:
+            raise KforgeError("--spec-file defines one op; it does not combine with --from-misses")
+        args.op = _define_from_file(args.spec_file, args.op)
     if bool(args.op) == bool(args.from_misses):
         raise KforgeError("give an OP, or --from-misses (not both)")
     device = _args.device(args.device)
@@ -66,7 +74,8 @@ def run(args) -> int:
     try:
         for op, shapes, dtypes, resume in jobs:
             progress(f"generate {op} on {device} with {provider.name}: shapes "
-                     f"{', '.join(shape_text(s) for s in shapes) or '(resumed)'}")
+                     + (", ".join(shape_text(s) for s in shapes) if shapes else
+                        "(resumed)" if resume else "(the op's smoke set)"))
             result = search.run(op, provider, settings, device=device, dtypes=dtypes, shapes=shapes,
                                 executor=executor, resume=resume, model=config.model, record=not args.no_record,
                                 on_progress=progress)
@@ -81,6 +90,25 @@ def run(args) -> int:
     else:
         _print(results)
     return 0
+
+
+def _define_from_file(path: str, name: str | None) -> str:
+    """Register the op of a KernelBench-style file (the same definition again is reused)."""
+    from pathlib import Path
+
+    from kforge.ops import SPECS, user
+
+    name = name or Path(path).stem.lower()
+    if name in SPECS or name in user.persisted():
+        user.load(name)
+        spec = SPECS[name]
+        if spec.reference_source != Path(path).read_text():
+            raise KforgeError(f"op {name!r} already exists with another definition; name this one with OP")
+        progress(f"{name}: the op of {path}, defined before")
+        return name
+    user.from_kernelbench(path, name)
+    progress(f"{name}: defined from {path} ({SPECS[name].schema}), persisted under {user.ops_dir()}")
+    return name
 
 
 def _jobs(args, device: str) -> list[tuple]:
