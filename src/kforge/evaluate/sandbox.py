@@ -146,11 +146,15 @@ def run_isolated(fn_qualname: str, payload: Mapping[str, Any], *, timeout_s: flo
         child_env = worker_env(env_allow)
         child_env.update(env or {})
         child_env["TMPDIR"] = scratch
+        child_env[IN_SANDBOX] = "1"  # user ops from untrusted sources load their code only here
         if not cuda:
             child_env["CUDA_VISIBLE_DEVICES"] = ""
         return _supervise(task, task_file, scratch, child_env, timeout_s, memory_mb if cuda else None)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
+
+
+IN_SANDBOX = "KFORGE_IN_SANDBOX"
 
 
 def _supervise(task: dict, task_file: str, scratch: str, env: dict, timeout_s: float,

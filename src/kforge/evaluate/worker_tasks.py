@@ -109,3 +109,12 @@ def verdict_to_json(verdict) -> dict[str, Any]:
         "evidence": None if verdict.evidence is None else verdict.evidence.to_json(),
         "cases": verdict.cases,
     }
+
+
+def describe_user_op(payload: dict[str, Any]) -> dict[str, Any]:
+    """payload: name, kind ("kernelbench" or "function"), source, shapes, dtypes. Builds the op from
+    code that came from an untrusted source (an issue) and returns what the coordinator needs to
+    know about it without running that code itself (`kforge.ops.user.describe`)."""
+    from kforge.ops import user
+
+    return user.describe_here(payload)

@@ -33,9 +33,11 @@ from __future__ import annotations
 
 import ast
 import copy
+import dataclasses
 import importlib.util
 import inspect
 import json
+import os
 import re
 import sys
 import threading
@@ -58,6 +60,13 @@ _LOCK = threading.RLock()
 
 class UserOpError(KforgeError, ValueError):
     """A user op definition that kforge cannot register, load or persist."""
+
+
+class UntrustedCodeError(KforgeError, RuntimeError):
+    """The op's code came from an untrusted source (an issue): it runs only in sandboxed workers."""
+
+
+IN_SANDBOX = "KFORGE_IN_SANDBOX"  # set by kforge.evaluate.sandbox in its workers (same literal there)
 
 
 def ops_dir() -> Path:
@@ -262,8 +271,84 @@ def _module_from(name: str, path: Path):
     return module
 
 
+def _untrusted_stub(name: str) -> Callable:
+    def stub(*args, **kwargs):
+        raise UntrustedCodeError(f"op {name!r} was defined by code from an untrusted source: it runs only in "
+                                 "kforge's sandboxed workers (kforge generate / evaluate), not in this process")
+
+    return stub
+
+
+def _schema_from_args(name: str, args: tuple, outputs, reference: Callable | None = None) -> str:
+    """A schema from one call: argument types from the values, names from the reference's
+    parameters when they fit (else in0, a1, ...)."""
+    returns = "Tensor" if not isinstance(outputs, (tuple, list)) else f"({', '.join(['Tensor'] * len(outputs))})"
+    params = []
+    try:
+        params = [p.name for p in inspect.signature(reference).parameters.values()] if reference else []
+    except (TypeError, ValueError):
+        pass
+    typed = [_arg_type(v, i) for i, v in enumerate(args)]
+    if len(params) == len(typed) and all(NAME.match(p) for p in params):
+        typed = [f"{t.split(' ')[0]} {p}" for t, p in zip(typed, params)]
+    return f"{name}({', '.join(typed)}) -> {returns}"
+
+
+def persist_untrusted(name: str, kind: str, source: str, description: dict) -> None:
+    """Save an op whose code came from an untrusted source, with the `description` a sandboxed
+    worker made of it (`describe_here`): other processes get a spec whose code refuses to run
+    outside the sandbox, workers get the real one."""
+    if kind not in ("kernelbench", "function"):
+        raise UserOpError(f"op {name!r}: unknown kind {kind!r}")
+    _write(name, {"kind": kind, "name": name, "trusted": False, **description, "source": source})
+
+
+def describe_here(payload: dict) -> dict:
+    """In a sandboxed worker: build the op from untrusted code and describe it as JSON data."""
+    if os.environ.get(IN_SANDBOX) != "1":
+        raise UntrustedCodeError("describe_here runs untrusted code: only inside a sandboxed worker")
+    name, kind = payload["name"], payload["kind"]
+    path = Path(os.environ.get("TMPDIR") or ".") / f"{name}.py"
+    path.write_text(payload["source"])
+    module = _module_from(name, path)
+    if kind == "kernelbench":
+        spec = _kernelbench_spec(name, module, payload["source"])
+    else:
+        for needed in ("reference", "make_inputs"):
+            if not callable(getattr(module, needed, None)):
+                raise UserOpError(f"op {name!r}: the code defines no function {needed}()")
+        shapes = _shapes(name, payload["shapes"])
+        dtype = _DTYPE_NAMES[payload["dtypes"][0]]
+        args = tuple(module.make_inputs(shapes[0], dtype, "cpu", 0))
+        if not args or not isinstance(args[0], torch.Tensor) or tuple(args[0].shape) != shapes[0]:
+            raise UserOpError(f"op {name!r}: make_inputs(shape, ...) must return a tuple whose first item is a "
+                              "tensor of that shape")
+        outputs = module.reference(*args)
+        spec = build_spec(name, _schema_from_args(name, args, outputs, module.reference), module.reference,
+                          module.make_inputs,
+                          shapes=shapes, dtypes=[_DTYPE_NAMES[d] for d in payload["dtypes"]],
+                          reference_source=payload["source"])
+    return {"schema": spec.schema, "shapes": [list(x) for x in spec.shape_sets["smoke"]],
+            "dtypes": [str(d).removeprefix("torch.") for d in spec.dtypes], "problem_dims": list(spec.problem_dims),
+            "exact_dims": list(spec.exact_dims), "fixed_shapes": spec.fixed_shapes,
+            "description": spec.description}
+
+
+def _stub_spec(name: str, manifest: dict, source: str) -> OpSpec:
+    stub = _untrusted_stub(name)
+    schema = manifest["schema"]
+    num_outputs = len(torch._C.parse_schema(f"kforge::{schema}").returns)
+    spec = build_spec(name, schema, stub, stub, shapes=manifest["shapes"],
+                      dtypes=[_DTYPE_NAMES[d] for d in manifest["dtypes"]], problem_dims=manifest["problem_dims"],
+                      exact_dims=manifest["exact_dims"], description=manifest.get("description", ""),
+                      reference_source=source, fixed_shapes=manifest.get("fixed_shapes", False))
+    assert spec.num_outputs == num_outputs
+    return dataclasses.replace(spec, vendor=stub, fake=stub)
+
+
 def load(name: str):
-    """Register the persisted op `name` in this process; returns its entry point."""
+    """Register the persisted op `name` in this process; returns its entry point. An op from an
+    untrusted source runs its code only in a sandboxed worker; elsewhere its spec's code refuses."""
     from kforge import ops
 
     with _LOCK:
@@ -274,12 +359,14 @@ def load(name: str):
             manifest = json.loads((folder / "definition.json").read_text())
         except (OSError, ValueError) as exc:
             raise UserOpError(f"op {name!r} is not persisted under {ops_dir()} ({exc})") from None
+        if manifest.get("trusted") is False and os.environ.get(IN_SANDBOX) != "1":
+            return ops.register(_stub_spec(name, manifest, (folder / "source.py").read_text()))
         module = _module_from(name, folder / "source.py")
         if manifest.get("kind") == "kernelbench":
             spec = _kernelbench_spec(name, module, (folder / "source.py").read_text())
         else:
-            spec = build_spec(name, manifest["schema"], getattr(module, manifest["reference"]),
-                              getattr(module, manifest["make_inputs"]), shapes=manifest["shapes"],
+            spec = build_spec(name, manifest["schema"], getattr(module, manifest.get("reference", "reference")),
+                              getattr(module, manifest.get("make_inputs", "make_inputs")), shapes=manifest["shapes"],
                               dtypes=[_DTYPE_NAMES[d] for d in manifest["dtypes"]],
                               problem_dims=manifest["problem_dims"], exact_dims=manifest["exact_dims"],
                               description=manifest.get("description", ""),

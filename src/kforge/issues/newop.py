@@ -1,0 +1,42 @@
+"""A new op from an untrusted source (the reference code of a kernel-request issue).
+
+Its code never runs in this process: a sandboxed worker builds the op from it and describes it
+(schema, shapes, dtypes), the description and the code are persisted as a user op marked
+untrusted, and this process registers a spec whose code refuses to run (`kforge.ops.user`).
+Generation then proceeds as for any op: prompts show the code as text, and the candidates are
+verified against it inside sandboxed workers, which alone load the real reference. The sandbox
+keeps secrets out of the worker's environment and bounds its time and memory; it does not
+isolate the file system: run issue requests on a runner that holds nothing else (DESIGN.md).
+"""
+from __future__ import annotations
+
+from kforge.errors import KforgeError
+from kforge.evaluate.sandbox import run_isolated
+from kforge.ops import SPECS, get_spec, user
+
+DESCRIBE = "kforge.evaluate.worker_tasks:describe_user_op"
+
+
+class NewOpError(KforgeError):
+    """The request's reference could not be turned into an op."""
+
+
+def define_untrusted(name: str, kind: str, source: str, shapes, dtypes, *, timeout_s: float = 120.0,
+                     memory_mb: int = 6144):
+    """Register (and persist) op `name` from untrusted `source` ("kernelbench" or "function" kind:
+    `reference(...)` plus `make_inputs(shape, dtype, device, seed)`); returns its OpSpec."""
+    if name in SPECS or name in user.persisted():
+        raise NewOpError(f"op {name!r} already exists: a request for a new op must use a new name")
+    if kind == "kernelbench":
+        problems = user.kernelbench_problems(source)
+        if problems:
+            raise NewOpError(f"the reference of {name!r} is not a KernelBench-style file: {'; '.join(problems)}")
+    payload = {"name": name, "kind": kind, "source": source, "shapes": [list(s) for s in shapes],
+               "dtypes": list(dtypes)}
+    outcome = run_isolated(DESCRIBE, payload, timeout_s=timeout_s, memory_mb=memory_mb)
+    if not outcome.ok:
+        why = outcome.error or f"{outcome.status.value} (exit {outcome.exit_code})"
+        raise NewOpError(f"building op {name!r} from its reference failed in the sandbox: {why}")
+    user.persist_untrusted(name, kind, source, outcome.value)
+    user.load(name)
+    return get_spec(name)

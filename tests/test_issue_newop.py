@@ -1,0 +1,99 @@
+"""A new op whose reference came from an issue: built and described in a sandboxed worker, its
+code never run in this process, generated for like any op (the workers load the real code)."""
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import kforge
+from kforge.issues.newop import NewOpError, define_untrusted
+from kforge.ops import user
+from kforge.ops.user import UntrustedCodeError
+
+HERE = Path(__file__).resolve().parent
+_names = itertools.count()
+# Refuses to be imported outside a sandboxed worker: a test failure if this process ever runs it.
+SOURCE = '''import os
+import torch
+
+if os.environ.get("KFORGE_IN_SANDBOX") != "1":
+    raise SystemExit("untrusted code ran outside the sandbox")
+
+
+def reference(x, scale: float):
+    return torch.relu(x) * scale
+
+
+def make_inputs(shape, dtype, device, seed):
+    g = torch.Generator().manual_seed(seed)
+    return (torch.randn(shape, generator=g).to(device=device, dtype=dtype), 0.5)
+'''
+
+
+def fresh(stem: str) -> str:
+    return f"{stem}_{os.getpid()}_{next(_names)}"
+
+
+def test_the_op_is_described_in_the_sandbox_and_refuses_to_run_here(kforge_home):
+    name = fresh("issue_relu")
+    spec = define_untrusted(name, "function", SOURCE, [(4, 64)], ["float32"])
+    assert spec.schema == f"{name}(Tensor x, float scale) -> Tensor"
+    assert spec.shape_sets["smoke"] == ((4, 64),) and spec.reference_source == SOURCE
+    assert f"kforge_user_ops.{name}" not in sys.modules  # never imported here
+    with pytest.raises(UntrustedCodeError, match="runs only in kforge's sandboxed workers"):
+        getattr(kforge.ops, name)(torch.randn(4, 64), 0.5)
+    manifest = json.loads((kforge_home / "ops" / name / "definition.json").read_text())
+    assert manifest["trusted"] is False and manifest["schema"] == spec.schema
+
+
+@pytest.mark.parametrize("source, message", [
+    ("def reference(x):\n    return x\n", "defines no function make_inputs"),
+    ("import os\nos._exit(3)\n", "exited with code 3"),
+    ("def reference(x):\n    return x\n\ndef make_inputs(shape, dtype, device, seed):\n    return (1.0,)\n",
+     "first item is a tensor"),
+])
+def test_a_bad_reference_fails_in_the_sandbox_with_the_reason(source, message, kforge_home):
+    name = fresh("issue_bad")
+    with pytest.raises(NewOpError, match=message):
+        define_untrusted(name, "function", source, [(4, 8)], ["float32"])
+    assert name not in kforge.ops.SPECS and name not in user.persisted()
+
+
+def test_an_existing_name_is_refused():
+    with pytest.raises(NewOpError, match="already exists"):
+        define_untrusted("rms_norm", "function", SOURCE, [(4, 64)], ["float32"])
+
+
+def test_generation_verifies_candidates_against_the_untrusted_reference_in_workers(kforge_home, httpserver,
+                                                                                     monkeypatch):
+    from kforge.evaluate.executors import LocalPoolExecutor
+    from kforge.gen import search
+    from kforge.gen.archive import Archive
+    from kforge.gen.config import load_config
+    from kforge.gen.providers import make_provider
+
+    name = fresh("issue_relu")
+    define_untrusted(name, "function", SOURCE, [(4, 64)], ["float32"])
+    kernel = (HERE / "candidates" / "scaled_relu_triton.py").read_text()
+    wrong = kernel.replace("tl.where(x < 0, 0.0, x) * scale", "tl.where(x < 0, 0.0, x) * scale * 1.01")
+    answers = [f"```python\n{k}```" for k in (wrong, kernel)]
+    for text in answers:
+        httpserver.expect_ordered_request("/v1/chat/completions", method="POST").respond_with_json(
+            {"id": "c", "object": "chat.completion", "created": 0, "model": "gpt-4.1",
+             "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}],
+             "usage": {"prompt_tokens": 10, "completion_tokens": 10, "total_tokens": 20}})
+    monkeypatch.setenv("OPENAI_API_KEY", "test-key")
+    provider = make_provider(load_config(provider="openai", base_url=httpserver.url_for("/v1").rstrip("/"),
+                                         max_retries="0"))
+    with LocalPoolExecutor([], workers=2) as pool:
+        result = search.run(name, provider, search.Settings(rounds=1, variants=2, timeout_s=300.0), device="cpu",
+                            dtypes=[torch.float32], shapes=[(4, 64)], executor=pool)
+    verdicts = sorted(a.accepted for a in Archive().query(run_id=result.run_id))
+    assert verdicts == [False, True]  # the 1% error is caught against the issue's own reference
+    assert f"kforge_user_ops.{name}" not in sys.modules
