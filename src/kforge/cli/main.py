@@ -9,11 +9,11 @@ import argparse
 import sys
 
 from kforge import __version__
-from kforge.cli import attempts, bench, demo, doctor, evaluate, generate, misses, table
+from kforge.cli import attempts, bench, demo, doctor, evaluate, generate, issue, misses, table
 from kforge.errors import KforgeError
 
 COMMANDS = {"doctor": doctor, "table": table, "misses": misses, "demo": demo, "evaluate": evaluate, "bench": bench,
-            "generate": generate, "attempts": attempts}
+            "generate": generate, "attempts": attempts, "issue": issue}
 
 
 def build_parser() -> argparse.ArgumentParser:

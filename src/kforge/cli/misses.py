@@ -3,22 +3,36 @@
 Every call that the score table could not serve went to vendor and was counted per key: a miss
 (no record for the key) or a fallback (records exist, none could serve: domain, failure). These
 are the keys worth generating kernels for.
+
+`--to-issue` renders them as a ready-to-file Kernel request (one op: the most-missed, or --op) on
+stdout, its title on stderr:
+
+    kforge misses --to-issue > body.md
+    gh issue create --label kernel-request --title "..." --body-file body.md
 """
 from __future__ import annotations
 
 from kforge import paths
-from kforge.cli._output import device_text, dtypes_text, emit_json, render, shape_text
+from kforge.cli._output import device_text, dtypes_text, emit_json, progress, render, shape_text
 from kforge.router import misses
 
 HELP = "calls served by vendor because the table had nothing usable, most-called first"
 
 
 def add_arguments(parser) -> None:
-    parser.add_argument("--limit", type=int, default=None, metavar="N", help="only the N most-called keys")
+    parser.add_argument("--limit", type=int, default=None, metavar="N",
+                        help="only the N most-called keys (with --to-issue: the N most-called shapes)")
+    parser.add_argument("--op", default=None, help="only the misses of this op")
+    parser.add_argument("--to-issue", action="store_true",
+                        help="print a Kernel request issue body for the most-missed op (or --op)")
 
 
 def run(args) -> int:
     entries = misses.read_all()
+    if args.to_issue:
+        return _to_issue(entries, args)
+    if args.op is not None:
+        entries = [e for e in entries if e["op"] == args.op]
     if args.limit is not None:
         entries = entries[:max(args.limit, 0)]
     if args.json:
@@ -30,4 +44,22 @@ def run(args) -> int:
     print(render(["device", "op", "dtypes", "shape", "misses", "fallbacks", "last seen"],
                  [[device_text(e["device"]), e["op"], dtypes_text(e["dtypes"]), shape_text(e["shape"]),
                    e["misses"], e["fallbacks"], e.get("last_seen", "")] for e in entries], right=(4, 5)))
+    return 0
+
+
+def _to_issue(entries: list[dict], args) -> int:
+    from kforge.issues.from_misses import request_from_misses
+    from kforge.issues.render import render_body, render_title
+    from kforge.issues.request import validate
+
+    request = request_from_misses(entries, op=args.op, limit=args.limit)
+    title, body, problems = render_title(request), render_body(request), validate(request)
+    if args.json:
+        emit_json({"title": title, "body": body, "request": request.to_json(),
+                   "problems": [p.to_json() for p in problems]})
+        return 0
+    progress(f"title: {title}")
+    for problem in problems:  # a user op that is not persisted here: the body needs its reference
+        progress(f"before filing, fix {problem.field}: {problem.message}")
+    print(body)
     return 0
