@@ -2,6 +2,7 @@
 
     kforge issue parse --body-file body.md          # the validated request, or every problem
     kforge issue parse --body-file body.md --json   # {"valid", "request", "problems"}
+    kforge issue run --repo OWNER/NAME --issue 42 --comment --pr --provider anthropic
 
 `parse` exits 0 when the body is a valid request and 1 when it is not; its problems come out as
 one markdown list, ready to post back on the issue. The body is untrusted text: only the parsed,
@@ -31,8 +32,27 @@ def add_arguments(parser) -> None:
     parse.add_argument("--json", action="store_true", default=argparse.SUPPRESS,
                        help="machine-readable output on stdout")
     parse.set_defaults(issue_run=_parse)
-    # -- `kforge issue run` goes here (the lead adds it): --body-file FILE | --repo OWNER/NAME
-    #    --issue N, --comment, --pr; register it as `parse` is above, with set_defaults(issue_run=...).
+    run = commands.add_parser("run", help="generate kernels for a request and report (comment, pull request)",
+                              description=_run.__doc__)
+    source = run.add_mutually_exclusive_group(required=True)
+    source.add_argument("--body-file", metavar="FILE", help="the issue body (- for stdin)")
+    source.add_argument("--repo", metavar="OWNER/NAME", help="read the issue through the GitHub API (GITHUB_TOKEN)")
+    run.add_argument("--issue", type=int, metavar="N", help="the issue number (with --repo, or to post to)")
+    run.add_argument("--comment", action="store_true", help="post the report (or the problems) on the issue")
+    run.add_argument("--pr", action="store_true", help="open a pull request with the kernels, records and report")
+    run.add_argument("--target-repo", metavar="OWNER/NAME", help="where --comment/--pr go with --body-file")
+    run.add_argument("--out", default=None, metavar="DIR", help="where the report and plot go (default ./kforge-issue-report)")
+    run.add_argument("--rounds", type=int, default=2)
+    run.add_argument("--variants", type=int, default=4)
+    run.add_argument("--top-k", type=int, default=2)
+    run.add_argument("--max-seconds", type=float, default=None, help="time budget of the generation")
+    run.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
+    run.add_argument("--executor", default="local", help="local (a worker per GPU) or ray")
+    run.add_argument("--json", action="store_true", default=argparse.SUPPRESS, help="machine-readable output")
+    from kforge.gen.config import add_provider_arguments
+
+    add_provider_arguments(run)
+    run.set_defaults(issue_run=_run)
 
 
 def run(args) -> int:
@@ -74,4 +94,66 @@ def _parse(args) -> int:
             ["tolerance", "-" if request.tolerance is None else f"{request.tolerance:g}"],
             ["notes", f"{len(request.notes)} characters" if request.notes else "-"]]
     print(render(["field", "value"], rows))
+    return 0
+
+
+def _run(args) -> int:
+    """Generate kernels for the request of an issue and write the report (markdown and a plot);
+    --comment posts it on the issue (or, for an invalid request, the list of problems), --pr opens
+    a pull request with the accepted kernels, their table records and the report. Exit 1 when
+    the request is invalid."""
+    import os
+    from pathlib import Path
+
+    from kforge.cli import _args
+    from kforge.cli._output import progress
+    from kforge.gen import search
+    from kforge.gen.config import config_from_args
+    from kforge.gen.providers import make_provider
+    from kforge.issues import publish
+    from kforge.issues.github import GitHub
+    from kforge.issues.run import run_request
+
+    repo = args.repo or args.target_repo
+    if (args.comment or args.pr or args.repo) and (repo is None or args.issue is None):
+        raise KforgeError("--comment, --pr and --repo need the issue: --repo OWNER/NAME (or --target-repo) and --issue N")
+    gh = GitHub() if repo else None
+    body = gh.issue(repo, args.issue).body if args.repo else read_body(args.body_file)
+    request, problems = parse_request(body)
+    if request is None:
+        text = problems_markdown(problems)
+        if args.comment:
+            gh.comment(repo, args.issue, "kforge could not run this request:\n\n" + text)
+        if getattr(args, "json", False):
+            emit_json({"valid": False, "problems": [p.to_json() for p in problems]})
+        else:
+            print(text, end="")
+        return 1
+    device = _args.device(args.device)
+    if device == "cpu":
+        os.environ.setdefault("TRITON_INTERPRET", "1")
+    provider = make_provider(config_from_args(args))
+    settings = search.Settings(rounds=args.rounds, variants=args.variants, top_k=args.top_k,
+                               max_seconds=args.max_seconds)
+    out = Path(args.out or "kforge-issue-report")
+    executor = _args.executor(args.executor)
+    try:
+        outcome = run_request(request, provider, settings, device=device, executor=executor, out_dir=out,
+                              on_progress=progress)
+    finally:
+        executor.close()
+        provider.close()
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "report.md").write_text(outcome.markdown)
+    links = {}
+    if args.comment:
+        links["comment"] = publish.comment(gh, repo, args.issue, outcome)
+    if args.pr:
+        links["pull_request"] = publish.pull_request(gh, repo, args.issue, outcome)
+    if getattr(args, "json", False):
+        emit_json({"valid": True, **outcome.to_json(), "report": str(out / "report.md"), **links})
+    else:
+        print(outcome.markdown, end="")
+        for what, url in links.items():
+            print(f"{what}: {url or 'none (no kernel was accepted)'}", file=sys.stderr)
     return 0
