@@ -88,7 +88,9 @@ def test_an_invalid_request_gets_its_problems_posted_and_nothing_runs(github_fak
     github_fake.add_repo("octo/kernels")
     body = (FIXTURES / "missing_fields.md").read_text()
     number = github_fake.add_issue("octo/kernels", "Kernel request", body)
-    rc = main(["issue", "run", "--repo", "octo/kernels", "--issue", str(number), "--comment", "--provider", "catalog"])
+    # As the workflow calls it: the body from a file, the repository and issue only to post to.
+    rc = main(["issue", "run", "--body-file", str(FIXTURES / "missing_fields.md"), "--repo", "octo/kernels",
+               "--issue", str(number), "--comment", "--provider", "catalog"])
     assert rc == 1
     (comment,) = github_fake.state["octo/kernels"].comments[number]
     assert comment.startswith("kforge could not run this request:")
@@ -104,5 +106,8 @@ def test_posting_needs_the_issue(tmp_path):
     with pytest.raises(KforgeError, match="need the issue"):
         from kforge.cli import issue
 
-        issue._run(type("A", (), {"repo": None, "target_repo": None, "issue": None, "comment": True, "pr": False,
+        issue._run(type("A", (), {"repo": None, "issue": None, "comment": True, "pr": False,
                                   "body_file": str(body)})())
+    with pytest.raises(KforgeError, match="need the issue"):  # no body file: it would be read from GitHub
+        issue._run(type("A", (), {"repo": "octo/kernels", "issue": None, "comment": False, "pr": False,
+                                  "body_file": None})())

@@ -34,13 +34,12 @@ def add_arguments(parser) -> None:
     parse.set_defaults(issue_run=_parse)
     run = commands.add_parser("run", help="generate kernels for a request and report (comment, pull request)",
                               description=_run.__doc__)
-    source = run.add_mutually_exclusive_group(required=True)
-    source.add_argument("--body-file", metavar="FILE", help="the issue body (- for stdin)")
-    source.add_argument("--repo", metavar="OWNER/NAME", help="read the issue through the GitHub API (GITHUB_TOKEN)")
-    run.add_argument("--issue", type=int, metavar="N", help="the issue number (with --repo, or to post to)")
+    run.add_argument("--body-file", metavar="FILE", help="the issue body (- for stdin); without it the body is "
+                     "read through the GitHub API from --repo and --issue")
+    run.add_argument("--repo", metavar="OWNER/NAME", help="the issue's repository (GITHUB_TOKEN, GITHUB_API_URL)")
+    run.add_argument("--issue", type=int, metavar="N", help="the issue number")
     run.add_argument("--comment", action="store_true", help="post the report (or the problems) on the issue")
     run.add_argument("--pr", action="store_true", help="open a pull request with the kernels, records and report")
-    run.add_argument("--target-repo", metavar="OWNER/NAME", help="where --comment/--pr go with --body-file")
     run.add_argument("--out", default=None, metavar="DIR", help="where the report and plot go (default ./kforge-issue-report)")
     run.add_argument("--rounds", type=int, default=2)
     run.add_argument("--variants", type=int, default=4)
@@ -114,11 +113,12 @@ def _run(args) -> int:
     from kforge.issues.github import GitHub
     from kforge.issues.run import run_request
 
-    repo = args.repo or args.target_repo
-    if (args.comment or args.pr or args.repo) and (repo is None or args.issue is None):
-        raise KforgeError("--comment, --pr and --repo need the issue: --repo OWNER/NAME (or --target-repo) and --issue N")
+    repo = args.repo
+    if (args.comment or args.pr or not args.body_file) and (repo is None or args.issue is None):
+        raise KforgeError("--comment, --pr and reading the body from GitHub need the issue: --repo OWNER/NAME "
+                          "and --issue N")
     gh = GitHub() if repo else None
-    body = gh.issue(repo, args.issue).body if args.repo else read_body(args.body_file)
+    body = read_body(args.body_file) if args.body_file else gh.issue(repo, args.issue).body
     request, problems = parse_request(body)
     if request is None:
         text = problems_markdown(problems)

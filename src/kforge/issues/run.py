@@ -166,6 +166,9 @@ def markdown(outcome: Outcome) -> str:
         lines.append("| - | - | - | - | - | - | - | - | - | - | no kernel was verified |")
     lines += ["", "Times are device medians from one run (vendor timed beside each candidate). "
               "`served now` is what kforge routes this key to after the run."]
+    if r.tolerance is not None:
+        lines.append(f"Requested tolerance: {r.tolerance:g}x the op's error budget; kernels were verified at the "
+                     "budget itself.")
     if any(row.compile_us is None for row in outcome.rows) and r.new_op:
         lines.append("torch.compile is not timed for a new op from an issue: its code runs only in sandboxed workers.")
     if outcome.plot is not None:
