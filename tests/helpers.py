@@ -133,3 +133,14 @@ def load_with_tunables(source: str, spec, changes: dict, kernel_name: str):
     recorder = LaunchRecorder(getattr(candidate.module, kernel_name))
     setattr(candidate.module, kernel_name, recorder)
     return candidate, recorder
+
+
+_op_names = __import__("itertools").count()
+
+
+def unique_op_name(stem: str) -> str:
+    """Op names are process-wide (torch.library) and tests of several modules define user ops in
+    one worker process: one counter for all of them."""
+    import os
+
+    return f"{stem}_{os.getpid()}_{next(_op_names)}"

@@ -2,22 +2,22 @@
 code never run in this process, generated for like any op (the workers load the real code)."""
 from __future__ import annotations
 
-import itertools
 import json
-import os
 import sys
 from pathlib import Path
 
 import pytest
 import torch
 
+from helpers import unique_op_name as fresh
+
 import kforge
+import user_op_defs
 from kforge.issues.newop import NewOpError, define_untrusted
 from kforge.ops import user
 from kforge.ops.user import UntrustedCodeError
 
 HERE = Path(__file__).resolve().parent
-_names = itertools.count()
 # Refuses to be imported outside a sandboxed worker: a test failure if this process ever runs it.
 SOURCE = '''import os
 import torch
@@ -34,10 +34,6 @@ def make_inputs(shape, dtype, device, seed):
     g = torch.Generator().manual_seed(seed)
     return (torch.randn(shape, generator=g).to(device=device, dtype=dtype), 0.5)
 '''
-
-
-def fresh(stem: str) -> str:
-    return f"{stem}_{os.getpid()}_{next(_names)}"
 
 
 def test_the_op_is_described_in_the_sandbox_and_refuses_to_run_here(kforge_home):
@@ -63,6 +59,16 @@ def test_a_bad_reference_fails_in_the_sandbox_with_the_reason(source, message, k
     with pytest.raises(NewOpError, match=message):
         define_untrusted(name, "function", source, [(4, 8)], ["float32"])
     assert name not in kforge.ops.SPECS and name not in user.persisted()
+
+
+def test_a_requested_tolerance_scales_the_new_ops_budget(kforge_home):
+    name = fresh("issue_relu")
+    spec = define_untrusted(name, "function", SOURCE, [(4, 64)], ["float32"], tolerance_scale=2.5)
+    base = user.build_spec("plain", "(Tensor x, float scale) -> Tensor", user_op_defs.reference,
+                           user_op_defs.make_inputs, shapes=[(4, 64)])
+    scaled, plain = spec.tolerance(torch.float32, (4, 64)), base.tolerance(torch.float32, (4, 64))
+    assert (scaled.atol, scaled.rtol) == pytest.approx((2.5 * plain.atol, 2.5 * plain.rtol))
+    assert json.loads((kforge_home / "ops" / name / "definition.json").read_text())["tolerance_scale"] == 2.5
 
 
 def test_an_existing_name_is_refused():
@@ -97,3 +103,15 @@ def test_generation_verifies_candidates_against_the_untrusted_reference_in_worke
     verdicts = sorted(a.accepted for a in Archive().query(run_id=result.run_id))
     assert verdicts == [False, True]  # the 1% error is caught against the issue's own reference
     assert f"kforge_user_ops.{name}" not in sys.modules
+
+
+def test_a_kernelbench_reference_from_an_issue_is_described_in_the_sandbox(kforge_home):
+    name = fresh("issue_gelu_rowsum")
+    source = (HERE / "kernelbench" / "scaled_gelu_rowsum.py").read_text()
+    spec = define_untrusted(name, "kernelbench", source, [(8, 32)], ["float32"])
+    assert spec.schema == f"{name}(Tensor in0) -> Tensor" and spec.fixed_shapes
+    assert spec.shape_sets["smoke"] == ((8, 32),)
+    with pytest.raises(UntrustedCodeError):
+        spec.make_inputs((8, 32), torch.float32, "cpu", 0)
+    with pytest.raises(NewOpError, match="not a KernelBench-style file"):
+        define_untrusted(fresh("issue_bad"), "kernelbench", "class Model:\n    pass\n", [(8, 32)], ["float32"])

@@ -4,25 +4,19 @@ OpenAI client against a loopback LLM -> the report -> the comment and the pull r
 from __future__ import annotations
 
 import dataclasses
-import itertools
 import json
-import os
 from pathlib import Path
 
 import pytest
 
 from github_fake import github_fake  # noqa: F401 - the fixture
+from helpers import unique_op_name as fresh
 from kforge.cli.main import main
 from kforge.issues.parse import parse_request
 from kforge.issues.render import render_body
 
 HERE = Path(__file__).resolve().parent
 FIXTURES = HERE / "issues"
-_names = itertools.count()
-
-
-def fresh(stem: str) -> str:
-    return f"{stem}_{os.getpid()}_{next(_names)}"
 
 
 def request_body(op: str, notes: str = "") -> str:
@@ -61,6 +55,7 @@ def test_a_new_op_request_is_generated_reported_commented_and_opened_as_a_pull_r
     assert rc == 0 and out["accepted"] == 1
     (row,) = out["rows"]
     assert row["shape"] == [4, 64] and row["kernel_impl"].startswith("triton:") and row["vendor_us"] > 0
+    assert row["compile_us"] > 0  # torch.compile of the issue's reference, timed inside the sandbox
     repo = github_fake.state["octo/kernels"]
     (comment,) = repo.comments[number]
     assert f"## kforge: `{op}` (new op)" in comment and row["kernel_impl"] in comment

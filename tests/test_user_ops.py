@@ -2,7 +2,6 @@
 logged and compiled like built-ins, persisted so another process loads them by name."""
 from __future__ import annotations
 
-import itertools
 import json
 import os
 import subprocess
@@ -12,6 +11,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from helpers import unique_op_name as fresh
+
 import kforge
 import user_op_defs
 from kforge.ops import user
@@ -19,12 +20,6 @@ from kforge.ops.user import UserOpError
 
 HERE = Path(__file__).resolve().parent
 KERNELBENCH = HERE / "kernelbench" / "scaled_gelu_rowsum.py"
-_names = itertools.count()
-
-
-def fresh(stem: str) -> str:
-    """Op names are process-wide (torch.library): each test defines its own."""
-    return f"{stem}_{os.getpid()}_{next(_names)}"
 
 
 def run_elsewhere(code: str, home: Path) -> str:

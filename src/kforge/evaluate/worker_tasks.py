@@ -118,3 +118,17 @@ def describe_user_op(payload: dict[str, Any]) -> dict[str, Any]:
     from kforge.ops import user
 
     return user.describe_here(payload)
+
+
+def time_compile(payload: dict[str, Any]) -> dict[str, Any]:
+    """payload: op, shape, dtype (name), device. torch.compile of the op's reference timed at one
+    key, inside the sandbox: for ops whose code may not run in the coordinator (from an issue)."""
+    import torch
+
+    from kforge.evaluate.calibrate import calibrate
+    from kforge.ops import get_spec
+
+    spec = get_spec(payload["op"])
+    records = calibrate(spec, tuple(payload["shape"]), getattr(torch, payload["dtype"]), payload["device"],
+                        backends=("inductor",))
+    return {"p50_us": records[0].p50_us if records else None}

@@ -21,10 +21,11 @@ class NewOpError(KforgeError):
     """The request's reference could not be turned into an op."""
 
 
-def define_untrusted(name: str, kind: str, source: str, shapes, dtypes, *, timeout_s: float = 120.0,
-                     memory_mb: int = 6144):
+def define_untrusted(name: str, kind: str, source: str, shapes, dtypes, *, tolerance_scale: float = 1.0,
+                     timeout_s: float = 120.0, memory_mb: int = 6144):
     """Register (and persist) op `name` from untrusted `source` ("kernelbench" or "function" kind:
-    `reference(...)` plus `make_inputs(shape, dtype, device, seed)`); returns its OpSpec."""
+    `reference(...)` plus `make_inputs(shape, dtype, device, seed)`), its error budget scaled by
+    `tolerance_scale` (a request's tolerance); returns its OpSpec."""
     if name in SPECS or name in user.persisted():
         raise NewOpError(f"op {name!r} already exists: a request for a new op must use a new name")
     if kind == "kernelbench":
@@ -32,7 +33,7 @@ def define_untrusted(name: str, kind: str, source: str, shapes, dtypes, *, timeo
         if problems:
             raise NewOpError(f"the reference of {name!r} is not a KernelBench-style file: {'; '.join(problems)}")
     payload = {"name": name, "kind": kind, "source": source, "shapes": [list(s) for s in shapes],
-               "dtypes": list(dtypes)}
+               "dtypes": list(dtypes), "tolerance_scale": float(tolerance_scale)}
     outcome = run_isolated(DESCRIBE, payload, timeout_s=timeout_s, memory_mb=memory_mb)
     if not outcome.ok:
         why = outcome.error or f"{outcome.status.value} (exit {outcome.exit_code})"

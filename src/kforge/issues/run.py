@@ -74,7 +74,8 @@ def ensure_op(request: KernelRequest) -> str:
     from kforge.issues.newop import define_untrusted
 
     kind = "kernelbench" if not user.kernelbench_problems(request.reference or "") else "function"
-    define_untrusted(request.op, kind, request.reference or "", request.shapes, request.dtypes)
+    define_untrusted(request.op, kind, request.reference or "", request.shapes, request.dtypes,
+                     tolerance_scale=request.tolerance or 1.0)
     return request.op
 
 
@@ -117,18 +118,23 @@ def run_request(request: KernelRequest, provider, settings, *, device: str = "cp
 
 
 def _compile_time(spec, records, key: dict, device: str) -> float | None:
-    """torch.compile's time for the key: the table's Inductor record, else (built-in ops only,
-    whose reference is trusted code) timed now."""
+    """torch.compile's time for the key: the table's Inductor record, else timed now (in a
+    sandboxed worker for a user op, whose code may have come from the issue)."""
     found = [r.p50_us for r in records if str(r.key) == key["key"] and r.backend == "inductor"]
     if found:
         return min(found)
+    shape = spec.shape_for(tuple(key["shape"]))
     if not is_builtin(spec.name):
-        return None
+        from kforge.evaluate.sandbox import run_isolated
+
+        outcome = run_isolated("kforge.evaluate.worker_tasks:time_compile",
+                               {"op": spec.name, "shape": list(shape), "dtype": key["dtype"], "device": device},
+                               timeout_s=600.0, cuda=device.startswith("cuda"), memory_mb=8192)
+        return outcome.value.get("p50_us") if outcome.ok else None
     from kforge.evaluate.calibrate import calibrate
 
     try:
-        timed = calibrate(spec, spec.shape_for(tuple(key["shape"])), getattr(torch, key["dtype"]), device,
-                          backends=("inductor",))
+        timed = calibrate(spec, shape, getattr(torch, key["dtype"]), device, backends=("inductor",))
     except Exception:  # noqa: BLE001 - a compile failure leaves the column empty, not the report
         return None
     return timed[0].p50_us if timed else None
@@ -167,10 +173,10 @@ def markdown(outcome: Outcome) -> str:
     lines += ["", "Times are device medians from one run (vendor timed beside each candidate). "
               "`served now` is what kforge routes this key to after the run."]
     if r.tolerance is not None:
-        lines.append(f"Requested tolerance: {r.tolerance:g}x the op's error budget; kernels were verified at the "
-                     "budget itself.")
-    if any(row.compile_us is None for row in outcome.rows) and r.new_op:
-        lines.append("torch.compile is not timed for a new op from an issue: its code runs only in sandboxed workers.")
+        applied = "applied" if r.new_op else "not applied: a built-in op's budget is fixed, kernels were verified at it"
+        lines.append(f"Requested tolerance: {r.tolerance:g}x the op's error budget ({applied}).")
+    if any(row.compile_us is None for row in outcome.rows):
+        lines.append("`-` for torch.compile: it failed to build or time the op at that key.")
     if outcome.plot is not None:
         lines.append(f"\nPlot: `{outcome.plot.name}`.")
     return "\n".join(lines) + "\n"
@@ -197,7 +203,8 @@ def plot(outcome: Outcome, path: Path) -> Path | None:
         ax.bar([j + i * width for j in range(len(rows))], values, width, label=name)
     ax.set_xticks([j + width for j in range(len(rows))], labels)
     ax.set_ylabel("us per call (lower is better)")
-    ax.set_title(f"{outcome.request.op} on {outcome.device.split('|')[0]}")
+    parts = outcome.device.split("|")
+    ax.set_title(f"{outcome.request.op} on {parts[1] if len(parts) > 1 else parts[0]}")
     ax.legend()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.tight_layout()

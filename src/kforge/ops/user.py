@@ -149,11 +149,25 @@ def _fake_fn(reference: Callable) -> Callable:
     return fake
 
 
+def _scaled_floor(scale: float) -> Callable:
+    """The default error budget's resolution floor (one unit at the output, widened with the last
+    dim), times `scale` (a request's tolerance)."""
+    if not (0 < scale <= 100):
+        raise UserOpError(f"tolerance scale {scale!r}: a number in (0, 100]")
+
+    def tolerance(dtype, p):
+        t = resolution_floor(dtype, p[-1] if p else 1)
+        return dataclasses.replace(t, atol=t.atol * scale, rtol=t.rtol * scale)
+
+    return tolerance
+
+
 def build_spec(name: str, schema: str, reference: Callable, make_inputs: Callable, *, shapes: Sequence,
                dtypes: Sequence[torch.dtype] = DEFAULT_DTYPES, problem_dims: Sequence[str] | None = None,
                exact_dims: Sequence[str] | None = None, bytes_moved: Callable | None = None,
                flops: Callable | None = None, tolerance: Callable | None = None, description: str = "",
-               reference_source: str | None = None, fixed_shapes: bool = False) -> OpSpec:
+               reference_source: str | None = None, fixed_shapes: bool = False,
+               tolerance_scale: float = 1.0) -> OpSpec:
     """The OpSpec of a user op (not registered; `define_op` registers it)."""
     if not isinstance(name, str) or not NAME.match(name):
         raise UserOpError(f"op name {name!r}: lowercase letters, digits and _, starting with a letter, at most 64")
@@ -183,7 +197,7 @@ def build_spec(name: str, schema: str, reference: Callable, make_inputs: Callabl
         reference=reference, vendor=_functional(reference), fake=_fake_fn(reference), make_inputs=make_inputs,
         check=_check_fn(name, holder, dtypes), problem=problem, problem_dims=problem_dims, exact_dims=exact_dims,
         dtypes=dtypes,
-        tolerance=tolerance or (lambda dtype, p: resolution_floor(dtype, p[-1] if p else 1)),
+        tolerance=tolerance or _scaled_floor(tolerance_scale),
         bytes_moved=bytes_moved or (lambda p, dtype: 2 * prod(p) * (torch.finfo(dtype).bits // 8)),
         flops=flops or (lambda p, dtype: prod(p)),
         shape_sets={"smoke": shapes}, num_outputs=num_outputs, reference_source=reference_source,
@@ -311,8 +325,9 @@ def describe_here(payload: dict) -> dict:
     path = Path(os.environ.get("TMPDIR") or ".") / f"{name}.py"
     path.write_text(payload["source"])
     module = _module_from(name, path)
+    scale = float(payload.get("tolerance_scale", 1.0))
     if kind == "kernelbench":
-        spec = _kernelbench_spec(name, module, payload["source"])
+        spec = _kernelbench_spec(name, module, payload["source"], scale)
     else:
         for needed in ("reference", "make_inputs"):
             if not callable(getattr(module, needed, None)):
@@ -327,11 +342,11 @@ def describe_here(payload: dict) -> dict:
         spec = build_spec(name, _schema_from_args(name, args, outputs, module.reference), module.reference,
                           module.make_inputs,
                           shapes=shapes, dtypes=[_DTYPE_NAMES[d] for d in payload["dtypes"]],
-                          reference_source=payload["source"])
+                          reference_source=payload["source"], tolerance_scale=scale)
     return {"schema": spec.schema, "shapes": [list(x) for x in spec.shape_sets["smoke"]],
             "dtypes": [str(d).removeprefix("torch.") for d in spec.dtypes], "problem_dims": list(spec.problem_dims),
             "exact_dims": list(spec.exact_dims), "fixed_shapes": spec.fixed_shapes,
-            "description": spec.description}
+            "description": spec.description, "tolerance_scale": scale}
 
 
 def _stub_spec(name: str, manifest: dict, source: str) -> OpSpec:
@@ -341,7 +356,8 @@ def _stub_spec(name: str, manifest: dict, source: str) -> OpSpec:
     spec = build_spec(name, schema, stub, stub, shapes=manifest["shapes"],
                       dtypes=[_DTYPE_NAMES[d] for d in manifest["dtypes"]], problem_dims=manifest["problem_dims"],
                       exact_dims=manifest["exact_dims"], description=manifest.get("description", ""),
-                      reference_source=source, fixed_shapes=manifest.get("fixed_shapes", False))
+                      reference_source=source, fixed_shapes=manifest.get("fixed_shapes", False),
+                      tolerance_scale=manifest.get("tolerance_scale", 1.0))
     assert spec.num_outputs == num_outputs
     return dataclasses.replace(spec, vendor=stub, fake=stub)
 
@@ -362,15 +378,16 @@ def load(name: str):
         if manifest.get("trusted") is False and os.environ.get(IN_SANDBOX) != "1":
             return ops.register(_stub_spec(name, manifest, (folder / "source.py").read_text()))
         module = _module_from(name, folder / "source.py")
+        scale = manifest.get("tolerance_scale", 1.0)
         if manifest.get("kind") == "kernelbench":
-            spec = _kernelbench_spec(name, module, (folder / "source.py").read_text())
+            spec = _kernelbench_spec(name, module, (folder / "source.py").read_text(), scale)
         else:
             spec = build_spec(name, manifest["schema"], getattr(module, manifest.get("reference", "reference")),
                               getattr(module, manifest.get("make_inputs", "make_inputs")), shapes=manifest["shapes"],
                               dtypes=[_DTYPE_NAMES[d] for d in manifest["dtypes"]],
                               problem_dims=manifest["problem_dims"], exact_dims=manifest["exact_dims"],
                               description=manifest.get("description", ""),
-                              fixed_shapes=manifest.get("fixed_shapes", False))
+                              fixed_shapes=manifest.get("fixed_shapes", False), tolerance_scale=scale)
         return ops.register(spec)
 
 
@@ -400,7 +417,7 @@ def _arg_type(value: Any, i: int) -> str:
     raise UserOpError(f"get_inputs()[{i}] is a {type(value).__name__}: only tensors, ints, floats and bools")
 
 
-def _kernelbench_spec(name: str, module, source: str) -> OpSpec:
+def _kernelbench_spec(name: str, module, source: str, tolerance_scale: float = 1.0) -> OpSpec:
     missing = [n for n in KERNELBENCH_NAMES if not hasattr(module, n)]
     if missing:
         raise UserOpError(f"op {name!r}: the file defines no {', '.join(missing)}")
@@ -450,7 +467,7 @@ def _kernelbench_spec(name: str, module, source: str) -> OpSpec:
 
     doc = (inspect.getdoc(module.Model) or "").split("\n")[0]
     return build_spec(name, schema, reference, make_inputs, shapes=[base], description=doc or f"KernelBench op {name}",
-                      reference_source=source, fixed_shapes=True)
+                      reference_source=source, fixed_shapes=True, tolerance_scale=tolerance_scale)
 
 
 def from_kernelbench(path: str | Path, name: str | None = None, *, persist: bool = True):
