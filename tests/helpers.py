@@ -144,3 +144,19 @@ def unique_op_name(stem: str) -> str:
     import os
 
     return f"{stem}_{os.getpid()}_{next(_op_names)}"
+
+
+def fake_openai(httpserver, monkeypatch, *answers: str):
+    """A real OpenAI provider against a loopback server that gives `answers` in order (chat
+    completions); returns the provider."""
+    from kforge.gen.config import load_config
+    from kforge.gen.providers import make_provider
+
+    for text in answers:
+        httpserver.expect_ordered_request("/v1/chat/completions", method="POST").respond_with_json(
+            {"id": "c", "object": "chat.completion", "created": 0, "model": "gpt-4.1",
+             "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}],
+             "usage": {"prompt_tokens": 10, "completion_tokens": 10, "total_tokens": 20}})
+    monkeypatch.setenv("OPENAI_API_KEY", "test-key")
+    return make_provider(load_config(provider="openai", base_url=httpserver.url_for("/v1").rstrip("/"),
+                                     max_retries="0"))

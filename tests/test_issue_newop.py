@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from helpers import unique_op_name as fresh
+from helpers import fake_openai, unique_op_name as fresh
 
 import kforge
 import user_op_defs
@@ -81,22 +81,12 @@ def test_generation_verifies_candidates_against_the_untrusted_reference_in_worke
     from kforge.evaluate.executors import LocalPoolExecutor
     from kforge.gen import search
     from kforge.gen.archive import Archive
-    from kforge.gen.config import load_config
-    from kforge.gen.providers import make_provider
 
     name = fresh("issue_relu")
     define_untrusted(name, "function", SOURCE, [(4, 64)], ["float32"])
     kernel = (HERE / "candidates" / "scaled_relu_triton.py").read_text()
     wrong = kernel.replace("tl.where(x < 0, 0.0, x) * scale", "tl.where(x < 0, 0.0, x) * scale * 1.01")
-    answers = [f"```python\n{k}```" for k in (wrong, kernel)]
-    for text in answers:
-        httpserver.expect_ordered_request("/v1/chat/completions", method="POST").respond_with_json(
-            {"id": "c", "object": "chat.completion", "created": 0, "model": "gpt-4.1",
-             "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}],
-             "usage": {"prompt_tokens": 10, "completion_tokens": 10, "total_tokens": 20}})
-    monkeypatch.setenv("OPENAI_API_KEY", "test-key")
-    provider = make_provider(load_config(provider="openai", base_url=httpserver.url_for("/v1").rstrip("/"),
-                                         max_retries="0"))
+    provider = fake_openai(httpserver, monkeypatch, *(f"```python\n{k}```" for k in (wrong, kernel)))
     with LocalPoolExecutor([], workers=2) as pool:
         result = search.run(name, provider, search.Settings(rounds=1, variants=2, timeout_s=300.0), device="cpu",
                             dtypes=[torch.float32], shapes=[(4, 64)], executor=pool)

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from helpers import unique_op_name as fresh
+from helpers import fake_openai, unique_op_name as fresh
 
 import kforge
 import user_op_defs
@@ -169,21 +169,12 @@ def test_a_user_op_is_generated_through_a_fake_llm_verified_in_workers_and_serve
     from kforge.evaluate.executors import LocalPoolExecutor
     from kforge.gen import search
     from kforge.gen.archive import Archive
-    from kforge.gen.config import load_config
-    from kforge.gen.providers import make_provider
 
     name = fresh("scaled_relu")
     kforge.define_op(name, "(Tensor x, float scale) -> Tensor", user_op_defs.reference, user_op_defs.make_inputs,
                      shapes=[(4, 64)], dtypes=[torch.float32])
     kernel = (HERE / "candidates" / "scaled_relu_triton.py").read_text()
-    answer = {"id": "c", "object": "chat.completion", "created": 0, "model": "gpt-4.1",
-              "choices": [{"index": 0, "message": {"role": "assistant", "content": f"```python\n{kernel}```"},
-                           "finish_reason": "stop"}],
-              "usage": {"prompt_tokens": 10, "completion_tokens": 10, "total_tokens": 20}}
-    httpserver.expect_request("/v1/chat/completions", method="POST").respond_with_json(answer)
-    monkeypatch.setenv("OPENAI_API_KEY", "test-key")
-    provider = make_provider(load_config(provider="openai", base_url=httpserver.url_for("/v1").rstrip("/"),
-                                         max_retries="0"))
+    provider = fake_openai(httpserver, monkeypatch, f"```python\n{kernel}```")
     with LocalPoolExecutor([], workers=2) as pool:
         result = search.run(name, provider, search.Settings(rounds=1, variants=1, timeout_s=300.0), device="cpu",
                             dtypes=[torch.float32], shapes=[(4, 64)], executor=pool)
