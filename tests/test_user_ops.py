@@ -191,3 +191,57 @@ def test_a_user_op_is_generated_through_a_fake_llm_verified_in_workers_and_serve
     with kforge.use(name, record.impl):  # on a CPU the interpreter loses to vendor: pin the kernel
         torch.testing.assert_close(getattr(kforge.ops, name)(x, 0.5), torch.relu(x) * 0.5)
     assert kforge.stats()["ops"][name]["by_impl"] == {record.impl: 1}
+
+
+def test_a_file_that_defines_its_ops_at_top_level_loads_them_once_elsewhere(kforge_home, monkeypatch):
+    name = fresh("tripled")
+    monkeypatch.setenv("KFORGE_TEST_OP", name)
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(f"self_defining_{name}", HERE / "user_op_files" / "self_defining.py")
+    spec.loader.exec_module(importlib.util.module_from_spec(spec))
+    assert set(user.persisted()) >= {name, name + "_neg"}
+    out = run_elsewhere(
+        "import torch, kforge\n"
+        f"print(kforge.ops.{name}(torch.ones(2)).tolist(), kforge.ops.{name}_neg(torch.ones(2)).tolist())\n",
+        kforge_home)
+    assert out.strip() == "[3.0, 3.0] [-1.0, -1.0]"
+
+
+def test_a_persisted_name_is_not_overwritten_unless_asked(kforge_home):
+    name = fresh("scaled_relu")
+    kforge.define_op(name, "(Tensor x, float scale) -> Tensor", user_op_defs.reference, user_op_defs.make_inputs,
+                     shapes=[(8, 32)])
+    before = (kforge_home / "ops" / name / "definition.json").read_text()
+    import kforge.ops as ops_module
+
+    ops_module.SPECS.pop(name)  # as another process would see it: persisted, not registered here
+    try:
+        with pytest.raises(UserOpError, match="already persisted"):
+            user.define_op(name, "(Tensor x) -> Tensor", user_op_defs.two_outputs, user_op_defs.one_input,
+                           shapes=[(4, 8)])
+        assert (kforge_home / "ops" / name / "definition.json").read_text() == before
+    finally:
+        ops_module.SPECS[name] = ops_module.ENTRIES[name].spec
+
+
+@pytest.mark.parametrize("name", ["get_spec", "register", "user"])
+def test_names_of_the_ops_namespace_are_reserved(name):
+    with pytest.raises(UserOpError, match="reserved"):
+        kforge.define_op(name, "(Tensor x) -> Tensor", user_op_defs.two_outputs, user_op_defs.one_input,
+                         shapes=[(4, 8)], persist=False)
+    assert callable(kforge.ops.get_spec) and kforge.ops.get_spec("rms_norm").name == "rms_norm"
+
+
+def test_a_kernelbench_file_that_fails_names_the_op_and_the_step(tmp_path):
+    bad = tmp_path / "needs_k.py"
+    bad.write_text("import torch\nclass Model(torch.nn.Module):\n    def __init__(self, k):\n        super().__init__()\n"
+                   "    def forward(self, x):\n        return x\n"
+                   "def get_inputs():\n    return [torch.ones(2)]\ndef get_init_inputs():\n    return []\n")
+    name = fresh("needs_k")
+    with pytest.raises(UserOpError, match=rf"op '{name}': Model\(\*get_init_inputs\(\)\) failed: TypeError"):
+        user.from_kernelbench(bad, name)
+    numbered = tmp_path / "1_Square_matmul_.py"
+    numbered.write_text(KERNELBENCH.read_text())
+    with pytest.raises(UserOpError, match="name the op: kforge generate NAME --spec-file"):
+        user.from_kernelbench(numbered)

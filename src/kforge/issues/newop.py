@@ -26,6 +26,7 @@ def define_untrusted(name: str, kind: str, source: str, shapes, dtypes, *, toler
     """Register (and persist) op `name` from untrusted `source` ("kernelbench" or "function" kind:
     `reference(...)` plus `make_inputs(shape, dtype, device, seed)`), its error budget scaled by
     `tolerance_scale` (a request's tolerance); returns its OpSpec."""
+    user.check_name(name)
     if name in SPECS or name in user.persisted():
         raise NewOpError(f"op {name!r} already exists: a request for a new op must use a new name")
     if kind == "kernelbench":
@@ -38,6 +39,7 @@ def define_untrusted(name: str, kind: str, source: str, shapes, dtypes, *, toler
     if not outcome.ok:
         why = outcome.error or f"{outcome.status.value} (exit {outcome.exit_code})"
         raise NewOpError(f"building op {name!r} from its reference failed in the sandbox: {why}")
-    user.persist_untrusted(name, kind, source, outcome.value)
+    user.persist_untrusted(name, kind, source, outcome.value, shapes=shapes, dtypes=dtypes,
+                           tolerance_scale=tolerance_scale)
     user.load(name)
     return get_spec(name)

@@ -85,6 +85,7 @@ def run_request(request: KernelRequest, provider, settings, *, device: str = "cp
     from kforge.gen import search
 
     say = on_progress or (lambda message: None)
+    user.REFUSE_CODE = True  # this process handles an untrusted request: no user-op code runs in it
     op = ensure_op(request)
     spec = get_spec(op)
     dtypes = [getattr(torch, d) for d in request.dtypes]
@@ -173,7 +174,7 @@ def markdown(outcome: Outcome) -> str:
     lines += ["", "Times are device medians from one run (vendor timed beside each candidate). "
               "`served now` is what kforge routes this key to after the run."]
     if r.tolerance is not None:
-        applied = "applied" if r.new_op else "not applied: a built-in op's budget is fixed, kernels were verified at it"
+        applied = "applied" if r.new_op else "not applied: an existing op keeps its own budget, kernels were verified at it"
         lines.append(f"Requested tolerance: {r.tolerance:g}x the op's error budget ({applied}).")
     if any(row.compile_us is None for row in outcome.rows):
         lines.append("`-` for torch.compile: it failed to build or time the op at that key.")

@@ -69,6 +69,18 @@ class UntrustedCodeError(KforgeError, RuntimeError):
 IN_SANDBOX = "KFORGE_IN_SANDBOX"  # set by kforge.evaluate.sandbox in its workers (same literal there)
 
 
+# Names in the kforge.ops namespace an op may not take (an op is bound there by name).
+RESERVED = frozenset({"get_spec", "register", "is_builtin", "user", "spec", "checks", "SPECS", "ENTRIES", "OpSpec"})
+
+
+def check_name(name: Any) -> str:
+    if not isinstance(name, str) or not NAME.match(name):
+        raise UserOpError(f"op name {name!r}: lowercase letters, digits and _, starting with a letter, at most 64")
+    if name in RESERVED:
+        raise UserOpError(f"op name {name!r} is reserved (a name in the kforge.ops namespace)")
+    return name
+
+
 def ops_dir() -> Path:
     return paths.home() / "ops"
 
@@ -169,8 +181,7 @@ def build_spec(name: str, schema: str, reference: Callable, make_inputs: Callabl
                reference_source: str | None = None, fixed_shapes: bool = False,
                tolerance_scale: float = 1.0) -> OpSpec:
     """The OpSpec of a user op (not registered; `define_op` registers it)."""
-    if not isinstance(name, str) or not NAME.match(name):
-        raise UserOpError(f"op name {name!r}: lowercase letters, digits and _, starting with a letter, at most 64")
+    check_name(name)
     if not callable(reference) or not callable(make_inputs):
         raise UserOpError(f"op {name!r}: reference and make_inputs must be callables")
     schema = _schema(name, schema)
@@ -206,16 +217,26 @@ def build_spec(name: str, schema: str, reference: Callable, make_inputs: Callabl
     return spec
 
 
+_LOADING: set[str] = set()  # persisted ops whose file is being run by `load` (it may define itself)
+
+
 def define_op(name: str, schema: str, reference: Callable, make_inputs: Callable, *, shapes: Sequence,
-              persist: bool = True, **options):
+              persist: bool = True, replace: bool = False, **options):
     """Register a user op; returns its entry point (also `kforge.ops.<name>`). `options`: see
     `build_spec`. With `persist`, the definition is saved so other processes load it by name:
-    reference and make_inputs must then be module-level functions of one .py file."""
+    reference and make_inputs must then be module-level functions of one .py file (which may
+    itself call define_op: loading it elsewhere registers the op once). A name persisted before is
+    refused unless `replace`."""
     from kforge import ops
 
     with _LOCK:
         if name in ops.SPECS:
             raise UserOpError(f"op {name!r} is already registered" + (" (a built-in op)" if ops.is_builtin(name) else ""))
+        if _LOADING:
+            persist = False  # `load` is running a persisted op's file: register what it defines, rewrite nothing
+        elif persist and not replace and name in persisted():
+            raise UserOpError(f"op {name!r} is already persisted under {ops_dir() / name}: pass replace=True "
+                              "to overwrite it, or choose another name")
         spec = build_spec(name, schema, reference, make_inputs, shapes=shapes, **options)
         manifest = _manifest(spec, reference, make_inputs, options) if persist else None
         entry = ops.register(spec)
@@ -229,13 +250,15 @@ def op(schema: str, make_inputs: Callable, *, shapes: Sequence, name: str | None
     the function's unless given. Returns the op's entry point."""
 
     def wrap(reference: Callable):
-        return define_op(name or reference.__name__, schema, reference, make_inputs, shapes=shapes, **options)
+        entry = define_op(name or reference.__name__, schema, reference, make_inputs, shapes=shapes, **options)
+        entry.__wrapped__ = reference  # the file's attribute is the entry point; `load` finds the function here
+        return entry
 
     return wrap
 
 
 # -- persistence ---------------------------------------------------------------------------------
-_KEPT = ("dtypes", "problem_dims", "exact_dims", "description", "fixed_shapes")
+_KEPT = ("dtypes", "problem_dims", "exact_dims", "description", "fixed_shapes", "tolerance_scale")
 
 
 def _manifest(spec: OpSpec, reference: Callable, make_inputs: Callable, options: dict) -> dict:
@@ -252,11 +275,12 @@ def _manifest(spec: OpSpec, reference: Callable, make_inputs: Callable, options:
         files.add(path)
     if len(files) != 1:
         raise UserOpError(f"op {spec.name!r}: reference and make_inputs must come from one file to be persisted")
-    return {"kind": "function", "name": spec.name, "schema": spec.schema, "reference": reference.__name__,
+    return {"kind": "function", "trusted": True, "name": spec.name, "schema": spec.schema,
+            "reference": reference.__name__,
             "make_inputs": make_inputs.__name__, "shapes": [list(s) for s in spec.shape_sets["smoke"]],
             "dtypes": [str(d).removeprefix("torch.") for d in spec.dtypes], "problem_dims": list(spec.problem_dims),
             "exact_dims": list(spec.exact_dims), "description": spec.description, "fixed_shapes": spec.fixed_shapes,
-            "source": Path(files.pop()).read_text()}
+            "tolerance_scale": float(options.get("tolerance_scale", 1.0)), "source": Path(files.pop()).read_text()}
 
 
 def _write(name: str, manifest: dict) -> None:
@@ -308,13 +332,46 @@ def _schema_from_args(name: str, args: tuple, outputs, reference: Callable | Non
     return f"{name}({', '.join(typed)}) -> {returns}"
 
 
-def persist_untrusted(name: str, kind: str, source: str, description: dict) -> None:
+def persist_untrusted(name: str, kind: str, source: str, description: Any, *, shapes, dtypes,
+                      tolerance_scale: float = 1.0) -> None:
     """Save an op whose code came from an untrusted source, with the `description` a sandboxed
     worker made of it (`describe_here`): other processes get a spec whose code refuses to run
-    outside the sandbox, workers get the real one."""
+    outside the sandbox, workers get the real one. The description came out of a process that ran
+    that code, so it is data to check, never to trust: only known keys, each validated here; the
+    shapes, dtypes and tolerance are the request's own, the description a fixed text (a docstring
+    would otherwise reach the prompts unfenced), and the untrusted mark is written last."""
+    check_name(name)
     if kind not in ("kernelbench", "function"):
         raise UserOpError(f"op {name!r}: unknown kind {kind!r}")
-    _write(name, {"kind": kind, "name": name, "trusted": False, **description, "source": source})
+    if not isinstance(description, dict):
+        raise UserOpError(f"op {name!r}: the sandbox's description is not a JSON object")
+    schema = description.get("schema")
+    if not isinstance(schema, str) or len(schema) > 2000:
+        raise UserOpError(f"op {name!r}: the sandbox gave no usable schema")
+    schema = _schema(name, schema)
+    spec_shapes = _shapes(name, description.get("shapes") or [])
+    wanted = _shapes(name, shapes)
+    if kind == "function" and spec_shapes != wanted:
+        raise UserOpError(f"op {name!r}: the sandbox described shapes {spec_shapes}, the request asked {wanted}")
+    if kind == "kernelbench" and any(s not in spec_shapes for s in wanted):
+        raise UserOpError(f"op {name!r}: a KernelBench op is defined at {spec_shapes} only (get_inputs()); the "
+                          f"request asked {wanted}")
+    rank = len(spec_shapes[0])
+    dims = description.get("problem_dims")
+    exact = description.get("exact_dims")
+    if (not isinstance(dims, list) or len(dims) != rank or not all(isinstance(d, str) and NAME.match(d) for d in dims)
+            or not isinstance(exact, list) or not all(d in dims for d in exact)):
+        raise UserOpError(f"op {name!r}: the sandbox gave unusable problem dims")
+    names = [str(d).removeprefix("torch.") for d in dtypes]
+    if any(d not in _DTYPE_NAMES for d in names):
+        raise UserOpError(f"op {name!r}: dtypes must be among {', '.join(_DTYPE_NAMES)}")
+    _scaled_floor(float(tolerance_scale))  # validates it
+    manifest = {"kind": kind, "name": name, "schema": schema, "shapes": [list(x) for x in spec_shapes],
+                "dtypes": names, "problem_dims": dims, "exact_dims": exact,
+                "fixed_shapes": kind == "kernelbench", "description": f"user-defined op {name}",
+                "tolerance_scale": float(tolerance_scale), "source": source}
+    manifest["trusted"] = False
+    _write(name, manifest)
 
 
 def describe_here(payload: dict) -> dict:
@@ -362,6 +419,16 @@ def _stub_spec(name: str, manifest: dict, source: str) -> OpSpec:
     return dataclasses.replace(spec, vendor=stub, fake=stub)
 
 
+# Set by processes that handle untrusted requests (`kforge issue run`): no persisted user-op code
+# runs here, trusted or not (a sandboxed worker shares this user's files and could rewrite a mark).
+REFUSE_CODE = False
+
+
+def _function(module, attr: str) -> Callable:
+    fn = getattr(module, attr)
+    return getattr(fn, "__wrapped__", fn)
+
+
 def load(name: str):
     """Register the persisted op `name` in this process; returns its entry point. An op from an
     untrusted source runs its code only in a sandboxed worker; elsewhere its spec's code refuses."""
@@ -375,15 +442,23 @@ def load(name: str):
             manifest = json.loads((folder / "definition.json").read_text())
         except (OSError, ValueError) as exc:
             raise UserOpError(f"op {name!r} is not persisted under {ops_dir()} ({exc})") from None
-        if manifest.get("trusted") is False and os.environ.get(IN_SANDBOX) != "1":
-            return ops.register(_stub_spec(name, manifest, (folder / "source.py").read_text()))
-        module = _module_from(name, folder / "source.py")
+        if (manifest.get("trusted") is not True or REFUSE_CODE) and os.environ.get(IN_SANDBOX) != "1":
+            if manifest.get("trusted") is not True:
+                return ops.register(_stub_spec(name, manifest, (folder / "source.py").read_text()))
+            raise UserOpError(f"op {name!r}: this process runs no user-op code (an issue runner); load it elsewhere")
+        _LOADING.add(name)
+        try:
+            module = _module_from(name, folder / "source.py")
+        finally:
+            _LOADING.discard(name)
+        if name in ops.SPECS:  # the file defines the op itself (define_op / @kforge.op at its top level)
+            return ops.ENTRIES[name]
         scale = manifest.get("tolerance_scale", 1.0)
         if manifest.get("kind") == "kernelbench":
             spec = _kernelbench_spec(name, module, (folder / "source.py").read_text(), scale)
         else:
-            spec = build_spec(name, manifest["schema"], getattr(module, manifest.get("reference", "reference")),
-                              getattr(module, manifest.get("make_inputs", "make_inputs")), shapes=manifest["shapes"],
+            spec = build_spec(name, manifest["schema"], _function(module, manifest.get("reference", "reference")),
+                              _function(module, manifest.get("make_inputs", "make_inputs")), shapes=manifest["shapes"],
                               dtypes=[_DTYPE_NAMES[d] for d in manifest["dtypes"]],
                               problem_dims=manifest["problem_dims"], exact_dims=manifest["exact_dims"],
                               description=manifest.get("description", ""),
@@ -421,13 +496,21 @@ def _kernelbench_spec(name: str, module, source: str, tolerance_scale: float = 1
     missing = [n for n in KERNELBENCH_NAMES if not hasattr(module, n)]
     if missing:
         raise UserOpError(f"op {name!r}: the file defines no {', '.join(missing)}")
+    def ran(what: str, fn: Callable):
+        try:
+            return fn()
+        except Exception as exc:
+            raise UserOpError(f"op {name!r}: {what} failed: {type(exc).__name__}: {exc}") from exc
+
     torch.manual_seed(0)
-    model = module.Model(*module.get_init_inputs()).eval()
-    template = list(module.get_inputs())
+    model = ran("Model(*get_init_inputs())", lambda: module.Model(*module.get_init_inputs()).eval())
+    template = ran("get_inputs()", lambda: list(module.get_inputs()))
     if not template or not isinstance(template[0], torch.Tensor):
         raise UserOpError(f"op {name!r}: get_inputs() must return a list starting with a tensor")
+    for i, v in enumerate(template):
+        _arg_type(v, i)  # a list or a dict argument is refused before forward runs
     with torch.no_grad():
-        out = model(*template)
+        out = ran("Model.forward(*get_inputs())", lambda: model(*template))
     outs = out if isinstance(out, (tuple, list)) else (out,)
     if not all(isinstance(o, torch.Tensor) for o in outs):
         raise UserOpError(f"op {name!r}: Model.forward must return a tensor or a tuple of tensors")
@@ -476,7 +559,12 @@ def from_kernelbench(path: str | Path, name: str | None = None, *, persist: bool
     from kforge import ops
 
     path = Path(path)
-    name = name or path.stem.lower()
+    if name is None:
+        name = path.stem.lower()
+        if not NAME.match(name):
+            raise UserOpError(f"{path.name}: its stem {name!r} is not a valid op name; name the op: "
+                              f"kforge generate NAME --spec-file {path}")
+    check_name(name)
     try:
         source = path.read_text()
     except OSError as exc:
@@ -491,5 +579,5 @@ def from_kernelbench(path: str | Path, name: str | None = None, *, persist: bool
         spec = _kernelbench_spec(name, module, source)
         entry = ops.register(spec)
         if persist:
-            _write(name, {"kind": "kernelbench", "name": name, "schema": spec.schema, "source": source})
+            _write(name, {"kind": "kernelbench", "trusted": True, "name": name, "schema": spec.schema, "source": source})
         return entry
