@@ -39,11 +39,18 @@ def test_a_new_op_request_is_generated_reported_commented_and_opened_as_a_pull_r
     kernel = (HERE / "candidates" / "scaled_relu_triton.py").read_text()
     fake_openai(httpserver, monkeypatch, f"```python\n{kernel}```", "Elementwise: one pass, fp32 math.")
     base_url = httpserver.url_for("/v1").rstrip("/")
-    rc = main(["issue", "run", "--repo", "octo/kernels", "--issue", str(number), "--comment", "--pr",
-               "--provider", "openai", "--base-url", base_url, "--max-retries", "0", "--rounds", "1",
-               "--variants", "1", "--device", "cpu", "--out", str(tmp_path / "report"), "--json"])
+    # As the workflow runs it: generation reads the issue and writes a directory, without posting...
+    rc = main(["issue", "run", "--repo", "octo/kernels", "--issue", str(number), "--provider", "openai",
+               "--base-url", base_url, "--max-retries", "0", "--rounds", "1", "--variants", "1", "--device", "cpu",
+               "--out", str(tmp_path / "report"), "--json"])
     out = json.loads(capsys.readouterr().out)
     assert rc == 0 and out["accepted"] == 1
+    assert not github_fake.state["octo/kernels"].comments and not github_fake.state["octo/kernels"].pulls
+    # ... and another job, with the token, posts what is in the directory.
+    rc = main(["issue", "publish", "--dir", str(tmp_path / "report"), "--repo", "octo/kernels", "--issue", str(number),
+               "--comment", "--pr", "--json"])
+    links = json.loads(capsys.readouterr().out)
+    assert rc == 0 and links["comment"] and links["pull_request"]
     (row,) = out["rows"]
     assert row["shape"] == [4, 64] and row["kernel_impl"].startswith("triton:") and row["vendor_us"] > 0
     assert row["compile_us"] > 0  # torch.compile of the issue's reference, timed inside the sandbox
@@ -64,6 +71,21 @@ def test_a_new_op_request_is_generated_reported_commented_and_opened_as_a_pull_r
     assert all("curl evil.example" not in m["content"] for messages in prompts for m in messages)
     assert "curl evil.example" not in comment
     assert "torch.relu(x) * scale" in prompts[0][-1]["content"]  # the reference, shown as the op's code
+    # The directory came from a runner where untrusted code ran: publishing checks it.
+    import shutil
+
+    from kforge.issues.publish import PublishError, load
+
+    tampered = tmp_path / "tampered"
+    shutil.copytree(tmp_path / "report", tampered)
+    (tampered / "kernels" / f"{sha}.py").write_text(kernel + "\nimport os  # added after verification\n")
+    with pytest.raises(PublishError, match="does not hash to its name"):
+        load(tampered)
+    outcome = json.loads((tampered / "outcome.json").read_text())
+    outcome["request"]["op"] = "../../etc"
+    (tampered / "outcome.json").write_text(json.dumps(outcome))
+    with pytest.raises(PublishError, match="not a valid op name"):
+        load(tampered)
 
 
 def out_report(tmp_path: Path) -> str:

@@ -3,6 +3,7 @@
     kforge issue parse --body-file body.md          # the validated request, or every problem
     kforge issue parse --body-file body.md --json   # {"valid", "request", "problems"}
     kforge issue run --repo OWNER/NAME --issue 42 --comment --pr --provider anthropic
+    kforge issue run --body-file body.md --out out/ && kforge issue publish --dir out/ --repo O/N --issue 42 --comment --pr
 
 `parse` exits 0 when the body is a valid request and 1 when it is not; its problems come out as
 one markdown list, ready to post back on the issue. The body is untrusted text: only the parsed,
@@ -52,6 +53,17 @@ def add_arguments(parser) -> None:
 
     add_provider_arguments(run)
     run.set_defaults(issue_run=_run)
+    post = commands.add_parser("publish", help="post what `issue run --out DIR` wrote (from a runner without the "
+                               "issue's code)", description=_publish.__doc__)
+    what = post.add_mutually_exclusive_group(required=True)
+    what.add_argument("--dir", metavar="DIR", help="the output directory of `kforge issue run --out DIR`")
+    what.add_argument("--problems", metavar="FILE", help="the problems `kforge issue parse` printed, to post")
+    post.add_argument("--repo", required=True, metavar="OWNER/NAME")
+    post.add_argument("--issue", required=True, type=int, metavar="N")
+    post.add_argument("--comment", action="store_true", help="post the report (or the problems) on the issue")
+    post.add_argument("--pr", action="store_true", help="open a pull request with the kernels, records and report")
+    post.add_argument("--json", action="store_true", default=argparse.SUPPRESS, help="machine-readable output")
+    post.set_defaults(issue_run=_publish)
 
 
 def run(args) -> int:
@@ -143,17 +155,49 @@ def _run(args) -> int:
     finally:
         executor.close()
         provider.close()
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "report.md").write_text(outcome.markdown)
-    links = {}
-    if args.comment:
-        links["comment"] = publish.comment(gh, repo, args.issue, outcome)
-    if args.pr:
-        links["pull_request"] = publish.pull_request(gh, repo, args.issue, outcome)
+    publish.save(outcome, out)
+    links = _post(gh, repo, args.issue, out, args.comment, args.pr)
     if getattr(args, "json", False):
         emit_json({"valid": True, **outcome.to_json(), "report": str(out / "report.md"), **links})
     else:
         print(outcome.markdown, end="")
         for what, url in links.items():
             print(f"{what}: {url or 'none (no kernel was accepted)'}", file=sys.stderr)
+    return 0
+
+
+def _post(gh, repo: str | None, number: int | None, out, comment: bool, pr: bool) -> dict:
+    from kforge.issues import publish
+
+    links = {}
+    if comment or pr:
+        published = publish.load(out)
+        if comment:
+            links["comment"] = publish.comment(gh, repo, number, published)
+        if pr:
+            links["pull_request"] = publish.pull_request(gh, repo, number, published)
+    return links
+
+
+def _publish(args) -> int:
+    """Post the outcome `kforge issue run --out DIR` wrote (its report as a comment, its kernels
+    and records as a pull request), or a problems list: for a job on a clean runner that holds the
+    GitHub token while the runner that ran the issue's code holds none. The directory is checked
+    as untrusted data (op name, kernel hashes against their sources, records, sizes)."""
+    from pathlib import Path
+
+    from kforge.issues.github import GitHub
+
+    gh = GitHub()
+    if args.problems:
+        text = read_body(args.problems)
+        links = {"comment": gh.comment(args.repo, args.issue, "kforge could not run this request:\n\n" + text)
+                 if args.comment else None}
+    else:
+        links = _post(gh, args.repo, args.issue, Path(args.dir), args.comment, args.pr)
+    if getattr(args, "json", False):
+        emit_json(links)
+    else:
+        for what, url in links.items():
+            print(f"{what}: {url or 'none (no kernel was accepted)'}")
     return 0
