@@ -1,7 +1,12 @@
-"""`.github/workflows/kforge-request.yml`: who can start a run, what the job may do, and how the
+"""`.github/workflows/kforge-request.yml`: who can start a run, what each job may do, and how the
 untrusted issue body reaches it.
 
-The job's `if:` is evaluated here on event payloads by a small evaluator of GitHub's expression
+Two jobs: `generate` runs the issue's reference code on the self-hosted GPU runner, with no write
+permission and no GITHUB_TOKEN (its sandboxed workers can read their parents' environment through
+/proc/<ppid>/environ and write the runner's file system); `publish` holds the write permissions on
+a fresh GitHub-hosted runner, never sees the issue body and runs none of its code.
+
+The jobs' `if:` are evaluated here on event payloads by a small evaluator of GitHub's expression
 syntax (the operators and functions the workflow uses), so the maintainer gate is tested by what
 it lets through, not by how it reads.
 """
@@ -17,6 +22,7 @@ yaml = pytest.importorskip("yaml")  # PyYAML comes with the test extra (ray requ
 
 WORKFLOW = Path(__file__).resolve().parent.parent / ".github" / "workflows" / "kforge-request.yml"
 MAINTAINERS = ("OWNER", "MEMBER", "COLLABORATOR")
+WRITE = {"write"}
 
 
 def load() -> dict:
@@ -25,9 +31,38 @@ def load() -> dict:
     return data
 
 
-def job() -> dict:
-    (only,) = load()["jobs"].values()
+def jobs() -> dict:
+    return load()["jobs"]
+
+
+def self_hosted(job: dict) -> bool:
+    runs_on = job["runs-on"]
+    return "self-hosted" in (runs_on if isinstance(runs_on, list) else [runs_on])
+
+
+def generate() -> dict:
+    """The job that runs the issue's code: the one on the self-hosted runner."""
+    (only,) = [j for j in jobs().values() if self_hosted(j)]
     return only
+
+
+def publish() -> dict:
+    """The job that writes: the one that grants a write permission."""
+    (only,) = [j for j in jobs().values() if WRITE & set((j.get("permissions") or {}).values())]
+    return only
+
+
+def steps() -> list[dict]:
+    return [s for j in jobs().values() for s in j["steps"]]
+
+
+def step(job: dict, name: str) -> dict:
+    (only,) = [s for s in job["steps"] if s.get("name") == name]
+    return only
+
+
+def one_line(script: str) -> str:
+    return " ".join(script.split())
 
 
 # -- `${{ }}` inside run scripts: a line-based check (no YAML needed) --------------------------------
@@ -52,9 +87,10 @@ def run_scripts(text: str) -> list[str]:
 
 def test_no_expression_inside_a_run_script():
     scripts = run_scripts(WORKFLOW.read_text())
-    assert len(scripts) == len([s for s in job()["steps"] if "run" in s]) >= 4
+    assert len(jobs()) == 2
+    assert len(scripts) == len([s for s in steps() if "run" in s]) >= 6
     assert [s for s in scripts if "${{" in s] == []
-    assert all("${{" not in step["run"] for step in job()["steps"] if "run" in step)
+    assert all("${{" not in s["run"] for s in steps() if "run" in s)
 
 
 def test_the_run_script_check_finds_expressions():
@@ -64,35 +100,103 @@ def test_the_run_script_check_finds_expressions():
     assert [("${{" in s) for s in run_scripts(bad)] == [False, True, True]
 
 
-def test_the_issue_body_reaches_the_job_only_through_a_file():
+def test_the_issue_body_reaches_the_generate_job_only_through_a_file():
     text = WORKFLOW.read_text()
     assert text.count("github.event.issue.body") == 1 and "github.event.issue.title" not in text
-    (writer,) = [s for s in job()["steps"] if "ISSUE_BODY" in s.get("env", {})]
+    (writer,) = [s for s in steps() if "ISSUE_BODY" in s.get("env", {})]
+    assert writer in generate()["steps"]
     assert writer["env"] == {"ISSUE_BODY": "${{ github.event.issue.body }}"}
     assert writer["run"] == "printf '%s' \"$ISSUE_BODY\" > \"$RUNNER_TEMP/kforge-issue-body.md\""
-    runs = [s["run"] for s in job()["steps"] if "run" in s]
-    assert any(r.startswith("kforge issue parse --body-file \"$RUNNER_TEMP/kforge-issue-body.md\"") for r in runs)
-    assert any(" ".join(r.split()) == 'kforge issue run --body-file "$RUNNER_TEMP/kforge-issue-body.md" --repo '
-               '"$GITHUB_REPOSITORY" --issue "$ISSUE_NUMBER" --comment --pr' for r in runs)
+    runs = [one_line(s["run"]) for s in generate()["steps"] if "run" in s]
+    assert 'kforge issue parse --body-file "$RUNNER_TEMP/kforge-issue-body.md" > ' \
+           '"$RUNNER_TEMP/kforge-problems/problems.md"' in " ".join(runs)
+    # No --repo, --issue, --comment or --pr: generating writes nowhere but its output directory.
+    assert 'kforge issue run --body-file "$RUNNER_TEMP/kforge-issue-body.md" --out "$RUNNER_TEMP/kforge-out"' in runs
 
 
-def test_permissions_are_minimal_and_the_token_goes_only_where_it_is_used():
+def test_the_output_and_the_problems_travel_as_one_artifact_named_after_the_issue():
+    uploads = [s for s in generate()["steps"] if s.get("uses", "").startswith("actions/upload-artifact@v4")]
+    (download,) = [s for s in publish()["steps"] if s.get("uses", "").startswith("actions/download-artifact@v4")]
+    name = "kforge-request-${{ github.event.issue.number }}"
+    assert [u["with"]["name"] for u in uploads] == [name, name] and download["with"]["name"] == name
+    assert [u["with"]["path"] for u in uploads] == ["${{ runner.temp }}/kforge-out",
+                                                    "${{ runner.temp }}/kforge-problems/problems.md"]
+    assert [u.get("if") for u in uploads] == [None, "failure() && steps.parse.outcome == 'failure'"]
+    assert all(u["with"]["if-no-files-found"] == "error" for u in uploads)
+    assert download["with"]["path"] == "${{ runner.temp }}/kforge-out"
+    # The problems are uploaded only when parsing failed, not when generating did.
+    upload_problems = uploads[1]["if"]
+    assert job_runs(upload_problems, {"steps": {"parse": {"outcome": "failure"}}}, failed=True) is True
+    assert job_runs(upload_problems, {"steps": {"parse": {"outcome": "success"}}}, failed=True) is False
+    assert job_runs(upload_problems, {"steps": {"parse": {"outcome": "success"}}}) is False
+
+
+def test_publish_posts_the_report_and_pull_request_or_the_problems():
+    (script,) = [s["run"] for s in publish()["steps"] if "kforge issue publish" in s.get("run", "")]
+    lines = [one_line(line) for line in script.splitlines() if line.strip()]
+    assert lines == [
+        'if [ -f "$RUNNER_TEMP/kforge-out/problems.md" ]; then',
+        'kforge issue publish --problems "$RUNNER_TEMP/kforge-out/problems.md" --repo "$GITHUB_REPOSITORY" '
+        '--issue "$ISSUE_NUMBER" --comment',
+        'else',
+        'kforge issue publish --dir "$RUNNER_TEMP/kforge-out" --repo "$GITHUB_REPOSITORY" --issue "$ISSUE_NUMBER" '
+        '--comment --pr',
+        'fi']
+    assert publish()["env"] == {"ISSUE_NUMBER": "${{ github.event.issue.number }}"}
+
+
+def test_permissions_are_minimal_and_the_tokens_go_only_where_they_are_used():
+    assert load()["permissions"] == {}
+    assert generate()["permissions"] == {"contents": "read"}
+    assert publish()["permissions"] == {"contents": "write", "pull-requests": "write", "issues": "write"}
+    for job, expected in ((generate(), {"Generate and report": {"ANTHROPIC_API_KEY"}}),
+                          (publish(), {"Post the report and open a pull request, or post the problems":
+                                       {"GITHUB_TOKEN"}})):
+        with_secret = {s["name"]: {k for k, v in s["env"].items() if "secrets." in str(v)}
+                       for s in job["steps"] if any("secrets." in str(v) for v in s.get("env", {}).values())}
+        assert with_secret == expected
+        assert all("secrets." not in str(v) for v in job.get("env", {}).values())
+        checkout = [s for s in job["steps"] if s.get("uses", "").startswith("actions/checkout@")]
+        assert checkout and checkout[0]["with"]["persist-credentials"] is False
+    assert step(generate(), "Generate and report")["env"] == {"ANTHROPIC_API_KEY": "${{ secrets.ANTHROPIC_API_KEY }}"}
+    assert step(publish(), "Post the report and open a pull request, or post the problems")["env"] == {
+        "GITHUB_TOKEN": "${{ secrets.GITHUB_TOKEN }}"}
+
+
+def test_no_github_token_and_no_write_on_the_runner_that_runs_the_issue_code():
+    job = generate()
+    assert any("kforge issue run" in s.get("run", "") for s in job["steps"])
+    envs = [job.get("env", {})] + [s.get("env", {}) for s in job["steps"]]
+    for env in envs:
+        assert not {"GITHUB_TOKEN", "GH_TOKEN"} & set(env)
+        assert all("GITHUB_TOKEN" not in str(v) and "github.token" not in str(v) for v in env.values())
+    dumped = json.dumps(job)
+    assert "GITHUB_TOKEN" not in dumped and "github.token" not in dumped and "token:" not in dumped
+    assert set(job["permissions"].values()) <= {"read", "none"}
+    # And no self-hosted job at all may write.
+    for j in jobs().values():
+        if self_hosted(j):
+            assert not WRITE & set((j.get("permissions") or {}).values())
+
+
+def test_the_writing_job_runs_on_a_fresh_runner_and_never_meets_the_issue():
+    job = publish()
+    assert isinstance(job["runs-on"], str) and job["runs-on"].startswith("ubuntu-")
+    (generate_id,) = [k for k, j in jobs().items() if self_hosted(j)]
+    assert job["needs"] in (generate_id, [generate_id])
+    dumped = json.dumps(job)
+    assert "kforge issue run" not in dumped and "kforge issue parse" not in dumped
+    assert "github.event.issue.body" not in dumped and "ISSUE_BODY" not in dumped and "body-file" not in dumped
+    # It installs kforge from its own checkout (the runner is fresh) and runs nothing else of the issue's.
+    assert [one_line(s["run"]) for s in job["steps"] if "run" in s][0].endswith("python -m pip install -e .")
+
+
+def test_triggers_runners_concurrency_and_timeouts():
     data = load()
-    assert data["permissions"] == {}
-    assert job()["permissions"] == {"contents": "write", "pull-requests": "write", "issues": "write"}
-    with_token = [s["name"] for s in job()["steps"]
-                  if any("secrets." in str(v) for v in s.get("env", {}).values())]
-    assert with_token == ["Post the problems", "Generate, report and open a pull request"]
-    assert all("secrets." not in str(v) for v in job().get("env", {}).values())
-    checkout = [s for s in job()["steps"] if s.get("uses", "").startswith("actions/checkout@")]
-    assert checkout and checkout[0]["with"]["persist-credentials"] is False
-
-
-def test_runner_concurrency_and_timeout():
-    data, j = load(), job()
     assert data["on"] == {"issues": {"types": ["labeled"]}, "issue_comment": {"types": ["created"]}}
-    assert j["runs-on"] == ["self-hosted", "gpu"]
-    assert 0 < j["timeout-minutes"] <= 360
+    assert generate()["runs-on"] == ["self-hosted", "gpu"]
+    assert publish()["runs-on"] == "ubuntu-latest"
+    assert 0 < generate()["timeout-minutes"] <= 360 and 0 < publish()["timeout-minutes"] <= 60
     assert data["concurrency"]["group"] == "kforge-request-${{ github.event.issue.number }}"
 
 
@@ -112,10 +216,11 @@ def tokens(expression: str) -> list[tuple[str, str]]:
     return out
 
 
-def evaluate(expression: str, context: dict):
+def evaluate(expression: str, context: dict, *, failed: bool = False):
     """GitHub's expression syntax, the part the workflow uses: property paths (with `.*.`),
-    'strings', ==, !=, !, &&, ||, parentheses, contains, startsWith, fromJSON. String comparisons
-    ignore case, as GitHub's do."""
+    'strings', ==, !=, !, &&, ||, parentheses, contains, startsWith, fromJSON and the status
+    functions always(), success(), failure() (`failed`: whether a step or needed job before failed).
+    String comparisons ignore case, as GitHub's do."""
     toks = tokens(expression)
     pos = 0
 
@@ -169,7 +274,7 @@ def evaluate(expression: str, context: dict):
             return value[1:-1].replace("''", "'")
         if peek()[1] == "(":
             take("(")
-            args = [or_()]
+            args = [] if peek()[1] == ")" else [or_()]
             while peek()[1] == ",":
                 take()
                 args.append(or_())
@@ -193,7 +298,8 @@ def evaluate(expression: str, context: dict):
         return fold(needle) in fold(haystack or "")
 
     FUNCTIONS = {"contains": contains, "fromJSON": json.loads,
-                 "startsWith": lambda s, prefix: fold(s or "").startswith(fold(prefix))}
+                 "startsWith": lambda s, prefix: fold(s or "").startswith(fold(prefix)),
+                 "always": lambda: True, "success": lambda: not failed, "failure": lambda: failed}
     result = or_()
     assert pos == len(toks), f"unread tokens {toks[pos:]}"
     return result
@@ -238,7 +344,24 @@ GATE = [
 
 @pytest.mark.parametrize("what, context, runs", GATE, ids=[g[0] for g in GATE])
 def test_only_maintainers_start_a_run(what, context, runs):
-    assert bool(evaluate(job()["if"], context)) is runs
+    assert bool(job_runs(generate()["if"], context)) is runs
+    # `publish` runs on the same payloads, whether `generate` succeeded or failed (an invalid
+    # request's problems are posted by it); never on a payload the gate refuses.
+    assert bool(job_runs(publish()["if"], context)) is runs
+    assert bool(job_runs(publish()["if"], context, failed=True)) is runs
+
+
+def job_runs(condition: str, context: dict, *, failed: bool = False):
+    """A job's `if:` as GitHub applies it: without a status function it means `success() && (...)`."""
+    if not re.search(r"\b(always|success|failure|cancelled)\s*\(", condition):
+        condition = f"success() && ({condition})"
+    return evaluate(condition, context, failed=failed)
+
+
+def test_a_condition_without_status_function_needs_success():
+    ctx = {"github": {"a": "x"}}
+    assert job_runs("github.a == 'x'", ctx) is True and job_runs("github.a == 'x'", ctx, failed=True) is False
+    assert job_runs("always() && github.a == 'x'", ctx, failed=True) is True
 
 
 def test_the_evaluator_reads_the_syntax_it_claims():
@@ -246,3 +369,6 @@ def test_the_evaluator_reads_the_syntax_it_claims():
     assert evaluate("github.a == 'x' && !(github.b == 'x')", ctx) is True
     assert evaluate("contains(github.l.*.n, 'Q') || false_name", ctx) is True
     assert evaluate("contains(fromJSON('[\"A\"]'), github.missing) || startsWith(github.a, 'y')", ctx) is False
+    assert evaluate("always() && (failure() || github.a == 'y')", ctx, failed=True) is True
+    assert evaluate("always() && (failure() || github.a == 'y')", ctx) is False
+    assert evaluate("success() && github.a == 'x'", ctx) is True
