@@ -15,7 +15,7 @@ from helpers import fake_openai, unique_op_name as fresh
 
 import kforge
 import user_op_defs
-from kforge.ops import user
+from kforge.ops import kernelbench, user
 from kforge.ops.user import UserOpError
 
 HERE = Path(__file__).resolve().parent
@@ -126,7 +126,7 @@ def test_a_function_without_a_file_cannot_be_persisted_and_says_so(kforge_home):
 
 def test_a_kernelbench_file_defines_an_op(kforge_home):
     name = fresh("gelu_rowsum")
-    entry = user.from_kernelbench(KERNELBENCH, name)
+    entry = kernelbench.from_kernelbench(KERNELBENCH, name)
     spec = kforge.ops.get_spec(name)
     assert spec.schema == f"{name}(Tensor in0) -> Tensor" and spec.fixed_shapes
     assert spec.shape_sets["smoke"] == ((8, 32),) and "class Model" in spec.reference_source
@@ -155,9 +155,9 @@ def test_a_kernelbench_file_defines_an_op(kforge_home):
 def test_kernelbench_files_are_checked_without_running_them(tmp_path):
     bad = tmp_path / "bad.py"
     bad.write_text("import os\nos.system('touch pwned')\nclass Model: pass\n")
-    assert user.kernelbench_problems(bad.read_text()) == ["defines no get_inputs", "defines no get_init_inputs"]
+    assert kernelbench.kernelbench_problems(bad.read_text()) == ["defines no get_inputs", "defines no get_init_inputs"]
     with pytest.raises(UserOpError, match="not a KernelBench-style file"):
-        user.from_kernelbench(bad, fresh("bad"))
+        kernelbench.from_kernelbench(bad, fresh("bad"))
     assert not (Path.cwd() / "pwned").exists()
 
 
@@ -240,8 +240,8 @@ def test_a_kernelbench_file_that_fails_names_the_op_and_the_step(tmp_path):
                    "def get_inputs():\n    return [torch.ones(2)]\ndef get_init_inputs():\n    return []\n")
     name = fresh("needs_k")
     with pytest.raises(UserOpError, match=rf"op '{name}': Model\(\*get_init_inputs\(\)\) failed: TypeError"):
-        user.from_kernelbench(bad, name)
+        kernelbench.from_kernelbench(bad, name)
     numbered = tmp_path / "1_Square_matmul_.py"
     numbered.write_text(KERNELBENCH.read_text())
     with pytest.raises(UserOpError, match="name the op: kforge generate NAME --spec-file"):
-        user.from_kernelbench(numbered)
+        kernelbench.from_kernelbench(numbered)

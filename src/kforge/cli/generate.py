@@ -96,7 +96,7 @@ def _define_from_file(path: str, name: str | None) -> str:
     """Register the op of a KernelBench-style file (the same definition again is reused)."""
     from pathlib import Path
 
-    from kforge.ops import SPECS, user
+    from kforge.ops import SPECS, kernelbench, user
 
     name = name or Path(path).stem.lower()
     if name in SPECS or name in user.persisted():
@@ -106,7 +106,7 @@ def _define_from_file(path: str, name: str | None) -> str:
             raise KforgeError(f"op {name!r} already exists with another definition; name this one with OP")
         progress(f"{name}: the op of {path}, defined before")
         return name
-    user.from_kernelbench(path, name)
+    kernelbench.from_kernelbench(path, name)
     progress(f"{name}: defined from {path} ({SPECS[name].schema}), persisted under {user.ops_dir()}")
     return name
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from kforge.errors import KforgeError
 from kforge.evaluate.sandbox import run_isolated
-from kforge.ops import SPECS, get_spec, user
+from kforge.ops import SPECS, get_spec, kernelbench, user
 
 DESCRIBE = "kforge.evaluate.worker_tasks:describe_user_op"
 
@@ -30,7 +30,7 @@ def define_untrusted(name: str, kind: str, source: str, shapes, dtypes, *, toler
     if name in SPECS or name in user.persisted():
         raise NewOpError(f"op {name!r} already exists: a request for a new op must use a new name")
     if kind == "kernelbench":
-        problems = user.kernelbench_problems(source)
+        problems = kernelbench.kernelbench_problems(source)
         if problems:
             raise NewOpError(f"the reference of {name!r} is not a KernelBench-style file: {'; '.join(problems)}")
     payload = {"name": name, "kind": kind, "source": source, "shapes": [list(s) for s in shapes],

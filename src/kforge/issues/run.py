@@ -18,6 +18,7 @@ import torch
 from kforge.device import fingerprint
 from kforge.issues.request import KernelRequest
 from kforge.ops import get_spec, is_builtin, user
+from kforge.ops.kernelbench import kernelbench_problems
 from kforge.router.table import ScoreTable
 
 
@@ -73,7 +74,7 @@ def ensure_op(request: KernelRequest) -> str:
         return request.op
     from kforge.issues.newop import define_untrusted
 
-    kind = "kernelbench" if not user.kernelbench_problems(request.reference or "") else "function"
+    kind = "kernelbench" if not kernelbench_problems(request.reference or "") else "function"
     define_untrusted(request.op, kind, request.reference or "", request.shapes, request.dtypes,
                      tolerance_scale=request.tolerance or 1.0)
     return request.op

@@ -24,15 +24,10 @@ and `kforge.ops.<name>` load persisted ops on first use. Loading runs that file'
 user's own code, trusted as their environment is. A file from an untrusted source (an issue) must
 only ever be loaded inside the sandboxed worker.
 
-A KernelBench-style file (`class Model(nn.Module)`, `get_inputs()`, `get_init_inputs()`) defines an
-op too (`from_kernelbench`): the model is built once with torch.manual_seed(0) and its forward is
-the reference; the arguments are `get_inputs()`'s; other shapes of the first input map the other
-inputs' dims by value (a dim equal to one of the first input's takes its new size).
+A KernelBench-style file defines an op too: `kforge.ops.kernelbench`.
 """
 from __future__ import annotations
 
-import ast
-import copy
 import dataclasses
 import importlib.util
 import inspect
@@ -70,7 +65,7 @@ IN_SANDBOX = "KFORGE_IN_SANDBOX"  # set by kforge.evaluate.sandbox in its worker
 
 
 # Names in the kforge.ops namespace an op may not take (an op is bound there by name).
-RESERVED = frozenset({"get_spec", "register", "is_builtin", "user", "spec", "checks", "SPECS", "ENTRIES", "OpSpec"})
+RESERVED = frozenset("get_spec register is_builtin user kernelbench spec checks SPECS ENTRIES OpSpec".split())
 
 
 def check_name(name: Any) -> str:
@@ -317,21 +312,6 @@ def _untrusted_stub(name: str) -> Callable:
     return stub
 
 
-def _schema_from_args(name: str, args: tuple, outputs, reference: Callable | None = None) -> str:
-    """A schema from one call: argument types from the values, names from the reference's
-    parameters when they fit (else in0, a1, ...)."""
-    returns = "Tensor" if not isinstance(outputs, (tuple, list)) else f"({', '.join(['Tensor'] * len(outputs))})"
-    params = []
-    try:
-        params = [p.name for p in inspect.signature(reference).parameters.values()] if reference else []
-    except (TypeError, ValueError):
-        pass
-    typed = [_arg_type(v, i) for i, v in enumerate(args)]
-    if len(params) == len(typed) and all(NAME.match(p) for p in params):
-        typed = [f"{t.split(' ')[0]} {p}" for t, p in zip(typed, params)]
-    return f"{name}({', '.join(typed)}) -> {returns}"
-
-
 def persist_untrusted(name: str, kind: str, source: str, description: Any, *, shapes, dtypes,
                       tolerance_scale: float = 1.0) -> None:
     """Save an op whose code came from an untrusted source, with the `description` a sandboxed
@@ -382,9 +362,11 @@ def describe_here(payload: dict) -> dict:
     path = Path(os.environ.get("TMPDIR") or ".") / f"{name}.py"
     path.write_text(payload["source"])
     module = _module_from(name, path)
+    from kforge.ops.kernelbench import kernelbench_spec, schema_from_args
+
     scale = float(payload.get("tolerance_scale", 1.0))
     if kind == "kernelbench":
-        spec = _kernelbench_spec(name, module, payload["source"], scale)
+        spec = kernelbench_spec(name, module, payload["source"], scale)
     else:
         for needed in ("reference", "make_inputs"):
             if not callable(getattr(module, needed, None)):
@@ -396,7 +378,7 @@ def describe_here(payload: dict) -> dict:
             raise UserOpError(f"op {name!r}: make_inputs(shape, ...) must return a tuple whose first item is a "
                               "tensor of that shape")
         outputs = module.reference(*args)
-        spec = build_spec(name, _schema_from_args(name, args, outputs, module.reference), module.reference,
+        spec = build_spec(name, schema_from_args(name, args, outputs, module.reference), module.reference,
                           module.make_inputs,
                           shapes=shapes, dtypes=[_DTYPE_NAMES[d] for d in payload["dtypes"]],
                           reference_source=payload["source"], tolerance_scale=scale)
@@ -455,7 +437,9 @@ def load(name: str):
             return ops.ENTRIES[name]
         scale = manifest.get("tolerance_scale", 1.0)
         if manifest.get("kind") == "kernelbench":
-            spec = _kernelbench_spec(name, module, (folder / "source.py").read_text(), scale)
+            from kforge.ops.kernelbench import kernelbench_spec
+
+            spec = kernelbench_spec(name, module, (folder / "source.py").read_text(), scale)
         else:
             spec = build_spec(name, manifest["schema"], _function(module, manifest.get("reference", "reference")),
                               _function(module, manifest.get("make_inputs", "make_inputs")), shapes=manifest["shapes"],
@@ -464,120 +448,3 @@ def load(name: str):
                               description=manifest.get("description", ""),
                               fixed_shapes=manifest.get("fixed_shapes", False), tolerance_scale=scale)
         return ops.register(spec)
-
-
-# -- KernelBench-style files ---------------------------------------------------------------------
-KERNELBENCH_NAMES = ("Model", "get_inputs", "get_init_inputs")
-
-
-def kernelbench_problems(source: str) -> list[str]:
-    """What a KernelBench-style source lacks, read with `ast` alone (nothing runs)."""
-    try:
-        tree = ast.parse(source)
-    except SyntaxError as exc:
-        return [f"does not parse as Python: line {exc.lineno}: {exc.msg}"]
-    defined = {n.name for n in tree.body if isinstance(n, (ast.FunctionDef, ast.ClassDef))}
-    return [f"defines no {what}" for what in KERNELBENCH_NAMES if what not in defined]
-
-
-def _arg_type(value: Any, i: int) -> str:
-    if isinstance(value, torch.Tensor):
-        return f"Tensor in{i}"
-    if isinstance(value, bool):
-        return f"bool a{i}"
-    if isinstance(value, int):
-        return f"int a{i}"
-    if isinstance(value, float):
-        return f"float a{i}"
-    raise UserOpError(f"get_inputs()[{i}] is a {type(value).__name__}: only tensors, ints, floats and bools")
-
-
-def _kernelbench_spec(name: str, module, source: str, tolerance_scale: float = 1.0) -> OpSpec:
-    missing = [n for n in KERNELBENCH_NAMES if not hasattr(module, n)]
-    if missing:
-        raise UserOpError(f"op {name!r}: the file defines no {', '.join(missing)}")
-    def ran(what: str, fn: Callable):
-        try:
-            return fn()
-        except Exception as exc:
-            raise UserOpError(f"op {name!r}: {what} failed: {type(exc).__name__}: {exc}") from exc
-
-    torch.manual_seed(0)
-    model = ran("Model(*get_init_inputs())", lambda: module.Model(*module.get_init_inputs()).eval())
-    template = ran("get_inputs()", lambda: list(module.get_inputs()))
-    if not template or not isinstance(template[0], torch.Tensor):
-        raise UserOpError(f"op {name!r}: get_inputs() must return a list starting with a tensor")
-    for i, v in enumerate(template):
-        _arg_type(v, i)  # a list or a dict argument is refused before forward runs
-    with torch.no_grad():
-        out = ran("Model.forward(*get_inputs())", lambda: model(*template))
-    outs = out if isinstance(out, (tuple, list)) else (out,)
-    if not all(isinstance(o, torch.Tensor) for o in outs):
-        raise UserOpError(f"op {name!r}: Model.forward must return a tensor or a tuple of tensors")
-    returns = "Tensor" if not isinstance(out, (tuple, list)) else f"({', '.join(['Tensor'] * len(outs))})"
-    schema = f"{name}({', '.join(_arg_type(v, i) for i, v in enumerate(template))}) -> {returns}"
-    copies: dict = {}
-
-    def reference(*args):
-        """Model.forward, with the model's parameters in the first floating input's dtype and device."""
-        like = next((a for a in args if isinstance(a, torch.Tensor) and a.is_floating_point()), args[0])
-        key = (like.device, like.dtype if like.is_floating_point() else None)
-        m = copies.get(key)
-        if m is None:
-            m = copy.deepcopy(model).to(device=like.device, dtype=key[1]) if key[1] else copy.deepcopy(model).to(like.device)
-            copies[key] = m
-        with torch.no_grad():
-            result = m(*args)
-        return tuple(result) if isinstance(result, list) else result
-
-    base = tuple(template[0].shape)
-
-    def make_inputs(shape, dtype, device, seed):
-        sizes = dict(zip(base, shape))  # a template dim equal to one of the first input's takes its new size
-        g = torch.Generator().manual_seed(seed)
-        args = []
-        for i, t in enumerate(template):
-            if not isinstance(t, torch.Tensor):
-                args.append(t)
-                continue
-            dims = tuple(shape) if i == 0 else tuple(sizes.get(d, d) for d in t.shape)
-            if t.is_floating_point():
-                args.append(torch.randn(dims, generator=g).to(device=device, dtype=dtype))
-            else:
-                high = int(t.max()) + 1 if t.numel() else 1
-                args.append(torch.randint(0, max(high, 1), dims, generator=g).to(device=device, dtype=t.dtype))
-        return tuple(args)
-
-    doc = (inspect.getdoc(module.Model) or "").split("\n")[0]
-    return build_spec(name, schema, reference, make_inputs, shapes=[base], description=doc or f"KernelBench op {name}",
-                      reference_source=source, fixed_shapes=True, tolerance_scale=tolerance_scale)
-
-
-def from_kernelbench(path: str | Path, name: str | None = None, *, persist: bool = True):
-    """Register the op a KernelBench-style file defines (name: the file's stem unless given);
-    returns its entry point. The file runs in this process: use it for files you trust."""
-    from kforge import ops
-
-    path = Path(path)
-    if name is None:
-        name = path.stem.lower()
-        if not NAME.match(name):
-            raise UserOpError(f"{path.name}: its stem {name!r} is not a valid op name; name the op: "
-                              f"kforge generate NAME --spec-file {path}")
-    check_name(name)
-    try:
-        source = path.read_text()
-    except OSError as exc:
-        raise UserOpError(f"cannot read {path}: {exc}") from None
-    problems = kernelbench_problems(source)
-    if problems:
-        raise UserOpError(f"{path}: not a KernelBench-style file: {'; '.join(problems)}")
-    with _LOCK:
-        if name in ops.SPECS:
-            raise UserOpError(f"op {name!r} is already registered")
-        module = _module_from(name, path)
-        spec = _kernelbench_spec(name, module, source)
-        entry = ops.register(spec)
-        if persist:
-            _write(name, {"kind": "kernelbench", "trusted": True, "name": name, "schema": spec.schema, "source": source})
-        return entry
