@@ -26,7 +26,7 @@ OFFLINE = ("kforge.gen", "kforge.evaluate", "kforge.cli", "kforge.compile", "kfo
 RUNTIME = ("kforge.ops", "kforge.ops.*", "kforge.backends", "kforge.backends.*", "kforge.router",
            "kforge.router.*", "kforge.store", "kforge.store.*", "kforge.candidate", "kforge.catalog",
            "kforge.catalog.*", "kforge.files", "kforge.records", "kforge.device",
-           "kforge.paths", "kforge.errors", "kforge.testing", "kforge")
+           "kforge.paths", "kforge.errors", "kforge.redact", "kforge.testing", "kforge")
 
 
 # (module, import) pairs the rule allows, each imported only inside a function.

@@ -8,7 +8,8 @@ import time
 
 import pytest
 
-from kforge.evaluate.sandbox import DENY, Status, WorkerOutcome, run_isolated, worker_env
+from kforge.evaluate.sandbox import Status, WorkerOutcome, run_isolated, worker_env
+from kforge.redact import DENY
 
 
 def task(name: str, payload=None, **kwargs) -> WorkerOutcome:

@@ -55,9 +55,17 @@ DEFAULT_ALLOW: tuple[str, ...] = (
     "OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "XDG_CACHE_HOME",
     "NCCL_NVLS_ENABLE", "TORCH_SYMM_MEM_DISABLE_MULTICAST", "NVSHMEM_DISABLE_NVLS",
 )
-# Checked after the allow-list and winning over it (patterns, case-insensitive).
-DENY: tuple[str, ...] = ("*KEY*", "*TOKEN*", "*SECRET*", "*PASSWORD*", "*PASSWD*", "*CREDENTIAL*", "*AUTH*",
-                         "*SESSION*", "*COOKIE*", "AWS_*", "AZURE_*", "GOOGLE_*", "GCP_*")
+# The deny-list (kforge.redact.DENY) is checked after the allow-list and wins over it. Imported
+# lazily: the worker loads this file by path, stdlib only, before anything of kforge (whose
+# package import pulls in torch).
+
+
+def denied(name: str) -> bool:
+    from kforge.redact import denied as is_denied
+
+    return is_denied(name)
+
+
 OUTPUT_TAIL = 8000  # characters of the worker's stdout and stderr kept in an outcome
 POLL_S = 0.01
 
@@ -109,11 +117,6 @@ def worker_env(env_allow: Iterable[str] = DEFAULT_ALLOW, source: Mapping[str, st
             if any(fnmatch.fnmatchcase(name, p) for p in allow) and not denied(name)}
 
 
-def denied(name: str) -> bool:
-    upper = name.upper()
-    return any(fnmatch.fnmatchcase(upper, p) for p in DENY)
-
-
 def run_isolated(fn_qualname: str, payload: Mapping[str, Any], *, timeout_s: float, memory_mb: int | None = None,
                  env_allow: Iterable[str] = DEFAULT_ALLOW, env: Mapping[str, str] | None = None, cuda: bool = False,
                  sys_path: Iterable[str] | None = None) -> WorkerOutcome:
@@ -131,6 +134,8 @@ def run_isolated(fn_qualname: str, payload: Mapping[str, Any], *, timeout_s: flo
         raise ValueError(f"timeout_s must be positive, got {timeout_s}")
     for name in env or {}:
         if denied(name):
+            from kforge.redact import DENY
+
             raise ValueError(f"run_isolated: {name!r} matches the sandbox's deny-list {DENY}")
     scratch = tempfile.mkdtemp(prefix="kforge-sandbox-")
     try:
