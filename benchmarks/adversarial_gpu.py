@@ -9,7 +9,7 @@ side-stream cheat does to timers that only record events on the current stream.
    synchronized wall time exposes the escaped work (`timing.escaped_stream`).
 
     python benchmarks/adversarial_gpu.py [--only NAME ...]
-Writes results/h100/adversarial-gpu.json.
+Writes results/<h200|h100>/adversarial-gpu.json.
 """
 from __future__ import annotations
 
@@ -28,6 +28,19 @@ sys.path.insert(0, str(HERE.parent / "tests"))
 from common import environment, write_json  # noqa: E402
 
 SHAPES = {"rms_norm": (64, 4096), "fused_add_rms_norm": (64, 4096), "softmax": (64, 4096)}
+
+
+def timing_shape(op: str) -> tuple[int, ...]:
+    """The timed shape of a cheat for `op`: a mid row shape, or the op's first smoke shape."""
+    from kforge.ops import get_spec
+
+    return SHAPES.get(op) or tuple(get_spec(op).shapes("smoke")[0])
+
+
+def gpu_dir() -> str:
+    """results/h200 or results/h100, from the GPU this runs on."""
+    name = torch.cuda.get_device_name(0).lower()
+    return "h200" if "h200" in name else "h100" if "h100" in name else "gpu"
 
 
 def expectations() -> dict[str, tuple[str, str]]:
@@ -54,7 +67,7 @@ def run_corpus(only: list[str]) -> list[dict]:
             source = (HERE.parent / "tests" / "adversarial" / f"{name}.py").read_text()
             start = time.monotonic()
             result = evaluate_source(source, op, device="cuda", dtypes=[torch.bfloat16, torch.float32],
-                                     timing_shapes=[SHAPES[op]], executor=executor, provider="adversarial",
+                                     timing_shapes=[timing_shape(op)], executor=executor, provider="adversarial",
                                      record=False, timeout_s=120.0)
             if expected.startswith("static:"):
                 # The harness reports the first finding; the cheat's own rule must be among them
@@ -117,7 +130,7 @@ def main() -> int:
     payload = {"benchmark": "adversarial_gpu", "environment": environment(), "corpus": rows,
                "all_rejected_for_their_reason": all(r["rejected_for_its_reason"] for r in rows),
                "side_stream": stream}
-    path = write_json("adversarial-gpu.json", payload, subdir="h100")
+    path = write_json("adversarial-gpu.json", payload, subdir=gpu_dir())
     print(f"{sum(r['rejected_for_its_reason'] for r in rows)}/{len(rows)} rejected for their reason; wrote {path}")
     return 0 if payload["all_rejected_for_their_reason"] else 1
 
