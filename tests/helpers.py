@@ -160,3 +160,11 @@ def fake_openai(httpserver, monkeypatch, *answers: str):
     monkeypatch.setenv("OPENAI_API_KEY", "test-key")
     return make_provider(load_config(provider="openai", base_url=httpserver.url_for("/v1").rstrip("/"),
                                      max_retries="0"))
+
+
+def accept_kernel(sha: str, op: str) -> None:
+    """Give stored kernel `sha` the verdict the harness writes when it accepts a candidate for
+    `op`, so the real Triton backend will serve it (tests that plant a kernel and a record)."""
+    from kforge.store import KernelStore
+
+    KernelStore().put_verdict(sha, op, {"device": "test", "provider": "test", "attempt_id": None, "evidence": None})

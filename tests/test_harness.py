@@ -15,6 +15,7 @@ from kforge.catalog import seeds
 from kforge.evaluate import harness, roofline
 from kforge.evaluate.executors import LocalPoolExecutor
 from kforge.router.table import ScoreTable
+from kforge.store import KernelStore
 from kforge.testing import assert_matches_reference
 
 from helpers import cpu_device
@@ -40,6 +41,7 @@ def test_a_good_candidate_is_accepted_recorded_and_served(op, path, pool):
     assert set(records) == {result.impl, "vendor"}
     assert records[result.impl].source_sha256 == result.sha256
     assert records[result.impl].key.shape == (4, 64)
+    assert KernelStore().verdict_problem(result.sha256, op) is None  # the verdict the Triton backend requires
     # The router may serve it: pinned, the call runs the stored kernel and is right.
     spec = kforge.ops.SPECS[op]
     args = spec.make_inputs((4, 64), F32, "cpu", 7)

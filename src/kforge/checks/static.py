@@ -167,6 +167,8 @@ class _Checker(TensorFlow):
                         self.flag(Rule.IMPORT, node, f"star import from {module}")
                         continue
                     full = f"{module}.{a.name}"
+                    if a.name.startswith("_"):
+                        self.flag(Rule.PRIVATE, node, f"imports {full}: no private names")
                     self.aliases[a.asname or a.name] = full
                     if self.module_allowed(module) and not self.module_allowed(full):
                         self.check_chain(full, node, in_kernel=False, verb="imports")
@@ -331,7 +333,6 @@ class _Checker(TensorFlow):
             return
         if node.attr.startswith("_"):
             self.flag(Rule.PRIVATE, node, f"accesses .{node.attr}: no private attributes")
-            return
         if node.attr in ("format", "format_map"):
             self.flag(Rule.DYNAMIC, node, f"uses .{node.attr}: a format string reads attributes the check never sees")
             return
@@ -352,9 +353,7 @@ class _Checker(TensorFlow):
         """`path`: a dotted name (maximal chain) the code refers to, e.g. torch.nn.functional.softmax."""
         parts = path.split(".")
         top = parts[0]
-        if any(p.startswith("_") for p in parts):
-            self.flag(Rule.PRIVATE, node, f"{verb} {path}: no private names")
-        elif top == "kforge" or path.startswith("torch.ops.kforge"):
+        if top == "kforge" or path.startswith("torch.ops.kforge"):
             self.flag(Rule.KFORGE, node, f"{verb} {path}: a candidate may not call the reference or kforge")
         elif top == "torch":
             if in_kernel:
