@@ -113,6 +113,7 @@ class _Checker(TensorFlow):
         self.kernels: set[ast.AST] = set()
         self.kernel_names: set[str] = set()
         self.host_names: set[str] = set()  # module-level host functions
+        self.kernel_params: set[str] = set()
         self.module_names = _bound_names(tree)
         self.params: dict[str, dict[str, str]] = {}  # host function -> its parameters known to hold tensors
         self.returns: dict[str, str] = {}  # host function -> what it returns, when tensors
@@ -135,6 +136,8 @@ class _Checker(TensorFlow):
         self.kernels = {f for f in functions(self.tree) if self.is_kernel(f)}
         self.kernel_names = {name for name, f in self.toplevel.items() if f in self.kernels}
         self.host_names = set(self.toplevel) - self.kernel_names
+        self.kernel_params = {a.arg for f in self.kernels for a in
+                              f.args.posonlyargs + f.args.args + f.args.kwonlyargs}
         forward = self.toplevel.get("forward")
         if forward is None:
             self.flag(Rule.CONTRACT, self.tree, "defines no module-level forward(...)")
@@ -254,6 +257,10 @@ class _Checker(TensorFlow):
             path = self.resolve(node.func)
             if path is not None:
                 structure.check_triton_call(self, node, path)
+            elif in_kernel and isinstance(node.func, ast.Name) and node.func.id in self.kernel_params \
+                    and node.func.id not in self.kernel_names:
+                self.flag(Rule.KERNEL_CALL, node, f"a kernel calls its argument {node.func.id}: under the interpreter "
+                                                  "that runs host Python")
         if in_kernel:
             return
         if isinstance(node, ast.Call):
