@@ -154,7 +154,7 @@ HOST_READ_BUILTINS = {"float", "int", "bool", "complex", "str", "repr", "format"
                       "filter", "enumerate", "zip", "divmod", "pow", "hash", "bytes"}
 CONTAINER_OK_BUILTINS = {"list", "tuple", "enumerate", "zip", "iter", "len", "isinstance", "reversed"}
 # Calls allowed in module-level constants (pure functions of constants).
-CONSTANT_CALLS = {"min", "max", "abs", "int", "float", "round", "len", "tuple", "frozenset", "bool", "str",
+CONSTANT_CALLS = {"min", "max", "abs", "int", "float", "round", "len", "tuple", "frozenset", "bool", "str", "range",
                   "divmod", "pow", "triton.cdiv", "triton.next_power_of_2", "triton.language.constexpr"}
 DATA_NAMES = ("DOMAIN", "SEARCH_SPACE")  # module-level data kforge reads; the only mutable containers
 
