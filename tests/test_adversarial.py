@@ -62,6 +62,7 @@ STATIC = {
     "static_module_getattr": ("rms_norm", Rule.DYNAMIC),
     "static_autotune_hook": ("rms_norm", Rule.API),
     "static_print_builtin": ("rms_norm", Rule.BUILTIN),
+    "static_grid_metadata": ("rms_norm", Rule.TORCH),
 }
 # What the finding of that rule must name, so each is rejected for its own reason and not by a
 # rule that happens to fire on the same file.
@@ -87,6 +88,7 @@ STATIC_WHY = {
     "static_module_getattr": "defines __getattr__",
     "static_autotune_hook": "pre_hook",
     "static_print_builtin": "uses print",
+    "static_grid_metadata": "reads tensor argument 'x_ptr' of _noop",
 }
 
 

@@ -269,6 +269,14 @@ FORBIDDEN = {
     "kernel attribute": ("def forward(x):\n    _kernel.fn\n    return x", Rule.KERNEL_CALL),
     "kernel uses a host function": ("def _h():\n    return 1\n@triton.jit\ndef _k4(p):\n    _h()\n"
                                     "def forward(x):\n    _k4[(1,)](x)\n    return x", Rule.KERNEL_CALL),
+    "grid reads a tensor": ("def forward(x):\n    y = torch.empty_like(x)\n"
+                            "    _kernel[lambda meta: (meta['x_ptr'].numel(),)](x, y, 4, BLOCK=4)\n    return y", Rule.TORCH),
+    "grid passes its metadata on": ("def _g(meta):\n    return _h(meta)\ndef _h(m):\n    return (1,)\n"
+                                    "def forward(x):\n    _kernel[_g](x, x, 4, BLOCK=4)\n    return x", Rule.TORCH),
+    "heuristic reads a tensor": ("@triton.heuristics({'B': lambda args: args['p'] * 2})\n@triton.jit\ndef _k6(p, B: tl.constexpr):\n"
+                                 "    pass\ndef forward(x):\n    _k6[(1,)](x)\n    return x", Rule.TORCH),
+    "autotune prune hook": ("@triton.autotune(configs=[], key=[], prune_configs_by={})\n@triton.jit\ndef _k7(p):\n"
+                            "    pass\ndef forward(x):\n    _k7[(1,)](x)\n    return x", Rule.API),
     "kernel calls its argument": ("@triton.jit\ndef _k5(f):\n    f()\ndef forward(x):\n    _k5[(1,)](x)\n"
                                   "    return x", Rule.KERNEL_CALL),
 }

@@ -76,12 +76,11 @@ def kernel_value_attrs() -> frozenset[str]:
 TRITON_ALLOWED = {"triton.jit", "triton.autotune", "triton.heuristics", "triton.Config", "triton.cdiv",
                   "triton.next_power_of_2", "triton.language", "triton.constexpr"}
 TRITON_DECORATORS = {"triton.jit", "triton.autotune", "triton.heuristics"}
-# Keyword arguments of the triton decorators and Config: no hooks (pre_hook, do_bench, ...), which
-# run host code with the launch's tensors outside the host rules' sight.
+# Keyword arguments of the triton decorators and Config: no hooks (pre_hook, do_bench,
+# prune_configs_by, launch_metadata, ...), which run host code with the launch's tensors.
 TRITON_KWARGS = {
     "triton.jit": {"do_not_specialize", "do_not_specialize_on_alignment", "debug", "noinline"},
-    "triton.autotune": {"configs", "key", "prune_configs_by", "reset_to_zero", "restore_value", "warmup", "rep",
-                        "cache_results"},
+    "triton.autotune": {"configs", "key", "reset_to_zero", "restore_value", "warmup", "rep", "cache_results"},
     "triton.heuristics": set(),
     "triton.Config": {"kwargs", "num_warps", "num_stages", "num_ctas", "maxnreg"},
 }

@@ -25,7 +25,9 @@ reshape and launch:
     flow analysis, `kforge.checks.flow`, knows which names hold tensors);
   - `@triton.jit` functions only launched from host code (`kernel[grid](...)`): never called or
     used as values there (under the interpreter a direct call runs the body as host Python), and
-    kernels never use host functions;
+    kernels never use host functions or call their arguments;
+  - grid callables and heuristics read the launch's arguments only as `meta["NAME"]`, never a
+    tensor argument (`kforge.checks.launch`);
   - the module's shape (`kforge.checks.structure`): top level only docstring, imports, constants,
     DOMAIN / SEARCH_SPACE data and defs; no class; no mutable module state or default arguments.
 Everywhere: no try/except (a fallback hides a broken kernel), streams or events, file system,
@@ -41,10 +43,10 @@ import builtins
 import threading
 
 from kforge.checks import names as N
-from kforge.checks import structure
+from kforge.checks import launch, structure
+from kforge.checks.chains import ChainRules
 from kforge.checks.flow import CONTAINER, TENSOR, TensorFlow, functions
-from kforge.checks.names import (ALLOWED_IMPORTS, HOST_VALUE_ATTRS, TENSOR_METHODS, TORCH_ALLOWED,  # noqa: F401
-                                 TRITON_ALLOWED)
+from kforge.checks.names import ALLOWED_IMPORTS, HOST_VALUE_ATTRS, TENSOR_METHODS
 from kforge.checks.rules import Finding, Rule
 
 BUILTIN_NAMES = {n for n in dir(builtins) if not n.startswith("_")}
@@ -103,7 +105,7 @@ def _is_private(name: str) -> bool:
     return name.startswith("_") and not structure.is_dunder(name)
 
 
-class _Checker(TensorFlow):
+class _Checker(ChainRules, TensorFlow):
     def __init__(self, tree: ast.Module, spec):
         self.tree = tree
         self.spec = spec
@@ -145,6 +147,7 @@ class _Checker(TensorFlow):
             self.flag(Rule.CONTRACT, forward, "forward must be a host function that launches kernels, not a kernel")
         structure.check_module(self)
         self.infer_types(forward)
+        launch.check(self)
         self.visit(self.tree, False, self.module_env, frozenset(self.module_names), None)
 
     def collect_imports(self) -> None:
@@ -175,30 +178,6 @@ class _Checker(TensorFlow):
                     self.aliases[a.asname or a.name] = full
                     if self.module_allowed(module) and not self.module_allowed(full):
                         self.check_chain(full, node, in_kernel=False, verb="imports")
-
-    @staticmethod
-    def module_allowed(module: str) -> bool:
-        if module.startswith("triton.language"):
-            return module in N.triton_language_modules()
-        return module in ALLOWED_IMPORTS
-
-    def check_module(self, module: str, node: ast.AST) -> None:
-        if any(part.startswith("_") for part in module.split(".")) and module != "__future__":
-            self.flag(Rule.PRIVATE, node, f"imports {module}: no private modules")
-        if self.module_allowed(module):
-            return
-        top = module.split(".")[0]
-        if top == "torch":
-            self.check_chain(module, node, in_kernel=False, verb="imports")
-        elif top == "triton":
-            self.flag(Rule.API, node, f"imports {module}: only triton, triton.language and its math libraries "
-                                      f"({', '.join(sorted(N.triton_language_modules()))}) are allowed")
-        elif top == "os":
-            self.flag(Rule.IMPORT, node, f"imports {module} (file system, environment and processes)")
-        elif top in N.MODULE_RULES:
-            self.flag(Rule(N.MODULE_RULES[top]), node, f"imports {module}")
-        else:
-            self.flag(Rule.IMPORT, node, f"imports {module}: allowed imports are {', '.join(ALLOWED_IMPORTS)}")
 
     def is_kernel(self, fn: ast.AST) -> bool:
         for dec in fn.decorator_list:
@@ -355,65 +334,6 @@ class _Checker(TensorFlow):
                 self.check_method(node, env)
         elif not isinstance(self.parents.get(node), ast.Attribute):
             self.check_chain(path, node, in_kernel)
-
-    def check_chain(self, path: str, node: ast.AST, in_kernel: bool, verb: str = "uses") -> None:
-        """`path`: a dotted name (maximal chain) the code refers to, e.g. torch.nn.functional.softmax."""
-        parts = path.split(".")
-        top = parts[0]
-        if top == "kforge" or path.startswith("torch.ops.kforge"):
-            self.flag(Rule.KFORGE, node, f"{verb} {path}: a candidate may not call the reference or kforge")
-        elif top == "torch":
-            if in_kernel:
-                self.flag(Rule.TORCH, node, f"{verb} {path} inside a kernel: kernels use triton.language only")
-            elif len(parts) >= 2 and (parts[-1] in N.STREAM_NAMES and parts[1] in ("cuda", "Stream", "Event")
-                                      or parts[1] in ("Stream", "Event")):
-                self.flag(Rule.STREAM, node, f"{verb} {path}: no streams, events or synchronisation")
-            elif ".".join(parts[:2]) in N.TORCH_CONSTANTS and all(p in HOST_VALUE_ATTRS for p in parts[2:]):
-                pass
-            elif not (path in TORCH_ALLOWED or path == "torch"):
-                self.flag(Rule.TORCH, node, f"{verb} {path}: host code may only allocate (torch.empty, "
-                                            "empty_like, empty_strided) and launch kernels")
-        elif path.startswith("triton.language"):
-            self.check_triton_language(path, node, verb)
-        elif top == "triton":
-            if not (path in TRITON_ALLOWED or path == "triton"):
-                self.flag(Rule.API, node, f"{verb} {path}: allowed are {', '.join(sorted(TRITON_ALLOWED))}")
-            elif path in N.TRITON_DECORATORS and node not in self.decorators:
-                self.flag(Rule.API, node, f"{verb} {path} other than as a decorator")
-        elif top == "typing":
-            if len(parts) > 1 and path not in N.TYPING_ALLOWED:
-                self.flag(Rule.API, node, f"{verb} {path}: from typing only {', '.join(sorted(N.TYPING_ALLOWED))}")
-        elif top == "os":
-            name = parts[1] if len(parts) > 1 else ""
-            if name in N.OS_ENVIRONMENT:
-                self.flag(Rule.ENVIRONMENT, node, f"{verb} {path}: reads or writes the environment")
-            elif name.startswith(N.OS_PROCESS_PREFIXES):
-                self.flag(Rule.PROCESS, node, f"{verb} {path}: processes")
-            else:
-                self.flag(Rule.FILESYSTEM, node, f"{verb} {path}: the file system")
-        elif top == "sys" and path.startswith("sys.exit"):
-            self.flag(Rule.PROCESS, node, f"{verb} {path}")
-        elif top in N.MODULE_RULES:
-            self.flag(Rule(N.MODULE_RULES[top]), node, f"{verb} {path}")
-        elif top not in ALLOWED_IMPORTS:
-            self.flag(Rule.IMPORT, node, f"{verb} {path}")
-
-    def check_triton_language(self, path: str, node: ast.AST, verb: str) -> None:
-        """Only the public names of the installed Triton's triton.language (names.py); below a
-        name that is a value (tl.float32), only its dtype / tensor attributes."""
-        allowed, modules = N.triton_language_names(), N.triton_language_modules()
-        parts = path.split(".")
-        for i in range(len(parts), 1, -1):
-            prefix = ".".join(parts[:i])
-            if prefix in allowed:
-                rest = parts[i:]
-                if not rest:
-                    return
-                if prefix not in modules and all(p in N.kernel_value_attrs() for p in rest):
-                    return
-                break
-        self.flag(Rule.API, node, f"{verb} {path}: not a public name of triton.language or its math libraries "
-                                  "(triton.language.core and other internals are out)")
 
     def check_store(self, target: ast.AST, stmt: ast.AST, in_kernel: bool, env, local) -> None:
         if isinstance(target, (ast.Tuple, ast.List)):
