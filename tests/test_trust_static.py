@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
 import warnings
 
 import pytest
@@ -84,8 +85,8 @@ def test_a_forged_verdict_is_not_served():
     sha = plant(SEED, verdict=False)
     verdict_key(create=True)
     path = KernelStore().verdict_path(sha)
-    body = {"kind": "kforge-verdict", "sha256": sha, "op": OP, "evidence": {}, "created": "2026-12-01T00:00:00+00:00",
-            "hmac": "0" * 64}
+    body = {"kind": "kforge-verdict", "sha256": sha, "op": OP, "devices": {str(fingerprint(DEVICE)): {}},
+            "created": "2026-12-01T00:00:00+00:00", "hmac": "0" * 64}
     path.write_text(json.dumps(body))
     refused_once("was not written by this kforge's evaluator")
 
@@ -107,7 +108,18 @@ def test_a_verdict_of_another_kernel_does_not_transfer():
     accept_kernel(donor, "softmax")
     sha = plant(SEED, verdict=False)
     KernelStore().verdict_path(sha).write_bytes(KernelStore().verdict_path(donor).read_bytes())
-    refused_once(f"is for 'softmax' kernel {donor}, not this 'rms_norm' kernel")
+    refused_once(f"is for 'softmax' kernel {donor}, not this kernel")
+
+
+def test_a_verdict_for_another_device_does_not_cover_this_one():
+    other = "cuda|NVIDIA H200|sm90|torch2.13|triton3.6"
+    sha = plant(SEED, verdict=False)
+    accept_kernel(sha, OP, device=other)
+    refused_once(f"covers \\['{re.escape(other)}'\\], not")
+    accept_kernel(sha, OP)  # accepted here too: both verdicts hold
+    store = KernelStore()
+    assert store.verdict_problem(sha, OP, other) is None
+    assert store.verdict_problem(sha, OP, str(fingerprint(DEVICE))) is None
 
 
 def test_a_key_others_can_read_proves_nothing():

@@ -14,8 +14,8 @@ per process): a kernel that fails it raises `KernelRejectedError` and is never i
 module is imported from the bytes that were hashed, never from a bytecode cache (see
 `kforge.candidate`).
 
-Verdicts: `<sha[:2]>/<sha>.verdict` says this kforge's evaluator accepted the kernel (op, device,
-evidence), authenticated by an HMAC-SHA256 keyed by `<KFORGE_HOME>/verdict.key` (32 random bytes,
+Verdicts: `<sha[:2]>/<sha>.verdict` says this kforge's evaluator accepted the kernel for an op on
+each device it names (with a summary of the evidence), authenticated by an HMAC-SHA256 keyed by `<KFORGE_HOME>/verdict.key` (32 random bytes,
 created once with mode 0600 by the first verdict written). The Triton backend serves a stored
 kernel only with a valid verdict, so a kernel and record planted in the store or copied from
 another machine (where the key differs) are not served; the kernels bundled with the package are
@@ -42,7 +42,7 @@ from kforge import paths
 from kforge.candidate import Candidate, candidate_from_module, load_module
 from kforge.device import installed_version
 from kforge.errors import KforgeError
-from kforge.files import atomic_write_bytes, fsync_dir
+from kforge.files import atomic_write_bytes, fsync_dir, lock_for
 
 if TYPE_CHECKING:
     from kforge.ops.spec import OpSpec
@@ -263,48 +263,68 @@ class KernelStore:
     def verdict_path(self, sha: str) -> Path:
         return self.root / sha[:2] / f"{sha}.verdict"
 
-    def put_verdict(self, sha: str, op: str, evidence: dict) -> Path:
-        """Record that this kforge's evaluator accepted kernel `sha` for `op` (`evidence`: a JSON
-        summary of what was verified: device, dtypes, shapes, seeds). Only the coordinator calls
-        this, never a worker. Replaces an older verdict of the kernel."""
+    def put_verdict(self, sha: str, op: str, device: str, evidence: dict) -> Path:
+        """Record that this kforge's evaluator accepted kernel `sha` for `op` on `device` (the
+        fingerprint string records are keyed by; `evidence`: a JSON summary of what was verified).
+        Only the coordinator calls this, never a worker. Verdicts on other devices are kept; one
+        on the same device is replaced."""
         self.get(sha)  # stored and intact
-        body = {"kind": VERDICT_KIND, "sha256": sha, "op": op, "evidence": evidence,
-                "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}
         key = verdict_key(create=True)
         if key is None:
             raise KforgeError(f"verdict for {sha}: {paths.home() / 'verdict.key'} is not a private key file of "
                               f"{KEY_BYTES} bytes (mode 0600, owned by this user); remove it to make a new one")
-        data = {**body, "hmac": _mac(key, body)}
         path = self.verdict_path(sha)
-        atomic_write_bytes(path, (json.dumps(data, indent=1, sort_keys=True) + "\n").encode())
+        with lock_for(path):
+            old, problem = self._read_verdict(sha)
+            devices = dict(old["devices"]) if problem is None and old["op"] == op else {}
+            devices[device] = evidence
+            body = {"kind": VERDICT_KIND, "sha256": sha, "op": op, "devices": devices,
+                    "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}
+            data = {**body, "hmac": _mac(key, body)}
+            atomic_write_bytes(path, (json.dumps(data, indent=1, sort_keys=True) + "\n").encode())
         return path
 
-    def verdict_problem(self, sha: str, op: str) -> str | None:
-        """None when kernel `sha` has a valid verdict of this kforge for `op`; else why not."""
-        sha = self._check_sha(sha)
+    def verdict_problem(self, sha: str, op: str, device: str | None = None) -> str | None:
+        """None when kernel `sha` has a valid verdict of this kforge for `op` (on `device`, when
+        given: a record keyed to a device the kernel was never verified on is not served); else
+        why not, as a sentence for the router's warning."""
+        body, problem = self._read_verdict(self._check_sha(sha))
+        if problem is not None:
+            return problem
+        path = self.verdict_path(sha)
+        if body["op"] != op:
+            return f"its verdict {path} is for {body['op']!r} kernel {body['sha256']}, not this {op!r} kernel"
+        if device is not None and device not in body["devices"]:
+            return f"its verdict {path} covers {sorted(body['devices'])}, not {device}"
+        return None
+
+    def _read_verdict(self, sha: str) -> tuple[dict | None, str | None]:
         path = self.verdict_path(sha)
         try:
-            raw = path.read_bytes()[:MAX_VERDICT_BYTES + 1]
+            with open(path, "rb") as f:
+                raw = f.read(MAX_VERDICT_BYTES + 1)
         except FileNotFoundError:
-            return f"it has no verdict from this kforge's evaluator ({path} is missing)"
+            return None, f"it has no verdict from this kforge's evaluator ({path} is missing)"
         except OSError as exc:
-            return f"its verdict {path} cannot be read ({exc.strerror or exc})"
+            return None, f"its verdict {path} cannot be read ({exc.strerror or exc})"
         try:
             if len(raw) > MAX_VERDICT_BYTES:
                 raise ValueError("too large")
             data = json.loads(raw)
-            body = {k: data[k] for k in ("kind", "sha256", "op", "evidence", "created")}
+            body = {k: data[k] for k in ("kind", "sha256", "op", "devices", "created")}
             mac = data["hmac"]
+            if not isinstance(body["devices"], dict):
+                raise TypeError("devices is not an object")
         except (ValueError, KeyError, TypeError, RecursionError) as exc:
-            return f"its verdict {path} is unreadable ({type(exc).__name__})"
+            return None, f"its verdict {path} is unreadable ({type(exc).__name__})"
         key = verdict_key(create=False)
         if key is None:
-            return f"its verdict {path} cannot be checked: this kforge has no usable {paths.home() / 'verdict.key'}"
+            return None, f"its verdict {path} cannot be checked: this kforge has no usable {paths.home() / 'verdict.key'}"
         if not isinstance(mac, str) or not hmac.compare_digest(mac, _mac(key, body)):
-            return f"its verdict {path} was not written by this kforge's evaluator (bad signature)"
-        if body["kind"] != VERDICT_KIND or body["sha256"] != sha or body["op"] != op:
-            return f"its verdict {path} is for {body['op']!r} kernel {body['sha256']}, not this {op!r} kernel"
-        return None
+            return None, f"its verdict {path} was not written by this kforge's evaluator (bad signature)"
+        if body["kind"] != VERDICT_KIND or body["sha256"] != sha:
+            return None, f"its verdict {path} is for {body['op']!r} kernel {body['sha256']}, not this kernel"
+        return body, None
 
     def list(self, op: str | None = None) -> list[StoredKernel]:
         """Every stored kernel (of `op` when given) whose metadata reads, oldest first. Sources are

@@ -77,7 +77,7 @@ class TritonBackend(Backend):
         if bundled is not None and KernelStore(bundled).source_path(sha).exists():
             store = KernelStore(bundled)  # a kernel shipped with the bundled table: trusted as shipped
         else:
-            problem = store.verdict_problem(sha, spec.name)
+            problem = store.verdict_problem(sha, spec.name, record.key.device)
             if problem is not None:
                 raise UntrustedKernelError(f"stored kernel {sha}: {problem}; not serving it")
         candidate = store.load(sha, spec)

@@ -141,8 +141,8 @@ def evaluate_source(source: str, op: str, *, device: str = "cpu", dtypes: Sequen
                               f"floor of {m.roofline.floor_us:.2f} us at {m.key}): not a real result", stored.sha256,
                               impl, check="roofline", case=f"shape {m.shape} {m.dtype}")
     if evaluation.accepted:  # the verdict the Triton backend requires before it serves this kernel
-        KernelStore().put_verdict(stored.sha256, op, {
-            "device": str(fingerprint(device_t)), "provider": provider, "attempt_id": attempt_id,
+        KernelStore().put_verdict(stored.sha256, op, str(fingerprint(device_t)), {
+            "provider": provider, "attempt_id": attempt_id,
             "evidence": None if evaluation.evidence is None else evaluation.evidence.to_json()})
     if evaluation.accepted and record:
         evaluation.records = _records(spec, evaluation, stored.sha256, provider, attempt_id, device_t)
