@@ -63,6 +63,7 @@ STATIC = {
     "static_autotune_hook": ("rms_norm", Rule.API),
     "static_print_builtin": ("rms_norm", Rule.BUILTIN),
     "static_grid_metadata": ("rms_norm", Rule.TORCH),
+    "static_coding_cookie": ("rms_norm", Rule.ENCODING),
 }
 # What the finding of that rule must name, so each is rejected for its own reason and not by a
 # rule that happens to fire on the same file.
@@ -89,6 +90,7 @@ STATIC_WHY = {
     "static_autotune_hook": "pre_hook",
     "static_print_builtin": "uses print",
     "static_grid_metadata": "reads tensor argument 'x_ptr' of _noop",
+    "static_coding_cookie": "declares coding utf_7",
 }
 
 

@@ -174,3 +174,16 @@ def test_the_load_time_check_runs_once_per_kernel(monkeypatch):
     for _ in range(3):
         KernelStore().load(sha, SPEC)
     assert checks.check_stored(sha, source, SPEC) == () and len(calls) == 1
+
+
+def test_the_loader_runs_the_text_that_was_checked_not_a_re_decoding(tmp_path):
+    """compile() of bytes honours a coding declaration; the loader compiles the UTF-8 text."""
+    marker = tmp_path / "decoded"
+    source = f"# coding: utf_7\ndef forward(x):\n    return x\n# +AAo-open({str(marker)!r}, 'w')\n".encode()
+    path = tmp_path / "cookie.py"
+    path.write_bytes(source)
+    exec(compile(source, str(path), "exec"), {})  # the control: decoded as UTF-7, the comment runs
+    assert marker.exists()
+    marker.unlink()
+    load_module(path, "kforge_test_coding_cookie", source=source)
+    assert not marker.exists()

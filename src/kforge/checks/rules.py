@@ -28,6 +28,7 @@ class Rule(str, enum.Enum):
     KERNEL_CALL = "kernel-call"  # a @triton.jit function called, or used as a value, outside a launch
     BUILTIN = "builtin"  # a builtin outside the allow-list (print, iter, ...), or an undefined name
     ATTRIBUTE = "attribute"  # an attribute of a value outside the allow-list
+    ENCODING = "encoding"  # a coding declaration other than UTF-8 (Python would read other code)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import ast
 import builtins
+import re
 import threading
 
 from kforge.checks import names as N
@@ -50,6 +51,7 @@ from kforge.checks.names import ALLOWED_IMPORTS, HOST_VALUE_ATTRS, TENSOR_METHOD
 from kforge.checks.rules import Finding, Rule
 
 BUILTIN_NAMES = {n for n in dir(builtins) if not n.startswith("_")}
+CODING = re.compile(r"^[ \t\f]*#.*?coding[:=][ \t]*([-\w.]+)")  # PEP 263's declaration
 
 _cache_lock = threading.Lock()
 _stored: dict[tuple[str, str | None], tuple[Finding, ...]] = {}  # (sha256, op) -> findings
@@ -59,6 +61,12 @@ def check_source(source: str, spec=None) -> list[Finding]:
     """Findings that bar `source` (a candidate file's text) from being run, in line order; [] when
     none. `spec`, the op's OpSpec, says which of forward's parameters are tensors (without it,
     every parameter without a default is taken for one)."""
+    for line, text in enumerate(source.splitlines()[:2], 1):
+        cookie = CODING.match(text)
+        if cookie and cookie.group(1).lower().replace("_", "-") not in ("utf-8", "utf8"):
+            # compile() of the file's bytes would decode it as that codec (utf_7 turns "+AAo-" in
+            # a comment into a newline): other code than the text checked here.
+            return [Finding(Rule.ENCODING, line, f"declares coding {cookie.group(1)}: only UTF-8 source")]
     try:
         tree = ast.parse(source)
     except (SyntaxError, ValueError) as exc:
