@@ -277,6 +277,13 @@ FORBIDDEN = {
                                  "    pass\ndef forward(x):\n    _k6[(1,)](x)\n    return x", Rule.TORCH),
     "autotune prune hook": ("@triton.autotune(configs=[], key=[], prune_configs_by={})\n@triton.jit\ndef _k7(p):\n"
                             "    pass\ndef forward(x):\n    _k7[(1,)](x)\n    return x", Rule.API),
+    "rebinding an imported name": ("import math\ndef forward(x):\n    math = torch.Tensor\n    return math.softmax(x, -1)",
+                                   Rule.PATCH),
+    "a parameter named like an import": ("import math\ndef forward(x, math=1):\n    return x", Rule.PATCH),
+    "one name imported twice": ("import math\nfrom torch import Tensor as math\ndef forward(x):\n    return x",
+                                Rule.PATCH),
+    "import in a function": ("def forward(x):\n    import math\n    return x", Rule.IMPORT),
+    "string return annotation": ("def forward(x) -> 'tl':\n    return x", Rule.DYNAMIC),
     "kernel calls its argument": ("@triton.jit\ndef _k5(f):\n    f()\ndef forward(x):\n    _k5[(1,)](x)\n"
                                   "    return x", Rule.KERNEL_CALL),
 }

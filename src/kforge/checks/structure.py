@@ -131,6 +131,8 @@ def _check_function(checker, fn, consts: set[str]) -> None:
             checker.flag(Rule.DYNAMIC, arg, f"string annotation on {arg.arg}: typing.get_type_hints evaluates it")
     if isinstance(fn, ast.Lambda):
         return
+    if isinstance(fn.returns, ast.Constant):
+        checker.flag(Rule.DYNAMIC, fn, f"string return annotation on {fn.name}: typing.get_type_hints evaluates it")
     if is_dunder(fn.name):
         checker.flag(Rule.DYNAMIC, fn, f"defines {fn.name}: no special names (a module __getattr__ is a hook)")
     for dec in fn.decorator_list:
