@@ -64,6 +64,7 @@ STATIC = {
     "static_print_builtin": ("rms_norm", Rule.BUILTIN),
     "static_grid_metadata": ("rms_norm", Rule.TORCH),
     "static_coding_cookie": ("rms_norm", Rule.ENCODING),
+    "static_alias_rebinding": ("softmax", Rule.PATCH),
 }
 # What the finding of that rule must name, so each is rejected for its own reason and not by a
 # rule that happens to fire on the same file.
@@ -91,6 +92,7 @@ STATIC_WHY = {
     "static_print_builtin": "uses print",
     "static_grid_metadata": "reads tensor argument 'x_ptr' of _noop",
     "static_coding_cookie": "declares coding utf_7",
+    "static_alias_rebinding": "binds math, an imported name",
 }
 
 
