@@ -11,7 +11,57 @@ from kforge.checks.rules import Rule
 
 
 class ChainRules:
-    """Mixed into the checker: needs flag() and decorators."""
+    """Mixed into the checker: needs tree, aliases, flag() and decorators."""
+
+    def alias(self, name: str, path: str, node: ast.AST) -> None:
+        if self.aliases.get(name, path) != path:
+            self.flag(Rule.PATCH, node, f"imports {path} as {name}, which already names {self.aliases[name]}")
+        self.aliases[name] = path
+
+    def collect_imports(self) -> None:
+        """Every import; the names they bind stay what they were imported as: imports are at
+        module level only, and nothing else may bind those names (`math = torch.Tensor` would
+        make `math.softmax` look like the math module)."""
+        top_level = set(self.tree.body)
+        for node in ast.walk(self.tree):
+            if isinstance(node, (ast.Import, ast.ImportFrom)) and node not in top_level:
+                self.flag(Rule.IMPORT, node, "imports inside a function or block: imports are at module level only")
+            if isinstance(node, ast.Import):
+                for a in node.names:
+                    self.check_module(a.name, node)
+                    self.alias(a.asname or a.name.split(".")[0], a.name if a.asname else a.name.split(".")[0], node)
+            elif isinstance(node, ast.ImportFrom):
+                module = node.module or ""
+                if node.level:
+                    self.flag(Rule.IMPORT, node, f"relative import from {'.' * node.level}{module}")
+                    continue
+                if module == "__future__":
+                    continue
+                self.check_module(module, node)
+                for a in node.names:
+                    if a.name == "*":
+                        self.flag(Rule.IMPORT, node, f"star import from {module}")
+                        continue
+                    full = f"{module}.{a.name}"
+                    if a.name.startswith("_"):
+                        self.flag(Rule.PRIVATE, node, f"imports {full}: no private names")
+                    self.alias(a.asname or a.name, full, node)
+                    if self.module_allowed(module) and not self.module_allowed(full):
+                        self.check_chain(full, node, in_kernel=False, verb="imports")
+
+    def check_rebinding(self) -> None:
+        for node in ast.walk(self.tree):
+            if isinstance(node, ast.Name) and isinstance(node.ctx, (ast.Store, ast.Del)):
+                name = node.id
+            elif isinstance(node, ast.arg):
+                name = node.arg
+            elif isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+                name = node.name
+            else:
+                continue
+            if name in self.aliases:
+                self.flag(Rule.PATCH, node, f"binds {name}, an imported name ({self.aliases[name]}): imported "
+                                            "names keep what they were imported as")
 
     @staticmethod
     def module_allowed(module: str) -> bool:
