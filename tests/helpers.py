@@ -160,3 +160,15 @@ def fake_openai(httpserver, monkeypatch, *answers: str):
     monkeypatch.setenv("OPENAI_API_KEY", "test-key")
     return make_provider(load_config(provider="openai", base_url=httpserver.url_for("/v1").rstrip("/"),
                                      max_retries="0"))
+
+
+def accept_kernel(sha: str, op: str, device: str | None = None) -> None:
+    """Give stored kernel `sha` the verdict the harness writes when it accepts a candidate for
+    `op` on `device` (default: this machine's GPU when there is one, else its CPU), so the real
+    Triton backend will serve its records there (tests that plant a kernel and a record)."""
+    import torch
+
+    from kforge.store import KernelStore
+
+    device = device or str(fingerprint("cuda" if torch.cuda.is_available() else "cpu"))
+    KernelStore().put_verdict(sha, op, device, {"provider": "test", "attempt_id": None, "evidence": None})

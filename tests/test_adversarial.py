@@ -40,6 +40,59 @@ STATIC = {
     "side_stream": ("softmax", Rule.STREAM),
     "hangs": ("softmax", Rule.HANG),
     "kills_process": ("softmax", Rule.PROCESS),
+    # issue 14, class 1 (static-check escapes) and what the allow-list stops of class 3
+    "static_core_exec": ("rms_norm", Rule.API),
+    "static_core_import_open": ("rms_norm", Rule.API),
+    "static_frame_reference": ("rms_norm", Rule.API),
+    "static_getmodule_torch": ("rms_norm", Rule.API),
+    "static_environ_reexport": ("rms_norm", Rule.API),
+    "static_math_core_reexport": ("rms_norm", Rule.API),
+    "static_module_as_value": ("rms_norm", Rule.DYNAMIC),
+    "static_jit_direct_call": ("rms_norm", Rule.KERNEL_CALL),
+    "static_jit_fn_attribute": ("rms_norm", Rule.KERNEL_CALL),
+    "static_kernel_calls_host": ("rms_norm", Rule.KERNEL_CALL),
+    "static_interpreter_handle": ("rms_norm", Rule.ATTRIBUTE),
+    "static_make_subclass": ("rms_norm", Rule.PRIVATE),
+    "static_lazy_subclass": ("rms_norm", Rule.CLASS),
+    "static_module_state": ("rms_norm", Rule.GLOBAL_STATE),
+    "static_mutable_default": ("rms_norm", Rule.GLOBAL_STATE),
+    "static_domain_mutation": ("rms_norm", Rule.GLOBAL_STATE),
+    "static_format_string": ("rms_norm", Rule.DYNAMIC),
+    "static_type_hints": ("rms_norm", Rule.DYNAMIC),
+    "static_module_getattr": ("rms_norm", Rule.DYNAMIC),
+    "static_autotune_hook": ("rms_norm", Rule.API),
+    "static_print_builtin": ("rms_norm", Rule.BUILTIN),
+    "static_grid_metadata": ("rms_norm", Rule.TORCH),
+    "static_coding_cookie": ("rms_norm", Rule.ENCODING),
+    "static_alias_rebinding": ("softmax", Rule.PATCH),
+}
+# What the finding of that rule must name, so each is rejected for its own reason and not by a
+# rule that happens to fire on the same file.
+STATIC_WHY = {
+    "static_core_exec": "triton.language.core.builtins.exec",
+    "static_core_import_open": "imports triton.language.core",
+    "static_frame_reference": "triton.language.core.inspect.currentframe",
+    "static_getmodule_torch": "triton.language.core.inspect.getmodule",
+    "static_environ_reexport": "triton.language.core.inspect.os.environ",
+    "static_math_core_reexport": "triton.language.math.core",
+    "static_module_as_value": "uses module tl as a value",
+    "static_jit_direct_call": "host code uses kernel _compute",
+    "static_jit_fn_attribute": "host code uses kernel _rms_norm_row",
+    "static_kernel_calls_host": "a kernel uses host function _host",
+    "static_interpreter_handle": "a kernel reads .handle",
+    "static_make_subclass": "._make_subclass",
+    "static_lazy_subclass": "defines class Lazy",
+    "static_module_state": "module-level SEEN",
+    "static_mutable_default": "default argument [0]",
+    "static_domain_mutation": "uses DOMAIN from code",
+    "static_format_string": ".format",
+    "static_type_hints": "string annotation",
+    "static_module_getattr": "defines __getattr__",
+    "static_autotune_hook": "pre_hook",
+    "static_print_builtin": "uses print",
+    "static_grid_metadata": "reads tensor argument 'x_ptr' of _noop",
+    "static_coding_cookie": "declares coding utf_7",
+    "static_alias_rebinding": "binds math, an imported name",
 }
 
 
@@ -92,15 +145,32 @@ def test_static_cheat_is_rejected_by_its_rule(name):
     assert rule in {f.rule for f in findings}, findings
 
 
+@pytest.mark.parametrize("name", STATIC_WHY)
+def test_static_cheat_finding_names_its_escape(name):
+    op, rule = STATIC[name]
+    findings = check_source((CORPUS / f"{name}.py").read_text(), get_spec(op))
+    assert any(f.rule == rule and STATIC_WHY[name] in f.message for f in findings), findings
+
+
 @pytest.mark.parametrize("name", DYNAMIC)
 def test_dynamic_cheat_passes_static_checks_and_is_rejected_for_its_reason(name):
     rejected_for_its_reason(name, *DYNAMIC[name], device="cpu")
 
 
+# Dynamic cheats the allow-list now stops too (module state: a cache, a counter, a lookup table):
+# the static rule must fire, and `verify` must still reject them alone (layers that each hold).
+ALSO_STATIC = {name: Rule.GLOBAL_STATE for name in
+               ("cached_output", "shape_table", "replay_data_ptr", "replay_content", "nondeterministic")}
+
+
 def rejected_for_its_reason(name, op, check, extra, holds, device) -> None:
     spec = get_spec(op)
     path = CORPUS / f"{name}.py"
-    assert check_source(path.read_text(), spec) == []
+    findings = check_source(path.read_text(), spec)
+    if name in ALSO_STATIC:
+        assert ALSO_STATIC[name] in {f.rule for f in findings}, findings
+    else:
+        assert findings == []
     candidate = load_candidate(path, f"kforge_test_adversarial_{name}", spec)
     verdict = verify(spec, candidate.forward, device=device, domain=candidate.domain, **{**QUICK, **extra})
     assert not verdict.accepted

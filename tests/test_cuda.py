@@ -69,7 +69,7 @@ def test_a_replayed_stored_kernel_is_captured_by_cuda_graphs(name):
     inside a CUDA graph: decided and recorded outside the capture, replayed inside it."""
     import dataclasses
 
-    from helpers import make_record, write_user_table
+    from helpers import accept_kernel, make_record, write_user_table
     from kforge.backends.triton import impl_id
     from kforge.catalog import seeds
     from kforge.device import fingerprint
@@ -80,6 +80,7 @@ def test_a_replayed_stored_kernel_is_captured_by_cuda_graphs(name):
     spec = kforge.ops.SPECS[name]
     entry = kforge.ops.ENTRIES[name]
     sha = KernelStore().put(seeds(name)[0].read_text(), op=name, provider="catalog").sha256
+    accept_kernel(sha, name)
     domain = KernelStore().load(sha, spec).domain
     args = spec.make_inputs(spec.shapes("smoke")[0], torch.bfloat16, "cuda", 0)
     record = make_record(name, spec.problem(args), impl=impl_id(sha), dtypes=dtype_signature(args, spec.tensor_args),

@@ -206,7 +206,9 @@ def test_the_router_replays_a_stored_kernel_per_decision():
     spec = kforge.ops.SPECS[op]
     sha = KernelStore().put(seeds(op)[0].read_text(), op=op, provider="catalog").sha256
     cand = KernelStore().load(sha, spec)
-    from helpers import make_record
+    from helpers import accept_kernel, make_record
+
+    accept_kernel(sha, op)
 
     record = make_record(op, (8, 64), impl=impl_id(sha), p50=0.5, domain=cand.domain,
                          device=str(fingerprint(DEVICE)))

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 import kforge
-from helpers import make_record, write_user_table
+from helpers import accept_kernel, make_record, write_user_table
 from kforge.backends import BACKENDS, BackendName
 from kforge.backends.triton import TritonBackend, impl_id
 from kforge.catalog import SEEDS, seeds
@@ -35,8 +35,10 @@ PROBLEM_SHAPES = {"rms_norm": (8, 64), "fused_add_rms_norm": (8, 64), "softmax":
 
 
 def store_seed(op: str, path) -> tuple[str, object]:
-    """Put a seed file of `op` in the kernel store; returns (sha, candidate)."""
+    """Put a seed file of `op` in the kernel store with the verdict of an accepted kernel;
+    returns (sha, candidate)."""
     kernel = KernelStore().put(path.read_text(), op=op, provider="catalog", attempt_id=f"seed:{path.stem}")
+    accept_kernel(kernel.sha256, op)
     return kernel.sha256, KernelStore().load(kernel.sha256, kforge.ops.SPECS[op])
 
 

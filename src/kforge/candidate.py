@@ -65,7 +65,9 @@ class _VerifiedSourceLoader(importlib.abc.Loader):
         return None  # the default module object
 
     def exec_module(self, module) -> None:
-        code = compile(self.source, str(self.path), "exec", dont_inherit=True)
+        # The decoded text, not the bytes: compile() honours a coding declaration in bytes, so
+        # "# coding: utf_7" would run other code than the UTF-8 text that was checked.
+        code = compile(self.source.decode("utf-8"), str(self.path), "exec", dont_inherit=True)
         exec(code, module.__dict__)
 
     def get_source(self, fullname: str) -> str:

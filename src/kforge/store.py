@@ -8,17 +8,30 @@ the first writer wins, so concurrent puts of the same source leave one file and 
 record, and a reader never sees half a file.
 
 Every read re-hashes the file on disk: a kernel edited after it was verified raises
-`KernelIntegrityError` (the router then switches its record off and serves vendor). A module is
-imported from the bytes that were hashed, never from a bytecode cache (see `kforge.candidate`).
+`KernelIntegrityError` (the router then switches its record off and serves vendor). Before a
+module is imported, its bytes pass the static check again (`kforge.checks.static`, once per sha
+per process): a kernel that fails it raises `KernelRejectedError` and is never imported. A
+module is imported from the bytes that were hashed, never from a bytecode cache (see
+`kforge.candidate`).
+
+Verdicts: `<sha[:2]>/<sha>.verdict` says this kforge's evaluator accepted the kernel for an op on
+each device it names (with a summary of the evidence), authenticated by an HMAC-SHA256 keyed by `<KFORGE_HOME>/verdict.key` (32 random bytes,
+created once with mode 0600 by the first verdict written). The Triton backend serves a stored
+kernel only with a valid verdict, so a kernel and record planted in the store or copied from
+another machine (where the key differs) are not served; the kernels bundled with the package are
+trusted as shipped.
 """
 from __future__ import annotations
 
 import dataclasses
 import datetime as _dt
 import hashlib
+import hmac
 import json
 import os
 import re
+import secrets
+import stat
 import tempfile
 import threading
 import types
@@ -29,13 +42,16 @@ from kforge import paths
 from kforge.candidate import Candidate, candidate_from_module, load_module
 from kforge.device import installed_version
 from kforge.errors import KforgeError
-from kforge.files import atomic_write_bytes, fsync_dir
+from kforge.files import atomic_write_bytes, fsync_dir, lock_for
 
 if TYPE_CHECKING:
     from kforge.ops.spec import OpSpec
 
 SHA_RE = re.compile(r"[0-9a-f]{64}")
 META_KIND = "kforge-kernel"
+VERDICT_KIND = "kforge-verdict"
+KEY_BYTES = 32
+MAX_VERDICT_BYTES = 1 << 16
 
 _modules_lock = threading.Lock()
 _modules: dict[str, types.ModuleType] = {}  # sha -> module, imported once per process
@@ -48,6 +64,16 @@ class KernelIntegrityError(KforgeError):
         self.sha = sha
         self.path = path
         super().__init__(f"stored kernel {sha} at {path}: {problem}; refusing to load it")
+
+
+class KernelRejectedError(KforgeError):
+    """A stored kernel that fails the static check: never imported."""
+
+    def __init__(self, sha: str, path: Path, finding):
+        self.sha = sha
+        self.path = path
+        self.finding = finding
+        super().__init__(f"stored kernel {sha} at {path} fails the static check ({finding}); refusing to import it")
 
 
 def sha256_of(source: str | bytes) -> str:
@@ -103,6 +129,44 @@ def _verified_bytes(sha: str, path: Path) -> bytes:
     if actual != sha:
         raise KernelIntegrityError(sha, path, f"edited on disk: its content now hashes to {actual}")
     return data
+
+
+def verdict_key(create: bool) -> bytes | None:
+    """This KFORGE_HOME's verdict key; created (mode 0600, exclusive create) when `create` and
+    missing. None when missing, or when others could read or replace it (group/world access,
+    another owner, not a regular file): such a key proves nothing."""
+    path = paths.home() / "verdict.key"
+    if create and not path.exists():
+        # Written whole to a temp file (mkstemp: mode 0600) and hard-linked into place, so no
+        # reader ever sees a short key; the first creator wins.
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".verdict.key.", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(secrets.token_bytes(KEY_BYTES))
+                f.flush()
+                os.fsync(f.fileno())
+            try:
+                os.link(tmp, path)
+            except FileExistsError:
+                pass
+        finally:
+            os.unlink(tmp)
+        fsync_dir(path.parent)
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+    except OSError:
+        return None
+    with os.fdopen(fd, "rb") as f:
+        st = os.fstat(f.fileno())
+        key = f.read(KEY_BYTES + 1)
+    if not stat.S_ISREG(st.st_mode) or st.st_mode & 0o077 or (hasattr(os, "getuid") and st.st_uid != os.getuid()):
+        return None
+    return key if len(key) == KEY_BYTES else None
+
+
+def _mac(key: bytes, body: dict) -> str:
+    return hmac.new(key, json.dumps(body, sort_keys=True, separators=(",", ":")).encode(), hashlib.sha256).hexdigest()
 
 
 def _write_once(path: Path, data: bytes) -> bool:
@@ -178,17 +242,89 @@ class KernelStore:
     def load(self, sha: str, spec: "OpSpec | None" = None) -> Candidate:
         """The stored kernel `sha` imported as a candidate (module `kforge_kernel_<sha[:16]>`,
         imported once per process), checked against `spec` when given. The file is re-hashed on
-        every call, cached or not. Raises KernelIntegrityError, or CandidateError for a file that
-        does not follow the candidate contract."""
+        every call, cached or not, and statically checked before its first import. Raises
+        KernelIntegrityError, KernelRejectedError, or CandidateError for a file that does not
+        follow the candidate contract."""
+        from kforge.checks.static import check_stored  # imports triton: only when a kernel loads
+
         sha = self._check_sha(sha)
         path = self.source_path(sha)
         data = _verified_bytes(sha, path)
+        findings = check_stored(sha, data, spec)
+        if findings:
+            raise KernelRejectedError(sha, path, findings[0])
         with _modules_lock:
             module = _modules.get(sha)
             if module is None:
                 module = load_module(path, module_name(sha), source=data)
                 _modules[sha] = module
         return candidate_from_module(module, spec)
+
+    def verdict_path(self, sha: str) -> Path:
+        return self.root / sha[:2] / f"{sha}.verdict"
+
+    def put_verdict(self, sha: str, op: str, device: str, evidence: dict) -> Path:
+        """Record that this kforge's evaluator accepted kernel `sha` for `op` on `device` (the
+        fingerprint string records are keyed by; `evidence`: a JSON summary of what was verified).
+        Only the coordinator calls this, never a worker. Verdicts on other devices are kept; one
+        on the same device is replaced."""
+        self.get(sha)  # stored and intact
+        key = verdict_key(create=True)
+        if key is None:
+            raise KforgeError(f"verdict for {sha}: {paths.home() / 'verdict.key'} is not a private key file of "
+                              f"{KEY_BYTES} bytes (mode 0600, owned by this user); remove it to make a new one")
+        path = self.verdict_path(sha)
+        with lock_for(path):
+            old, problem = self._read_verdict(sha)
+            devices = dict(old["devices"]) if problem is None and old["op"] == op else {}
+            devices[device] = evidence
+            body = {"kind": VERDICT_KIND, "sha256": sha, "op": op, "devices": devices,
+                    "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}
+            data = {**body, "hmac": _mac(key, body)}
+            atomic_write_bytes(path, (json.dumps(data, indent=1, sort_keys=True) + "\n").encode())
+        return path
+
+    def verdict_problem(self, sha: str, op: str, device: str | None = None) -> str | None:
+        """None when kernel `sha` has a valid verdict of this kforge for `op` (on `device`, when
+        given: a record keyed to a device the kernel was never verified on is not served); else
+        why not, as a sentence for the router's warning."""
+        body, problem = self._read_verdict(self._check_sha(sha))
+        if problem is not None:
+            return problem
+        path = self.verdict_path(sha)
+        if body["op"] != op:
+            return f"its verdict {path} is for {body['op']!r} kernel {body['sha256']}, not this {op!r} kernel"
+        if device is not None and device not in body["devices"]:
+            return f"its verdict {path} covers {sorted(body['devices'])}, not {device}"
+        return None
+
+    def _read_verdict(self, sha: str) -> tuple[dict | None, str | None]:
+        path = self.verdict_path(sha)
+        try:
+            with open(path, "rb") as f:
+                raw = f.read(MAX_VERDICT_BYTES + 1)
+        except FileNotFoundError:
+            return None, f"it has no verdict from this kforge's evaluator ({path} is missing)"
+        except OSError as exc:
+            return None, f"its verdict {path} cannot be read ({exc.strerror or exc})"
+        try:
+            if len(raw) > MAX_VERDICT_BYTES:
+                raise ValueError("too large")
+            data = json.loads(raw)
+            body = {k: data[k] for k in ("kind", "sha256", "op", "devices", "created")}
+            mac = data["hmac"]
+            if not isinstance(body["devices"], dict):
+                raise TypeError("devices is not an object")
+        except (ValueError, KeyError, TypeError, RecursionError) as exc:
+            return None, f"its verdict {path} is unreadable ({type(exc).__name__})"
+        key = verdict_key(create=False)
+        if key is None:
+            return None, f"its verdict {path} cannot be checked: this kforge has no usable {paths.home() / 'verdict.key'}"
+        if not isinstance(mac, str) or not hmac.compare_digest(mac, _mac(key, body)):
+            return None, f"its verdict {path} was not written by this kforge's evaluator (bad signature)"
+        if body["kind"] != VERDICT_KIND or body["sha256"] != sha:
+            return None, f"its verdict {path} is for {body['op']!r} kernel {body['sha256']}, not this kernel"
+        return body, None
 
     def list(self, op: str | None = None) -> list[StoredKernel]:
         """Every stored kernel (of `op` when given) whose metadata reads, oldest first. Sources are

@@ -2,7 +2,11 @@
 
 A record names its kernel by `source_sha256`, and its implementation id is `triton:<sha[:12]>`.
 Loading re-hashes the stored file: a kernel edited on disk raises `KernelIntegrityError`, which
-the router turns into one warning, the record switched off for the key, and vendor service.
+the router turns into one warning, the record switched off for the key, and vendor service. The
+same for a kernel without a valid verdict of this kforge's evaluator (`UntrustedKernelError`:
+planted in the store, or copied from another KFORGE_HOME; the package's bundled kernels are
+trusted as shipped), and for one that fails the static check, which is never imported
+(`KernelRejectedError`, checked once per sha per process).
 A record may not claim more than the kernel's own DOMAIN (it would send calls the kernel was
 never written for); loading such a record fails the same way.
 
@@ -23,6 +27,7 @@ import os
 from kforge import paths
 from kforge.backends.base import Backend, BackendName, Capabilities, Implementation
 from kforge.candidate import domain_exceeds
+from kforge.errors import KforgeError
 
 TRITON_CAPABILITIES = Capabilities(has_backward=False, can_torch_compile=True, cuda_graph_safe=True, any_layout=False)
 
@@ -30,6 +35,10 @@ TRITON_CAPABILITIES = Capabilities(has_backward=False, can_torch_compile=True, c
 def interpreter_on() -> bool:
     """Whether Triton runs kernels in its CPU interpreter (how Triton itself reads the variable)."""
     return os.environ.get("TRITON_INTERPRET", "0").lower() in ("1", "true", "on", "yes")
+
+
+class UntrustedKernelError(KforgeError):
+    """A stored kernel this kforge's evaluator never accepted: not served."""
 
 
 def impl_id(sha: str) -> str:
@@ -65,8 +74,12 @@ class TritonBackend(Backend):
             raise ValueError(f"record impl {record.impl!r} does not match its kernel {sha}: expected {impl_id(sha)!r}")
         store = KernelStore()
         bundled = paths.bundled_kernel_dir()
-        if not store.source_path(sha).exists() and bundled is not None and KernelStore(bundled).source_path(sha).exists():
-            store = KernelStore(bundled)  # a kernel shipped with the bundled table
+        if bundled is not None and KernelStore(bundled).source_path(sha).exists():
+            store = KernelStore(bundled)  # a kernel shipped with the bundled table: trusted as shipped
+        else:
+            problem = store.verdict_problem(sha, spec.name, record.key.device)
+            if problem is not None:
+                raise UntrustedKernelError(f"stored kernel {sha}: {problem}; not serving it")
         candidate = store.load(sha, spec)
         why = domain_exceeds(record.domain, candidate.domain)
         if why is not None:

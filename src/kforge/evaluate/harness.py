@@ -11,7 +11,9 @@
 4. back here: the worker's status (timeout, crash, killed: rejected as such), work that escaped the
    timed stream, and the roofline: a time under the floor is re-verified with new secret seeds in
    a new worker and rejected if it holds up again (nothing honest beats the device's own copy);
-5. accepted results become score-table records (candidate and vendor, same run, so the router
+5. an accepted kernel gets a verdict in the store (`KernelStore.put_verdict`, HMAC-signed with this
+   KFORGE_HOME's key; the Triton backend serves no stored kernel without one), and accepted
+   results become score-table records (candidate and vendor, same run, so the router
    compares like with like); CPU timings are labelled "cpu_wall" and keyed to the CPU.
 """
 from __future__ import annotations
@@ -138,6 +140,10 @@ def evaluate_source(source: str, op: str, *, device: str = "cpu", dtypes: Sequen
             return Evaluation(op, False, f"faster than the roofline floor twice ({m.candidate.p50_us:.2f} us against a "
                               f"floor of {m.roofline.floor_us:.2f} us at {m.key}): not a real result", stored.sha256,
                               impl, check="roofline", case=f"shape {m.shape} {m.dtype}")
+    if evaluation.accepted:  # the verdict the Triton backend requires before it serves this kernel
+        KernelStore().put_verdict(stored.sha256, op, str(fingerprint(device_t)), {
+            "provider": provider, "attempt_id": attempt_id,
+            "evidence": None if evaluation.evidence is None else evaluation.evidence.to_json()})
     if evaluation.accepted and record:
         evaluation.records = _records(spec, evaluation, stored.sha256, provider, attempt_id, device_t)
         (table or ScoreTable()).write(evaluation.records)

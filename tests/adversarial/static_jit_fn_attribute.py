@@ -1,0 +1,22 @@
+"""Cheat: calls the plain Python function behind a kernel (JITFunction.fn) on the host, so the
+kernel body runs as Python with torch tensors. Caught statically: Rule.KERNEL_CALL."""
+import torch
+import triton
+import triton.language as tl
+
+
+@triton.jit
+def _rms_norm_row(x_ptr, w_ptr, y_ptr, hidden, eps, BLOCK: tl.constexpr):
+    row = tl.program_id(0).to(tl.int64)
+    cols = tl.arange(0, BLOCK)
+    mask = cols < hidden
+    x = tl.load(x_ptr + row * hidden + cols, mask=mask, other=0.0).to(tl.float32)
+    rstd = 1.0 / tl.sqrt(tl.sum(x * x, axis=0) / hidden + eps)
+    w = tl.load(w_ptr + cols, mask=mask, other=0.0).to(tl.float32)
+    tl.store(y_ptr + row * hidden + cols, (x * rstd * w).to(y_ptr.dtype.element_ty), mask=mask)
+
+
+def forward(x, weight, eps=1e-6):
+    y = torch.empty_like(x)
+    _rms_norm_row.fn(x, weight, y, x.shape[-1], eps, 64)
+    return y

@@ -1,0 +1,30 @@
+"""Cheat: a module-level dict that forward fills: the output of the last call per shape,
+returned again when the same buffers come back (replay past the verifier's history). Caught
+statically: Rule.GLOBAL_STATE (no mutable module-level state)."""
+import torch
+import triton
+import triton.language as tl
+
+
+@triton.jit
+def _rms_norm_row(x_ptr, w_ptr, y_ptr, hidden, eps, BLOCK: tl.constexpr):
+    row = tl.program_id(0).to(tl.int64)
+    cols = tl.arange(0, BLOCK)
+    mask = cols < hidden
+    x = tl.load(x_ptr + row * hidden + cols, mask=mask, other=0.0).to(tl.float32)
+    rstd = 1.0 / tl.sqrt(tl.sum(x * x, axis=0) / hidden + eps)
+    w = tl.load(w_ptr + cols, mask=mask, other=0.0).to(tl.float32)
+    tl.store(y_ptr + row * hidden + cols, (x * rstd * w).to(y_ptr.dtype.element_ty), mask=mask)
+
+SEEN = {}
+
+
+def forward(x, weight, eps=1e-6):
+    key = (x.data_ptr(), x.shape)
+    if key in SEEN:
+        return SEEN[key]
+    y = torch.empty_like(x)
+    hidden = x.shape[-1]
+    _rms_norm_row[(x.numel() // hidden,)](x, weight, y, hidden, eps, BLOCK=triton.next_power_of_2(hidden))
+    SEEN[key] = y
+    return y

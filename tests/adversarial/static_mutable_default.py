@@ -1,0 +1,26 @@
+"""Cheat: a mutable default argument used as a call counter: right for the first 3000 calls
+(more than verification makes), then garbage. No module-level name and no global statement.
+Caught statically: Rule.GLOBAL_STATE (defaults must be immutable constants)."""
+import torch
+import triton
+import triton.language as tl
+
+
+@triton.jit
+def _rms_norm_row(x_ptr, w_ptr, y_ptr, hidden, eps, BLOCK: tl.constexpr):
+    row = tl.program_id(0).to(tl.int64)
+    cols = tl.arange(0, BLOCK)
+    mask = cols < hidden
+    x = tl.load(x_ptr + row * hidden + cols, mask=mask, other=0.0).to(tl.float32)
+    rstd = 1.0 / tl.sqrt(tl.sum(x * x, axis=0) / hidden + eps)
+    w = tl.load(w_ptr + cols, mask=mask, other=0.0).to(tl.float32)
+    tl.store(y_ptr + row * hidden + cols, (x * rstd * w).to(y_ptr.dtype.element_ty), mask=mask)
+
+
+def forward(x, weight, eps=1e-6, calls=[0]):
+    calls[0] += 1
+    y = torch.empty_like(x)
+    hidden = x.shape[-1]
+    rows = x.numel() // hidden if calls[0] < 3000 else 1
+    _rms_norm_row[(rows,)](x, weight, y, hidden, eps, BLOCK=triton.next_power_of_2(hidden))
+    return y
