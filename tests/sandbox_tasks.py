@@ -86,3 +86,12 @@ def cuda_name(payload):
 
     return {"visible": os.environ.get("CUDA_VISIBLE_DEVICES"), "count": torch.cuda.device_count(),
             "name": torch.cuda.get_device_name(0)}
+
+
+def debug_store(payload):
+    from kforge.store import KernelStore
+    from kforge import paths
+    s = KernelStore()
+    k = s.put(payload["source"], op="rms_norm", provider="x")
+    import os
+    return {"home": str(paths.home()), "root": str(s.root), "listing": [str(p) for p in s.root.rglob("*")], "exists": k.path.exists()}

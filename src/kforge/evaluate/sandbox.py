@@ -184,6 +184,8 @@ def _child_env(scratch, env_allow, env, cuda: bool) -> dict[str, str]:
     child = worker_env(env_allow)
     child.update(env or {})
     child.pop("KFORGE_TABLE", None)
+    if child.get("PYTHONPATH"):  # relative entries would resolve in the scratch dir: another kforge, or none
+        child["PYTHONPATH"] = os.pathsep.join(os.path.abspath(p) for p in child["PYTHONPATH"].split(os.pathsep) if p)
     cache = scratch.path("cache")
     # The scratch dir is also the worker's home: a planted compile-cache entry or kernel dies with it.
     child.update({"TMPDIR": scratch.work, "HOME": scratch.path("home"), "KFORGE_HOME": scratch.path("kforge-home"),
