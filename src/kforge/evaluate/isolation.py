@@ -291,7 +291,8 @@ def bwrap_argv(bwrap: str, command: list[str], *, work: str, env: Mapping[str, s
                  "--ro-bind-try", "/proc/driver/nvidia", "/proc/driver/nvidia"]
     if info_fd is not None:
         argv += ["--info-fd", str(info_fd)]
-    argv += ["--chdir", work, "--clearenv"]
+    # The root itself is a tmpfs bwrap made: read-only too, so the scratch dir is the only writable place.
+    argv += ["--remount-ro", "/", "--chdir", work, "--clearenv"]
     for name, value in env.items():
         argv += ["--setenv", name, value]
     return argv + ["--", *command]

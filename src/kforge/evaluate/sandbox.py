@@ -162,8 +162,7 @@ def run_isolated(fn_qualname: str, payload: Mapping[str, Any], *, timeout_s: flo
     limit_mb = memory_mb or (DEFAULT_GPU_RSS_MB if cuda else DEFAULT_CPU_MEMORY_MB)
     sys_path = [os.path.abspath(p) for p in (sys.path if sys_path is None else sys_path) if p]
     task = {"fn": fn_qualname, "payload": payload, "memory_mb": None if cuda else limit_mb, "sys_path": sys_path,
-            "device_memory_mb": device_memory_mb if cuda else None,
-            "device_memory_fraction": DEFAULT_DEVICE_MEMORY_FRACTION if cuda else None}
+            "device_memory_mb": device_memory_mb if cuda else None}
     try:
         text = json.dumps(task).encode()
     except (TypeError, ValueError) as exc:
@@ -195,6 +194,10 @@ def _child_env(scratch, env_allow, env, cuda: bool) -> dict[str, str]:
     child.setdefault("MALLOC_ARENA_MAX", "4")  # glibc reserves 64 MB of address space per thread arena
     if not cuda:
         child["CUDA_VISIBLE_DEVICES"] = ""
+    else:  # the default device-memory cap, read by torch's allocator: no torch import in the bootstrap
+        conf = child.get("PYTORCH_CUDA_ALLOC_CONF", "")
+        cap = f"per_process_memory_fraction:{DEFAULT_DEVICE_MEMORY_FRACTION}"
+        child["PYTORCH_CUDA_ALLOC_CONF"] = f"{conf},{cap}" if conf else cap
     return child
 
 
@@ -281,7 +284,8 @@ def _supervise(text: bytes, scratch, env: dict, timeout_s: float, limit_mb: int,
     if problem:
         return WorkerOutcome(Status.CRASHED, error=f"the worker's result is malformed ({problem}): discarded", **logs)
     if parsed.get("memory"):
-        return WorkerOutcome(Status.KILLED, error=f"over its memory limit: {parsed['error']}",
+        what = "its device-memory cap" if cuda else f"the {limit_mb} MB memory limit"
+        return WorkerOutcome(Status.KILLED, error=f"over {what}: {parsed['error']}",
                              traceback=parsed.get("traceback"), **logs)
     return WorkerOutcome(Status(parsed["status"]), value=parsed.get("value"), error=parsed.get("error"),
                          traceback=parsed.get("traceback"), **logs)
@@ -450,7 +454,7 @@ def worker_main(result_fd: int) -> None:
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))  # a crash leaves no core file behind
     capped = False
     try:
-        capped = _cap_device_memory(task.get("device_memory_mb"), task.get("device_memory_fraction"))
+        capped = _cap_device_memory(task.get("device_memory_mb"))
         import importlib
 
         module, _, attr = task["fn"].partition(":")
@@ -477,18 +481,16 @@ def worker_main(result_fd: int) -> None:
     os._exit(0)  # no interpreter teardown: a poisoned CUDA context can hang or crash in it
 
 
-def _cap_device_memory(mb: int | None, fraction: float | None) -> bool:
-    """Cap the caching allocator on every visible GPU before the task runs (True when capped)."""
-    if not mb and not fraction:
-        return False
+def _cap_device_memory(mb: int | None) -> bool:
+    """Cap the caching allocator at `mb` on every visible GPU before the task runs (imports torch;
+    without `mb` the default share is in PYTORCH_CUDA_ALLOC_CONF). True when a cap is in force."""
+    if not mb:
+        return "per_process_memory_fraction" in os.environ.get("PYTORCH_CUDA_ALLOC_CONF", "")
     import torch
 
-    if not torch.cuda.is_available():
-        return False
     for index in range(torch.cuda.device_count()):
         total = torch.cuda.get_device_properties(index).total_memory
-        share = min(1.0, (mb << 20) / total) if mb else fraction
-        torch.cuda.set_per_process_memory_fraction(share, index)
+        torch.cuda.set_per_process_memory_fraction(min(1.0, (mb << 20) / total), index)
     return True
 
 
