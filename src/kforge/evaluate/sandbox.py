@@ -9,7 +9,7 @@ records results; whatever a task does, `run_isolated` returns an outcome and nev
 
 The worker is a new Python interpreter (`sys.executable`) inside bubblewrap (`isolation`: read-only
 root, no HOME / KFORGE_HOME / network, own PID namespace, cleared environment, no capabilities)
-that loads this file by path (stdlib only: no torch import unless the task needs one), reads the
+that loads `sandbox_worker.py` by path (stdlib only: no torch import unless the task needs one), reads the
 task as JSON from its stdin (a pipe: there is no task file), imports the function by name
 ("package.module:function", never a pickled closure), calls it with the payload and writes its
 JSON-able return value to a dedicated pipe (fd passed on its command line; stdout is only logged).
@@ -49,7 +49,6 @@ import subprocess
 import sys
 import threading
 import time
-import traceback
 from typing import Any, Iterable, Mapping
 
 DEFAULT_ALLOW: tuple[str, ...] = (
@@ -71,6 +70,14 @@ POLL_S = 0.01
 RSS_EVERY_S = 0.1
 STOP_WAIT_S = 5.0  # for the sandbox's PID namespace to be torn down after its init is killed
 IN_SANDBOX = "KFORGE_IN_SANDBOX"
+WORKER_FILE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "sandbox_worker.py")
+_BOOTSTRAP = """
+import importlib.util, sys
+spec = importlib.util.spec_from_file_location("_kforge_sandbox_worker", sys.argv[1])
+worker = sys.modules[spec.name] = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(worker)
+worker.worker_main(int(sys.argv[2]))
+"""
 
 
 def denied(name: str) -> bool:
@@ -215,7 +222,7 @@ def _supervise(text: bytes, scratch, env: dict, timeout_s: float, limit_mb: int,
     task_r, task_w = os.pipe()
     result_r, result_w = os.pipe()
     info_r, info_w = os.pipe()
-    command = [sys.executable, "-c", _BOOTSTRAP, os.path.abspath(__file__), str(result_w)]
+    command = [sys.executable, "-c", _BOOTSTRAP, WORKER_FILE, str(result_w)]
     if level is iso.Level.BWRAP:
         argv = iso.bwrap_argv(iso.probe().bwrap, command, work=scratch.work, env=env, cuda=cuda, sys_path=sys_path,
                               ops_dir=ops_dir, info_fd=info_w)
@@ -420,88 +427,3 @@ def _signal_name(number: int) -> str:
     except ValueError:
         return str(number)
 
-
-# -- the worker side (runs in the child; stdlib only above this line too) --------------------------
-_BOOTSTRAP = """
-import importlib.util, sys
-spec = importlib.util.spec_from_file_location("_kforge_sandbox_worker", sys.argv[1])
-worker = sys.modules[spec.name] = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(worker)
-worker.worker_main(int(sys.argv[2]))
-"""
-
-
-def worker_main(result_fd: int) -> None:
-    """Entry point inside the worker: read the task from stdin, run it, write the result to
-    `result_fd`, `os._exit`."""
-    chunks = []
-    while True:
-        chunk = os.read(0, 1 << 16)
-        if not chunk:
-            break
-        chunks.append(chunk)
-    task = json.loads(b"".join(chunks))
-    null = os.open(os.devnull, os.O_RDONLY)
-    os.dup2(null, 0)
-    os.close(null)
-    os.set_inheritable(result_fd, False)  # programs the task starts do not get the result pipe
-    sys.path.extend(p for p in task["sys_path"] if p not in sys.path)
-    import resource
-
-    limit = task.get("memory_mb")
-    if limit:
-        resource.setrlimit(resource.RLIMIT_AS, (limit << 20, limit << 20))  # hard too: no raising it back
-    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))  # a crash leaves no core file behind
-    capped = False
-    try:
-        capped = _cap_device_memory(task.get("device_memory_mb"))
-        import importlib
-
-        module, _, attr = task["fn"].partition(":")
-        fn: Any = importlib.import_module(module)
-        for part in attr.split("."):
-            fn = getattr(fn, part)
-        value = fn(task["payload"])
-        try:
-            text = json.dumps({"status": "ok", "value": value})
-        except (TypeError, ValueError) as exc:
-            raise TypeError(f"the task's return value is not JSON data: {exc}") from None
-    except SystemExit as exc:  # a task that exits is a crash, with its exit code, like os._exit
-        code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
-        _flush()
-        os._exit(code)
-    except BaseException as exc:
-        text = json.dumps({"status": "error", "error": f"{type(exc).__name__}: {exc}",
-                           "traceback": traceback.format_exc(), "memory": bool(limit or capped) and _is_memory(exc)})
-    _flush()
-    data = memoryview(text.encode())
-    while data:
-        data = data[os.write(result_fd, data):]
-    os.close(result_fd)
-    os._exit(0)  # no interpreter teardown: a poisoned CUDA context can hang or crash in it
-
-
-def _cap_device_memory(mb: int | None) -> bool:
-    """Cap the caching allocator at `mb` on every visible GPU before the task runs (imports torch;
-    without `mb` the default share is in PYTORCH_CUDA_ALLOC_CONF). True when a cap is in force."""
-    if not mb:
-        return "per_process_memory_fraction" in os.environ.get("PYTORCH_CUDA_ALLOC_CONF", "")
-    import torch
-
-    for index in range(torch.cuda.device_count()):
-        total = torch.cuda.get_device_properties(index).total_memory
-        torch.cuda.set_per_process_memory_fraction(min(1.0, (mb << 20) / total), index)
-    return True
-
-
-def _is_memory(exc: BaseException) -> bool:
-    return isinstance(exc, MemoryError) or "can't allocate memory" in str(exc) or \
-        type(exc).__name__ == "OutOfMemoryError"
-
-
-def _flush() -> None:
-    for stream in (sys.stdout, sys.stderr):
-        try:
-            stream.flush()
-        except Exception:
-            pass
