@@ -25,7 +25,7 @@ from kforge.router import misses
 from kforge.router.table import ForeignVersion, Layer, default_layers, parse_table
 
 HELP = "devices, versions, table layers and their health, backends, worker isolation, provider keys"
-SETTINGS = ("KFORGE_HOME", "KFORGE_BUNDLED_TABLE", "KFORGE_TABLE", "KFORGE_PIN", "KFORGE_UNSAFE_NO_SANDBOX")
+SETTINGS = ("KFORGE_HOME", "KFORGE_BUNDLED_TABLE", "KFORGE_TABLE", "KFORGE_PIN")
 PROVIDER_KEYS = ("ANTHROPIC_API_KEY", "OPENAI_API_KEY")
 
 
