@@ -8,6 +8,8 @@
 # takes a CPU build from local disk, while an unpinned torch would pull a multi-GB CUDA build.
 # Override with KFORGE_TORCH (e.g. KFORGE_TORCH="torch==2.13.0" or a wheel path); PYTHON picks the
 # interpreter that creates the venv (default python3, 3.10 or newer). Messages go to stderr.
+# Candidate kernels run in bubblewrap sandboxes: bwrap is installed with apt when this runs as root
+# and it is missing (KFORGE_NO_APT=1 skips that); otherwise the script says what to do.
 set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -26,6 +28,26 @@ for arg in "$@"; do
         *) say "unknown argument '$arg' (use --test or nothing)"; exit 2 ;;
     esac
 done
+
+# bubblewrap isolates the workers that run candidate kernels; without it they are refused.
+bwrap_works() { bwrap --unshare-all --die-with-parent --ro-bind /usr /usr --symlink usr/lib /lib \
+    --symlink usr/lib64 /lib64 --symlink usr/bin /bin --proc /proc --dev /dev -- /usr/bin/true 2>/dev/null; }
+if ! command -v bwrap >/dev/null 2>&1; then
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 && [ -z "${KFORGE_NO_APT:-}" ]; then
+        say "installing bubblewrap (sandboxes candidate kernels): apt-get install -y bubblewrap"
+        if ! { apt-get install -y bubblewrap >&2 || { apt-get update >&2 && apt-get install -y bubblewrap >&2; }; }; then
+            say "WARNING: could not install bubblewrap; candidate kernels will be refused (see kforge doctor)"
+        fi
+    else
+        say "WARNING: bubblewrap (bwrap) is missing: install it (sudo apt-get install -y bubblewrap, or"
+        say "  sudo dnf install bubblewrap); until then kforge refuses to run untrusted candidate kernels"
+        say "  (kforge's own catalog seeds still run; --unsafe-no-sandbox runs the others unsandboxed)"
+    fi
+fi
+if command -v bwrap >/dev/null 2>&1 && ! bwrap_works; then
+    say "WARNING: bwrap cannot create its namespaces here (unprivileged user namespaces refused?):"
+    say "  sysctl kernel.unprivileged_userns_clone=1 (or on Ubuntu 24.04+ kernel.apparmor_restrict_unprivileged_userns=0)"
+fi
 
 if [ ! -x "$PY" ]; then
     base="${PYTHON:-python3}"

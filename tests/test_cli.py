@@ -88,6 +88,9 @@ def test_doctor_reports_layers_health_and_key_status(kforge_home, monkeypatch, c
     assert report["settings"] == {"KFORGE_HOME": str(kforge_home), "KFORGE_BUNDLED_TABLE": "", "KFORGE_TABLE": None,
                                   "KFORGE_PIN": None}
     assert report["miss_log"]["dir"] == str(kforge_home / "misses")
+    from kforge.evaluate import isolation
+
+    assert report["isolation"]["level"] == isolation.probe().level.value  # which sandbox workers get
     assert report["devices"][0]["type"] == "cpu" and report["devices"][0]["fingerprint"] == CPU
     assert {b["name"]: b["available"] for b in report["backends"]}["vendor"] is True
 

@@ -8,8 +8,11 @@ import time
 
 import pytest
 
+from kforge.evaluate import isolation
+from kforge.evaluate.isolation import Level
 from kforge.evaluate.sandbox import Status, WorkerOutcome, run_isolated, worker_env
 from kforge.redact import DENY
+from test_isolation import marked_pids
 
 
 def task(name: str, payload=None, **kwargs) -> WorkerOutcome:
@@ -34,7 +37,7 @@ def test_a_returned_value_comes_back_as_json_data():
     out = task("returns", {"n": [1, 2.5, "x"]})
     assert out.status is Status.OK and out.status == "ok" and out.ok
     assert out.value["echo"] == {"n": [1, 2.5, "x"]}
-    assert out.value["pid"] == out.pid != os.getpid()
+    assert out.pid != os.getpid() and isinstance(out.value["pid"], int)  # its own PID namespace under bwrap
     assert out.exit_code == 0 and out.error is None and out.duration_s > 0
     assert WorkerOutcome.from_json(out.to_json()) == out
 
@@ -51,19 +54,23 @@ def test_a_value_that_is_not_json_is_an_error():
     assert out.status is Status.ERROR and "not JSON data" in out.error
 
 
-def test_timeout_kills_the_worker_and_its_children(tmp_path):
-    pid_file = tmp_path / "grandchild.pid"
+@pytest.mark.parametrize("level", ["bwrap", "process"])
+def test_timeout_kills_the_worker_and_its_children(tmp_path, level):
+    if level == "bwrap" and isolation.probe().level is not Level.BWRAP:
+        pytest.skip(isolation.probe().reason)
+    marker = f"kforge-test-grandchild-{os.getpid()}-{time.monotonic_ns()}"
     start = time.monotonic()
-    out = task("sleeps", {"pid_file": str(pid_file), "seconds": 600}, timeout_s=1.0)
+    out = task("sleeps", {"marker": marker, "seconds": 600}, timeout_s=1.0, isolation=level)
     assert out.status is Status.TIMEOUT and "1 s" in out.error
     assert 1.0 <= out.duration_s < 10 and time.monotonic() - start < 10
     assert not alive(out.pid)
-    # The whole process group went. SIGKILL reaches the grandchild asynchronously: on a loaded
-    # machine (the suite runs on every core) it can still be exiting a moment after the worker.
-    grandchild, deadline = int(pid_file.read_text()), time.monotonic() + 5
-    while alive(grandchild) and time.monotonic() < deadline:
+    # The grandchild went too: with bwrap the PID namespace is gone when run_isolated returns;
+    # without, SIGKILL to the process group reaches it asynchronously (a loaded machine can take
+    # a moment).
+    deadline = time.monotonic() + (0 if level == "bwrap" else 5)
+    while marked_pids(marker) and time.monotonic() < deadline:
         time.sleep(0.05)
-    assert not alive(grandchild)
+    assert marked_pids(marker) == []
 
 
 @pytest.mark.parametrize("name, payload, code, words", [
@@ -90,11 +97,14 @@ def test_no_api_key_or_token_reaches_the_worker(monkeypatch):
     env = out.value["env"]
     assert not set(secrets) & set(env)
     assert not any(value in env.values() for value in secrets.values())
-    assert env["TRITON_INTERPRET"] == "1" and env["KFORGE_HOME"] == os.environ["KFORGE_HOME"]
-    assert env["PATH"] == os.environ["PATH"]
+    assert env["TRITON_INTERPRET"] == "1" and env["PATH"] == os.environ["PATH"]
     assert env["CUDA_VISIBLE_DEVICES"] == ""  # cuda=False hides GPUs
-    assert env["TMPDIR"] == out.value["cwd"]
-    assert not os.path.exists(out.value["cwd"])  # the scratch dir is removed afterwards
+    # The scratch dir is the worker's cwd, TMPDIR, HOME and a fresh KFORGE_HOME, and holds its caches.
+    scratch = out.value["cwd"]
+    assert env["TMPDIR"] == scratch and env["KFORGE_HOME"] != os.environ["KFORGE_HOME"]
+    for name in ("HOME", "KFORGE_HOME", "TRITON_CACHE_DIR", "TORCHINDUCTOR_CACHE_DIR"):
+        assert env[name].startswith(scratch + "/")
+    assert not os.path.exists(scratch)  # the scratch dir is removed afterwards
 
 
 def test_env_filter_and_explicit_variables():
@@ -111,7 +121,7 @@ def test_env_filter_and_explicit_variables():
 
 def test_memory_limit_stops_a_task_allocating_too_much():
     out = task("allocates", {"mb": 2048}, memory_mb=256)
-    assert out.status is Status.KILLED and "256 MB" in out.error and "MemoryError" in out.error
+    assert out.status is Status.KILLED and "256 MB" in out.error and "MemoryError" in out.error, out.error
     assert task("allocates", {"mb": 16}, memory_mb=256).value == 16 << 20
 
 

@@ -49,6 +49,14 @@ def add_problem_arguments(parser) -> None:
                         help="where candidates run: local sandboxed workers (default), in this process "
                              "(tests only: no isolation), or a Ray cluster")
     parser.add_argument("--no-record", action="store_true", help="do not write the results to the score table")
+    add_sandbox_argument(parser)
+
+
+def add_sandbox_argument(parser) -> None:
+    """--unsafe-no-sandbox, for the commands that run candidates (acted on in `kforge.cli.main`)."""
+    parser.add_argument("--unsafe-no-sandbox", action="store_true",
+                        help="where bubblewrap cannot run, run untrusted candidates in plain worker processes "
+                             "anyway (their code can read and write what you can; see `kforge doctor`)")
 
 
 def shapes(args, spec) -> list[tuple[int, ...]] | None:
@@ -61,6 +69,10 @@ def shapes(args, spec) -> list[tuple[int, ...]] | None:
 
 
 def executor(kind: str):
+    from kforge.evaluate import isolation
     from kforge.evaluate.executors import make_executor
 
+    if kind == "inprocess" and not isolation.unsafe_allowed():
+        raise KforgeError("--executor inprocess runs candidates in this process, with no isolation at all: "
+                          "add --unsafe-no-sandbox to mean it")
     return make_executor(kind)

@@ -24,6 +24,7 @@ import torch
 import kforge
 from kforge import paths
 from kforge.backends import get_backend
+from kforge.cli import _args
 from kforge.cli._output import device_text, dtypes_text, emit_json, number, progress, render, shape_text
 from kforge.device import fingerprint
 from kforge.evaluate.calibrate import CalibrationRejected, calibrate, measure
@@ -53,6 +54,7 @@ def add_arguments(parser) -> None:
                         help="comma-separated backends to calibrate (default: %(default)s)")
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available, else cpu)")
     parser.add_argument("--no-generate", action="store_true", help="skip generating kernels for the misses")
+    _args.add_sandbox_argument(parser)
     parser.add_argument("--variants", type=int, default=2,
                         help="catalog variants per op when generating for the misses (default: %(default)s)")
 

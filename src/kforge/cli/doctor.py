@@ -2,7 +2,9 @@
 
 Devices, torch and Triton versions, the Triton interpreter mode, every score-table layer with its
 shards, records and health (ok / corrupt / foreign version), the KFORGE_* settings, the miss log,
-which backends can run, and which LLM provider keys are set (set or unset only, never a value).
+which backends can run, the isolation sandboxed workers get (bubblewrap, or none: then untrusted
+candidates are refused unless --unsafe-no-sandbox), and which LLM provider keys are set (set or
+unset only, never a value).
 Reads files only; moves nothing aside. Always exits 0.
 """
 from __future__ import annotations
@@ -18,10 +20,11 @@ from kforge.backends import BACKENDS, BackendName
 from kforge.cli._output import emit_json, render
 from kforge.device import fingerprint, installed_version
 from kforge.errors import TableError
+from kforge.evaluate import isolation
 from kforge.router import misses
 from kforge.router.table import ForeignVersion, Layer, default_layers, parse_table
 
-HELP = "devices, versions, table layers and their health, backends, provider keys"
+HELP = "devices, versions, table layers and their health, backends, worker isolation, provider keys"
 SETTINGS = ("KFORGE_HOME", "KFORGE_BUNDLED_TABLE", "KFORGE_TABLE", "KFORGE_PIN")
 PROVIDER_KEYS = ("ANTHROPIC_API_KEY", "OPENAI_API_KEY")
 
@@ -83,6 +86,7 @@ def report() -> dict:
         "backends": [{"name": name.value, "available": name in BACKENDS and BACKENDS[name].available() is None,
                       "reason": "not in this kforge yet" if name not in BACKENDS else BACKENDS[name].available()}
                      for name in BackendName],
+        "isolation": isolation.probe().to_json(),
         "provider_keys": {name: "set" if os.environ.get(name) else "unset" for name in PROVIDER_KEYS},
     }
 
@@ -121,6 +125,8 @@ def run(args) -> int:
     print("\nbackends")
     for b in r["backends"]:
         print(f"  {b['name']:<9} {'available' if b['available'] else 'unavailable: ' + str(b['reason'])}")
+    print("\nworker isolation")
+    print(f"  {isolation.probe().describe()}")
     print("\nprovider keys")
     for name, state in r["provider_keys"].items():
         print(f"  {name}: {state}")

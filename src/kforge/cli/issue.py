@@ -48,6 +48,9 @@ def add_arguments(parser) -> None:
     run.add_argument("--max-seconds", type=float, default=None, help="time budget of the generation")
     run.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
     run.add_argument("--executor", default="local", help="local (a worker per GPU) or ray")
+    from kforge.cli._args import add_sandbox_argument
+
+    add_sandbox_argument(run)
     run.add_argument("--json", action="store_true", default=argparse.SUPPRESS, help="machine-readable output")
     from kforge.gen.config import add_provider_arguments
 

@@ -32,6 +32,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if getattr(args, "unsafe_no_sandbox", False):
+        from kforge.evaluate.isolation import allow_unsafe
+
+        allow_unsafe()  # workers started from here on may run untrusted code without bwrap
     try:
         return int(args.run(args) or 0)
     except KforgeError as exc:

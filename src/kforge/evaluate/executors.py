@@ -27,7 +27,8 @@ import time
 import traceback
 from typing import Any, Mapping, Sequence
 
-from kforge.evaluate.sandbox import DEFAULT_ALLOW, Status, WorkerOutcome, run_isolated
+from kforge.evaluate.isolation import SandboxUnavailable
+from kforge.evaluate.sandbox import DEFAULT_ALLOW, Status, WorkerOutcome, _redacted, run_isolated
 
 
 @dataclasses.dataclass(frozen=True)
@@ -37,7 +38,10 @@ class Task:
     fn: str
     payload: Mapping[str, Any]
     timeout_s: float
-    memory_mb: int | None = None
+    memory_mb: int | None = None  # None: the sandbox's default (a limit always applies)
+    device_memory_mb: int | None = None  # GPU tasks: the worker's device-memory cap (None: the default share)
+    secrets: Mapping[str, str] | None = None  # label -> value, redacted from the outcome
+    trusted: bool = False  # kforge's own code (a catalog seed): may run where bwrap cannot
 
     def __post_init__(self) -> None:
         module, _, attr = self.fn.partition(":")
@@ -51,7 +55,9 @@ class Task:
             raise ValueError(f"Task.payload must be JSON data: {exc}") from None
 
     def to_json(self) -> dict:
-        return {"fn": self.fn, "payload": self.payload, "timeout_s": self.timeout_s, "memory_mb": self.memory_mb}
+        return {"fn": self.fn, "payload": self.payload, "timeout_s": self.timeout_s, "memory_mb": self.memory_mb,
+                "device_memory_mb": self.device_memory_mb, "secrets": dict(self.secrets or {}),
+                "trusted": self.trusted}
 
 
 class ExecutorKind(str, enum.Enum):
@@ -100,9 +106,11 @@ class InProcessExecutor(Executor):
                 fn = getattr(fn, part)
             value = json.loads(json.dumps(fn(json.loads(json.dumps(task.payload)))))
         except Exception as exc:
-            return WorkerOutcome(Status.ERROR, error=f"{type(exc).__name__}: {exc}", traceback=traceback.format_exc(),
-                                 duration_s=time.monotonic() - start, pid=os.getpid())
-        return WorkerOutcome(Status.OK, value=value, duration_s=time.monotonic() - start, pid=os.getpid())
+            outcome = WorkerOutcome(Status.ERROR, error=f"{type(exc).__name__}: {exc}", traceback=traceback.format_exc(),
+                                    duration_s=time.monotonic() - start, pid=os.getpid())
+        else:
+            outcome = WorkerOutcome(Status.OK, value=value, duration_s=time.monotonic() - start, pid=os.getpid())
+        return _redacted(outcome, task.secrets)
 
 
 class LocalPoolExecutor(Executor):
@@ -141,7 +149,11 @@ class LocalPoolExecutor(Executor):
             try:
                 return run_isolated(task.fn, task.payload, timeout_s=task.timeout_s, memory_mb=task.memory_mb,
                                     env_allow=self.env_allow, cuda=slot is not None, sys_path=sys_path,
-                                    env=None if slot is None else {"CUDA_VISIBLE_DEVICES": slot})
+                                    env=None if slot is None else {"CUDA_VISIBLE_DEVICES": slot},
+                                    device_memory_mb=task.device_memory_mb, secrets=task.secrets,
+                                    trusted=task.trusted)
+            except SandboxUnavailable:
+                raise  # the machine's set-up, not the task: the caller says what to install
             except Exception as exc:  # the coordinator's side failed (no process could start, ...)
                 return WorkerOutcome(Status.ERROR, error=f"executor: {type(exc).__name__}: {exc}",
                                      traceback=traceback.format_exc())
@@ -203,7 +215,9 @@ class RayExecutor(Executor):
 def _ray_task(task: dict, cuda: bool, env_allow: list, sys_path: list) -> dict:
     """Body of one Ray task, run in a Ray worker: the sandbox does the work."""
     outcome = run_isolated(task["fn"], task["payload"], timeout_s=task["timeout_s"], memory_mb=task["memory_mb"],
-                           env_allow=env_allow, cuda=cuda, sys_path=sys_path)
+                           env_allow=env_allow, cuda=cuda, sys_path=sys_path,
+                           device_memory_mb=task.get("device_memory_mb"), secrets=task.get("secrets"),
+                           trusted=task.get("trusted", False))
     return outcome.to_json()
 
 

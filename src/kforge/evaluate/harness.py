@@ -25,8 +25,9 @@ from typing import Any, Iterable, Sequence
 import torch
 
 from kforge.device import fingerprint, installed_version
-from kforge.evaluate import roofline, static
+from kforge.evaluate import isolation, roofline, static
 from kforge.evaluate.executors import Executor, LocalPoolExecutor, Task
+from kforge.evaluate.sandbox import DEFAULT_CPU_MEMORY_MB, DEFAULT_GPU_RSS_MB
 from kforge.evaluate.timing import Timing, escaped_stream
 from kforge.ops import get_spec
 from kforge.records import DispatchKey, Domain, Evidence, Record
@@ -109,16 +110,22 @@ def evaluate_source(source: str, op: str, *, device: str = "cpu", dtypes: Sequen
         first = findings[0]
         return Evaluation(op, False, f"static check: {first}", check=f"static:{first.rule.value}")
 
+    trusted = isolation.is_catalog_seed(source)
+    isolation.require(trusted, f"candidate kernels for op {op!r}")  # refused before anything is stored
     stored = KernelStore().put(source, op=op, provider=provider, parent=parent, attempt_id=attempt_id)
     impl = impl_id(stored.sha256)
-    payload = {"op": op, "sha256": stored.sha256, "device": str(device_t),
+    # The worker gets the source itself (it cannot see the store) and a memory limit always.
+    memory_mb = DEFAULT_GPU_RSS_MB if device_t.type == "cuda" else DEFAULT_CPU_MEMORY_MB
+    payload = {"op": op, "sha256": stored.sha256, "source": source, "device": str(device_t),
                "dtypes": [str(d).removeprefix("torch.") for d in dtypes], "seeds": list(seeds),
                "timing_shapes": [list(s) for s in timing_shapes],
                "verify_shapes": None if verify_shapes is None else [list(s) for s in verify_shapes]}
     executor = executor or LocalPoolExecutor()
 
     def run_worker() -> tuple[Evaluation | None, dict | None]:
-        task = Task(TASK, {**payload, "secret_seed": secrets.randbits(62)}, timeout_s=timeout_s)
+        seed = secrets.randbits(62)
+        task = Task(TASK, {**payload, "secret_seed": seed}, timeout_s=timeout_s, memory_mb=memory_mb,
+                    secrets={"secret seed": str(seed)}, trusted=trusted)
         (outcome,) = executor.map([task])
         if not outcome.ok:
             detail = outcome.error or f"exit code {outcome.exit_code}"

@@ -1,4 +1,4 @@
-"""Run untrusted work (a candidate's compile, correctness and timing) in a fresh worker process.
+"""Run untrusted work (a candidate's compile, correctness and timing) in a fresh, isolated worker.
 
     outcome = run_isolated("kforge.evaluate.worker_tasks:verify_candidate", {"source": ...}, timeout_s=120)
     outcome.status   # "ok" | "error" | "timeout" | "crashed" | "killed"; outcome.value is JSON data
@@ -7,29 +7,34 @@ Why a process: an out-of-bounds store poisons the whole CUDA context of its proc
 returns, `os._exit` ends everything. Nothing untrusted runs in the process that serves or
 records results; whatever a task does, `run_isolated` returns an outcome and never raises for it.
 
-The worker is a new Python interpreter (`sys.executable`) that loads this file by path (stdlib
-only: no torch import unless the task needs one), reads the task from a JSON file, imports the
-function by name ("package.module:function", never a pickled closure), calls it with the payload
-and writes its JSON-able return value to a result file. It runs:
-- in its own session and process group, killed whole (SIGKILL) on timeout and after it ends, so
-  children it started die too (a task that calls setsid itself escapes: use containers for that);
-- in a scratch directory, removed afterwards, that is also its TMPDIR;
-- with an environment built from an ALLOW-list (`DEFAULT_ALLOW`: paths, locale, CUDA, Triton and
-  kforge settings), minus any name matching `DENY` (`*KEY*`, `*TOKEN*`, `*SECRET*`, `AWS_*`, ...),
-  which wins even over the allow-list: no LLM API key or token reaches candidate code;
-- with the coordinator's `sys.path` entries appended to its own, so test modules import there;
-- under a memory limit when `memory_mb` is given: RLIMIT_AS (address space) when the worker will
-  not use CUDA (`cuda=False`, which also hides GPUs: CUDA_VISIBLE_DEVICES=""). CUDA maps tens of
-  GB of address space at init, so with `cuda=True` an address-space limit would fail every
-  task; there the coordinator polls the worker's resident memory instead and kills it above the
-  limit. The address space counts what a process maps, not what it touches: torch alone maps
-  ~1-3 GB, so give torch tasks several GB.
+The worker is a new Python interpreter (`sys.executable`) inside bubblewrap (`isolation`: read-only
+root, no HOME / KFORGE_HOME / network, own PID namespace, cleared environment, no capabilities)
+that loads `sandbox_worker.py` by path (stdlib only: no torch import unless the task needs one), reads the
+task as JSON from its stdin (a pipe: there is no task file), imports the function by name
+("package.module:function", never a pickled closure), calls it with the payload and writes its
+JSON-able return value to a dedicated pipe (fd passed on its command line; stdout is only logged).
+The coordinator reads at most RESULT_CAP bytes of it and checks its schema: anything else is a
+crash. Without bwrap (`isolation.Level.PROCESS`) the same worker runs as a plain process, for
+trusted code or when the user opted out (`--unsafe-no-sandbox`); untrusted code is refused.
+
+Every worker gets:
+- a private scratch dir (`isolation.Scratch`: its cwd, TMPDIR, HOME, /tmp, a fresh KFORGE_HOME with
+  the user ops bound read-only, Triton/Inductor caches), removed afterwards; one left by a killed
+  coordinator is removed at the next start;
+- an environment built from an ALLOW-list (`DEFAULT_ALLOW`) minus any name matching
+  `kforge.redact.DENY` (`*KEY*`, `*TOKEN*`, ...), which wins even over the allow-list;
+- the coordinator's `sys.path` entries appended to its own (bound read-only), so test modules import;
+- a memory limit, always: `memory_mb` (default DEFAULT_CPU_MEMORY_MB) as RLIMIT_AS when the task
+  does not use CUDA (`cuda=False`, which also hides GPUs); with `cuda=True` (CUDA maps tens of GB of
+  address space at init) the coordinator polls the resident memory of all the worker's processes
+  (default DEFAULT_GPU_RSS_MB) and the worker caps its device memory before the task runs
+  (`device_memory_mb`, default DEFAULT_DEVICE_MEMORY_FRACTION of the device); and the wall clock;
+- every string of its outcome passed through `kforge.redact.redact_data` (plus `secrets`).
 
 Statuses: ok (returned a value); error (raised: `error` holds "Type: message", `traceback` the
-trace); timeout (past `timeout_s`, killed); crashed (died without a result: a signal such as
-SIGSEGV or SIGKILL, `os._exit`, `sys.exit`; `exit_code` is the exit status, or minus the signal
-number); killed (stopped for exceeding its memory limit: an allocation refused under RLIMIT_AS,
-or the resident-memory watchdog).
+trace); timeout (past `timeout_s`, killed); crashed (died without a valid result: a signal such as
+SIGSEGV or SIGKILL, `os._exit`, `sys.exit`, a malformed or oversized result; `exit_code` is the exit
+status, or minus the signal number); killed (stopped for exceeding its memory limit).
 """
 from __future__ import annotations
 
@@ -38,13 +43,12 @@ import enum
 import fnmatch
 import json
 import os
-import shutil
+import select
 import signal
 import subprocess
 import sys
-import tempfile
+import threading
 import time
-import traceback
 from typing import Any, Iterable, Mapping
 
 DEFAULT_ALLOW: tuple[str, ...] = (
@@ -55,19 +59,31 @@ DEFAULT_ALLOW: tuple[str, ...] = (
     "OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "XDG_CACHE_HOME",
     "NCCL_NVLS_ENABLE", "TORCH_SYMM_MEM_DISABLE_MULTICAST", "NVSHMEM_DISABLE_NVLS",
 )
-# The deny-list (kforge.redact.DENY) is checked after the allow-list and wins over it. Imported
-# lazily: the worker loads this file by path, stdlib only, before anything of kforge (whose
-# package import pulls in torch).
+# An rms_norm seed's whole CPU evaluation under the Triton interpreter peaks at 1.15 GB of address
+# space (VmPeak, measured); 4 GB leaves room for more threads and bigger shapes, and refuses 6 GB.
+DEFAULT_CPU_MEMORY_MB = 4096
+DEFAULT_GPU_RSS_MB = 16384
+DEFAULT_DEVICE_MEMORY_FRACTION = 0.5
+RESULT_CAP = 16 << 20  # bytes of result JSON the coordinator reads from a worker
+OUTPUT_TAIL = 8000  # characters of the worker's stdout and stderr kept in an outcome
+POLL_S = 0.01
+RSS_EVERY_S = 0.1
+STOP_WAIT_S = 5.0  # for the sandbox's PID namespace to be torn down after its init is killed
+IN_SANDBOX = "KFORGE_IN_SANDBOX"
+WORKER_FILE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "sandbox_worker.py")
+_BOOTSTRAP = """
+import importlib.util, sys
+spec = importlib.util.spec_from_file_location("_kforge_sandbox_worker", sys.argv[1])
+worker = sys.modules[spec.name] = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(worker)
+worker.worker_main(int(sys.argv[2]))
+"""
 
 
 def denied(name: str) -> bool:
-    from kforge.redact import denied as is_denied
+    from kforge.redact import denied as is_denied  # lazily: the worker loads this file stdlib only
 
     return is_denied(name)
-
-
-OUTPUT_TAIL = 8000  # characters of the worker's stdout and stderr kept in an outcome
-POLL_S = 0.01
 
 
 class Status(str, enum.Enum):
@@ -91,6 +107,7 @@ class WorkerOutcome:
     stdout: str = ""  # tails, OUTPUT_TAIL characters at most
     stderr: str = ""
     pid: int | None = None
+    isolation: str | None = None  # isolation.Level value the worker ran under
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "status", Status(self.status))
@@ -119,14 +136,20 @@ def worker_env(env_allow: Iterable[str] = DEFAULT_ALLOW, source: Mapping[str, st
 
 def run_isolated(fn_qualname: str, payload: Mapping[str, Any], *, timeout_s: float, memory_mb: int | None = None,
                  env_allow: Iterable[str] = DEFAULT_ALLOW, env: Mapping[str, str] | None = None, cuda: bool = False,
-                 sys_path: Iterable[str] | None = None) -> WorkerOutcome:
-    """Run `fn_qualname(payload)` ("package.module:function") in a fresh worker process.
+                 sys_path: Iterable[str] | None = None, device_memory_mb: int | None = None,
+                 secrets: Mapping[str, str] | None = None, trusted: bool = False, isolation=None) -> WorkerOutcome:
+    """Run `fn_qualname(payload)` ("package.module:function") in a fresh isolated worker.
 
-    timeout_s: wall-clock limit, then the worker's process group is killed. memory_mb: see the
-    module docstring. env: variables set in the worker on top of the allowed ones (the executors
-    set CUDA_VISIBLE_DEVICES); a denied name here is a ValueError. cuda: the task uses the GPU.
-    sys_path: appended to the worker's sys.path (default: this process's). Raises only for the
-    caller's own mistakes (a malformed name, a payload that is not JSON data)."""
+    timeout_s: wall-clock limit. memory_mb, device_memory_mb: see the module docstring. env:
+    variables set in the worker on top of the allowed ones (the executors set
+    CUDA_VISIBLE_DEVICES); a denied name here is a ValueError. cuda: the task uses the GPU.
+    sys_path: appended to the worker's sys.path (default: this process's). secrets: label ->
+    value, redacted from the outcome with the environment's secrets. trusted: the code is kforge's
+    own (may run without bwrap). isolation: an `isolation.Level` to force (Level.PROCESS: the
+    caller takes the risk); default bwrap, or refusal (`SandboxUnavailable`) for untrusted code
+    where bwrap cannot run. Raises only for the caller's mistakes and for that refusal."""
+    from kforge.evaluate import isolation as iso
+
     module, _, attr = fn_qualname.partition(":")
     if not module or not attr:
         raise ValueError(f"fn_qualname must be 'package.module:function', got {fn_qualname!r}")
@@ -137,69 +160,216 @@ def run_isolated(fn_qualname: str, payload: Mapping[str, Any], *, timeout_s: flo
             from kforge.redact import DENY
 
             raise ValueError(f"run_isolated: {name!r} matches the sandbox's deny-list {DENY}")
-    scratch = tempfile.mkdtemp(prefix="kforge-sandbox-")
+    if isolation is None:
+        level = iso.require(trusted, f"task {fn_qualname}").level
+    else:
+        level = iso.Level(isolation)
+        if level is iso.Level.BWRAP and iso.probe().level is not iso.Level.BWRAP:
+            raise iso.SandboxUnavailable(f"run_isolated: isolation=bwrap asked, but {iso.probe().reason}")
+    limit_mb = memory_mb or (DEFAULT_GPU_RSS_MB if cuda else DEFAULT_CPU_MEMORY_MB)
+    sys_path = [os.path.abspath(p) for p in (sys.path if sys_path is None else sys_path) if p]
+    task = {"fn": fn_qualname, "payload": payload, "memory_mb": None if cuda else limit_mb, "sys_path": sys_path,
+            "device_memory_mb": device_memory_mb if cuda else None}
     try:
-        task = {"fn": fn_qualname, "payload": payload, "memory_mb": memory_mb if not cuda else None,
-                "sys_path": [os.path.abspath(p) for p in (sys.path if sys_path is None else sys_path) if p],
-                "result": os.path.join(scratch, "result.json")}
-        task_file = os.path.join(scratch, "task.json")
-        with open(task_file, "w") as f:
-            try:
-                json.dump(task, f)
-            except (TypeError, ValueError) as exc:
-                raise ValueError(f"run_isolated: payload must be JSON data ({exc})") from None
-        child_env = worker_env(env_allow)
-        child_env.update(env or {})
-        child_env["TMPDIR"] = scratch
-        child_env[IN_SANDBOX] = "1"  # user ops from untrusted sources load their code only here
-        if not cuda:
-            child_env["CUDA_VISIBLE_DEVICES"] = ""
-        return _supervise(task, task_file, scratch, child_env, timeout_s, memory_mb if cuda else None)
+        text = json.dumps(task).encode()
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"run_isolated: payload must be JSON data ({exc})") from None
+    scratch = iso.Scratch()
+    try:
+        child_env = _child_env(scratch, env_allow, env, cuda)
+        ops_dir = _user_ops_dir()
+        if level is iso.Level.PROCESS and ops_dir is not None:
+            os.symlink(ops_dir, scratch.path("kforge-home", "ops"))
+        outcome = _supervise(text, scratch, child_env, timeout_s, limit_mb, level, cuda, sys_path, ops_dir)
     finally:
-        shutil.rmtree(scratch, ignore_errors=True)
+        scratch.remove()
+    return _redacted(outcome, secrets)
 
 
-IN_SANDBOX = "KFORGE_IN_SANDBOX"
+def _child_env(scratch, env_allow, env, cuda: bool) -> dict[str, str]:
+    child = worker_env(env_allow)
+    child.update(env or {})
+    child.pop("KFORGE_TABLE", None)
+    if child.get("PYTHONPATH"):  # relative entries would resolve in the scratch dir: another kforge, or none
+        child["PYTHONPATH"] = os.pathsep.join(os.path.abspath(p) for p in child["PYTHONPATH"].split(os.pathsep) if p)
+    cache = scratch.path("cache")
+    # The scratch dir is also the worker's home: a planted compile-cache entry or kernel dies with it.
+    child.update({"TMPDIR": scratch.work, "HOME": scratch.path("home"), "KFORGE_HOME": scratch.path("kforge-home"),
+                  "XDG_CACHE_HOME": cache, "TRITON_CACHE_DIR": os.path.join(cache, "triton"),
+                  "TORCHINDUCTOR_CACHE_DIR": os.path.join(cache, "inductor"), "PYTHONDONTWRITEBYTECODE": "1",
+                  IN_SANDBOX: "1"})  # user ops from untrusted sources load their code only here
+    child.setdefault("MALLOC_ARENA_MAX", "4")  # glibc reserves 64 MB of address space per thread arena
+    if not cuda:
+        child["CUDA_VISIBLE_DEVICES"] = ""
+    else:  # the default device-memory cap, read by torch's allocator: no torch import in the bootstrap
+        conf = child.get("PYTORCH_CUDA_ALLOC_CONF", "")
+        cap = f"per_process_memory_fraction:{DEFAULT_DEVICE_MEMORY_FRACTION}"
+        child["PYTORCH_CUDA_ALLOC_CONF"] = f"{conf},{cap}" if conf else cap
+    return child
 
 
-def _supervise(task: dict, task_file: str, scratch: str, env: dict, timeout_s: float,
-               rss_limit_mb: int | None) -> WorkerOutcome:
+def _user_ops_dir() -> str | None:
+    from kforge import paths
+
+    ops = paths.home() / "ops"
+    return str(ops) if ops.is_dir() else None
+
+
+def _supervise(text: bytes, scratch, env: dict, timeout_s: float, limit_mb: int, level, cuda: bool,
+               sys_path: list[str], ops_dir: str | None) -> WorkerOutcome:
+    from kforge.evaluate import isolation as iso
+
+    task_r, task_w = os.pipe()
+    result_r, result_w = os.pipe()
+    info_r, info_w = os.pipe()
+    command = [sys.executable, "-c", _BOOTSTRAP, WORKER_FILE, str(result_w)]
+    if level is iso.Level.BWRAP:
+        argv = iso.bwrap_argv(iso.probe().bwrap, command, work=scratch.work, env=env, cuda=cuda, sys_path=sys_path,
+                              ops_dir=ops_dir, info_fd=info_w)
+        popen_env: dict = {}  # bwrap's own /proc/<pid>/environ is what the worker could read of it
+    else:
+        argv, popen_env = command, env
+    out_path, err_path = os.path.join(scratch.root, "stdout"), os.path.join(scratch.root, "stderr")
     start = time.monotonic()
-    out_path, err_path = os.path.join(scratch, "stdout"), os.path.join(scratch, "stderr")
-    with open(out_path, "wb") as out, open(err_path, "wb") as err:
-        proc = subprocess.Popen([sys.executable, "-c", _BOOTSTRAP, os.path.abspath(__file__), task_file],
-                                cwd=scratch, env=env, stdin=subprocess.DEVNULL, stdout=out, stderr=err,
-                                start_new_session=True, close_fds=True)
-    timed_out = over_memory = False
-    while True:
-        if _exited(proc):
-            break
-        if time.monotonic() - start > timeout_s:
-            timed_out = True
-            break
-        if rss_limit_mb is not None and _rss_mb(proc.pid) > rss_limit_mb:
-            over_memory = True
-            break
-        time.sleep(POLL_S)
-    _kill_group(proc.pid)
-    code = proc.wait()
-    duration = time.monotonic() - start
-    logs = {"stdout": _tail(out_path), "stderr": _tail(err_path), "pid": proc.pid, "duration_s": duration,
-            "exit_code": code}
-    if timed_out:
+    try:
+        with open(out_path, "wb") as out, open(err_path, "wb") as err:
+            proc = subprocess.Popen(argv, cwd=scratch.work, env=popen_env, stdin=task_r, stdout=out, stderr=err,
+                                    pass_fds=(result_w, info_w), start_new_session=True, close_fds=True)
+    finally:
+        for fd in (task_r, result_w, info_w):
+            os.close(fd)
+    threading.Thread(target=_send, args=(task_w, text), daemon=True).start()
+    result, info = bytearray(), bytearray()
+    reading = [result_r, info_r]
+    why = None  # "timeout" | "memory" | "oversize"
+    next_rss = start
+    try:
+        while why is None:
+            for fd in select.select(reading, [], [], POLL_S)[0]:
+                chunk = os.read(fd, 1 << 16)
+                if not chunk:
+                    reading.remove(fd)
+                elif fd == info_r:
+                    info += chunk
+                elif len(result) + len(chunk) > RESULT_CAP:
+                    why = "oversize"
+                else:
+                    result += chunk
+            if why or _exited(proc):
+                break
+            now = time.monotonic()
+            if now - start > timeout_s:
+                why = "timeout"
+            elif now >= next_rss:
+                next_rss = now + RSS_EVERY_S
+                if _tree_rss_mb(proc.pid) > limit_mb:
+                    why = "memory"
+        if why is None:
+            result += _drain(result_r, RESULT_CAP - len(result) + 1)
+            if len(result) > RESULT_CAP:
+                why = "oversize"
+        _stop(proc, _child_pid(info))
+        code = proc.wait()
+    finally:
+        os.close(result_r)
+        os.close(info_r)
+    logs = {"stdout": _tail(out_path), "stderr": _tail(err_path), "pid": proc.pid,
+            "duration_s": time.monotonic() - start, "isolation": level.value,
+            "exit_code": _exit_code(code, level is iso.Level.BWRAP and why is None)}
+    if why == "timeout":
         return WorkerOutcome(Status.TIMEOUT, error=f"no result after {timeout_s:g} s: worker killed", **logs)
-    if over_memory:
-        return WorkerOutcome(Status.KILLED, error=f"resident memory over the {rss_limit_mb} MB limit: worker killed",
-                             **logs)
-    result = _read_result(task["result"])
-    if result is None:
+    if why == "memory":
+        return WorkerOutcome(Status.KILLED, error=f"resident memory over the {limit_mb} MB limit: worker killed", **logs)
+    if why == "oversize":
+        return WorkerOutcome(Status.CRASHED, error=f"the worker's result is over the {RESULT_CAP >> 20} MB cap: "
+                                                   "worker killed, result discarded", **logs)
+    if not result:
+        code = logs["exit_code"]
         how = f"died of signal {_signal_name(-code)}" if code < 0 else f"exited with code {code}"
         return WorkerOutcome(Status.CRASHED, error=f"worker {how} without a result", **logs)
-    if result.get("memory"):
-        return WorkerOutcome(Status.KILLED, error=f"over the {task['memory_mb']} MB memory limit: {result['error']}",
-                             traceback=result.get("traceback"), **logs)
-    return WorkerOutcome(Status(result["status"]), value=result.get("value"), error=result.get("error"),
-                         traceback=result.get("traceback"), **logs)
+    parsed, problem = _parse_result(bytes(result))
+    if problem:
+        return WorkerOutcome(Status.CRASHED, error=f"the worker's result is malformed ({problem}): discarded", **logs)
+    if parsed.get("memory"):
+        what = "its device-memory cap" if cuda else f"the {limit_mb} MB memory limit"
+        return WorkerOutcome(Status.KILLED, error=f"over {what}: {parsed['error']}",
+                             traceback=parsed.get("traceback"), **logs)
+    return WorkerOutcome(Status(parsed["status"]), value=parsed.get("value"), error=parsed.get("error"),
+                         traceback=parsed.get("traceback"), **logs)
+
+
+def _parse_result(data: bytes) -> tuple[dict | None, str | None]:
+    """The worker's result, checked: one JSON object, {"status": "ok", "value": ...} or
+    {"status": "error", "error": str, "traceback": str | None, "memory": bool}."""
+    try:
+        result = json.loads(data.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError) as exc:
+        return None, f"not one JSON document: {type(exc).__name__}"
+    if not isinstance(result, dict):
+        return None, "not a JSON object"
+    keys = {"ok": {"status", "value"}, "error": {"status", "error", "traceback", "memory"}}.get(result.get("status"))
+    if keys is None or set(result) != keys:
+        return None, f"unexpected status or keys {sorted(result)[:8]}"
+    if keys is not None and result["status"] == "error" and not (
+            isinstance(result["error"], str) and isinstance(result["traceback"], (str, type(None)))
+            and isinstance(result["memory"], bool)):
+        return None, "error fields of the wrong types"
+    return result, None
+
+
+def _redacted(outcome: WorkerOutcome, secrets: Mapping[str, str] | None) -> WorkerOutcome:
+    from kforge.redact import redact_data
+
+    data = outcome.to_json()
+    fields = {name: data[name] for name in ("value", "error", "traceback", "stdout", "stderr")}
+    return dataclasses.replace(outcome, **redact_data(fields, extra=secrets))
+
+
+def _send(fd: int, data: bytes) -> None:
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
+    except OSError:
+        pass  # the worker died before reading its task: its outcome says so
+    finally:
+        os.close(fd)
+
+
+def _drain(fd: int, limit: int) -> bytes:
+    """What is already in the pipe (non-blocking: a process the worker forked may hold it open)."""
+    out = bytearray()
+    while len(out) < limit and select.select([fd], [], [], 0)[0]:
+        chunk = os.read(fd, 1 << 16)
+        if not chunk:
+            break
+        out += chunk
+    return bytes(out)
+
+
+def _child_pid(info: bytes) -> int | None:
+    try:
+        return int(json.loads(info.decode())["child-pid"])
+    except (ValueError, KeyError, TypeError, UnicodeDecodeError):
+        return None
+
+
+def _stop(proc: subprocess.Popen, ns_init: int | None) -> None:
+    """Kill everything the worker started. Under bwrap, killing the PID namespace's init kills the
+    whole namespace (setsid daemons included); bwrap reaps it only once the namespace is empty, so
+    its exit means nothing of the worker is left. Then the process group, for the plain case."""
+    if ns_init is not None and not _exited(proc):
+        try:
+            os.kill(ns_init, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+        deadline = time.monotonic() + STOP_WAIT_S
+        while not _exited(proc) and time.monotonic() < deadline:
+            time.sleep(POLL_S)
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
 
 
 def _exited(proc: subprocess.Popen) -> bool:
@@ -210,22 +380,35 @@ def _exited(proc: subprocess.Popen) -> bool:
     return proc.poll() is not None  # pragma: no cover - platforms without waitid
 
 
-def _kill_group(pgid: int) -> None:
-    try:
-        os.killpg(pgid, signal.SIGKILL)
-    except (ProcessLookupError, PermissionError):
-        pass
+def _exit_code(code: int, via_bwrap: bool) -> int:
+    # bwrap exits 128 + N when its command died of signal N.
+    if via_bwrap and 128 < code < 128 + 65:
+        return -(code - 128)
+    return code
 
 
-def _rss_mb(pid: int) -> float:
-    try:
-        with open(f"/proc/{pid}/status") as f:
-            for line in f:
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1]) / 1024
-    except (OSError, ValueError):
-        pass
-    return 0.0
+def _tree_rss_mb(root: int) -> float:
+    """Resident memory of `root` and all its descendants (a worker that forks is counted whole)."""
+    parents, rss = {}, {}
+    page = os.sysconf("SC_PAGE_SIZE")
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            parents[int(entry)] = int(fields[1])
+            rss[int(entry)] = int(fields[21]) * page
+        except (OSError, ValueError, IndexError):
+            continue
+    total, frontier = rss.get(root, 0), [root]
+    while frontier:
+        current = frontier.pop()
+        for pid, parent in parents.items():
+            if parent == current:
+                total += rss.get(pid, 0)
+                frontier.append(pid)
+    return total / 2**20
 
 
 def _tail(path: str) -> str:
@@ -238,87 +421,9 @@ def _tail(path: str) -> str:
         return ""
 
 
-def _read_result(path: str) -> dict | None:
-    try:
-        with open(path) as f:
-            result = json.load(f)
-    except (OSError, ValueError):
-        return None
-    return result if isinstance(result, dict) and result.get("status") in ("ok", "error") else None
-
-
 def _signal_name(number: int) -> str:
     try:
         return f"{signal.Signals(number).name} ({number})"
     except ValueError:
         return str(number)
 
-
-# -- the worker side (runs in the child; stdlib only above this line too) --------------------------
-_BOOTSTRAP = """
-import importlib.util, sys
-spec = importlib.util.spec_from_file_location("_kforge_sandbox_worker", sys.argv[1])
-worker = sys.modules[spec.name] = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(worker)
-worker.worker_main(sys.argv[2])
-"""
-
-
-def worker_main(task_file: str) -> None:
-    """Entry point inside the worker: run the task in `task_file`, write the result, `os._exit`."""
-    with open(task_file) as f:
-        task = json.load(f)
-    sys.path.extend(p for p in task["sys_path"] if p not in sys.path)
-    limit = task.get("memory_mb")
-    if limit:
-        import resource
-
-        resource.setrlimit(resource.RLIMIT_AS, (limit << 20, limit << 20))
-    try:
-        import resource
-
-        resource.setrlimit(resource.RLIMIT_CORE, (0, 0))  # a crash leaves no core file behind
-    except (ImportError, ValueError, OSError):
-        pass
-    try:
-        import importlib
-
-        module, _, attr = task["fn"].partition(":")
-        fn: Any = importlib.import_module(module)
-        for part in attr.split("."):
-            fn = getattr(fn, part)
-        value = fn(task["payload"])
-        try:
-            text = json.dumps({"status": "ok", "value": value})
-        except (TypeError, ValueError) as exc:
-            raise TypeError(f"the task's return value is not JSON data: {exc}") from None
-    except SystemExit as exc:  # a task that exits is a crash, with its exit code, like os._exit
-        code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
-        _flush()
-        os._exit(code)
-    except BaseException as exc:
-        text = json.dumps({"status": "error", "error": f"{type(exc).__name__}: {exc}",
-                           "traceback": traceback.format_exc(), "memory": bool(limit) and _is_memory(exc)})
-    tmp = task["result"] + ".tmp"
-    with open(tmp, "w") as f:
-        f.write(text)
-    os.replace(tmp, task["result"])  # a worker killed mid-write leaves no result, not half of one
-    _flush()
-    os._exit(0)  # no interpreter teardown: a poisoned CUDA context can hang or crash in it
-
-
-def _is_memory(exc: BaseException) -> bool:
-    return isinstance(exc, MemoryError) or "can't allocate memory" in str(exc) or \
-        type(exc).__name__ == "OutOfMemoryError"
-
-
-def _flush() -> None:
-    for stream in (sys.stdout, sys.stderr):
-        try:
-            stream.flush()
-        except Exception:
-            pass
-
-
-if __name__ == "__main__":  # python -m kforge.evaluate.sandbox TASK_FILE (run_isolated uses the bootstrap)
-    worker_main(sys.argv[1])

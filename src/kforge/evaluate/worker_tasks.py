@@ -1,9 +1,10 @@
 """What runs inside a sandboxed worker: everything that touches untrusted candidate code.
 
-`evaluate_stored(payload)` loads a stored kernel (its hash re-checked), proves it correct against
+`evaluate_stored(payload)` loads the kernel the payload carries (its hash re-checked), proves it correct against
 the reference (`correctness.verify`), then times it (through the cached launcher the router would use)
 with the vendor in the same run on fresh inputs, checking the outputs of timed calls. It returns JSON data only; the coordinator
-(`harness`) decides what to trust and writes the table.
+(`harness`) decides what to trust and alone writes the kernel store and the table; a worker sees
+neither (its KFORGE_HOME is a fresh one in its scratch dir).
 """
 from __future__ import annotations
 
@@ -15,7 +16,8 @@ class TimedOutputMismatch(AssertionError):
 
 
 def evaluate_stored(payload: dict[str, Any]) -> dict[str, Any]:
-    """payload: op, sha256, device, dtypes (names), seeds, secret_seed, verify_shapes (or None:
+    """payload: op, sha256, source (the kernel's text, hashing to sha256), device, dtypes (names),
+    seeds, secret_seed, verify_shapes (or None:
     the spec's sets that fit the device), timing_shapes. Returns {"verdict": {...}, "timings": [...]}."""
     import torch
 
@@ -24,13 +26,12 @@ def evaluate_stored(payload: dict[str, Any]) -> dict[str, Any]:
     from kforge.ops import get_spec
     from kforge.records import CallInfo, DispatchKey
     from kforge.router.key import dtype_signature
-    from kforge.store import KernelStore
     from kforge.testing import compare
 
     spec = get_spec(payload["op"])
     device = torch.device(payload["device"])
     dtypes = [getattr(torch, name) for name in payload["dtypes"]]
-    candidate = KernelStore().load(payload["sha256"], spec)
+    candidate = _load_candidate(payload, spec)
     shapes = payload.get("verify_shapes")
     verdict = correctness.verify(
         spec, candidate.forward, device=device, dtypes=dtypes,
@@ -79,6 +80,23 @@ def evaluate_stored(payload: dict[str, Any]) -> dict[str, Any]:
                                       "dtypes": call.key.dtypes, "problem": list(call.key.shape),
                                       "timings": {name: t.to_json() for name, t in timings.items()}})
     return result
+
+
+def _load_candidate(payload: dict[str, Any], spec):
+    """The kernel from the payload's `source`, re-hashed against its `sha256` and imported from a
+    store in this worker's own scratch KFORGE_HOME: the worker never reads the user's store (it
+    cannot see it) and nothing it writes reaches the coordinator's."""
+    from kforge.store import KernelStore, sha256_of
+
+    source = payload.get("source")
+    if not isinstance(source, str):
+        raise ValueError(f"evaluate_stored: the payload for op {payload['op']!r} carries no kernel source "
+                         "(the sandboxed worker cannot read the kernel store)")
+    if sha256_of(source) != payload["sha256"]:
+        raise ValueError(f"evaluate_stored: the source for op {payload['op']!r} does not hash to {payload['sha256']}")
+    store = KernelStore()  # under the worker's scratch KFORGE_HOME
+    store.put(source, op=payload["op"], provider="sandbox")
+    return store.load(payload["sha256"], spec)
 
 
 def _time_cuda(fns, make_args, check):

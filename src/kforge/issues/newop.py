@@ -5,8 +5,8 @@ Its code never runs in this process: a sandboxed worker builds the op from it an
 untrusted, and this process registers a spec whose code refuses to run (`kforge.ops.user`).
 Generation then proceeds as for any op: prompts show the code as text, and the candidates are
 verified against it inside sandboxed workers, which alone load the real reference. The sandbox
-keeps secrets out of the worker's environment and bounds its time and memory; it does not
-isolate the file system: run issue requests on a runner that holds nothing else (DESIGN.md).
+(bubblewrap: `kforge.evaluate.isolation`) keeps secrets out of the worker's environment, hides the
+user's files and the network, and bounds its time and memory; where it cannot run, this refuses.
 """
 from __future__ import annotations
 
