@@ -15,7 +15,8 @@ CUDA enough sets to exceed `ROTATE_L2` times the L2 together (at most `MAX_SETS`
 which fit in the cache are not timed hot.
 
 Checks of timed calls (anti-replay): `check(calls)` receives `TimedCall(name, args, out)` for
-`check_calls` timed calls of each function, picked at random; given `make_args`, the inputs of each
+`check_calls` timed calls of each function, picked at random, plus the last call of each CPU batch and the last timed call on CUDA events
+(a result that goes wrong after many calls); given `make_args`, the inputs of each
 picked call are overwritten in place just before it with a never-seen set (`make_args(sets + k)`),
 and `args` is that set. A function that replays a result (keyed by data_ptr, call count, input
 content sampled at its first call, ...) returns a stale answer there. Outputs are cloned after the
@@ -358,12 +359,14 @@ def _time_cpu(fns, inputs: _InputSets, *, samples: int, sample_s: float, check, 
             seen = inputs.refresh(s) if (name, s) in picks else None
             n = inner[name]
             start = clock()
-            out = fn(*args)
+            out = last = fn(*args)
             for _ in range(n - 1):
-                fn(*args)
+                last = fn(*args)
             times[name].append((clock() - start) / n * 1e6)
             if seen is not None:  # the batch's calls all saw `seen`: its first output is theirs
                 kept.append(TimedCall(name, seen, _clone(out)))
+            if check is not None:  # and its last, after every call before it (garbage after N calls)
+                kept.append(TimedCall(name, _clone(args), _clone(last)))
     _run_check(check, kept)
     out = {}
     for name, ts in times.items():
@@ -410,6 +413,8 @@ def _time_events(fns, inputs: _InputSets, *, warmup, reps, flush_l2, check, chec
             end.record()
             if seen is not None:
                 kept.append(TimedCall(name, seen, _clone(out)))
+            elif check is not None and r == reps - 1:  # the last call, after all the others
+                kept.append(TimedCall(name, _clone(args), _clone(out)))
             del out
     torch.cuda.synchronize()
     _run_check(check, kept)

@@ -60,7 +60,8 @@ def evaluate_stored(payload: dict[str, Any]) -> dict[str, Any]:
             # The candidate as the router serves it: its cached launcher (forward for two calls,
             # then the recorded replay), so host_us is what a routed call pays and the timed
             # calls' outputs check the replay too.
-            fns = {"candidate": cached_launcher(candidate.forward, candidate.module, args, spec.tensor_args),
+            fns = {"candidate": _exact_tensors(spec.name, cached_launcher(candidate.forward, candidate.module, args,
+                                                                         spec.tensor_args)),
                    "vendor": spec.vendor}
 
             def make_args(i, shape=shape, dtype=dtype):
@@ -79,6 +80,23 @@ def evaluate_stored(payload: dict[str, Any]) -> dict[str, Any]:
                                       "dtypes": call.key.dtypes, "problem": list(call.key.shape),
                                       "timings": {name: t.to_json() for name, t in timings.items()}})
     return result
+
+
+def _exact_tensors(op: str, fn):
+    """`fn` with every output of every call (timed ones included) checked to be exactly a
+    torch.Tensor: a subclass that computes on first touch would be timed at its launch only. A
+    type check per output: ~0.1 us of host time per call, inside the timed region."""
+    import torch
+
+    def call(*args):
+        out = fn(*args)
+        for o in (out if type(out) in (tuple, list) else (out,)):
+            if type(o) is not torch.Tensor:
+                raise TimedOutputMismatch(f"a timed call of {op} returned a {type(o).__name__}, not exactly a "
+                                          "torch.Tensor (a subclass can compute outside the timed region)")
+        return out
+
+    return call
 
 
 def _time_cuda(fns, make_args, check):
