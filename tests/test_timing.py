@@ -159,3 +159,22 @@ def test_cuda_timers_order_work_and_label_kinds():  # pragma: no cover - runs on
     assert not timing.escaped_stream(ts["big"])
     g = timing.time_cuda_graph(small, make)
     assert g.kind == "cuda_graph" and 0 < g.p50_us < ts["small"].p50_us + 5
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_every_timed_cuda_call_is_compared_bitwise():
+    """Right for its first 600 calls (warm-up and host-cost loops included), then wrong: every
+    timed call is compared on the device with an untimed call on the same inputs."""
+    calls = [0]
+
+    def tires(x):
+        calls[0] += 1
+        y = torch.softmax(x, dim=-1)
+        return y if calls[0] <= 600 else y * 0
+
+    def make_args(i):
+        return (_make_args(i)[0].cuda(),)
+
+    timing.time_together({"candidate": lambda x: torch.softmax(x, dim=-1)}, make_args, exact=("candidate",), reps=50)
+    with pytest.raises(timing.OutputChanged, match="candidate: .* timed calls returned other bits"):
+        timing.time_together({"candidate": tires}, make_args, exact=("candidate",), reps=1000)

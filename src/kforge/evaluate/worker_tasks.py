@@ -2,7 +2,10 @@
 
 `evaluate_stored(payload)` loads a stored kernel (its hash re-checked), proves it correct against
 the reference (`correctness.verify`), then times it (through the cached launcher the router would use)
-with the vendor in the same run on fresh inputs, checking the outputs of timed calls. It returns JSON data only; the coordinator
+with the vendor in the same run on fresh inputs, checking the outputs of timed calls: every output
+exactly a torch.Tensor; on CUDA events every timed call's output bitwise against an untimed call's
+on the same inputs (checked against the reference), on graph replays and a CPU the picked calls
+and the last (of every batch on a CPU) against the reference. It returns JSON data only; the coordinator
 (`harness`) decides what to trust and writes the table.
 """
 from __future__ import annotations
@@ -72,7 +75,7 @@ def evaluate_stored(payload: dict[str, Any]) -> dict[str, Any]:
                     timings = _time_cuda(fns, make_args, check)
                 else:
                     timings = timing.time_together(fns, make_args, check=check)
-            except TimedOutputMismatch as exc:
+            except (TimedOutputMismatch, timing.OutputChanged) as exc:
                 result["verdict"] = {**result["verdict"], "accepted": False, "check": "timed_output",
                                      "reason": f"shape {list(shape)} {dtype}: {exc}"}
                 return result
@@ -102,7 +105,7 @@ def _exact_tensors(op: str, fn):
 def _time_cuda(fns, make_args, check):
     from kforge.evaluate import timing
 
-    timings = timing.time_together(fns, make_args, check=check)
+    timings = timing.time_together(fns, make_args, check=check, exact=("candidate",))
     if min(t.p50_us for t in timings.values()) < timing.GRAPH_BELOW_US:
         # Microsecond kernels: events mostly see the launch; graph replays see the kernel.
         graphed = timing.time_together(fns, make_args, graph=True, check=check)
