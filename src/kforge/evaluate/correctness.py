@@ -43,7 +43,10 @@ Borderline errors: a group whose worst error ratio passes BORDERLINE is run agai
 BORDERLINE_SEEDS (never the secret), so a candidate over its budget on some inputs is rejected on
 every run, whatever the run's secret.
 
-Cost: on a CPU under Triton's interpreter, ~5 s per dtype for a row kernel over the CPU sets. On
+Cost: on a CPU under Triton's interpreter, ~5 s per dtype for a row kernel over the CPU sets; the
+variants, uneven rows, many rows and the stress trial took it from 108 to 180 candidate calls and
+1.42-1.48x the CPU time (fp32, CPU sets: rms_norm_rowwise 2.9 -> 4.3 s, softmax_online 9.5 -> 13.9 s,
+on a loaded 2-core host), most of it the 64 stress calls on the smallest shape. On
 an H100 (measured before the variants and the stress trial): ~1 s per dtype without "prefill";
 ~80 s with it, ~6 s a call at (16384, 8192), almost all of it `compare` and input generation.
 """
