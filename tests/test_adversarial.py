@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from kforge.candidate import load_candidate
-from kforge.evaluate.correctness import LONG_ROW, Check, Layout, Trial, verify
+from kforge.evaluate.correctness import BORDERLINE_SEEDS, LONG_ROW, MANY_ROWS, Check, Layout, Trial, verify
 from kforge.evaluate.static import Rule, check_source
 from kforge.ops import get_spec
 
@@ -116,10 +116,28 @@ DYNAMIC = {
                           lambda v: v.case.shape == LONG_ROW),
     "replay_data_ptr": ("rms_norm", Check.REPLAY, {}, lambda v: v.trial == Trial.REUSED_BUFFERS),
     "replay_content": ("softmax", Check.REPLAY, {}, lambda v: v.trial == Trial.NEW_BUFFERS),
-    "nonfinite_no_eps": ("rms_norm", Check.NONFINITE, dict(dtypes=(torch.float16,)), lambda v: v.case.special),
+    # Without eps, tiny inputs (x x 2^-10) are over budget before the zero row gives NaN.
+    "nonfinite_no_eps": ("rms_norm", Check.ERROR_BUDGET, dict(dtypes=(torch.float16,)),
+                         lambda v: v.case.variant is not None and v.case.variant.magnitude is not None),
     "drops_nan": ("softmax", Check.NAN_PROPAGATION, {}, lambda v: v.case.special),
     "nondeterministic": ("rms_norm", Check.NONDETERMINISTIC, {}, lambda v: v.trial == Trial.REPEAT),
     "ignores_strides": ("rms_norm", Check.NONFINITE, {}, lambda v: v.case.layout == Layout.SLICED_ROWS),
+    # Classes 3 and 4 of issue 14: cheats the verification inputs could not see.
+    "verify_ignores_eps": ("rms_norm", Check.ERROR_BUDGET, {},
+                           lambda v: v.case.variant is not None and dict(v.case.variant.scalars).get("eps") != 1e-6),
+    "verify_newton_rsqrt": ("rms_norm", Check.ERROR_BUDGET, {}, lambda v: v.case.variant.magnitude is not None),
+    "verify_mean_square_window": ("rms_norm", Check.ERROR_BUDGET, {}, lambda v: v.case.variant.magnitude is not None),
+    "verify_uniform_row_stride": ("rms_norm", Check.NONFINITE, dict(shapes=((4, 64), (2, 3, 40))),
+                                  lambda v: v.case.layout == Layout.UNEVEN_ROWS),
+    "verify_tile_rstd": ("rms_norm", Check.ERROR_BUDGET, dict(many_rows=True), lambda v: v.case.shape[0] == MANY_ROWS),
+    "verify_replay_unless_nan": ("softmax", Check.REPLAY, {}, lambda v: v.trial == Trial.NEW_BUFFERS),
+    "verify_output_ring": ("rms_norm", Check.STALE_OUTPUT, {}, lambda v: v.trial == Trial.STRESS),
+    "verify_order_from_address": ("rms_norm", Check.NONDETERMINISTIC, {}, lambda v: v.trial == Trial.REPEAT),
+    "verify_trusts_output_memory": ("rms_norm", Check.UNWRITTEN, {}, lambda v: "another poison" in v.reason),
+    # Class 5: over its budget on about one seed in ten; the fixed borderline seeds find one.
+    "verify_borderline_fp16": ("rms_norm", Check.ERROR_BUDGET,
+                               dict(dtypes=(torch.float16,), shapes=((4, 64), (3, 100)), layouts=(), replay=False),
+                               lambda v: v.case.seed in BORDERLINE_SEEDS),
 }
 
 
@@ -183,3 +201,15 @@ def rejected_for_its_reason(name, op, check, extra, holds, device) -> None:
 def test_gpu_only_cheat_is_rejected_on_the_gpu(name):
     op, check, extra, holds = GPU_ONLY[name]
     rejected_for_its_reason(name, op, check, {"secret_shapes": 0, **extra}, holds, device="cuda")
+
+
+def test_a_borderline_candidate_gets_the_same_verdict_on_every_run():
+    """Ten runs, ten secret seeds (so other secret shapes and seeds): always rejected, on the same
+    fixed seed, for the error budget."""
+    spec = get_spec("rms_norm")
+    path = CORPUS / "verify_borderline_fp16.py"
+    candidate = load_candidate(path, "kforge_test_adversarial_borderline_runs", spec)
+    verdicts = [verify(spec, candidate.forward, domain=candidate.domain, dtypes=(torch.float16,),
+                       shapes=((4, 64), (3, 100)), seeds=(0,), secret_seed=run, secret_shapes=1, layouts=(),
+                       replay=False) for run in range(10)]
+    assert {(v.accepted, v.check) for v in verdicts} == {(False, Check.ERROR_BUDGET)}, [v.reason for v in verdicts]

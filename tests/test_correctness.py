@@ -244,3 +244,59 @@ def test_global_torch_state_is_restored():
     verify(SOFTMAX, SOFTMAX.reference, **SMALL)
     rejected(SOFTMAX, lambda x: torch.empty_like(x))
     assert (torch.are_deterministic_algorithms_enabled(), det.fill_uninitialized_memory) == before
+
+
+# -- issue 14: outputs, poison and variants -----------------------------------------------------------
+class _Lazy(torch.Tensor):
+    """Computes on first touch, as a lazy-output cheat would (the static check forbids classes)."""
+
+
+def test_a_tensor_subclass_output_is_rejected():
+    def forward(x):
+        return SOFTMAX.reference(x).as_subclass(_Lazy)
+
+    verdict = rejected(SOFTMAX, forward)
+    assert verdict.check == Check.OUTPUT_TYPE and "_Lazy, a subclass of torch.Tensor" in verdict.reason
+
+
+def test_a_tuple_subclass_is_rejected():
+    class Outputs(tuple):
+        pass
+
+    verdict = rejected(FUSED, lambda x, r, w, eps: Outputs(FUSED.reference(x, r, w, eps)))
+    assert verdict.check == Check.OUTPUT_TYPE
+
+
+def test_fresh_memory_is_nan_on_some_calls_and_finite_garbage_on_others():
+    seen = []
+
+    def forward(x):
+        y = torch.empty_like(x)
+        seen.append(bool(torch.isnan(y).all()))
+        return y.copy_(SOFTMAX.reference(x))
+
+    assert verify(SOFTMAX, forward, **SMALL).accepted
+    assert True in seen and False in seen
+
+
+def test_a_kernel_honest_only_on_nan_memory_is_unwritten():
+    def forward(x):
+        y = torch.empty_like(x)
+        return y.copy_(SOFTMAX.reference(x)) if torch.isnan(y).any() else y
+
+    verdict = rejected(SOFTMAX, forward)
+    assert verdict.check == Check.UNWRITTEN and "another poison" in verdict.reason
+
+
+@pytest.mark.parametrize("name", ["rms_norm", "fused_add_rms_norm", "layer_norm", "softmax", "silu_and_mul",
+                                  "topk_softmax", "cross_entropy", "rotary_embedding", "gemv"])
+def test_every_op_declares_magnitudes_and_variants_its_vendor_passes(name):
+    """The spec's magnitudes and scalar variants are valid calls at every half and full dtype:
+    the vendor is accepted on them (and they ran: no case was skipped as out of range)."""
+    spec = get_spec(name)
+    shapes = spec.shape_sets["smoke"][:1] + (spec.shape_sets["odd"][0],)
+    for dtype in (torch.float16, torch.bfloat16, torch.float32):
+        verdict = verify(spec, spec.vendor, dtypes=(dtype,), shapes=shapes, seeds=(0, 1), secret_seed=3,
+                         secret_shapes=1, layouts=(Layout.SLICED_ROWS, Layout.OFFSET), replay=False)
+        assert verdict.accepted, f"{dtype}: {verdict.reason}"
+        assert not any("not finite" in s for s in verdict.skipped), verdict.skipped

@@ -26,14 +26,18 @@ class Comparison:
     max_error: float  # largest |out - oracle|
     worst_ratio: float  # largest error / allowed over elements (<= 1 passes)
     message: str  # empty when ok; otherwise the first problem, with the first bad index and values
+    output: int | None = None  # the failing output, where one element failed
+    index: tuple[int, ...] | None = None  # its first failing element (in `compare_view`'s view where the spec has one)
 
 
 def _as_tuple(out) -> tuple:
     return tuple(out) if isinstance(out, (tuple, list)) else (out,)
 
 
-def compare(spec, args: tuple, out, *, oracle=None, at_dtype=None) -> Comparison:
-    """Compare `out` (what an implementation returned for `args`) with the reference."""
+def compare(spec, args: tuple, out, *, oracle=None, at_dtype=None, scale: float = 1.0) -> Comparison:
+    """Compare `out` (what an implementation returned for `args`) with the reference. scale: the
+    outputs' magnitude relative to what the spec's tolerance assumes (inputs drawn at another
+    magnitude, `OpSpec.magnitudes`): the absolute floor is multiplied by it."""
     outs = _as_tuple(out)
     oracles = _as_tuple(oracle if oracle is not None else spec.oracle(args))
     lows = _as_tuple(at_dtype if at_dtype is not None else spec.reference(*args))
@@ -73,9 +77,12 @@ def compare(spec, args: tuple, out, *, oracle=None, at_dtype=None) -> Comparison
         if bad_special.any():
             idx = tuple(int(i) for i in bad_special.nonzero()[0])
             return Comparison(False, float("inf"), float("inf"),
-                              f"{where}: non-finite mismatch at {idx}: got {got[idx].item()}, expected {want[idx].item()}")
+                              f"{where}: non-finite mismatch at {idx}: got {got[idx].item()}, expected {want[idx].item()}",
+                              n, idx)
         finite = ~nonfinite
         tol = spec.tolerance(o.dtype, problem)
+        if scale != 1.0:
+            tol = dataclasses.replace(tol, atol=tol.atol * scale)
         magnitude = want.abs().where(finite, torch.zeros_like(want)) + tol.atol
         ref_err = float(((lowp - want).abs() / magnitude)[finite].max()) if finite.any() else 0.0
         err = torch.where(finite, (got - want).abs(), torch.zeros_like(got))
@@ -89,7 +96,7 @@ def compare(spec, args: tuple, out, *, oracle=None, at_dtype=None) -> Comparison
             return Comparison(False, worst_err, worst_ratio,
                               f"{where}: error {float(err[idx]):.3g} over budget {float(allowed[idx]):.3g} at index {idx}: "
                               f"got {got[idx].item():.6g}, expected {want[idx].item():.6g} "
-                              f"(reference at {o.dtype} errs up to {ref_err:.3g} relative)")
+                              f"(reference at {o.dtype} errs up to {ref_err:.3g} relative)", n, idx)
     return Comparison(True, worst_err, worst_ratio, "")
 
 

@@ -15,7 +15,8 @@ CUDA enough sets to exceed `ROTATE_L2` times the L2 together (at most `MAX_SETS`
 which fit in the cache are not timed hot.
 
 Checks of timed calls (anti-replay): `check(calls)` receives `TimedCall(name, args, out)` for
-`check_calls` timed calls of each function, picked at random; given `make_args`, the inputs of each
+`check_calls` timed calls of each function, picked at random, plus the last call of each CPU batch and the last timed call on CUDA events
+(a result that goes wrong after many calls); given `make_args`, the inputs of each
 picked call are overwritten in place just before it with a never-seen set (`make_args(sets + k)`),
 and `args` is that set. A function that replays a result (keyed by data_ptr, call count, input
 content sampled at its first call, ...) returns a stale answer there. Outputs are cloned after the
@@ -170,12 +171,16 @@ def time_cuda_graph(fn: Callable, args: Inputs, *, calls: int | None = None, rep
 
 def time_together(fns: Mapping[str, Callable], args: Inputs, *, graph: bool = False, warmup: int = CUDA_WARMUP,
                   reps: int | None = None, calls: int | None = None, flush_l2: bool = True, sets: int | None = None,
-                  check: Check | None = None, check_calls: int = CHECK_CALLS, _need_cuda: str | None = None
-                  ) -> dict[str, Timing]:
+                  check: Check | None = None, check_calls: int = CHECK_CALLS, _need_cuda: str | None = None,
+                  exact: tuple[str, ...] = ()) -> dict[str, Timing]:
     """Candidates and baselines timed interleaved in one run on the same inputs, so their ratios
     (`speedups`) hold whatever the machine's state: rep r times every function, in an order
     rotated by r. On CUDA by events, or by graph replays with `graph=True` (then `reps` counts
-    replays and `calls` the calls per graph); on a CPU by `time_cpu` (kind "cpu_wall")."""
+    replays and `calls` the calls per graph); on a CPU by `time_cpu` (kind "cpu_wall").
+    exact: names of functions (deterministic: verified so) whose every timed call by CUDA events
+    must return, bit for bit, what an untimed call on the same input set returned (that call's
+    output goes to `check` too); compared on the device after each call, outside the events, so a
+    result that goes wrong after many calls raises `OutputChanged`."""
     if not fns:
         raise ValueError("time_together needs at least one function")
     inputs = _InputSets(args, sets, rotate=graph or not flush_l2)
@@ -189,7 +194,7 @@ def time_together(fns: Mapping[str, Callable], args: Inputs, *, graph: bool = Fa
             return _time_graphs(fns, inputs, warmup=warmup, replays=reps, calls=calls, flush_l2=flush_l2,
                                 check=check, check_calls=check_calls)
         return _time_events(fns, inputs, warmup=warmup, reps=reps, flush_l2=flush_l2, check=check,
-                            check_calls=check_calls)
+                            check_calls=check_calls, exact=exact)
 
 
 def time_cpu(fns: Mapping[str, Callable], args: Inputs, *, samples: int = CPU_SAMPLES, sample_s: float = SAMPLE_S,
@@ -358,12 +363,14 @@ def _time_cpu(fns, inputs: _InputSets, *, samples: int, sample_s: float, check, 
             seen = inputs.refresh(s) if (name, s) in picks else None
             n = inner[name]
             start = clock()
-            out = fn(*args)
+            out = last = fn(*args)
             for _ in range(n - 1):
-                fn(*args)
+                last = fn(*args)
             times[name].append((clock() - start) / n * 1e6)
             if seen is not None:  # the batch's calls all saw `seen`: its first output is theirs
                 kept.append(TimedCall(name, seen, _clone(out)))
+            if check is not None:  # and its last, after every call before it (garbage after N calls)
+                kept.append(TimedCall(name, _clone(args), _clone(last)))
     _run_check(check, kept)
     out = {}
     for name, ts in times.items():
@@ -379,9 +386,27 @@ def _require_cuda(what: str) -> None:
                           "on a CPU use time_cpu (its timings are kind 'cpu_wall', never GPU timings)")
 
 
-def _time_events(fns, inputs: _InputSets, *, warmup, reps, flush_l2, check, check_calls) -> dict[str, Timing]:
+class OutputChanged(AssertionError):
+    """A timed call's output differs bitwise from what the same inputs gave on an untimed call."""
+
+
+def _flat_bits(out: Any) -> torch.Tensor:
+    outs = out if isinstance(out, (tuple, list)) else (out,)
+    return torch.cat([o.detach().contiguous().view(-1).view(torch.uint8) for o in outs])
+
+
+def _time_events(fns, inputs: _InputSets, *, warmup, reps, flush_l2, check, check_calls,
+                 exact: tuple[str, ...] = ()) -> dict[str, Timing]:
     device = inputs.device
     first = inputs[0]
+    expected: dict[str, dict[int, torch.Tensor]] = {name: {} for name in exact if name in fns}
+    kept: list[TimedCall] = []
+    for name in expected:  # the untimed output of each set, checked like a timed one
+        for slot, args in enumerate(inputs.sets):
+            out = fns[name](*args)
+            expected[name][slot] = _flat_bits(out).clone()
+            kept.append(TimedCall(name, _clone(args), _clone(out)))
+    changed = {name: torch.zeros((), dtype=torch.int64, device=device) for name in expected}
     for fn in fns.values():
         for _ in range(max(warmup, 1)):
             fn(*first)
@@ -396,7 +421,6 @@ def _time_events(fns, inputs: _InputSets, *, warmup, reps, flush_l2, check, chec
     picks = _picks(fns, reps, check_calls) if check is not None else set()
     events = {name: [(torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True))
                      for _ in range(reps)] for name in fns}
-    kept: list[TimedCall] = []
     for r in range(reps):
         for name, fn in _rotated(fns, r):
             args = inputs[r]
@@ -408,11 +432,23 @@ def _time_events(fns, inputs: _InputSets, *, warmup, reps, flush_l2, check, chec
             start.record()
             out = fn(*args)
             end.record()
+            if name in expected:
+                slot = r % len(inputs.sets)
+                if seen is not None:  # a new set: this output (checked below) is what it must give
+                    expected[name][slot] = _flat_bits(out).clone()
+                else:
+                    changed[name] += (_flat_bits(out) != expected[name][slot]).any()
             if seen is not None:
                 kept.append(TimedCall(name, seen, _clone(out)))
+            elif check is not None and r == reps - 1:  # the last call, after all the others
+                kept.append(TimedCall(name, _clone(args), _clone(out)))
             del out
     torch.cuda.synchronize()
     _run_check(check, kept)
+    for name, count in changed.items():
+        if int(count):
+            raise OutputChanged(f"{name}: {int(count)} of {reps} timed calls returned other bits than an untimed "
+                                "call on the same inputs (a result that changes with the call count)")
     result = {}
     for name, fn in fns.items():
         times = [s.elapsed_time(e) * 1e3 for s, e in events[name]]

@@ -2,7 +2,10 @@
 
 `evaluate_stored(payload)` loads the kernel the payload carries (its hash re-checked), proves it correct against
 the reference (`correctness.verify`), then times it (through the cached launcher the router would use)
-with the vendor in the same run on fresh inputs, checking the outputs of timed calls. It returns JSON data only; the coordinator
+with the vendor in the same run on fresh inputs, checking the outputs of timed calls: every output
+exactly a torch.Tensor; on CUDA events every timed call's output bitwise against an untimed call's
+on the same inputs (checked against the reference), on graph replays and a CPU the picked calls
+and the last (of every batch on a CPU) against the reference. It returns JSON data only; the coordinator
 (`harness`) decides what to trust and alone writes the kernel store and the table; a worker sees
 neither (its KFORGE_HOME is a fresh one in its scratch dir).
 """
@@ -61,7 +64,8 @@ def evaluate_stored(payload: dict[str, Any]) -> dict[str, Any]:
             # The candidate as the router serves it: its cached launcher (forward for two calls,
             # then the recorded replay), so host_us is what a routed call pays and the timed
             # calls' outputs check the replay too.
-            fns = {"candidate": cached_launcher(candidate.forward, candidate.module, args, spec.tensor_args),
+            fns = {"candidate": _exact_tensors(spec.name, cached_launcher(candidate.forward, candidate.module, args,
+                                                                         spec.tensor_args)),
                    "vendor": spec.vendor}
 
             def make_args(i, shape=shape, dtype=dtype):
@@ -72,7 +76,7 @@ def evaluate_stored(payload: dict[str, Any]) -> dict[str, Any]:
                     timings = _time_cuda(fns, make_args, check)
                 else:
                     timings = timing.time_together(fns, make_args, check=check)
-            except TimedOutputMismatch as exc:
+            except (TimedOutputMismatch, timing.OutputChanged) as exc:
                 result["verdict"] = {**result["verdict"], "accepted": False, "check": "timed_output",
                                      "reason": f"shape {list(shape)} {dtype}: {exc}"}
                 return result
@@ -99,10 +103,27 @@ def _load_candidate(payload: dict[str, Any], spec):
     return store.load(payload["sha256"], spec)
 
 
+def _exact_tensors(op: str, fn):
+    """`fn` with every output of every call (timed ones included) checked to be exactly a
+    torch.Tensor: a subclass that computes on first touch would be timed at its launch only. A
+    type check per output: ~0.1 us of host time per call, inside the timed region."""
+    import torch
+
+    def call(*args):
+        out = fn(*args)
+        for o in (out if type(out) in (tuple, list) else (out,)):
+            if type(o) is not torch.Tensor:
+                raise TimedOutputMismatch(f"a timed call of {op} returned a {type(o).__name__}, not exactly a "
+                                          "torch.Tensor (a subclass can compute outside the timed region)")
+        return out
+
+    return call
+
+
 def _time_cuda(fns, make_args, check):
     from kforge.evaluate import timing
 
-    timings = timing.time_together(fns, make_args, check=check)
+    timings = timing.time_together(fns, make_args, check=check, exact=("candidate",))
     if min(t.p50_us for t in timings.values()) < timing.GRAPH_BELOW_US:
         # Microsecond kernels: events mostly see the launch; graph replays see the kernel.
         graphed = timing.time_together(fns, make_args, graph=True, check=check)

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 
 from kforge.errors import KforgeInputError
 from kforge.ops import checks
-from kforge.ops.spec import FLOAT_DTYPES, OpSpec, generator, prod, resolution_floor
+from kforge.ops.spec import FLOAT_DTYPES, Magnitude, OpSpec, generator, prod, resolution_floor
 
 NAME = "cross_entropy"
 DTYPES = FLOAT_DTYPES + (torch.float64,)
@@ -74,6 +74,16 @@ def make_inputs(shape, dtype, device, seed):
     if rows > 1:
         target[torch.randperm(rows, generator=gen)[:math.ceil(rows / 20)]] = -100
     return (x.view(shape).to(device=device, dtype=dtype), target.view(lead).to(device), -100)
+
+
+def vary(args, values):
+    """The scalar variants in force: a new ignore_index also marks the padding rows make_inputs
+    set to -100, so those rows stay ignored (a target outside the vocabulary is a caller's error)."""
+    x, target, ignore_index = args
+    new = values.get("ignore_index", ignore_index)
+    if new != ignore_index:
+        target = torch.where(target == ignore_index, torch.full_like(target, new), target)
+    return (x, target, new)
 
 
 def check(args) -> None:
@@ -145,4 +155,10 @@ SPEC = OpSpec(
         # Training batch x sequence, under ~2.5 GB of fp32 logits (twice that in fp64).
         "prefill": ((16384, 32000), (4096, 128256), (4096, 151936), (2048, 152064), (4096, 129280)),
     },
+    # Losses near log(vocab) from nearly flat logits, and logits of N(0, 64^2), losses of hundreds
+    # (their floor follows them).
+    magnitudes=(Magnitude(2.0 ** -10, ("x",)), Magnitude(2.0 ** 5, ("x",), output=2.0 ** 5)),
+    # 0 is a real class index: a kernel that hard-codes -100 loses or keeps the wrong rows.
+    scalar_variants={"ignore_index": (0,)},
+    vary=vary,
 )

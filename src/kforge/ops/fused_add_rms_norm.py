@@ -10,8 +10,8 @@ from __future__ import annotations
 import torch
 
 from kforge.ops import checks
-from kforge.ops.rms_norm import DTYPES, NORM_SHAPES, accumulate_dtype, norm_bytes
-from kforge.ops.spec import OpSpec, generator, prod, randn, resolution_floor
+from kforge.ops.rms_norm import DTYPES, NORM_EPS, NORM_SHAPES, accumulate_dtype, norm_bytes
+from kforge.ops.spec import Magnitude, OpSpec, generator, prod, randn, resolution_floor
 
 NAME = "fused_add_rms_norm"
 
@@ -76,4 +76,8 @@ SPEC = OpSpec(
     flops=lambda problem, dtype: 5 * problem[0] * problem[1],
     shape_sets=NORM_SHAPES,
     num_outputs=2,
+    # x and residual together (the sum h follows them; y is normalised, and h's budget is its own
+    # rounding, which the reference measures, so the floor stays).
+    magnitudes=(Magnitude(2.0 ** -10, ("x", "residual")), Magnitude(2.0 ** 7, ("x", "residual"))),
+    scalar_variants=NORM_EPS,
 )

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 
 from kforge.errors import KforgeInputError
 from kforge.ops import checks
-from kforge.ops.spec import FLOAT_DTYPES, OpSpec, Tolerance, generator, prod, randn, resolution_floor
+from kforge.ops.spec import FLOAT_DTYPES, Magnitude, OpSpec, Tolerance, generator, prod, randn, resolution_floor
 
 NAME = "gemv"
 DTYPES = FLOAT_DTYPES + (torch.float64,)
@@ -135,4 +135,6 @@ SPEC = OpSpec(
                     (64, 4096, 128256)),
     },
     input_shape=input_shape,
+    # Outputs are linear in x.
+    magnitudes=(Magnitude(2.0 ** -10, ("x",), output=2.0 ** -10), Magnitude(2.0 ** 7, ("x",), output=2.0 ** 7)),
 )

@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 
 from kforge.ops import checks
-from kforge.ops.rms_norm import DTYPES, NORM_SHAPES, accumulate_dtype, norm_bytes
+from kforge.ops.rms_norm import DTYPES, NORM_EPS, NORM_MAGNITUDES, NORM_SHAPES, accumulate_dtype, norm_bytes
 from kforge.ops.spec import OpSpec, generator, prod, randn, resolution_floor
 
 NAME = "layer_norm"
@@ -87,4 +87,6 @@ SPEC = OpSpec(
     flops=lambda problem, dtype: 7 * problem[0] * problem[1],
     bytes_moved=layer_norm_bytes,
     shape_sets=NORM_SHAPES,
+    magnitudes=NORM_MAGNITUDES,
+    scalar_variants=NORM_EPS,
 )

@@ -8,7 +8,7 @@ from __future__ import annotations
 import torch
 
 from kforge.ops import checks
-from kforge.ops.spec import FLOAT_DTYPES, OpSpec, generator, prod, randn, resolution_floor
+from kforge.ops.spec import FLOAT_DTYPES, Magnitude, OpSpec, generator, prod, randn, resolution_floor
 
 NAME = "rms_norm"
 DTYPES = FLOAT_DTYPES + (torch.float64,)
@@ -64,6 +64,13 @@ def norm_bytes(problem, dtype, streams: int = 2) -> int:
     return size * (streams * rows * hidden + hidden)
 
 
+# Magnitudes of x (the outputs are normalised: their floor stays): mean squares of ~1e-6, where eps
+# decides the result, and ~1.6e4, where a reciprocal square root iterated from 1.0 diverges; at
+# fp16, 2^7 * N(0, 1) stays far inside its range (65504). eps from an epsilon that only guards zero
+# rows to one that dominates unit rows.
+NORM_MAGNITUDES = (Magnitude(2.0 ** -10, ("x",)), Magnitude(2.0 ** 7, ("x",)))
+NORM_EPS = {"eps": (1e-2, 0.5)}
+
 NORM_SHAPES = {
     "smoke": ((4, 64), (2, 3, 128)),
     "odd": ((3, 1000), (5, 4097), (1, 17), (7, 4113), (2, 3, 65)),
@@ -89,4 +96,6 @@ SPEC = OpSpec(
     bytes_moved=norm_bytes,
     flops=lambda problem, dtype: 4 * problem[0] * problem[1],
     shape_sets=NORM_SHAPES,
+    magnitudes=NORM_MAGNITUDES,
+    scalar_variants=NORM_EPS,
 )

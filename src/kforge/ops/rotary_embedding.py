@@ -26,7 +26,7 @@ import torch
 
 from kforge.errors import KforgeInputError
 from kforge.ops import checks
-from kforge.ops.spec import FLOAT_DTYPES, OpSpec, generator, randn, resolution_floor
+from kforge.ops.spec import FLOAT_DTYPES, Magnitude, OpSpec, generator, randn, resolution_floor
 
 NAME = "rotary_embedding"
 DTYPES = FLOAT_DTYPES + (torch.float64,)
@@ -231,4 +231,9 @@ SPEC = OpSpec(
     },
     num_outputs=2,
     input_shape=input_shape,
+    # A rotation: outputs are linear in query and key.
+    magnitudes=(Magnitude(2.0 ** -10, ("query", "key"), output=2.0 ** -10),
+                Magnitude(2.0 ** 7, ("query", "key"), output=2.0 ** 7)),
+    # The other pairing over the same cache (rot_dim is even for every head size).
+    scalar_variants={"is_neox": (True, False)},
 )

@@ -53,6 +53,24 @@ def resolution_floor(dtype: torch.dtype, reduction: int, scale: float = 1.0) -> 
     return Tolerance(atol=eps * widen * scale, rtol=roundings * eps)
 
 
+@dataclasses.dataclass(frozen=True)
+class Magnitude:
+    """Inputs the evaluator also draws at another magnitude: the tensor arguments named in `args`
+    multiplied by `factor` after `make_inputs`. `output` is how much the outputs' magnitude moves
+    with it (the absolute floor of the error budget is multiplied by it): 1 for outputs that do not
+    follow the inputs' scale (a norm's), `factor` for outputs linear in the scaled arguments. Powers
+    of two keep an honest kernel's rounding exactly scale-covariant, so only a kernel that branches
+    on magnitude (a clamp, a range it assumes, Newton steps from a fixed start) sees a difference."""
+
+    factor: float
+    args: tuple[str, ...]
+    output: float = 1.0
+
+    def __post_init__(self) -> None:
+        if not (self.factor > 0 and math.isfinite(self.factor)) or not self.output > 0 or not self.args:
+            raise ValueError(f"Magnitude needs a finite factor > 0, an output scale > 0 and arguments, got {self}")
+
+
 def _schema_arguments(name: str, schema: str) -> tuple[tuple[str, ...], dict[str, Any], tuple[int, ...]]:
     parsed = torch._C.parse_schema(f"kforge::{schema}")
     if parsed.name != f"kforge::{name}":
@@ -97,6 +115,15 @@ class OpSpec:
     # Only the shapes in `shape_sets` are valid calls (a KernelBench problem: its weights fix the
     # dims): the evaluator then tries no perturbed secret shapes, only secret seeds.
     fixed_shapes: bool = False
+    # Magnitudes the evaluator also draws inputs at (see `Magnitude`); None: the primary input at
+    # 2^-10 (floor as it is) and 2^7 (floor x 2^7: loose where the op's scaling is unknown), each
+    # case skipped where the reference is not finite there (outside the dtype's range).
+    magnitudes: tuple[Magnitude, ...] | None = None
+    # Other values of scalar arguments the evaluator tries, one at a time: name -> values.
+    scalar_variants: Mapping[str, tuple[Any, ...]] = dataclasses.field(default_factory=dict)
+    # (args, {name: value}) -> args with those scalar values in force; None: replace by name. For
+    # ops where a scalar's meaning is also in the data (cross_entropy's ignore_index in the targets).
+    vary: Callable[[tuple, Mapping[str, Any]], tuple] | None = None
     # Derived from `schema` in __post_init__.
     arg_names: tuple[str, ...] = dataclasses.field(init=False)
     defaults: Mapping[str, Any] = dataclasses.field(init=False)
@@ -116,6 +143,10 @@ class OpSpec:
             raise ValueError(f"OpSpec {self.name!r}: needs at least one non-empty shape set")
         if not self.dtypes:
             raise ValueError(f"OpSpec {self.name!r}: needs at least one dtype")
+        named = set(self.scalar_variants) | {a for m in self.magnitudes or () for a in m.args}
+        if named - set(names):
+            raise ValueError(f"OpSpec {self.name!r}: magnitudes or scalar_variants name unknown arguments "
+                             f"{sorted(named - set(names))}")
 
     @property
     def qualname(self) -> str:
@@ -153,6 +184,19 @@ class OpSpec:
     def shape_for(self, problem: Problem) -> Shape:
         """A shape `make_inputs` builds a call of `problem` from."""
         return tuple(self.input_shape(tuple(problem)) if self.input_shape is not None else problem)
+
+    def input_magnitudes(self) -> tuple[Magnitude, ...]:
+        """`magnitudes`, or the default for ops that declare none."""
+        if self.magnitudes is not None:
+            return self.magnitudes
+        primary = (self.arg_names[self.tensor_args[0]],)
+        return (Magnitude(2.0 ** -10, primary), Magnitude(2.0 ** 7, primary, output=2.0 ** 7))
+
+    def with_scalars(self, args: tuple, values: Mapping[str, Any]) -> tuple:
+        """`args` with the scalar arguments in `values` (name -> value) in force."""
+        if self.vary is not None:
+            return tuple(self.vary(tuple(args), values))
+        return tuple(values.get(name, a) for name, a in zip(self.arg_names, args))
 
     def oracle(self, args: tuple):
         """The reference on float64 copies of the floating-point tensor arguments."""

@@ -18,7 +18,7 @@ import torch
 
 from kforge.errors import KforgeInputError
 from kforge.ops import checks
-from kforge.ops.spec import FLOAT_DTYPES, OpSpec, OutputMismatch, generator, prod, randn, resolution_floor
+from kforge.ops.spec import FLOAT_DTYPES, Magnitude, OpSpec, OutputMismatch, generator, prod, randn, resolution_floor
 
 NAME = "topk_softmax"
 DTYPES = FLOAT_DTYPES + (torch.float64,)
@@ -164,4 +164,8 @@ SPEC = OpSpec(
     num_outputs=2,
     compare_view=compare_view,
     input_shape=input_shape,
+    # Near-ties everywhere, and one dominant expert per token: probabilities either way.
+    magnitudes=(Magnitude(2.0 ** -10, ("x",)), Magnitude(2.0 ** 5, ("x",))),
+    # k and renormalize are exact dims: these variants are problems of their own in the evidence.
+    scalar_variants={"k": (1,), "renormalize": (False, True)},
 )
