@@ -134,7 +134,7 @@ def verify(spec, forward: Callable[..., Any], *, device="cpu", dtypes: Iterable[
            shape_sets: Sequence[str] | None = None, shapes: Iterable[Shape] | None = None,
            seeds: Iterable[int] = DEFAULT_SEEDS, secret_seed: int | None = None, domain: Domain | None = None,
            layouts: Iterable[Layout] | None = None, long_row: bool | None = None,
-           secret_shapes: int = SECRET_SHAPES, replay: bool = True) -> Verdict:
+           secret_shapes: int = SECRET_SHAPES, replay: bool = True, timed: Iterable[Shape] = ()) -> Verdict:
     """Verify `forward` (a candidate's, with `spec`'s signature) against `spec`'s reference.
 
     device: where inputs live ("cpu", "cuda", ...). dtypes: of the primary input (default
@@ -143,13 +143,14 @@ def verify(spec, forward: Callable[..., Any], *, device="cpu", dtypes: Iterable[
     fresh from the OS, so every run differs). domain: the candidate's DOMAIN (default: every
     call). layouts: default all, each run only where `domain` accepts it. long_row: add the long
     row case (default: for row ops, when `shapes` is not given). secret_shapes: how many.
-    replay: run the repeat and replay trials. Returns the first failure, or an acceptance with
+    replay: run the repeat and replay trials. timed: shapes verified besides the others, the
+    ones records will be written for (the router serves a record no further than its evidence). Returns the first failure, or an acceptance with
     the evidence (dtype signatures, problems and seeds verified, worst error ratio).
     """
     device = torch.device(device)
     secret = secrets.randbits(63) if secret_seed is None else int(secret_seed)
     groups = _cases(spec, device, dtypes, shape_sets, shapes, tuple(seeds), secret,
-                    tuple(Layout) if layouts is None else tuple(layouts), long_row, secret_shapes)
+                    tuple(Layout) if layouts is None else tuple(layouts), long_row, secret_shapes, tuple(timed))
     return _Verifier(spec, forward, device, domain or Domain(), secret, replay).run(groups)
 
 
@@ -177,7 +178,19 @@ def _secret_shapes(public: Sequence[Shape], secret: int, count: int) -> list[Sha
     return out
 
 
-def _cases(spec, device, dtypes, shape_sets, shapes, seeds, secret, layouts, long_row, secret_shapes):
+def secret_shapes_of(spec, public: Sequence[Shape], secret: int, count: int) -> list[Shape]:
+    """The secret shapes for `spec`: none when its shapes are fixed, the op's own rule when it has
+    one (`OpSpec.secret_shapes`: a KernelBench file varies only the sizes its globals define),
+    else `_secret_shapes`."""
+    if spec.fixed_shapes or count <= 0:
+        return []
+    own = getattr(spec, "secret_shapes", None)
+    if own is not None:
+        return [tuple(s) for s in own(public, random.Random(_derive(secret, "shapes")), count)]
+    return _secret_shapes(public, secret, count)
+
+
+def _cases(spec, device, dtypes, shape_sets, shapes, seeds, secret, layouts, long_row, secret_shapes, timed=()):
     """Cases grouped per (dtype, shape); each group's first case carries the replay trials."""
     if shapes is not None:
         public = [tuple(s) for s in shapes]
@@ -188,7 +201,8 @@ def _cases(spec, device, dtypes, shape_sets, shapes, seeds, secret, layouts, lon
         long_row = shapes is None and spec.problem_dims[:1] == ("rows",)
     if long_row and LONG_ROW not in public:
         public.append(LONG_ROW)
-    hidden = _secret_shapes(public, secret, 0 if spec.fixed_shapes else secret_shapes)
+    public += [tuple(s) for s in dict.fromkeys(tuple(s) for s in timed) if tuple(s) not in public]
+    hidden = secret_shapes_of(spec, public, secret, secret_shapes)
     secret_seeds = [_derive(secret, "seed", i) for i in range(SECRET_SEEDS)]
     groups = []
     for dtype in (tuple(dtypes) if dtypes is not None else spec.dtypes):

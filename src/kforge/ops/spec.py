@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Mapping, Sequence
 
 import torch
 
@@ -94,9 +94,14 @@ class OpSpec:
     # The source prompts show as the reference's (user ops from a KernelBench file: the whole
     # file); None: read from `reference` and the helpers of its module.
     reference_source: str | None = None
-    # Only the shapes in `shape_sets` are valid calls (a KernelBench problem: its weights fix the
-    # dims): the evaluator then tries no perturbed secret shapes, only secret seeds.
+    # Only the shapes in `shape_sets` are valid calls (a KernelBench file whose sizes cannot be
+    # varied): the evaluator then tries no perturbed secret shapes, only secret seeds, and the
+    # router serves no shape but a verified one (every dim counts as exact, `router.key`).
     fixed_shapes: bool = False
+    # The op's own secret shapes, for ops where only some dims may vary (a KernelBench file: the
+    # sizes its globals define): (public shapes, a seeded random.Random, how many) -> shapes,
+    # none of them public. None: the evaluator's general rule (`correctness._secret_shapes`).
+    secret_shapes: Callable[[Sequence[Shape], Any, int], list[Shape]] | None = None
     # Derived from `schema` in __post_init__.
     arg_names: tuple[str, ...] = dataclasses.field(init=False)
     defaults: Mapping[str, Any] = dataclasses.field(init=False)
