@@ -11,7 +11,8 @@ Vocabulary:
   `input_shape` maps a problem back to a shape.
 - *problem*: the op's own dims, derived from the arguments (`(rows, hidden)` for a norm). The
   router keys records on it. `exact_dims` must match a record exactly (kernels specialise on
-  them); the other dims may be served by the nearest measured size (see `router.key`).
+  them); the other dims may be served by the nearest measured size, never beyond the sizes the
+  record's evidence verified (see `router.key`).
 - *oracle*: the reference run on float64 copies of the inputs.
 """
 from __future__ import annotations
