@@ -7,7 +7,10 @@ import pytest
 import torch
 
 from kforge.ops import SPECS
-from kforge.router.key import alignment, call_info, dtype_signature, exact_indices, is_empty, nearest_shape
+from helpers import make_record
+from kforge.records import Evidence
+from kforge.router.key import (alignment, call_info, dtype_signature, exact_indices, is_empty, largest_verified,
+                               nearest_shape, reaches, serving_shape)
 
 HIDDEN = (1,)  # exact_idx of a (rows, hidden) problem
 
@@ -62,6 +65,45 @@ def test_zero_dims_count_as_one():
 def test_other_ranks_and_empty_measurements_are_ignored():
     assert nearest_shape((16, 64), [], HIDDEN) is None
     assert nearest_shape((16, 64), [(16, 1, 64), (64,)], HIDDEN) is None
+
+
+# -- reaches: never more than the evidence verified -------------------------------------------------
+@pytest.mark.parametrize("shape, expected", [
+    ((16, 64), True),  # verified
+    ((5, 64), True),  # fewer rows than verified
+    ((32, 64), True),  # verified at 32 rows
+    ((33, 64), False),  # more rows than any verified problem of that hidden
+    ((16, 128), False),  # another hidden: exact
+    ((16, 1, 64), False),  # another rank
+])
+def test_a_call_is_reached_only_by_a_verified_problem_at_least_as_large(shape, expected):
+    assert reaches(shape, [(16, 64), (32, 64), (1000, 100)], HIDDEN) is expected
+
+
+def test_every_non_exact_dim_must_fit_in_one_verified_problem():
+    verified = [(64, 8), (8, 64)]  # an elementwise op, no exact dims: (64, 64) was never verified
+    assert reaches((60, 8), verified, ()) and reaches((8, 60), verified, ())
+    assert not reaches((64, 64), verified, ())
+    assert largest_verified((3, 64), [(16, 64), (32, 64), (8, 128)], HIDDEN) == (32, 64)
+    assert largest_verified((3, 65), [(16, 64)], HIDDEN) is None
+
+
+def test_the_nearest_shape_is_one_whose_evidence_reaches_the_call():
+    up_to_16 = Evidence(dtypes=("float32,float32",), shapes=((16, 64),), seeds=(0,), max_error_ratio=0.5)
+    up_to_64 = Evidence(dtypes=("float32,float32",), shapes=((64, 64),), seeds=(0,), max_error_ratio=0.5)
+    near, far = make_record(problem=(16, 64), evidence=up_to_16), make_record(problem=(64, 64), evidence=up_to_64)
+    assert serving_shape((20, 64), [near, far], HIDDEN) == (64, 64)  # (16, 64) is nearer but verified less
+    assert serving_shape((20, 64), [near], HIDDEN) is None  # a miss
+    assert serving_shape((16, 64), [near, far], HIDDEN) == (16, 64)  # its own shape is always its own
+    assert serving_shape((8, 64), [near, far], HIDDEN) == (16, 64)
+
+
+def test_every_dim_is_exact_for_an_op_with_fixed_shapes():
+    import dataclasses
+
+    rms = SPECS["rms_norm"]
+    assert exact_indices(rms) == (1,)
+    assert exact_indices(dataclasses.replace(rms, fixed_shapes=True)) == (0, 1)
 
 
 # -- alignment -----------------------------------------------------------------------------------

@@ -357,6 +357,7 @@ def test_the_shipped_tables_parse_and_their_records_are_verified_measurements():
     """Every shard in kforge/tables/ is a valid table of this schema for one device and op, and
     each record carries the evidence and GPU timing the router relies on."""
     from kforge.ops import SPECS
+    from kforge.router.key import exact_indices, reaches
     from kforge.router.table import parse_table
     from kforge.store import KernelStore
 
@@ -371,6 +372,8 @@ def test_the_shipped_tables_parse_and_their_records_are_verified_measurements():
         for r in records:
             assert r.timing in ("cuda_events", "cuda_graph") and r.p50_us > 0, (shard, r.impl)
             assert r.evidence.max_error_ratio <= 1 and r.key.dtypes in r.evidence.dtypes
+            # verified at least as far as its own key: the router serves a record no further
+            assert reaches(r.key.shape, r.evidence.shapes, exact_indices(SPECS[r.key.op])), (shard, r.impl, r.key)
             if r.impl.startswith("triton:"):  # the kernel the record names ships with the table, intact
                 kernel = KernelStore(kforge.paths.BUNDLED_TABLE_DIR / "kernels").get(r.source_sha256)
                 assert r.impl == kernel.impl_id and kernel.op == data["op"]

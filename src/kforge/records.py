@@ -103,7 +103,7 @@ class Evidence:
 
     def covers(self, key: DispatchKey, exact_idx: tuple[int, ...]) -> bool:
         """True when this evidence verified `key`'s dtypes at `key`'s exact dims (the dims kernels
-        specialise on); the other dims are the domain's business."""
+        specialise on); how far it reaches on the other dims is `router.key.reaches`."""
         if key.dtypes not in self.dtypes:
             return False
         want = tuple(key.shape[i] for i in exact_idx)

@@ -41,7 +41,7 @@ DTYPES = (torch.bfloat16, torch.float32)
 # Input shapes; the router keys on the problem (rows, last dim), so (2, 12, 4096) is 24x4096.
 MEASURED = ((32, 4096), (1, 4096), (256, 1024))
 QUICK = MEASURED[:1]
-UNSEEN = (2, 12, 4096)  # problem 24x4096: no record, served by the nearest measured 32x4096
+UNSEEN = (2, 12, 4096)  # problem 24x4096: no record, served by the nearest measured 32x4096 (fewer rows than verified)
 NO_RECORD = (8, 1000)  # no record with a last dim of 1000: a miss, served by vendor and logged
 VERIFY_SEED = 7  # routed calls use inputs that calibration never saw
 

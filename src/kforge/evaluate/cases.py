@@ -107,13 +107,25 @@ def secret_shapes(public: Sequence[Shape], secret: int, count: int) -> list[Shap
     return out
 
 
+def secret_shapes_of(spec, public: Sequence[Shape], secret: int, count: int) -> list[Shape]:
+    """The secret shapes for `spec`: none when its shapes are fixed, the op's own rule when it has
+    one (`OpSpec.secret_shapes`: a KernelBench file varies only the sizes its globals define),
+    else `secret_shapes`."""
+    if spec.fixed_shapes or count <= 0:
+        return []
+    own = getattr(spec, "secret_shapes", None)
+    if own is not None:
+        return [tuple(s) for s in own(public, random.Random(derive(secret, "shapes")), count)]
+    return secret_shapes(public, secret, count)
+
+
 def many_rows_shape(public: Sequence[Shape]) -> Shape | None:
     """The first public shape with no zero dim, its leading dim MANY_ROWS."""
     base = next((s for s in public if len(s) >= 2 and all(d > 0 for d in s)), None)
     return None if base is None else (MANY_ROWS,) + tuple(base[1:])
 
 
-def build(spec, device, dtypes, shape_sets, shapes, seeds, secret, layouts, long_row, many_rows, count):
+def build(spec, device, dtypes, shape_sets, shapes, seeds, secret, layouts, long_row, many_rows, count, timed=()):
     """Cases grouped per (dtype, shape); each group's first case carries the replay trials."""
     if shapes is not None:
         public = [tuple(s) for s in shapes]
@@ -130,7 +142,8 @@ def build(spec, device, dtypes, shape_sets, shapes, seeds, secret, layouts, long
     extra = many_rows_shape(public) if many_rows else None
     if extra is not None and extra not in public:
         public.append(extra)
-    hidden = secret_shapes(public, secret, 0 if spec.fixed_shapes else count)
+    public += [s for s in dict.fromkeys(timed) if s not in public]  # each record verified at its own key
+    hidden = secret_shapes_of(spec, public, secret, count)
     secret_seeds = [derive(secret, "seed", i) for i in range(SECRET_SEEDS)]
     groups = []
     for dtype in (tuple(dtypes) if dtypes is not None else spec.dtypes):

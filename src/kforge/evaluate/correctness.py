@@ -64,13 +64,14 @@ import torch
 from kforge.evaluate.cases import (CPU_SETS, GPU_SETS, LONG_ROW, MANY_ROWS, SECRET_SEEDS, SECRET_SHAPES, Case,
                                    Layout, Variant, build, derive, make_inputs, perturb, relayout, variants)
 from kforge.evaluate.cases import secret_shapes as _secret_shapes
+from kforge.evaluate.cases import secret_shapes_of
 from kforge.evaluate.memory import Poison, bits, overlaps, poisoned, relocated, storage_bytes
 from kforge.records import Domain, Evidence
 from kforge.router.key import call_info, dtype_signature
 from kforge.testing import compare
 
 __all__ = ["CPU_SETS", "GPU_SETS", "LONG_ROW", "MANY_ROWS", "SECRET_SEEDS", "SECRET_SHAPES", "Case", "Check",
-           "Layout", "Trial", "Variant", "Verdict", "verify", "_secret_shapes"]
+           "Layout", "Trial", "Variant", "Verdict", "verify", "_secret_shapes", "secret_shapes_of"]
 
 Shape = tuple[int, ...]
 
@@ -136,7 +137,7 @@ def verify(spec, forward: Callable[..., Any], *, device="cpu", dtypes: Iterable[
            shape_sets: Sequence[str] | None = None, shapes: Iterable[Shape] | None = None,
            seeds: Iterable[int] = DEFAULT_SEEDS, secret_seed: int | None = None, domain: Domain | None = None,
            layouts: Iterable[Layout] | None = None, long_row: bool | None = None, many_rows: bool | None = None,
-           secret_shapes: int = SECRET_SHAPES, replay: bool = True) -> Verdict:
+           secret_shapes: int = SECRET_SHAPES, replay: bool = True, timed: Iterable[Shape] = ()) -> Verdict:
     """Verify `forward` (a candidate's, with `spec`'s signature) against `spec`'s reference.
 
     device: where inputs live ("cpu", "cuda", ...). dtypes: of the primary input (default
@@ -146,13 +147,15 @@ def verify(spec, forward: Callable[..., Any], *, device="cpu", dtypes: Iterable[
     DOMAIN (default: every call). layouts: default all, each run only where `domain` accepts it.
     long_row, many_rows: add the long row and the many-rows case (default: for row ops, when
     `shapes` is not given). secret_shapes: how many. replay: run the repeat, replay and stress
-    trials. Returns the first failure, or an acceptance with the evidence (dtype signatures,
+    trials. timed: shapes verified besides the others, the ones records will be written for (the
+    router serves a record no further than its evidence). Returns the first failure, or an acceptance with the evidence (dtype signatures,
     problems and seeds verified, worst error ratio).
     """
     device = torch.device(device)
     secret = secrets.randbits(63) if secret_seed is None else int(secret_seed)
     groups = build(spec, device, dtypes, shape_sets, shapes, tuple(seeds), secret,
-                   tuple(Layout) if layouts is None else tuple(layouts), long_row, many_rows, secret_shapes)
+                   tuple(Layout) if layouts is None else tuple(layouts), long_row, many_rows, secret_shapes,
+                   tuple(tuple(t) for t in timed))
     return _Verifier(spec, forward, device, domain or Domain(), secret, replay).run(groups)
 
 

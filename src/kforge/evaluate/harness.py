@@ -31,6 +31,7 @@ from kforge.evaluate.sandbox import DEFAULT_CPU_MEMORY_MB, DEFAULT_GPU_RSS_MB
 from kforge.evaluate.timing import Timing, escaped_stream
 from kforge.ops import get_spec
 from kforge.records import DispatchKey, Domain, Evidence, Record
+from kforge.router.key import exact_indices, reaches
 from kforge.router.table import ScoreTable
 from kforge.store import KernelStore
 
@@ -207,8 +208,9 @@ def _records(spec, evaluation: Evaluation, sha: str, provider: str, attempt_id: 
     out = []
     for m in evaluation.measurements:
         evidence = evaluation.evidence
-        if not evidence.covers(m.key, tuple(spec.problem_dims.index(d) for d in spec.exact_dims)):
-            continue  # timed but not verified at this shape: no record
+        exact_idx = exact_indices(spec)
+        if not (evidence.covers(m.key, exact_idx) and reaches(m.key.shape, evidence.shapes, exact_idx)):
+            continue  # timed but not verified at this shape: no record (the router would not serve it)
         for impl, backend, t, domain, src in ((evaluation.impl, "triton", m.candidate, kernel_domain, sha),
                                               ("vendor", "vendor", m.vendor, Domain(), None)):
             r = m.roofline if impl != "vendor" else None

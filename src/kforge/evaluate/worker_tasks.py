@@ -39,7 +39,8 @@ def evaluate_stored(payload: dict[str, Any]) -> dict[str, Any]:
     verdict = correctness.verify(
         spec, candidate.forward, device=device, dtypes=dtypes,
         shapes=None if shapes is None else [tuple(s) for s in shapes], long_row=True if shapes is not None else None,
-        seeds=tuple(payload["seeds"]), secret_seed=payload.get("secret_seed"), domain=candidate.domain)
+        seeds=tuple(payload["seeds"]), secret_seed=payload.get("secret_seed"), domain=candidate.domain,
+        timed=[tuple(s) for s in payload["timing_shapes"]])  # each record is verified at its own key
     result: dict[str, Any] = {"verdict": verdict_to_json(verdict), "timings": [], "skipped": [],
                               "domain": candidate.domain.to_json()}
     if not verdict.accepted:

@@ -9,7 +9,8 @@ elements) is read once and dominates the bytes; x and y are small.
 The op's *shape* (what `make_inputs` takes and the shape sets list) is x's shape followed by n,
 (..., k, n), so that one tuple builds both arguments; the problem is (m, n, k), and `input_shape`
 maps it back to (m, k, n). n and k are exact dims: kernels specialise on the weight's size (block
-sizes, split-k factors), while m may be served by the nearest measured row count.
+sizes, split-k factors), while m may be served by the nearest measured row count (up to the
+most rows its evidence verified).
 """
 from __future__ import annotations
 

@@ -3,15 +3,28 @@
 
 The model is built once with torch.manual_seed(0) and its forward is the reference (parameters in
 the first floating input's dtype and device); the arguments are `get_inputs()`'s, the schema is
-read from them. Only the file's own shape is a valid call (`fixed_shapes`): the weights fix the
-dims. `make_inputs` at other shapes maps the other inputs' dims by value (a dim equal to one of the
-first input's takes its new size), which the evaluator does not ask for.
+read from them, and the op's shape is the first input's.
+
+Inputs are always drawn by the file's own `get_inputs()` (under the case's seed), so a file that
+draws `torch.randn(...) * 4` is verified on inputs of that scale. Other sizes come from the file's
+globals: a module-level int that `get_inputs()` reads and neither `get_init_inputs()` nor `Model`
+reads (`batch_size = 16`; not `dim` when the weights are sized by it) is a *size*, and the dims of
+the first input that follow it (found by re-running `get_inputs()` with it changed) may vary:
+`make_inputs` at such a shape sets those globals for the duration of one `get_inputs()` call (in
+the process that loads the op: the sandboxed worker, for verification). The evaluator's secret
+shapes vary only those dims (`secret_shapes`: one with more rows than the file shows, so a grid
+fixed for its batch fails there, one with fewer and any free width changed); the router keys
+the record with every other dim exact, and the last dim too (kernels specialise on the row
+width). A file with no such size has `fixed_shapes`: verified at its shape, served there only.
 """
 from __future__ import annotations
 
 import ast
+import contextlib
 import copy
 import inspect
+import threading
+import types
 from pathlib import Path
 from typing import Any, Callable
 
@@ -84,26 +97,145 @@ def kernelbench_spec(name: str, module, source: str, tolerance_scale: float = 1.
         return tuple(result) if isinstance(result, list) else result
 
     base = tuple(template[0].shape)
+    free = _free_dims(module, base)
+    lock = threading.Lock()  # make_inputs patches the module's globals for one get_inputs() call
 
     def make_inputs(shape, dtype, device, seed):
-        sizes = dict(zip(base, shape))  # a template dim equal to one of the first input's takes its new size
-        g = torch.Generator().manual_seed(seed)
-        args = []
-        for i, t in enumerate(template):
-            if not isinstance(t, torch.Tensor):
-                args.append(t)
-                continue
-            dims = tuple(shape) if i == 0 else tuple(sizes.get(d, d) for d in t.shape)
-            if t.is_floating_point():
-                args.append(torch.randn(dims, generator=g).to(device=device, dtype=dtype))
-            else:
-                high = int(t.max()) + 1 if t.numel() else 1
-                args.append(torch.randint(0, max(high, 1), dims, generator=g).to(device=device, dtype=t.dtype))
-        return tuple(args)
+        """The file's get_inputs() under `seed`, its size globals set for `shape` (floating
+        tensors cast to `dtype`, every tensor moved to `device`)."""
+        shape = tuple(int(d) for d in shape)
+        fixed = [i for i in range(len(base)) if i not in free]
+        if len(shape) != len(base) or any(shape[i] != base[i] for i in fixed):
+            raise UserOpError(f"op {name!r}: shape {shape}: the file defines {base}, and only dims "
+                              f"{sorted(free) or 'none'} may change (sizes from its globals)")
+        sizes = {free[i]: shape[i] for i in free}
+        with lock, _globals_set(module, sizes), torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            values = ran("get_inputs()", lambda: list(module.get_inputs()))
+        if len(values) != len(template) or not isinstance(values[0], torch.Tensor) or tuple(values[0].shape) != shape:
+            got = tuple(values[0].shape) if values and isinstance(values[0], torch.Tensor) else None
+            raise UserOpError(f"op {name!r}: get_inputs() with {sizes} gave a first input of {got}, not {shape}")
+        return tuple(_placed(v, dtype, device) for v in values)
 
+    exact = tuple(i for i in range(len(base)) if i not in free or i == len(base) - 1)
+
+    def secret_shapes(public, rng, count):
+        return _secret_shapes(base, free, exact, public, rng, count, lambda shape: reference(*make_inputs(
+            shape, torch.float32, "cpu", 0)))
+
+    dims = tuple(f"d{i}" for i in range(len(base)))
     doc = (inspect.getdoc(module.Model) or "").split("\n")[0]
     return build_spec(name, schema, reference, make_inputs, shapes=[base], description=doc or f"KernelBench op {name}",
-                      reference_source=source, fixed_shapes=True, tolerance_scale=tolerance_scale)
+                      problem_dims=dims, exact_dims=tuple(dims[i] for i in exact), reference_source=source,
+                      fixed_shapes=not free, tolerance_scale=tolerance_scale, secret_shapes=secret_shapes)
+
+
+def _placed(value, dtype: torch.dtype, device):
+    if not isinstance(value, torch.Tensor):
+        return value
+    if value.is_floating_point():
+        return value.to(device=device, dtype=dtype)
+    return value.to(device=device)
+
+
+def _globals_read(fn, module) -> set[str]:
+    """Global names `fn`'s code reads, and those of the module's functions it reads in turn."""
+    seen: set[str] = set()
+    codes = [fn.__code__] if hasattr(fn, "__code__") else []
+    visited: set = set()
+    while codes:
+        code = codes.pop()
+        if code in visited:
+            continue
+        visited.add(code)
+        codes += [c for c in code.co_consts if isinstance(c, types.CodeType)]
+        for n in code.co_names:
+            seen.add(n)
+            value = getattr(module, n, None)
+            if isinstance(value, types.FunctionType) and value.__module__ == module.__name__:
+                codes.append(value.__code__)
+    return seen
+
+
+def _free_dims(module, base: tuple[int, ...]) -> dict[int, str]:
+    """The dims of the first input that a size global drives: {dim index: global name}. A global
+    is a size when get_inputs() reads it, get_init_inputs() and Model do not (weights and
+    forward are sized by those), it is a positive int, and setting it to v + 1 changes exactly
+    the dims of the first input equal to v, to v + 1, and no others (shape and rank kept)."""
+    fixed = _globals_read(module.get_init_inputs, module)
+    for attr in vars(module.Model).values():
+        fn = attr.__func__ if isinstance(attr, (staticmethod, classmethod)) else attr
+        if isinstance(fn, types.FunctionType):
+            fixed |= _globals_read(fn, module)
+    free: dict[int, str] = {}
+    for g in sorted(_globals_read(module.get_inputs, module) - fixed):
+        v = getattr(module, g, None)
+        if type(v) is not int or v < 1:
+            continue
+        try:
+            with _globals_set(module, {g: v + 1}), torch.random.fork_rng(devices=[]):
+                torch.manual_seed(0)
+                probe = list(module.get_inputs())
+        except Exception:
+            continue  # a size the file cannot change: it stays fixed
+        if not probe or not isinstance(probe[0], torch.Tensor) or probe[0].dim() != len(base):
+            continue
+        moved = [i for i, (a, b) in enumerate(zip(base, probe[0].shape)) if a != b]
+        if moved and all(base[i] == v and probe[0].shape[i] == v + 1 and i not in free for i in moved):
+            free.update({i: g for i in moved})
+    return free
+
+
+@contextlib.contextmanager
+def _globals_set(module, values: dict):
+    saved = {g: getattr(module, g) for g in values}
+    try:
+        for g, v in values.items():
+            setattr(module, g, v)
+        yield
+    finally:
+        for g, v in saved.items():
+            setattr(module, g, v)
+
+
+def _secret_shapes(base, free: dict, exact, public, rng, count: int, runs: Callable) -> list[tuple[int, ...]]:
+    """Up to `count` shapes for the evaluator, none public, each one the reference accepts
+    (`runs`): first every free non-exact dim grown (up to twice the file's size: rows beyond the
+    file's batch, at its exact dims, so that the router may serve that many), then free dims
+    shrunk and free exact dims widened, then mixes. Only `free` dims ever change."""
+    rows = [i for i in free if i not in exact]
+    widths = [i for i in free if i in exact]
+
+    def grown(d):
+        return d + rng.randint(1, max(1, d))
+
+    def shrunk(d):
+        return rng.randint(1, d - 1) if d > 1 else grown(d)
+
+    def widened(d):
+        return d + rng.randint(1, max(8, d // 8))
+
+    plans = []
+    if rows:
+        plans.append({i: grown for i in rows})
+    plans.append({**{i: shrunk for i in rows}, **{i: widened for i in widths}})
+    plans += [{i: rng.choice((grown, shrunk)) for i in free} for _ in range(max(0, count - len(plans)))]
+    out: list[tuple[int, ...]] = []
+    for plan in plans:
+        for _ in range(20):
+            shape = tuple(plan[i](d) if i in plan else d for i, d in enumerate(base))
+            if shape not in public and shape not in out:
+                break
+        else:
+            continue
+        try:
+            runs(shape)
+        except Exception:
+            continue  # the file's Model does not take this size after all: not a shape of the op
+        out.append(shape)
+        if len(out) == count:
+            break
+    return out
 
 
 def from_kernelbench(path: str | Path, name: str | None = None, *, persist: bool = True):

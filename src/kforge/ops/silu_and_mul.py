@@ -83,7 +83,8 @@ SPEC = OpSpec(
     # Elementwise: a kernel's code does not depend on d (only Triton's automatic specialisation
     # on d % 16 == 0, which recompiles, never changes results), and its speed follows the element
     # count, which the nearest-shape rule's 4x band on both dims bounds. So a record measured at
-    # Llama's d = 14336 may serve Qwen 2.5's 18944 or a small model's 4864 instead of a miss.
+    # Llama's d = 14336 may serve a small model's 4864 instead of a miss, and Qwen 2.5's 18944
+    # where its evidence verified a problem at least that large (never beyond: `router.key`).
     exact_dims=(),
     dtypes=DTYPES,
     # No reduction: each output is one silu and one product of two inputs.

@@ -11,14 +11,15 @@ Vocabulary:
   `input_shape` maps a problem back to a shape.
 - *problem*: the op's own dims, derived from the arguments (`(rows, hidden)` for a norm). The
   router keys records on it. `exact_dims` must match a record exactly (kernels specialise on
-  them); the other dims may be served by the nearest measured size (see `router.key`).
+  them); the other dims may be served by the nearest measured size, never beyond the sizes the
+  record's evidence verified (see `router.key`).
 - *oracle*: the reference run on float64 copies of the inputs.
 """
 from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Mapping, Sequence
 
 import torch
 
@@ -112,8 +113,9 @@ class OpSpec:
     # The source prompts show as the reference's (user ops from a KernelBench file: the whole
     # file); None: read from `reference` and the helpers of its module.
     reference_source: str | None = None
-    # Only the shapes in `shape_sets` are valid calls (a KernelBench problem: its weights fix the
-    # dims): the evaluator then tries no perturbed secret shapes, only secret seeds.
+    # Only the shapes in `shape_sets` are valid calls (a KernelBench file whose sizes cannot be
+    # varied): the evaluator then tries no perturbed secret shapes, only secret seeds, and the
+    # router serves no shape but a verified one (every dim counts as exact, `router.key`).
     fixed_shapes: bool = False
     # Magnitudes the evaluator also draws inputs at (see `Magnitude`); None: the primary input at
     # 2^-10 (floor as it is) and 2^7 (floor x 2^7: loose where the op's scaling is unknown), each
@@ -124,6 +126,10 @@ class OpSpec:
     # (args, {name: value}) -> args with those scalar values in force; None: replace by name. For
     # ops where a scalar's meaning is also in the data (cross_entropy's ignore_index in the targets).
     vary: Callable[[tuple, Mapping[str, Any]], tuple] | None = None
+    # The op's own secret shapes, for ops where only some dims may vary (a KernelBench file: the
+    # sizes its globals define): (public shapes, a seeded random.Random, how many) -> shapes,
+    # none of them public. None: the evaluator's general rule (`correctness._secret_shapes`).
+    secret_shapes: Callable[[Sequence[Shape], Any, int], list[Shape]] | None = None
     # Derived from `schema` in __post_init__.
     arg_names: tuple[str, ...] = dataclasses.field(init=False)
     defaults: Mapping[str, Any] = dataclasses.field(init=False)

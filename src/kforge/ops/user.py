@@ -174,7 +174,7 @@ def build_spec(name: str, schema: str, reference: Callable, make_inputs: Callabl
                exact_dims: Sequence[str] | None = None, bytes_moved: Callable | None = None,
                flops: Callable | None = None, tolerance: Callable | None = None, description: str = "",
                reference_source: str | None = None, fixed_shapes: bool = False,
-               tolerance_scale: float = 1.0) -> OpSpec:
+               tolerance_scale: float = 1.0, secret_shapes: Callable | None = None) -> OpSpec:
     """The OpSpec of a user op (not registered; `define_op` registers it)."""
     check_name(name)
     if not callable(reference) or not callable(make_inputs):
@@ -207,7 +207,7 @@ def build_spec(name: str, schema: str, reference: Callable, make_inputs: Callabl
         bytes_moved=bytes_moved or (lambda p, dtype: 2 * prod(p) * (torch.finfo(dtype).bits // 8)),
         flops=flops or (lambda p, dtype: prod(p)),
         shape_sets={"smoke": shapes}, num_outputs=num_outputs, reference_source=reference_source,
-        fixed_shapes=fixed_shapes)
+        fixed_shapes=fixed_shapes, secret_shapes=secret_shapes)
     holder.append(spec)
     return spec
 
@@ -342,13 +342,16 @@ def persist_untrusted(name: str, kind: str, source: str, description: Any, *, sh
     if (not isinstance(dims, list) or len(dims) != rank or not all(isinstance(d, str) and NAME.match(d) for d in dims)
             or not isinstance(exact, list) or not all(d in dims for d in exact)):
         raise UserOpError(f"op {name!r}: the sandbox gave unusable problem dims")
+    fixed = description.get("fixed_shapes", kind == "kernelbench")  # absent from older descriptions
+    if not isinstance(fixed, bool):
+        raise UserOpError(f"op {name!r}: the sandbox gave an unusable fixed_shapes")
     names = [str(d).removeprefix("torch.") for d in dtypes]
     if any(d not in _DTYPE_NAMES for d in names):
         raise UserOpError(f"op {name!r}: dtypes must be among {', '.join(_DTYPE_NAMES)}")
     _scaled_floor(float(tolerance_scale))  # validates it
     manifest = {"kind": kind, "name": name, "schema": schema, "shapes": [list(x) for x in spec_shapes],
                 "dtypes": names, "problem_dims": dims, "exact_dims": exact,
-                "fixed_shapes": kind == "kernelbench", "description": f"user-defined op {name}",
+                "fixed_shapes": fixed, "description": f"user-defined op {name}",
                 "tolerance_scale": float(tolerance_scale), "source": source}
     manifest["trusted"] = False
     _write(name, manifest)

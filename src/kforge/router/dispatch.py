@@ -25,7 +25,7 @@ from kforge.device import fingerprint
 from kforge.errors import KforgePinError, UnknownNameError
 from kforge.records import DispatchKey, Record
 from kforge.router import misses, pins
-from kforge.router.key import call_info, is_empty, nearest_shape, exact_indices
+from kforge.router.key import call_info, exact_indices, is_empty, nearest_shape, serving_shape
 from kforge.router.policy import rank, rejects
 from kforge.router.table import ScoreTable, TableWarning
 
@@ -445,7 +445,9 @@ class OpRouter:
         call = call_info(spec, args, device)
         records = [r for r in self.router.table.records(device, spec.name)
                    if r.impl == impl_id and r.key.dtypes == call.key.dtypes]
-        shape = nearest_shape(call.key.shape, {r.key.shape for r in records}, exact_indices(spec))
+        # A record whose evidence reaches the call, else the nearest one (its rejection says why).
+        shape = (serving_shape(call.key.shape, records, exact_indices(spec))
+                 or nearest_shape(call.key.shape, {r.key.shape for r in records}, exact_indices(spec)))
         record = next((r for r in records if r.key.shape == shape), None)
         if record is None:
             if impl_id != BackendName.INDUCTOR.value:

@@ -1,13 +1,25 @@
-"""Pure functions from a call to its dispatch key, and the nearest-shape rule.
+"""Pure functions from a call to its dispatch key, and the rule for which records may serve it.
 
-Nearest-shape rule (for a call whose exact problem shape has no record):
-  - candidates are the measured shapes with the same dtype signature, the same number of dims and
-    equal values on every one of the op's `exact_dims` (e.g. the same `hidden`);
-  - on the other dims, each must lie within a factor of `MAX_RATIO` (4) of the call's, and the
-    candidate with the smallest sum of |log2(call / measured)| wins; ties go to the larger shape,
-    whose kernel was tuned for at least as much parallel work;
-  - no candidate: the call is a miss (served by vendor, logged for generation).
-Zero-sized dims count as 1 for the distance.
+A record speaks for its own key and, within the limits below, for calls near it. Per problem dim:
+  - *exact dims* (the op's `exact_dims`; every dim of an op with `fixed_shapes`, such as a
+    KernelBench file whose sizes cannot be varied): the call's value must equal the record's, and
+    must be among the values its correctness evidence verified. Nothing near is served.
+  - *the other dims* (rows, tokens, m: the leading dims a kernel's grid is sized by): the call is
+    served only inside what the record's evidence verified, never beyond it: some verified
+    problem with the call's exact dims must be at least as large as the call on every one of
+    them (`reaches`). A kernel whose grid was fixed for the 16 rows it was verified at is never
+    handed 32; fewer rows than verified may be served (a grid sized by the row count covers
+    them, and the evaluator's own shapes include small ones). Within that, the record's key
+    must lie within a factor of `MAX_RATIO` (4) of the call's on each of these dims: its timing
+    speaks for similar sizes only.
+Nearest-shape rule (for a call whose exact problem shape has no record): candidates are the
+measured shapes with the same dtype signature and number of dims, equal on every exact dim,
+within `MAX_RATIO` on the others, and with at least one record whose evidence reaches the call
+(`router.policy.rank`); the candidate with the smallest sum of |log2(call / measured)| wins; ties
+go to the larger shape, whose kernel was tuned for at least as much parallel work. No candidate:
+the call is a miss (served by vendor, logged for generation, which verifies at that shape).
+Zero-sized dims count as 1 for the distance (calls with no elements never reach the table:
+vendor returns the empty result, `is_empty`).
 """
 from __future__ import annotations
 
@@ -45,7 +57,21 @@ def call_info(spec, args: tuple, device: str, aligned: int | None = None) -> Cal
 
 
 def exact_indices(spec) -> tuple[int, ...]:
+    """Indices of the problem dims a record must match exactly: the op's `exact_dims`, or every
+    dim when its shapes are fixed by its definition (`fixed_shapes`)."""
+    if getattr(spec, "fixed_shapes", False):
+        return tuple(range(len(spec.problem_dims)))
     return tuple(spec.problem_dims.index(d) for d in spec.exact_dims)
+
+
+def reaches(shape: Problem, verified: Iterable[Problem], exact_idx: tuple[int, ...]) -> bool:
+    """True when some verified problem has `shape`'s rank and exact dims and is at least as large
+    on every other dim: the evidence of a record speaks for `shape` (see the module docstring)."""
+    for v in verified:
+        if len(v) == len(shape) and all(
+                v[i] == shape[i] if i in exact_idx else v[i] >= shape[i] for i in range(len(shape))):
+            return True
+    return False
 
 
 def _log2(v: int) -> float:
@@ -71,6 +97,24 @@ def nearest_shape(shape: Problem, measured: Iterable[Problem], exact_idx: tuple[
             if best is None or rank < best[:2]:
                 best = (rank[0], rank[1], m)
     return None if best is None else best[2]
+
+
+def serving_shape(shape: Problem, records, exact_idx: tuple[int, ...]) -> Problem | None:
+    """The measured shape whose records serve a call of `shape`: its own when measured (its
+    records are then judged one by one), else the nearest measured shape with a record whose
+    evidence reaches `shape`; None: a miss. `records`: those of the call's dtype signature."""
+    records = list(records)
+    if any(r.key.shape == shape for r in records):
+        return shape
+    reachable = {r.key.shape for r in records if reaches(shape, r.evidence.shapes, exact_idx)}
+    return nearest_shape(shape, reachable, exact_idx)
+
+
+def largest_verified(shape: Problem, verified: Iterable[Problem], exact_idx: tuple[int, ...]) -> Problem | None:
+    """Of the verified problems with `shape`'s rank and exact dims, the one with the most elements
+    (for messages that say how far a record's evidence goes)."""
+    same = [tuple(v) for v in verified if len(v) == len(shape) and all(v[i] == shape[i] for i in exact_idx)]
+    return max(same, key=lambda v: (math.prod(v), v), default=None)
 
 
 def is_empty(args: tuple, tensor_args: tuple[int, ...]) -> bool:

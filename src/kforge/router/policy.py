@@ -2,9 +2,11 @@
 
 A record is eligible for a call when
   - it is for the call's dtype signature and its exact shape, or, when no record has that shape,
-    for the nearest measured shape (`router.key.nearest_shape`);
+    for the nearest measured shape with a record whose evidence reaches the call
+    (`router.key.serving_shape`: never more rows than were verified);
   - its backend exists in this kforge and can run here;
-  - its correctness evidence covers the call (dtypes and exact dims verified);
+  - its correctness evidence covers the call (dtypes and exact dims verified) and reaches it (a
+    verified problem at least as large on every other dim: `router.key.reaches`);
   - its domain accepts the call (dtypes, contiguity, alignment, size limits);
   - it has not been switched off in this process after failing at call time.
 Eligible records are ranked by `Record.score_us`, which includes the host cost of a call.
@@ -15,7 +17,7 @@ import dataclasses
 
 from kforge.backends import BACKENDS, BackendName
 from kforge.records import CallInfo, Record
-from kforge.router.key import exact_indices, nearest_shape
+from kforge.router.key import exact_indices, largest_verified, reaches, serving_shape
 
 
 @dataclasses.dataclass(frozen=True)
@@ -27,9 +29,8 @@ class Ranking:
 
 def rank(spec, records: list[Record], call: CallInfo, disabled: frozenset | set = frozenset()) -> Ranking:
     same_dtypes = [r for r in records if r.key.dtypes == call.key.dtypes]
-    measured = {r.key.shape for r in same_dtypes}
     exact_idx = exact_indices(spec)
-    shape = call.key.shape if call.key.shape in measured else nearest_shape(call.key.shape, measured, exact_idx)
+    shape = serving_shape(call.key.shape, same_dtypes, exact_idx)
     if shape is None:
         return Ranking((), (), None)
     eligible, rejected = [], []
@@ -56,6 +57,10 @@ def rejects(spec, record: Record, call: CallInfo, exact_idx, disabled) -> str | 
         return f"backend {record.backend} does not support this key"
     if not record.evidence.covers(call.key, exact_idx):
         return "correctness evidence does not cover this call"
+    if not reaches(call.key.shape, record.evidence.shapes, exact_idx):
+        largest = largest_verified(call.key.shape, record.evidence.shapes, exact_idx)
+        return (f"correctness evidence does not reach {'x'.join(map(str, call.key.shape))}: verified up to "
+                f"{'x'.join(map(str, largest)) if largest else 'nothing of this shape'}")
     why = record.domain.rejects(call, spec.problem_dims)
     if why is not None:
         return f"outside its domain: {why}"
