@@ -73,7 +73,7 @@ def load(out_dir: Path) -> Published:
         markdown = outcome["markdown"]
     except (ValueError, KeyError, TypeError) as exc:
         raise PublishError(f"{out_dir}/outcome.json is not an outcome of kforge issue run ({exc})") from None
-    if not isinstance(op, str) or not NAME.match(op):
+    if not isinstance(op, str) or not NAME.fullmatch(op):
         raise PublishError(f"{out_dir}: op name {op!r} is not a valid op name")
     if not isinstance(markdown, str) or len(markdown) > 60000:
         raise PublishError(f"{out_dir}: the report is not text of at most 60000 characters")
