@@ -24,10 +24,11 @@ class CorruptFile(ValueError):
     """A file that is not what kforge writes there: too large, not UTF-8 JSON, or nested too deeply."""
 
 
-def loads_json(text: str | bytes, source: str, *, max_bytes: int = MAX_JSON_BYTES) -> Any:
+def loads_json(text: str | bytes, source: str, *, max_bytes: int | None = None) -> Any:
     """JSON of `text` from `source` (a path, for messages). Raises CorruptFile for anything that
     is not JSON kforge could have written: over `max_bytes`, undecodable, not JSON, or nested past
     the interpreter's recursion limit (json raises RecursionError there, which no caller expects)."""
+    max_bytes = MAX_JSON_BYTES if max_bytes is None else max_bytes
     if len(text) > max_bytes:
         raise CorruptFile(f"{source}: larger than {max_bytes} bytes")
     try:
@@ -38,9 +39,10 @@ def loads_json(text: str | bytes, source: str, *, max_bytes: int = MAX_JSON_BYTE
         raise CorruptFile(f"{source}: not valid JSON ({str(exc)[:200]})") from None
 
 
-def read_json(path: Path, *, max_bytes: int = MAX_JSON_BYTES) -> Any:
+def read_json(path: Path, *, max_bytes: int | None = None) -> Any:
     """The JSON data of the file `path`, read at most `max_bytes` (+1 to see that it is larger).
     Raises OSError when the file cannot be read, CorruptFile when its content is not usable JSON."""
+    max_bytes = MAX_JSON_BYTES if max_bytes is None else max_bytes
     with open(path, "rb") as f:
         data = f.read(max_bytes + 1)
     return loads_json(data, str(path), max_bytes=max_bytes)
