@@ -1,0 +1,124 @@
+"""Hostile issues (issue 14, class 8): bodies built to stall the parser, approvals of a body the
+maintainer did not read, secrets in what `kforge issue` prints and posts, and a new op's reference
+that tries to reach out of its sandboxed worker."""
+from __future__ import annotations
+
+import random
+import re
+import time
+from pathlib import Path
+
+import pytest
+
+from kforge.issues.form import BY_LABEL
+from kforge.issues.parse import parse_body, parse_request, parse_sections, split_sections
+
+HERE = Path(__file__).resolve().parent
+BODIES = HERE / "issues"
+MB = 1 << 20
+
+
+def fill(unit: str, size: int = MB) -> str:
+    return (unit * (size // len(unit) + 1))[:size]
+
+
+# -- the parser is linear -------------------------------------------------------------------------
+HOSTILE_BODIES = {  # 1 MB each; the old fence scan was quadratic: 54 KB of fences took 13.7 s
+    "repeated fences": fill("```\ncode\n"),
+    "fences that close only themselves": fill("````\nx\n````\n"),
+    "closings before headings, none long enough": "`````\n" + fill("```\n### Op\n"),
+    "unclosed fences": fill("````python\n"),
+    "one long line": "### Op\n\n" + "x" * MB,
+    "a heading of spaces": "### " + " " * MB + "x",
+    "many form headings": fill("### Op\n\nrms_norm\n"),
+    "many unknown headings": fill("### Whatever\n"),
+    "blank lines": "\n" * MB,
+    "tilde fences": fill("~~~\n~~~~\n"),
+    "CR line ends": fill("```\r### Shapes\r"),
+}
+BOUND_S = 3.0  # measured 0.1-0.5 s each on a loaded 2-core machine: generous, so never flaky
+
+
+@pytest.mark.parametrize("name", sorted(HOSTILE_BODIES))
+def test_a_megabyte_of_any_hostile_pattern_parses_in_time(name):
+    text = HOSTILE_BODIES[name]
+    start = time.process_time()
+    parse_sections(text)
+    assert time.process_time() - start < BOUND_S
+    start = time.process_time()  # parse_request refuses what GitHub could not hold, at once
+    request, problems = parse_request(text)
+    assert time.process_time() - start < 0.5 and request is None
+
+
+def test_hostile_notes_change_nothing_but_the_notes():
+    """The last field (Notes) takes the rest of the body: fences and headings there change nothing else."""
+    base = (BODIES / "existing_op.md").read_text()
+    text = base.rstrip("\n").rsplit("### Notes", 1)[0] + "### Notes\n\n" + fill("```\n### Op\n", 9_000)
+    start = time.process_time()
+    request, problems = parse_request(text)
+    assert time.process_time() - start < BOUND_S
+    expected, _ = parse_request(base)
+    assert request is not None and (request.op, request.shapes, request.dtypes) == \
+        (expected.op, expected.shapes, expected.dtypes)
+
+
+def old_sections(text: str) -> dict:
+    """The parser as it was (quadratic, right): the oracle for the linear one on small bodies."""
+    lines = text.lstrip("\ufeff").replace("\r\n", "\n").replace("\r", "\n").split("\n")
+    fence_open = re.compile(r" {0,3}(`{3,}|~{3,})(.*)")
+
+    def heading(line):
+        m = re.fullmatch(r"### (.*?)\s*", line)
+        return m.group(1) if m else None
+
+    def closes(line, fence):
+        s = line.strip()
+        return len(line) - len(line.lstrip(" ")) <= 3 and len(s) >= len(fence) and set(s) == {fence[0]}
+
+    def fence_end(start, fence):
+        first = None
+        for j in range(start + 1, len(lines)):
+            if not closes(lines[j], fence):
+                continue
+            first = j if first is None else first
+            k = j + 1
+            while k < len(lines) and not lines[k].strip():
+                k += 1
+            if k == len(lines) or heading(lines[k]) in BY_LABEL:
+                return j
+        return first if first is not None else len(lines) - 1
+
+    sections, i = [(None, [])], 0
+    while i < len(lines):
+        label, body = sections[-1]
+        if label == "Notes":
+            body.extend(lines[i:])
+            break
+        m = fence_open.fullmatch(lines[i])
+        if m and not (m.group(1)[0] == "`" and "`" in m.group(2)):
+            end = fence_end(i, m.group(1))
+            body.extend(lines[i:end + 1])
+            i = end + 1
+            continue
+        h = heading(lines[i])
+        if h is not None:
+            sections.append((h, []))
+        else:
+            body.append(lines[i])
+        i += 1
+    return [(label, "\n".join(body).strip()) for label, body in sections]
+
+
+PIECES = ["```", "````", "~~~", "   ```", "    ```", "```python", "``` x `", "### Op", "### Shapes",
+          "### Notes", "### Other", "###  Op ", "", " ", "rms_norm", "4096x4096", "\t```", "``` ", "~~~~~"]
+
+
+def test_the_linear_parser_splits_every_small_body_as_the_old_one_did():
+    rng = random.Random(14)
+    for _ in range(3000):
+        text = "\n".join(rng.choice(PIECES) for _ in range(rng.randrange(1, 25)))
+        assert split_sections(text) == old_sections(text), text
+
+
+def test_parse_body_still_reads_the_fixtures():
+    assert parse_body((BODIES / "existing_op.md").read_text())["Op"] == "rms_norm"
