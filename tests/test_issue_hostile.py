@@ -190,3 +190,30 @@ def test_an_escaping_reference_cannot_read_the_parent_or_write_outside(tmp_path,
 
 
 from github_fake import github_fake  # noqa: E402,F401 - the fixture
+
+
+def test_publish_redacts_what_it_posts(tmp_path, github_fake, monkeypatch):
+    """The directory `issue run` wrote came from a runner where untrusted code ran: a report that
+    carries a secret value of the posting runner is posted redacted, with the secret nowhere."""
+    import json
+
+    from kforge.cli.main import main
+
+    monkeypatch.setenv("OPENAI_API_KEY", SECRETS["OPENAI_API_KEY"])
+    github_fake.add_repo("octo/kernels")
+    number = github_fake.add_issue("octo/kernels", "Kernel request", "body")
+    out = tmp_path / "out"
+    out.mkdir()
+    leak = f"key {SECRETS['OPENAI_API_KEY']} token {github_fake.token}"
+    (out / "outcome.json").write_text(json.dumps({"request": {"op": "rms_norm"}, "markdown": leak}))
+    (out / "records.json").write_text(json.dumps({"schema_version": 1, "records": []}))
+    assert main(["issue", "publish", "--dir", str(out), "--repo", "octo/kernels", "--issue", str(number),
+                 "--comment"]) == 0
+    (comment,) = github_fake.state["octo/kernels"].comments[number]
+    assert SECRETS["OPENAI_API_KEY"] not in comment and github_fake.token not in comment
+    assert "[redacted OPENAI_API_KEY]" in comment and "[redacted GITHUB_TOKEN]" in comment
+    message = tmp_path / "message.md"
+    message.write_text(leak)
+    assert main(["issue", "publish", "--message", str(message), "--repo", "octo/kernels", "--issue", str(number),
+                 "--comment"]) == 0
+    assert all(SECRETS["OPENAI_API_KEY"] not in c for c in github_fake.state["octo/kernels"].comments[number])
