@@ -130,6 +130,18 @@ SECRETS = {"ANTHROPIC_API_KEY": "sk-ant-fake-0123456789-anthropic-secret",
            "OPENAI_API_KEY": "sk-fake-0123456789-openai-secret"}
 
 
+@pytest.fixture(scope="module")
+def escaping_request(tmp_path_factory):
+    """One run for the tests below (a kforge process and a worker: ~10 s)."""
+    from github_fake import GitHubFake
+
+    fake = GitHubFake()
+    try:
+        yield run_escaping_request(tmp_path_factory.mktemp("escape"), fake)
+    finally:
+        fake.close()
+
+
 def run_escaping_request(tmp_path, github_fake) -> tuple[dict, dict, list[Path]]:
     """`kforge issue run` as the workflow runs it, in a process whose environment holds the API
     keys and a GitHub token from its start (so /proc/<pid>/environ holds them): the issue's
@@ -152,7 +164,7 @@ def run_escaping_request(tmp_path, github_fake) -> tuple[dict, dict, list[Path]]
     body_file, out = tmp_path / "body.md", tmp_path / "out"
     body_file.write_text(body)
     env = {k: v for k, v in os.environ.items() if k not in ("KFORGE_TABLE", "KFORGE_PIN")}
-    env.update(secrets, HOME=str(home), GITHUB_API_URL=github_fake.url)
+    env.update(secrets, HOME=str(home), GITHUB_API_URL=github_fake.url, KFORGE_HOME=str(tmp_path / "kforge-home"))
     proc = subprocess.run([sys.executable, "-m", "kforge", "issue", "run", "--body-file", str(body_file),
                            "--provider", "catalog", "--device", "cpu", "--out", str(out), "--repo", "octo/kernels",
                            "--issue", str(number), "--comment"],
@@ -165,10 +177,10 @@ def run_escaping_request(tmp_path, github_fake) -> tuple[dict, dict, list[Path]]
     return outputs, secrets, [marker, home / "kforge-escape-marker"]
 
 
-def test_an_escaping_reference_leaks_no_secret_value(tmp_path, github_fake):
+def test_an_escaping_reference_leaks_no_secret_value(escaping_request):
     """No secret value in stdout, stderr, the report or the posted comment: the worker's own
     environment holds none (the sandbox's deny-list), and what it read of its parent's is redacted."""
-    outputs, secrets, _ = run_escaping_request(tmp_path, github_fake)
+    outputs, secrets, _ = escaping_request
     proc_stderr = outputs["stderr"]
     for where, text in outputs.items():
         for name, value in secrets.items():
@@ -177,11 +189,11 @@ def test_an_escaping_reference_leaks_no_secret_value(tmp_path, github_fake):
 
 
 @pytest.mark.xfail(strict=False, reason="needs the bwrap sandbox (issue 14 layer 2)")
-def test_an_escaping_reference_cannot_read_the_parent_or_write_outside(tmp_path, github_fake):
+def test_an_escaping_reference_cannot_read_the_parent_or_write_outside(escaping_request):
     """What only isolation gives: a secret encoded past redaction (reversed) never leaves, because
     the worker cannot read its parent's environment; $HOME is not there to list; the marker path
     the test owns is not writable from the worker."""
-    outputs, secrets, outside = run_escaping_request(tmp_path, github_fake)
+    outputs, secrets, outside = escaping_request
     assert [p for p in outside if p.exists()] == []  # nothing written outside the scratch dir
     for where, text in outputs.items():
         for name, value in secrets.items():
