@@ -342,7 +342,11 @@ def test_issue_parse_command(capsys):
         assert KernelRequest.from_json(result["request"]) == parse_request(body("new_op_function.md"))[0]
 
     rc, out, _ = run_main(capsys, "issue", "parse", "--body-file", str(BODIES / "missing_fields.md"))
-    assert rc == 1 and out == problems_markdown(parse_request(body("missing_fields.md"))[1])
+    from kforge.issues.approval import body_hash
+
+    digest = body_hash(body("missing_fields.md"))
+    assert rc == 1 and out == problems_markdown(parse_request(body("missing_fields.md"))[1]) + \
+        f"\nBody `{digest}` (sha256 prefix).\n"
     rc, out, _ = run_main(capsys, "issue", "parse", "--json", "--body-file", str(BODIES / "missing_fields.md"))
     result = json.loads(out)
     assert rc == 1 and not result["valid"] and result["request"] is None and len(result["problems"]) == 8

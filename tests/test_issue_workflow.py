@@ -47,9 +47,14 @@ def generate() -> dict:
 
 
 def publish() -> dict:
-    """The job that writes: the one that grants a write permission."""
-    (only,) = [j for j in jobs().values() if WRITE & set((j.get("permissions") or {}).values())]
+    """The job that posts what `generate` made: the one that writes contents."""
+    (only,) = [j for j in jobs().values() if (j.get("permissions") or {}).get("contents") == "write"]
     return only
+
+
+def acknowledge() -> dict:
+    """The job that answers a filed or edited request with its hash (or its problems)."""
+    return jobs()["acknowledge"]
 
 
 def steps() -> list[dict]:
@@ -87,7 +92,7 @@ def run_scripts(text: str) -> list[str]:
 
 def test_no_expression_inside_a_run_script():
     scripts = run_scripts(WORKFLOW.read_text())
-    assert len(jobs()) == 2
+    assert len(jobs()) == 3
     assert len(scripts) == len([s for s in steps() if "run" in s]) >= 6
     assert [s for s in scripts if "${{" in s] == []
     assert all("${{" not in s["run"] for s in steps() if "run" in s)
@@ -102,16 +107,22 @@ def test_the_run_script_check_finds_expressions():
 
 def test_the_issue_body_reaches_the_generate_job_only_through_a_file():
     text = WORKFLOW.read_text()
-    assert text.count("github.event.issue.body") == 1 and "github.event.issue.title" not in text
-    (writer,) = [s for s in steps() if "ISSUE_BODY" in s.get("env", {})]
-    assert writer in generate()["steps"]
+    assert text.count("github.event.issue.body") == 2 and "github.event.issue.title" not in text
+    writers = [s for s in steps() if "ISSUE_BODY" in s.get("env", {})]
+    assert len(writers) == 2 and writers[0] in acknowledge()["steps"] and writers[1] in generate()["steps"]
+    assert writers[0] == writers[1]
+    writer = writers[1]
     assert writer["env"] == {"ISSUE_BODY": "${{ github.event.issue.body }}"}
     assert writer["run"] == "printf '%s' \"$ISSUE_BODY\" > \"$RUNNER_TEMP/kforge-issue-body.md\""
     runs = [one_line(s["run"]) for s in generate()["steps"] if "run" in s]
+    assert 'kforge issue parse --body-file "$RUNNER_TEMP/kforge-issue-body.md" --approval "$APPROVAL_COMMENT" > ' \
+           '"$RUNNER_TEMP/kforge-problems/problems.md"' in " ".join(runs)
     assert 'kforge issue parse --body-file "$RUNNER_TEMP/kforge-issue-body.md" > ' \
            '"$RUNNER_TEMP/kforge-problems/problems.md"' in " ".join(runs)
     # No --repo, --issue, --comment or --pr: generating writes nowhere but its output directory.
-    assert 'kforge issue run --body-file "$RUNNER_TEMP/kforge-issue-body.md" --out "$RUNNER_TEMP/kforge-out"' in runs
+    generating = one_line(step(generate(), "Generate and report")["run"])
+    assert 'kforge issue run --body-file "$RUNNER_TEMP/kforge-issue-body.md" --out "$RUNNER_TEMP/kforge-out" ' \
+           '--approval "$APPROVAL_COMMENT"' in generating
 
 
 def test_the_output_and_the_problems_travel_as_one_artifact_named_after_the_issue():
@@ -149,7 +160,9 @@ def test_permissions_are_minimal_and_the_tokens_go_only_where_they_are_used():
     assert load()["permissions"] == {}
     assert generate()["permissions"] == {"contents": "read"}
     assert publish()["permissions"] == {"contents": "write", "pull-requests": "write", "issues": "write"}
-    for job, expected in ((generate(), {"Generate and report": {"ANTHROPIC_API_KEY"}}),
+    assert acknowledge()["permissions"] == {"issues": "write"}
+    for job, expected in ((acknowledge(), {"Post the request's hash, or its problems": {"GITHUB_TOKEN"}}),
+                          (generate(), {"Generate and report": {"ANTHROPIC_API_KEY"}}),
                           (publish(), {"Post the report and open a pull request, or post the problems":
                                        {"GITHUB_TOKEN"}})):
         with_secret = {s["name"]: {k for k, v in s["env"].items() if "secrets." in str(v)}
@@ -158,7 +171,8 @@ def test_permissions_are_minimal_and_the_tokens_go_only_where_they_are_used():
         assert all("secrets." not in str(v) for v in job.get("env", {}).values())
         checkout = [s for s in job["steps"] if s.get("uses", "").startswith("actions/checkout@")]
         assert checkout and checkout[0]["with"]["persist-credentials"] is False
-    assert step(generate(), "Generate and report")["env"] == {"ANTHROPIC_API_KEY": "${{ secrets.ANTHROPIC_API_KEY }}"}
+    assert step(generate(), "Generate and report")["env"] == {"ANTHROPIC_API_KEY": "${{ secrets.ANTHROPIC_API_KEY }}",
+                                                              "APPROVAL_COMMENT": "${{ github.event.comment.body }}"}
     assert step(publish(), "Post the report and open a pull request, or post the problems")["env"] == {
         "GITHUB_TOKEN": "${{ secrets.GITHUB_TOKEN }}"}
 
@@ -193,7 +207,7 @@ def test_the_writing_job_runs_on_a_fresh_runner_and_never_meets_the_issue():
 
 def test_triggers_runners_concurrency_and_timeouts():
     data = load()
-    assert data["on"] == {"issues": {"types": ["labeled"]}, "issue_comment": {"types": ["created"]}}
+    assert data["on"] == {"issues": {"types": ["opened", "edited", "labeled"]}, "issue_comment": {"types": ["created"]}}
     assert generate()["runs-on"] == ["self-hosted", "gpu"]
     assert publish()["runs-on"] == "ubuntu-latest"
     assert 0 < generate()["timeout-minutes"] <= 360 and 0 < publish()["timeout-minutes"] <= 60
@@ -372,3 +386,87 @@ def test_the_evaluator_reads_the_syntax_it_claims():
     assert evaluate("always() && (failure() || github.a == 'y')", ctx, failed=True) is True
     assert evaluate("always() && (failure() || github.a == 'y')", ctx) is False
     assert evaluate("success() && github.a == 'x'", ctx) is True
+
+
+# -- approval tied to the body ------------------------------------------------------------------------
+def issue_event(action: str, association: str = "NONE", labels=("kernel-request",)) -> dict:
+    issue = {"number": 7, "body": "### Op\n\nrms_norm", "author_association": association,
+             "labels": [{"name": n} for n in labels]}
+    return {"github": {"event_name": "issues", "event": {"action": action, "issue": issue}}}
+
+
+@pytest.mark.parametrize("action", ["opened", "edited"])
+@pytest.mark.parametrize("association", ["NONE", "OWNER"])
+def test_a_filed_or_edited_request_is_acknowledged_with_its_hash_and_never_run(action, association):
+    context = issue_event(action, association)
+    assert job_runs(acknowledge()["if"], context) is True
+    assert not job_runs(generate()["if"], context) and not job_runs(publish()["if"], context)
+    assert not job_runs(acknowledge()["if"], issue_event(action, association, labels=("bug",)))
+    assert not job_runs(acknowledge()["if"], event("issue_comment", comment=("/kforge", "OWNER")))
+    assert not job_runs(acknowledge()["if"], event("issues", association="OWNER", label="kernel-request"))
+
+
+def test_the_acknowledgement_parses_then_posts_and_runs_none_of_the_issue():
+    job = acknowledge()
+    assert job["runs-on"] == "ubuntu-latest" and not self_hosted(job)
+    script = [one_line(line) for line in step(job, "Post the request's hash, or its problems")["run"].splitlines()]
+    assert script == [
+        'kforge issue parse --body-file "$RUNNER_TEMP/kforge-issue-body.md" --markdown > "$RUNNER_TEMP/kforge-parse.md" '
+        '|| true',
+        'kforge issue publish --message "$RUNNER_TEMP/kforge-parse.md" --repo "$GITHUB_REPOSITORY" --issue '
+        '"$ISSUE_NUMBER" --comment']
+    assert "kforge issue run" not in json.dumps(job)
+
+
+BODY = Path(__file__).resolve().parent / "issues" / "existing_op.md"
+
+
+def cli(capsys, *argv):
+    from kforge.cli.main import main
+
+    capsys.readouterr()
+    rc = main(list(argv))
+    out, err = capsys.readouterr()
+    return rc, out, err
+
+
+def test_parse_shows_the_hash_and_the_approval_that_runs_exactly_this_body(capsys, tmp_path):
+    from kforge.issues.approval import body_hash
+
+    digest = body_hash(BODY.read_text())
+    assert len(digest) == 12 and body_hash(BODY.read_text().replace("\n", "\r\n")) == digest
+    rc, out, _ = cli(capsys, "issue", "parse", "--body-file", str(BODY), "--markdown")
+    assert rc == 0 and f"    /kforge {digest}\n" in out and "edited request needs a new approval" in out
+    rc, out, _ = cli(capsys, "issue", "parse", "--body-file", str(BODY), "--json")
+    data = json.loads(out)
+    assert data["body_sha256"].startswith(digest) and data["approval"] == f"/kforge {digest}"
+    rc, out, _ = cli(capsys, "issue", "parse", "--body-file", str(BODY), "--approval", f"/kforge {digest}\nthanks")
+    assert rc == 0
+    edited = tmp_path / "edited.md"
+    edited.write_text(BODY.read_text().replace("4096x4096", "8192x8192"))
+    rc, out, _ = cli(capsys, "issue", "parse", "--body-file", str(edited), "--approval", f"/kforge {digest}")
+    assert rc == 1 and f"the approval is for body {digest}, but the body is now {body_hash(edited.read_text())}" in out
+
+
+@pytest.mark.parametrize("comment, message", [
+    ("/kforge", "names no body hash"),
+    ("/kforge run please", "is not 12 to 64 hex digits"),
+    ("/kforge 0123456789ab", "it was edited after the approval"),
+    ("/kforge 01234", "is not 12 to 64 hex digits"),
+    ("lgtm", "is not a `/kforge <hash>` comment"),
+])
+def test_issue_run_refuses_a_missing_or_stale_approval_before_anything_runs(comment, message, capsys, tmp_path,
+                                                                            github_fake):
+    github_fake.add_repo("octo/kernels")
+    number = github_fake.add_issue("octo/kernels", "Kernel request", BODY.read_text())
+    rc, out, err = cli(capsys, "issue", "run", "--body-file", str(BODY), "--approval", comment, "--provider", "catalog",
+                       "--repo", "octo/kernels", "--issue", str(number), "--comment", "--out", str(tmp_path / "out"))
+    assert rc == 1 and message in err and out == ""
+    assert not (tmp_path / "out").exists()  # refused before parsing, generating or writing
+    (posted,) = github_fake.state["octo/kernels"].comments[number]
+    assert posted.startswith("kforge did not start the run:") and message in posted
+    rc, _, err = cli(capsys, "issue", "run", "--body-file", str(BODY), "--expect-hash", "f" * 12, "--provider", "catalog")
+    assert rc == 1 and "edited after the approval" in err
+
+
+from github_fake import github_fake  # noqa: E402,F401 - the fixture

@@ -10,10 +10,42 @@ import os
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 from filelock import FileLock
 
 LOCK_TIMEOUT_S = 120
+# The largest JSON file kforge reads (table shards, the miss log, attempts, manifests, kernel
+# metadata). Its own largest: a shard of a few thousand records, a few MB.
+MAX_JSON_BYTES = 64 << 20
+
+
+class CorruptFile(ValueError):
+    """A file that is not what kforge writes there: too large, not UTF-8 JSON, or nested too deeply."""
+
+
+def loads_json(text: str | bytes, source: str, *, max_bytes: int | None = None) -> Any:
+    """JSON of `text` from `source` (a path, for messages). Raises CorruptFile for anything that
+    is not JSON kforge could have written: over `max_bytes`, undecodable, not JSON, or nested past
+    the interpreter's recursion limit (json raises RecursionError there, which no caller expects)."""
+    max_bytes = MAX_JSON_BYTES if max_bytes is None else max_bytes
+    if len(text) > max_bytes:
+        raise CorruptFile(f"{source}: larger than {max_bytes} bytes")
+    try:
+        return json.loads(text)
+    except RecursionError:
+        raise CorruptFile(f"{source}: nested too deeply to be a kforge file") from None
+    except ValueError as exc:  # JSONDecodeError and UnicodeDecodeError
+        raise CorruptFile(f"{source}: not valid JSON ({str(exc)[:200]})") from None
+
+
+def read_json(path: Path, *, max_bytes: int | None = None) -> Any:
+    """The JSON data of the file `path`, read at most `max_bytes` (+1 to see that it is larger).
+    Raises OSError when the file cannot be read, CorruptFile when its content is not usable JSON."""
+    max_bytes = MAX_JSON_BYTES if max_bytes is None else max_bytes
+    with open(path, "rb") as f:
+        data = f.read(max_bytes + 1)
+    return loads_json(data, str(path), max_bytes=max_bytes)
 
 
 def lock_for(path: Path) -> FileLock:

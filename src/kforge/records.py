@@ -8,11 +8,63 @@ from __future__ import annotations
 import dataclasses
 import datetime as _dt
 import math
+import re
 from typing import Any, Mapping
 
 SCHEMA_VERSION = 1
 
 Problem = tuple[int, ...]
+
+# An op's name becomes a file name (table shards, the attempts archive, persisted user ops) and a
+# torch.library name: lowercase letters, digits and _, starting with a letter, at most 64.
+OP_NAME = re.compile(r"[a-z][a-z0-9_]{0,63}")
+DEVICE_KINDS = ("cpu", "cuda")  # the device kinds kforge measures (evaluate.calibrate, roofline)
+MAX_FIELD_CHARS = 256  # a device fingerprint, an implementation id, a provider: short names
+
+
+class RecordError(ValueError):
+    """A record field that is not what kforge writes: `field` names it."""
+
+    def __init__(self, field: str, message: str):
+        self.field = field
+        super().__init__(f"{field}: {message}")
+
+
+def op_name_problem(name: Any) -> str | None:
+    """Why `name` cannot be an op's name, or None when it can."""
+    if not isinstance(name, str):
+        return f"must be a string, got {type(name).__name__}"
+    if not OP_NAME.fullmatch(name):
+        return (f"{_shown(name)} is not an op name (lowercase letters, digits and _, starting with a letter, "
+                "at most 64)")
+    return None
+
+
+def check_op_name(name: Any) -> str:
+    """`name` when it is a valid op name; RecordError("op", ...) otherwise. Every path built from
+    an op's name goes through here first."""
+    problem = op_name_problem(name)
+    if problem is not None:
+        raise RecordError("op", problem)
+    return name
+
+
+def device_problem(device: Any) -> str | None:
+    """Why `device` is not a device fingerprint of a kind kforge knows, or None when it is one."""
+    if not isinstance(device, str):
+        return f"must be a string, got {type(device).__name__}"
+    if len(device) > MAX_FIELD_CHARS or not device.isprintable():
+        return f"{_shown(device)} is not a device fingerprint (printable, at most {MAX_FIELD_CHARS} characters)"
+    parts = device.split("|")
+    if len(parts) != 5 or not parts[3].startswith("torch") or not parts[4].startswith("triton"):
+        return f"{_shown(device)} is not a device fingerprint (kind|name|capability|torchX.Y|tritonX.Y)"
+    if parts[0] not in DEVICE_KINDS:
+        return f"device kind {_shown(parts[0])} is not one of {', '.join(DEVICE_KINDS)}"
+    return None
+
+
+def _shown(text: str, limit: int = 60) -> str:
+    return repr(text if len(text) <= limit else text[:limit] + "...")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -79,8 +131,18 @@ class Domain:
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> "Domain":
-        return cls(dtypes=data.get("dtypes"), contiguous=bool(data.get("contiguous", False)),
-                   align=int(data.get("align", 1)), dims={k: tuple(v) for k, v in data.get("dims", {}).items()})
+        data = _mapping(data, "domain")
+        dtypes = data.get("dtypes")
+        if dtypes is not None:
+            dtypes = [_text(d, "domain.dtypes") for d in _sequence(dtypes, "domain.dtypes")]
+        contiguous = data.get("contiguous", False)
+        if not isinstance(contiguous, bool):
+            raise RecordError("domain.contiguous", f"must be true or false, got {contiguous!r}")
+        dims = {}
+        for name, bounds in _mapping(data.get("dims", {}), "domain.dims").items():
+            bounds = _sequence(bounds, f"domain.dims.{name}")
+            dims[_text(name, "domain.dims")] = tuple(_int(b, f"domain.dims.{name}") for b in bounds)
+        return cls(dtypes=dtypes, contiguous=contiguous, align=_int(data.get("align", 1), "domain.align"), dims=dims)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -115,8 +177,13 @@ class Evidence:
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> "Evidence":
-        return cls(dtypes=data["dtypes"], shapes=data["shapes"], seeds=data["seeds"],
-                   max_error_ratio=float(data["max_error_ratio"]))
+        data = _mapping(data, "evidence")
+        return cls(dtypes=[_text(d, "evidence.dtypes") for d in _sequence(_get(data, "dtypes", "evidence"),
+                                                                          "evidence.dtypes")],
+                   shapes=[_shape(s, "evidence.shapes") for s in _sequence(_get(data, "shapes", "evidence"),
+                                                                           "evidence.shapes")],
+                   seeds=[_int(s, "evidence.seeds") for s in _sequence(_get(data, "seeds", "evidence"), "evidence.seeds")],
+                   max_error_ratio=_number(_get(data, "max_error_ratio", "evidence"), "evidence.max_error_ratio"))
 
 
 TIMING_KINDS = ("cuda_events", "cuda_graph", "cpu_wall")
@@ -183,14 +250,87 @@ class Record:
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> "Record":
-        t = data["time_us"]
+        """The record `to_json` wrote. Every field is checked for its type (a table file may come
+        from anywhere: `kforge table --import`, KFORGE_TABLE): RecordError names the first wrong one."""
+        data = _mapping(data, "record")
+        device = _get(data, "device")
+        problem = device_problem(device)
+        if problem is not None:
+            raise RecordError("device", problem)
+        dtypes = _text(_get(data, "dtypes"), "dtypes")
+        if not _DTYPES.fullmatch(dtypes):
+            raise RecordError("dtypes", f"{_shown(dtypes)} is not a dtype signature like 'bfloat16,bfloat16'")
+        t = _mapping(_get(data, "time_us"), "time_us")
+        source_sha256 = data.get("source_sha256")
+        if source_sha256 is not None and not (isinstance(source_sha256, str) and _SHA256.fullmatch(source_sha256)):
+            raise RecordError("source_sha256", f"must be null or 64 lowercase hex digits, got {source_sha256!r}")
+        versions = {_text(k, "versions"): _text(v, "versions") for k, v in
+                    _mapping(data.get("versions", {}), "versions").items()}
         return cls(
-            key=DispatchKey(str(data["op"]), str(data["device"]), str(data["dtypes"]), tuple(int(d) for d in data["shape"])),
-            impl=str(data["impl"]), backend=str(data["backend"]),
-            p20_us=float(t["p20"]), p50_us=float(t["p50"]), p80_us=float(t["p80"]), host_us=float(data["host_us"]),
-            timing=str(data["timing"]), gbps=data.get("gbps"), tflops=data.get("tflops"),
-            ceiling_fraction=data.get("ceiling_fraction"), evidence=Evidence.from_json(data["evidence"]),
-            domain=Domain.from_json(data.get("domain", {})), source_sha256=data.get("source_sha256"),
-            provider=str(data.get("provider", "builtin")), attempt_id=data.get("attempt_id"),
-            versions=dict(data.get("versions", {})), timestamp=str(data.get("timestamp", "")),
+            key=DispatchKey(check_op_name(_get(data, "op")), device, dtypes, _shape(_get(data, "shape"), "shape")),
+            impl=_text(_get(data, "impl"), "impl"), backend=_text(_get(data, "backend"), "backend"),
+            p20_us=_number(_get(t, "p20", "time_us"), "time_us.p20"),
+            p50_us=_number(_get(t, "p50", "time_us"), "time_us.p50"),
+            p80_us=_number(_get(t, "p80", "time_us"), "time_us.p80"), host_us=_number(_get(data, "host_us"), "host_us"),
+            timing=_text(_get(data, "timing"), "timing"), gbps=_number(data.get("gbps"), "gbps", optional=True),
+            tflops=_number(data.get("tflops"), "tflops", optional=True),
+            ceiling_fraction=_number(data.get("ceiling_fraction"), "ceiling_fraction", optional=True),
+            evidence=Evidence.from_json(_get(data, "evidence")), domain=Domain.from_json(data.get("domain", {})),
+            source_sha256=source_sha256, provider=_text(data.get("provider", "builtin"), "provider"),
+            attempt_id=None if data.get("attempt_id") is None else _text(data["attempt_id"], "attempt_id"),
+            versions=versions, timestamp=_text(data.get("timestamp", ""), "timestamp"),
         )
+
+
+# -- strict readers of JSON values (a record's fields) ---------------------------------------------
+_DTYPES = re.compile(r"[a-z0-9_]+(,[a-z0-9_]+)*")
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+MAX_DIMS = 16
+MAX_ITEMS = 4096  # evidence shapes or seeds, domain dtypes: kforge writes a few dozen
+
+
+def _get(data: Mapping, name: str, parent: str | None = None) -> Any:
+    try:
+        return data[name]
+    except KeyError:
+        raise RecordError(f"{parent}.{name}" if parent else name, "is missing") from None
+
+
+def _mapping(value: Any, field: str) -> Mapping:
+    if not isinstance(value, Mapping):
+        raise RecordError(field, f"must be an object, got {type(value).__name__}")
+    return value
+
+
+def _sequence(value: Any, field: str) -> list | tuple:
+    if not isinstance(value, (list, tuple)) or len(value) > MAX_ITEMS:
+        raise RecordError(field, f"must be a list of at most {MAX_ITEMS} items, got {type(value).__name__}")
+    return value
+
+
+def _text(value: Any, field: str) -> str:
+    if not isinstance(value, str) or len(value) > MAX_FIELD_CHARS or not value.isprintable():
+        shown = _shown(value) if isinstance(value, str) else type(value).__name__
+        raise RecordError(field, f"must be printable text of at most {MAX_FIELD_CHARS} characters, got {shown}")
+    return value
+
+
+def _int(value: Any, field: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not -2**63 <= value < 2**63:
+        raise RecordError(field, f"must be a 64-bit integer, got {value!r:.60}")
+    return value
+
+
+def _number(value: Any, field: str, *, optional: bool = False) -> float | None:
+    if value is None and optional:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise RecordError(field, f"must be a finite number, got {value!r:.60}")
+    return float(value)
+
+
+def _shape(value: Any, field: str) -> Problem:
+    dims = _sequence(value, field)
+    if len(dims) > MAX_DIMS or any(_int(d, field) < 0 for d in dims):
+        raise RecordError(field, f"must be at most {MAX_DIMS} non-negative dims, got {value!r:.60}")
+    return tuple(dims)

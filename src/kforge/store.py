@@ -42,12 +42,14 @@ from kforge import paths
 from kforge.candidate import Candidate, candidate_from_module, load_module
 from kforge.device import installed_version
 from kforge.errors import KforgeError
-from kforge.files import atomic_write_bytes, fsync_dir, lock_for
+from kforge.files import atomic_write_bytes, fsync_dir, lock_for, read_json
+from kforge.records import op_name_problem
 
 if TYPE_CHECKING:
     from kforge.ops.spec import OpSpec
 
 SHA_RE = re.compile(r"[0-9a-f]{64}")
+MAX_META_BYTES = 1 << 16  # a kernel's metadata is a few hundred bytes
 META_KIND = "kforge-kernel"
 VERDICT_KIND = "kforge-verdict"
 KEY_BYTES = 32
@@ -348,12 +350,19 @@ class KernelStore:
     def _read_meta(self, sha: str, path: Path) -> StoredKernel:
         meta_path = self.meta_path(sha)
         try:
-            data: Any = json.loads(meta_path.read_text())
+            data: Any = read_json(meta_path, max_bytes=MAX_META_BYTES)
             if not isinstance(data, dict) or data.get("sha256") != sha:
                 raise ValueError("not this kernel's metadata")
-            return StoredKernel(sha256=sha, path=path, op=str(data["op"]), provider=str(data["provider"]),
-                                parent=data.get("parent"), attempt_id=data.get("attempt_id"),
-                                created=str(data.get("created", "")), versions=dict(data.get("versions", {})))
+            parent, attempt_id, versions = data.get("parent"), data.get("attempt_id"), data.get("versions", {})
+            if (op_name_problem(data.get("op")) is not None or not isinstance(data.get("provider"), str)
+                    or not (parent is None or (isinstance(parent, str) and SHA_RE.fullmatch(parent)))
+                    or not (attempt_id is None or isinstance(attempt_id, str))
+                    or not isinstance(data.get("created", ""), str) or not isinstance(versions, dict)
+                    or not all(isinstance(v, str) for v in versions.values())):
+                raise ValueError("a field has the wrong type or value")
+            return StoredKernel(sha256=sha, path=path, op=data["op"], provider=data["provider"],
+                                parent=parent, attempt_id=attempt_id,
+                                created=data.get("created", ""), versions=dict(versions))
         except FileNotFoundError:
             raise KernelIntegrityError(sha, meta_path, "its metadata file is missing") from None
         except (OSError, ValueError, KeyError, TypeError) as exc:

@@ -6,17 +6,19 @@ import sys
 from typing import Any, Iterable, Sequence
 
 from kforge.device import DeviceFingerprint
+from kforge.redact import redact, redact_data
 
 _SHORT_DTYPES = {"bfloat16": "bf16", "float16": "fp16", "float32": "fp32", "float64": "fp64"}
 
 
 def emit_json(payload: Any) -> None:
-    json.dump(payload, sys.stdout, indent=1, default=str)
+    """`payload` as JSON on stdout, every known secret value redacted (kforge.redact)."""
+    json.dump(redact_data(json.loads(json.dumps(payload, default=str))), sys.stdout, indent=1)
     sys.stdout.write("\n")
 
 
 def progress(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
+    print(redact(message), file=sys.stderr, flush=True)
 
 
 def render(headers: Sequence[str], rows: Iterable[Sequence[Any]], right: Iterable[int] = ()) -> str:

@@ -18,6 +18,7 @@ from kforge.cli._output import emit_json, render
 from kforge.errors import KforgeError
 from kforge.issues.parse import MAX_BODY_CHARS, parse_request
 from kforge.issues.request import problems_markdown
+from kforge.redact import redact, redact_data
 
 HELP = "kernel requests filed as GitHub issues: parse (and validate) an issue body"
 
@@ -32,6 +33,10 @@ def add_arguments(parser) -> None:
     # default here would overwrite the first).
     parse.add_argument("--json", action="store_true", default=argparse.SUPPRESS,
                        help="machine-readable output on stdout")
+    parse.add_argument("--markdown", action="store_true",
+                       help="print the comment to post: the body's hash and the approval that runs it, or the problems")
+    parse.add_argument("--approval", metavar="COMMENT", help="also check a maintainer's `/kforge <hash>` comment "
+                       "against the body (exit 1 when it approves another version of it)")
     parse.set_defaults(issue_run=_parse)
     run = commands.add_parser("run", help="generate kernels for a request and report (comment, pull request)",
                               description=_run.__doc__)
@@ -41,6 +46,11 @@ def add_arguments(parser) -> None:
     run.add_argument("--issue", type=int, metavar="N", help="the issue number")
     run.add_argument("--comment", action="store_true", help="post the report (or the problems) on the issue")
     run.add_argument("--pr", action="store_true", help="open a pull request with the kernels, records and report")
+    approve = run.add_mutually_exclusive_group()
+    approve.add_argument("--approval", metavar="COMMENT", help="run only if this maintainer comment, `/kforge "
+                         "<hash>`, names the hash of the body being run (`kforge issue parse` shows it)")
+    approve.add_argument("--expect-hash", metavar="HASH", help="run only if the body's sha256 starts with HASH "
+                         "(12 hex digits or more)")
     run.add_argument("--out", default=None, metavar="DIR", help="where the report and plot go (default ./kforge-issue-report)")
     run.add_argument("--rounds", type=int, default=2)
     run.add_argument("--variants", type=int, default=4)
@@ -61,6 +71,8 @@ def add_arguments(parser) -> None:
     what = post.add_mutually_exclusive_group(required=True)
     what.add_argument("--dir", metavar="DIR", help="the output directory of `kforge issue run --out DIR`")
     what.add_argument("--problems", metavar="FILE", help="the problems `kforge issue parse` printed, to post")
+    what.add_argument("--message", metavar="FILE", help="a comment `kforge issue parse --markdown` wrote, to post "
+                      "as it is")
     post.add_argument("--repo", required=True, metavar="OWNER/NAME")
     post.add_argument("--issue", required=True, type=int, metavar="N")
     post.add_argument("--comment", action="store_true", help="post the report (or the problems) on the issue")
@@ -90,25 +102,56 @@ def read_body(path: str) -> str:
 
 def _parse(args) -> int:
     """Read an issue body rendered from the Kernel request form and validate it: exit 0 with the
-    request (a table, or JSON), or exit 1 with every problem (markdown, or JSON)."""
-    request, problems = parse_request(read_body(args.body_file))
-    if args.json:
-        emit_json({"valid": request is not None, "request": request.to_json() if request else None,
-                   "problems": [p.to_json() for p in problems]})
-        return 0 if request is not None else 1
-    if request is None:
-        print(problems_markdown(problems), end="")
+    request (a table, or JSON) and the body's hash, the approval `/kforge <hash>` that runs it; or
+    exit 1 with every problem (markdown, or JSON). --approval: exit 1 too when that comment does
+    not approve this very body."""
+    from kforge.issues import approval
+
+    body = read_body(args.body_file)
+    request, problems = parse_request(body)
+    digest = approval.body_hash(body)
+    refused = None
+    if getattr(args, "approval", None) is not None:
+        try:
+            approval.check(body, comment=args.approval)
+        except approval.ApprovalError as exc:
+            refused = str(exc)
+    if getattr(args, "json", False):
+        emit_json(redact_data({"valid": request is not None, "request": request.to_json() if request else None,
+                               "problems": [p.to_json() for p in problems], "body_sha256": approval.body_sha256(body),
+                               "approval": approval.approval_command(body), "approved": None if
+                               getattr(args, "approval", None) is None else refused is None, "refused": refused}))
+        return 0 if request is not None and refused is None else 1
+    if request is None or refused is not None:
+        text = problems_markdown(problems) if request is None else ""
+        if refused is not None:
+            text += ("\n" if text else "") + f"**The run was not started**: {refused}.\n"
+        print(redact(text + f"\nBody `{digest}` (sha256 prefix).\n"), end="")
         return 1
+    if getattr(args, "markdown", False):
+        print(redact(acknowledgement(digest, problems)), end="")
+        return 0
     for p in problems:  # warnings only: the request stands
-        print(f"warning: {p.message}", file=sys.stderr)
+        print(redact(f"warning: {p.message}"), file=sys.stderr)
     rows = [["op", f"{request.op} ({'new' if request.new_op else 'existing'})"],
             ["reference", f"{len(request.reference.splitlines())} lines" if request.reference else "-"],
             ["shapes", ", ".join("x".join(map(str, s)) for s in request.shapes)],
             ["dtypes", ", ".join(request.dtypes)], ["gpu", request.gpu.value], ["goal", request.goal.value],
             ["tolerance", "-" if request.tolerance is None else f"{request.tolerance:g}"],
-            ["notes", f"{len(request.notes)} characters" if request.notes else "-"]]
-    print(render(["field", "value"], rows))
+            ["notes", f"{len(request.notes)} characters" if request.notes else "-"],
+            ["body", f"{digest} (approve with: /kforge {digest})"]]
+    print(redact(render(["field", "value"], rows)))
     return 0
+
+
+def acknowledgement(digest: str, problems) -> str:
+    """The comment posted on a valid request: its hash, and the approval that runs exactly it."""
+    text = (f"The kernel request is valid (body `{digest}`). A maintainer who has read it starts the run by "
+            f"commenting:\n\n    /kforge {digest}\n\nEditing the body changes its hash: an edited request needs a "
+            "new approval.\n")
+    if problems:
+        text += "\n" + problems_markdown(problems).split("\n", 1)[1].lstrip("\n")
+    return text
 
 
 def _run(args) -> int:
@@ -134,15 +177,24 @@ def _run(args) -> int:
                           "and --issue N")
     gh = GitHub() if repo else None
     body = read_body(args.body_file) if args.body_file else gh.issue(repo, args.issue).body
+    if getattr(args, "approval", None) is not None or getattr(args, "expect_hash", None) is not None:
+        from kforge.issues import approval
+
+        try:
+            approval.check(body, comment=args.approval, expected=args.expect_hash)
+        except approval.ApprovalError as exc:
+            if args.comment:
+                gh.comment(repo, args.issue, redact(f"kforge did not start the run: {exc}.\n"))
+            raise
     request, problems = parse_request(body)
     if request is None:
         text = problems_markdown(problems)
         if args.comment:
-            gh.comment(repo, args.issue, "kforge could not run this request:\n\n" + text)
+            gh.comment(repo, args.issue, redact("kforge could not run this request:\n\n" + text))
         if getattr(args, "json", False):
             emit_json({"valid": False, "problems": [p.to_json() for p in problems]})
         else:
-            print(text, end="")
+            print(redact(text), end="")
         return 1
     device = _args.device(args.device)
     if device == "cpu":
@@ -155,6 +207,13 @@ def _run(args) -> int:
     try:
         outcome = run_request(request, provider, settings, device=device, executor=executor, out_dir=out,
                               on_progress=progress)
+    except KforgeError as exc:  # the new op did not build: its reason (redacted) goes where a report would
+        text = redact(f"kforge could not run this request: {exc}\n")
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "report.md").write_text(text)
+        if args.comment:
+            gh.comment(repo, args.issue, text)
+        raise
     finally:
         executor.close()
         provider.close()
@@ -163,7 +222,7 @@ def _run(args) -> int:
     if getattr(args, "json", False):
         emit_json({"valid": True, **outcome.to_json(), "report": str(out / "report.md"), **links})
     else:
-        print(outcome.markdown, end="")
+        print(redact(outcome.markdown), end="")
         for what, url in links.items():
             print(f"{what}: {url or 'none (no kernel was accepted)'}", file=sys.stderr)
     return 0
@@ -192,10 +251,11 @@ def _publish(args) -> int:
     from kforge.issues.github import GitHub
 
     gh = GitHub()
-    if args.problems:
-        text = read_body(args.problems)
-        links = {"comment": gh.comment(args.repo, args.issue, "kforge could not run this request:\n\n" + text)
-                 if args.comment else None}
+    if args.problems or args.message:
+        text = read_body(args.problems or args.message)
+        if args.problems:
+            text = "kforge could not run this request:\n\n" + text
+        links = {"comment": gh.comment(args.repo, args.issue, redact(text)) if args.comment else None}
     else:
         links = _post(gh, args.repo, args.issue, Path(args.dir), args.comment, args.pr)
     if getattr(args, "json", False):

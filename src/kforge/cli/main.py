@@ -11,6 +11,7 @@ import sys
 from kforge import __version__
 from kforge.cli import attempts, bench, demo, doctor, evaluate, generate, issue, misses, table
 from kforge.errors import KforgeError
+from kforge.redact import redact
 
 COMMANDS = {"doctor": doctor, "table": table, "misses": misses, "demo": demo, "evaluate": evaluate, "bench": bench,
             "generate": generate, "attempts": attempts, "issue": issue}
@@ -39,7 +40,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.run(args) or 0)
     except KforgeError as exc:
-        print(f"kforge {args.command}: {exc}", file=sys.stderr)
+        print(redact(f"kforge {args.command}: {exc}"), file=sys.stderr)
         return 1
     except BrokenPipeError:  # `kforge table | head`
         return 0

@@ -5,19 +5,20 @@ implementation), grouped per op and key, marking with "->" the implementation th
 choose for a contiguous, 16-byte aligned call without grad, and saying why others are passed over.
 
   kforge table --export FILE   all merged records (after --op/--device filters) into one file
-  kforge table --import FILE   merge a table file's records into the user table
+  kforge table --import FILE   merge a table file's records into the user table: all or nothing,
+                               every record checked first (op name, known device kind, field types)
 A fleet shares results by exporting on one machine and importing (or naming the file in
 KFORGE_TABLE) on others.
 """
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 from kforge.cli._output import device_text, dtypes_text, emit_json, number, render, shape_text
 from kforge.ops import SPECS
+from kforge.errors import TableError
 from kforge.records import CallInfo, Record
-from kforge.files import atomic_write_json
+from kforge.files import MAX_JSON_BYTES, atomic_write_json
 from kforge.router.policy import rank
 from kforge.router.table import ScoreTable, parse_table, shard_payload
 
@@ -112,14 +113,20 @@ def export_table(args, records: list[Record]) -> int:
 
 
 def import_table(args) -> int:
-    records, skipped = parse_table(args.import_file.read_text(), str(args.import_file))
+    """All or nothing: every record of the file is checked (op name, device kind, every field's
+    type) before anything is written, and the records go only to the user table's own shards."""
+    path = args.import_file
+    try:
+        with open(path, "rb") as f:
+            data = f.read(MAX_JSON_BYTES + 1)
+    except OSError as exc:
+        raise TableError(f"cannot read {path}: {exc.strerror or exc}") from None
+    records, _ = parse_table(data, str(path), strict=True)
     records = [r for r in records if (args.op is None or r.key.op == args.op)
                and (args.device is None or args.device in r.key.device)]
     written = ScoreTable().write(records) if records else []
-    if skipped:
-        print(f"kforge table: {args.import_file}: skipped {skipped} invalid record(s)", file=sys.stderr)
     if args.json:
-        emit_json({"imported": len(records), "skipped": skipped, "shards": [str(p) for p in written]})
+        emit_json({"imported": len(records), "skipped": 0, "shards": [str(p) for p in written]})
     else:
         print(f"imported {len(records)} record(s) into {len(written)} shard(s) of the user table")
         for p in written:

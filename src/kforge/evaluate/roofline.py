@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as _dt
-import json
 import warnings
 from pathlib import Path
 from typing import Literal
@@ -34,7 +33,7 @@ import torch
 
 from kforge import paths
 from kforge.device import fingerprint
-from kforge.files import atomic_write_json, lock_for, move_aside
+from kforge.files import atomic_write_json, lock_for, move_aside, read_json
 
 SCHEMA_VERSION = 1
 LATENCY_US = 5.0
@@ -192,7 +191,7 @@ def _read(path: Path, *, lock_held: bool) -> dict[str, Ceilings]:
     """Cached entries by fingerprint; {} when absent. An unreadable file is set aside (with the
     lock held; without it, treated as empty until a locked reader sees it)."""
     try:
-        data = json.loads(path.read_text())
+        data = read_json(path)
         if data.get("schema_version") != SCHEMA_VERSION:
             raise ValueError(f"schema_version {data.get('schema_version')!r}, expected {SCHEMA_VERSION}")
         return {key: Ceilings.from_json(entry) for key, entry in data["ceilings"].items()}

@@ -9,17 +9,21 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as _dt
-import json
+import re
 import secrets
+import types
+import typing
 import warnings
 from pathlib import Path
 from typing import Any
 
 from kforge import paths
 from kforge.errors import KforgeError
-from kforge.files import atomic_write_json
+from kforge.files import atomic_write_json, read_json
+from kforge.records import check_op_name
 
 VERDICTS = ("accepted", "rejected", "error")
+_ID = re.compile(r"[0-9]{8}T[0-9]{9}-[0-9a-f]{6}")  # Archive.new_id
 
 
 class AttemptNotFound(KforgeError):
@@ -69,8 +73,27 @@ class Attempt:
 
     @classmethod
     def from_json(cls, raw: dict) -> "Attempt":
-        names = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in raw.items() if k in names})
+        """The attempt `to_json` wrote; TypeError names a missing field or one of the wrong type
+        (an attempt file is read back by `kforge attempts` and the search's lineage)."""
+        if not isinstance(raw, dict):
+            raise TypeError(f"an attempt is a JSON object, got {type(raw).__name__}")
+        hints = typing.get_type_hints(cls)
+        values = {}
+        for f in dataclasses.fields(cls):
+            if f.name not in raw:
+                raise TypeError(f"attempt field {f.name!r} is missing")
+            value, allowed = raw[f.name], _json_types(hints[f.name])
+            if not isinstance(value, allowed) or (isinstance(value, bool) and bool not in allowed):
+                raise TypeError(f"attempt field {f.name!r} has the wrong type ({type(value).__name__})")
+            values[f.name] = value
+        return cls(**values)
+
+
+def _json_types(hint) -> tuple[type, ...]:
+    """The JSON value types a field annotation admits (`float | None` -> (float, int, NoneType))."""
+    args = typing.get_args(hint) if isinstance(hint, types.UnionType) else (hint,)
+    out = tuple(typing.get_origin(a) or a for a in args)
+    return out + (int,) if float in out else out
 
 
 class Archive:
@@ -83,7 +106,10 @@ class Archive:
         return f"{now.strftime('%Y%m%dT%H%M%S')}{now.microsecond // 1000:03d}-{secrets.token_hex(3)}"
 
     def path(self, attempt: Attempt) -> Path:
-        return self.root / attempt.op / f"{attempt.id}.json"
+        """`<root>/<op>/<id>.json`: both names checked, so a path never leaves the archive."""
+        if not isinstance(attempt.id, str) or not _ID.fullmatch(attempt.id):
+            raise ValueError(f"attempt id {attempt.id!r} is not one Archive.new_id makes")
+        return self.root / check_op_name(attempt.op) / f"{attempt.id}.json"
 
     def add(self, attempt: Attempt) -> Path:
         path = self.path(attempt)
@@ -93,13 +119,13 @@ class Archive:
     def _files(self, op: str | None = None):
         if not self.root.is_dir():
             return []
-        folders = [self.root / op] if op else sorted(p for p in self.root.iterdir() if p.is_dir())
+        folders = [self.root / check_op_name(op)] if op else sorted(p for p in self.root.iterdir() if p.is_dir())
         return sorted((f for d in folders if d.is_dir() for f in d.glob("*.json")), key=lambda f: f.stem)
 
     def _read(self, path: Path) -> Attempt | None:
         try:
-            return Attempt.from_json(json.loads(path.read_text()))
-        except (OSError, ValueError, TypeError) as exc:
+            return Attempt.from_json(read_json(path))
+        except (OSError, ValueError, TypeError) as exc:  # CorruptFile is a ValueError
             warnings.warn(f"kforge: skipped the unreadable attempt file {path}: {exc}", ArchiveWarning, stacklevel=3)
             return None
 

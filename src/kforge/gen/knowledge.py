@@ -55,7 +55,7 @@ FAMILIES: dict[str, str] = {
 HEADER = re.compile(r"^### \[(?P<outcome>[a-z]+)\] (?P<title>\S.*)$")
 SCOPE_KEYS = ("gpu", "dtype", "shapes", "triton")
 EXTRA_KEYS = ("op", "measured", "recorded")
-_NAME = re.compile(r"^[A-Za-z0-9_.-]+$")
+_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}")  # a file name: no path, no leading dot
 _VERSION = re.compile(r"^\d+\.\d+$")
 
 
@@ -76,7 +76,7 @@ class Origin(str, enum.Enum):
 def family(op: str) -> str:
     """The knowledge family of `op` (its own name when it has no family)."""
     family_name = FAMILIES.get(op, op)
-    if not _NAME.match(family_name):
+    if not isinstance(family_name, str) or not _NAME.fullmatch(family_name):
         raise KnowledgeError(f"op name {op!r} cannot name a knowledge file")
     return family_name
 

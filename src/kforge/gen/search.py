@@ -22,7 +22,6 @@ import concurrent.futures
 import dataclasses
 import datetime as _dt
 import hashlib
-import json
 import math
 import secrets
 import time
@@ -33,7 +32,7 @@ import torch
 from kforge import paths
 from kforge.device import fingerprint, installed_version
 from kforge.errors import KforgeError
-from kforge.files import atomic_write_json
+from kforge.files import atomic_write_json, read_json
 from kforge.gen import extract, knowledge, prompt
 from kforge.gen.archive import Archive, Attempt
 from kforge.gen.types import Completion, GenerationContext, Message, Provider, ProviderError, Role, Usage
@@ -355,7 +354,9 @@ def _save_state(state: dict) -> None:
 def _load_state(run_id: str, op: str) -> dict:
     path = state_path(run_id)
     try:
-        state = json.loads(path.read_text())
+        state = read_json(path)
+        if not isinstance(state, dict) or not isinstance(state.get("op"), str):
+            raise ValueError("not a JSON object naming its op")
     except FileNotFoundError:
         known = sorted(p.stem for p in runs_dir().glob("*.json")) if runs_dir().is_dir() else []
         raise SearchError(f"generate --resume {run_id}: no such run under {runs_dir()}; "
@@ -376,10 +377,10 @@ def unfinished_runs(op: str | None = None) -> list[dict]:
     out = []
     for path in sorted(runs_dir().glob("*.json")) if runs_dir().is_dir() else []:
         try:
-            state = json.loads(path.read_text())
-        except (OSError, ValueError):
+            state = read_json(path)
+        except (OSError, ValueError):  # CorruptFile is a ValueError
             continue
-        if state.get("kind") == STATE_KIND and not state.get("status") and (op is None or state.get("op") == op):
+        if isinstance(state, dict) and state.get("kind") == STATE_KIND and not state.get("status") and (op is None or state.get("op") == op):
             out.append(state)
     return out
 

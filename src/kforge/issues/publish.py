@@ -18,7 +18,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from kforge.errors import KforgeError
+from kforge.files import loads_json
 from kforge.issues.github import GitHub
+from kforge.redact import redact, redact_data
 from kforge.ops.user import NAME
 from kforge.router.table import parse_table, shard_payload
 from kforge.store import KernelStore
@@ -43,8 +45,9 @@ class Published:
 def save(outcome, out_dir: Path) -> None:
     """Write what publishing needs next to the report: outcome.json, records.json, kernels/."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "report.md").write_text(outcome.markdown)
-    (out_dir / "outcome.json").write_text(json.dumps({**outcome.to_json(), "markdown": outcome.markdown}, indent=1))
+    markdown = redact(outcome.markdown)
+    (out_dir / "report.md").write_text(markdown)
+    (out_dir / "outcome.json").write_text(json.dumps(redact_data({**outcome.to_json(), "markdown": markdown}), indent=1))
     (out_dir / "records.json").write_text(json.dumps(shard_payload(None, outcome.request.op, outcome.records),
                                                      indent=1) + "\n")
     store, kernels = KernelStore(), out_dir / "kernels"
@@ -68,12 +71,12 @@ def load(out_dir: Path) -> Published:
     """The checked contents of an output directory of `kforge issue run`."""
     out_dir = Path(out_dir)
     try:
-        outcome = json.loads(_read(out_dir / "outcome.json"))
+        outcome = loads_json(_read(out_dir / "outcome.json"), str(out_dir / "outcome.json"))
         op = outcome["request"]["op"]
         markdown = outcome["markdown"]
     except (ValueError, KeyError, TypeError) as exc:
         raise PublishError(f"{out_dir}/outcome.json is not an outcome of kforge issue run ({exc})") from None
-    if not isinstance(op, str) or not NAME.match(op):
+    if not isinstance(op, str) or not NAME.fullmatch(op):
         raise PublishError(f"{out_dir}: op name {op!r} is not a valid op name")
     if not isinstance(markdown, str) or len(markdown) > 60000:
         raise PublishError(f"{out_dir}: the report is not text of at most 60000 characters")
@@ -92,10 +95,12 @@ def load(out_dir: Path) -> Published:
         source = _read(out_dir / "kernels" / f"{sha}.py")
         if hashlib.sha256(source).hexdigest() != sha:
             raise PublishError(f"{out_dir}/kernels/{sha}.py does not hash to its name")
+        if redact(source.decode("utf-8", errors="replace")) != source.decode("utf-8", errors="replace"):
+            raise PublishError(f"{out_dir}/kernels/{sha}.py holds a secret value of this runner: not published")
         kernels[f"{sha}.py"] = source
         meta = _read(out_dir / "kernels" / f"{sha}.json")
         try:
-            json.loads(meta)
+            loads_json(meta, str(out_dir / "kernels" / f"{sha}.json"))
         except ValueError:
             raise PublishError(f"{out_dir}/kernels/{sha}.json is not JSON") from None
         kernels[f"{sha}.json"] = meta
@@ -105,8 +110,8 @@ def load(out_dir: Path) -> Published:
 
 
 def comment(gh: GitHub, repo: str, number: int, published: Published) -> str:
-    """Post the report; returns the comment's URL."""
-    return gh.comment(repo, number, published.markdown)
+    """Post the report (redacted again: this runner's own secrets too); returns the comment's URL."""
+    return gh.comment(repo, number, redact(published.markdown))
 
 
 def branch_name(number: int, op: str) -> str:
@@ -127,12 +132,12 @@ def pull_request(gh: GitHub, repo: str, number: int, published: Published) -> st
                     f"kforge: {op} kernel {name[:12]} (issue #{number})")
     gh.put_file(repo, branch, f"{folder}/records.json", published.records,
                 f"kforge: {op} score-table records (issue #{number})")
-    report = published.markdown
+    report = redact(published.markdown)
     if published.plot is not None:
         gh.put_file(repo, branch, f"{folder}/{published.plot[0]}", published.plot[1], f"kforge: {op} plot (issue #{number})")
         report += f"\n![{op}]({published.plot[0]})\n"
     gh.put_file(repo, branch, f"{folder}/report.md", report.encode(), f"kforge: {op} report (issue #{number})")
     count = len(published.kernels) // 2
     body = (f"Kernels generated for #{number}: {count} kernel(s) of `{op}`.\n\n"
-            f"Import the records with `kforge table import {folder}/records.json`.\n\n" + published.markdown)
+            f"Import the records with `kforge table import {folder}/records.json`.\n\n" + report)
     return gh.pull_request(repo, branch, base, f"kforge: kernels for {op} (issue #{number})", body)

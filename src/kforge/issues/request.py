@@ -261,7 +261,7 @@ def parse_shapes(text: str) -> tuple[list[tuple[int, ...]], list[Problem]]:
             line = line[1:-1].strip().rstrip(",").strip()
         if not line:
             continue
-        if not _SHAPE.fullmatch(line) or len(line) > 200:
+        if len(line) > 200 or not _SHAPE.fullmatch(line):  # the cheap test first: lines are untrusted
             bad.append(Problem("shapes", f"line {number} {shown(line)}: expected dims like 4096x4096"))
             continue
         shape = tuple(int(d) for d in re.split(r"\s*[x×X*,]\s*", line))

@@ -33,7 +33,6 @@ import importlib.util
 import inspect
 import json
 import os
-import re
 import sys
 import threading
 from pathlib import Path
@@ -43,10 +42,11 @@ import torch
 
 from kforge import paths
 from kforge.errors import KforgeError, KforgeInputError
-from kforge.files import atomic_write_bytes
+from kforge.files import CorruptFile, atomic_write_bytes, read_json
+from kforge.records import OP_NAME
 from kforge.ops.spec import OpSpec, prod, resolution_floor
 
-NAME = re.compile(r"[a-z][a-z0-9_]{0,63}$")
+NAME = OP_NAME  # kept for callers: use NAME.fullmatch (a `$` anchor let "name\n" through)
 DEFAULT_DTYPES = (torch.bfloat16, torch.float16, torch.float32)
 _DTYPE_NAMES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32,
                 "float64": torch.float64}
@@ -69,7 +69,7 @@ RESERVED = frozenset("get_spec register is_builtin user kernelbench spec checks 
 
 
 def check_name(name: Any) -> str:
-    if not isinstance(name, str) or not NAME.match(name):
+    if not isinstance(name, str) or not NAME.fullmatch(name):
         raise UserOpError(f"op name {name!r}: lowercase letters, digits and _, starting with a letter, at most 64")
     if name in RESERVED:
         raise UserOpError(f"op name {name!r} is reserved (a name in the kforge.ops namespace)")
@@ -101,7 +101,7 @@ def _schema(name: str, schema: str) -> str:
 def _shapes(name: str, shapes) -> tuple[tuple[int, ...], ...]:
     try:
         out = tuple(tuple(int(d) for d in s) for s in shapes)
-    except TypeError:
+    except (TypeError, ValueError, OverflowError):
         raise UserOpError(f"op {name!r}: shapes must be a list of shapes like [(4096, 4096)]") from None
     if not out or any(not s or any(d < 0 for d in s) for s in out) or len({len(s) for s in out}) != 1:
         raise UserOpError(f"op {name!r}: shapes must be a non-empty list of shapes of one rank, non-negative dims")
@@ -279,7 +279,7 @@ def _manifest(spec: OpSpec, reference: Callable, make_inputs: Callable, options:
 
 
 def _write(name: str, manifest: dict) -> None:
-    folder = ops_dir() / name
+    folder = ops_dir() / check_name(name)
     folder.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(folder / "source.py", manifest.pop("source").encode())
     atomic_write_bytes(folder / "definition.json", (json.dumps(manifest, indent=1) + "\n").encode())
@@ -339,7 +339,7 @@ def persist_untrusted(name: str, kind: str, source: str, description: Any, *, sh
     rank = len(spec_shapes[0])
     dims = description.get("problem_dims")
     exact = description.get("exact_dims")
-    if (not isinstance(dims, list) or len(dims) != rank or not all(isinstance(d, str) and NAME.match(d) for d in dims)
+    if (not isinstance(dims, list) or len(dims) != rank or not all(isinstance(d, str) and NAME.fullmatch(d) for d in dims)
             or not isinstance(exact, list) or not all(d in dims for d in exact)):
         raise UserOpError(f"op {name!r}: the sandbox gave unusable problem dims")
     fixed = description.get("fixed_shapes", kind == "kernelbench")  # absent from older descriptions
@@ -414,6 +414,33 @@ def _function(module, attr: str) -> Callable:
     return getattr(fn, "__wrapped__", fn)
 
 
+MAX_MANIFEST_BYTES = 1 << 20  # a definition is a few hundred bytes; its source is a file of its own
+_MANIFEST_TYPES = {"kind": str, "schema": str, "shapes": list, "dtypes": list, "problem_dims": list,
+                   "exact_dims": list, "description": str, "fixed_shapes": bool, "tolerance_scale": (int, float),
+                   "reference": str, "make_inputs": str}
+
+
+def _manifest_problem(manifest: Any) -> str | None:
+    """Why a definition.json read from disk cannot be used, or None: its fields' types (a file kforge
+    did not write, or one rewritten by code that shares this user's files, must not crash `load`)."""
+    if not isinstance(manifest, dict):
+        return "not a JSON object"
+    for key, kind in _MANIFEST_TYPES.items():
+        if key in manifest and (not isinstance(manifest[key], kind) or isinstance(manifest[key], bool) != (kind is bool)):
+            return f"{key!r} has the wrong type ({type(manifest[key]).__name__})"
+    # A trusted KernelBench op is rebuilt from its file; every other kind is built from these fields.
+    needed = ("schema",) if manifest.get("kind") == "kernelbench" and manifest.get("trusted") is True else (
+        "schema", "shapes", "dtypes", "problem_dims", "exact_dims")
+    for key in needed:
+        if key not in manifest:
+            return f"{key!r} is missing"
+    if not all(isinstance(d, str) and d in _DTYPE_NAMES for d in manifest.get("dtypes", [])):
+        return f"dtypes must be among {', '.join(_DTYPE_NAMES)}"
+    if not all(isinstance(d, str) for d in manifest.get("problem_dims", []) + manifest.get("exact_dims", [])):
+        return "problem_dims and exact_dims must be lists of names"
+    return None
+
+
 def load(name: str):
     """Register the persisted op `name` in this process; returns its entry point. An op from an
     untrusted source runs its code only in a sandboxed worker; elsewhere its spec's code refuses."""
@@ -422,11 +449,14 @@ def load(name: str):
     with _LOCK:
         if name in ops.SPECS:
             return ops.ENTRIES[name]
-        folder = ops_dir() / name
+        folder = ops_dir() / check_name(name)  # a name from a record or a request: never a path
         try:
-            manifest = json.loads((folder / "definition.json").read_text())
-        except (OSError, ValueError) as exc:
+            manifest = read_json(folder / "definition.json", max_bytes=MAX_MANIFEST_BYTES)
+        except (OSError, CorruptFile) as exc:
             raise UserOpError(f"op {name!r} is not persisted under {ops_dir()} ({exc})") from None
+        problem = _manifest_problem(manifest)
+        if problem is not None:
+            raise UserOpError(f"op {name!r}: {folder / 'definition.json'} is not a kforge op definition: {problem}")
         if (manifest.get("trusted") is not True or REFUSE_CODE) and os.environ.get(IN_SANDBOX) != "1":
             if manifest.get("trusted") is not True:
                 return ops.register(_stub_spec(name, manifest, (folder / "source.py").read_text()))

@@ -8,13 +8,13 @@ seconds from its periodic check), so the hot path never touches the disk. The lo
 from __future__ import annotations
 
 import datetime as _dt
-import json
+import warnings
 from pathlib import Path
 
 from kforge import paths
 from kforge.device import slug
-from kforge.records import DispatchKey
-from kforge.files import atomic_write_json, file_state, lock_for, move_aside
+from kforge.records import DispatchKey, op_name_problem
+from kforge.files import atomic_write_json, file_state, lock_for, move_aside, read_json
 
 FLUSH_INTERVAL_S = 30.0
 KIND = "kforge-miss-log"
@@ -29,16 +29,38 @@ def log_path(device: str) -> Path:
     return paths.misses_dir() / f"{slug(device)}.json"
 
 
+def _entries(data) -> list[dict]:
+    """The entries of a miss log's JSON data; ValueError for anything kforge did not write (a log
+    is summed into and listed: a wrong type must not crash a flush at exit or `kforge misses`)."""
+    if not isinstance(data, dict) or data.get("kind") != KIND or data.get("version") != VERSION:
+        raise ValueError("not a kforge miss log of this version")
+    entries = data.get("entries")
+    if not isinstance(entries, list):
+        raise ValueError("entries is not a list")
+    for e in entries:
+        if not (isinstance(e, dict) and op_name_problem(e.get("op")) is None and isinstance(e.get("dtypes"), str)
+                and isinstance(e.get("shape"), list) and all(_count(d) for d in e["shape"])
+                and _count(e.get("misses")) and _count(e.get("fallbacks"))):
+            raise ValueError(f"an entry is not a miss-log entry: {str(e)[:80]}")
+    return entries
+
+
+def _count(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 2**63
+
+
 def _load(path: Path) -> dict:
     if file_state(path) is None:
         return {}
     try:
-        data = json.loads(path.read_text())
-        if data.get("kind") != KIND or data.get("version") != VERSION:
-            raise ValueError("not a kforge miss log of this version")
-        return {(e["op"], e["dtypes"], tuple(e["shape"])): e for e in data["entries"]}
-    except (ValueError, KeyError, TypeError, AttributeError, OSError):
-        move_aside(path, "corrupt")
+        return {(e["op"], e["dtypes"], tuple(e["shape"])): e for e in _entries(read_json(path))}
+    except (ValueError, OSError) as exc:  # CorruptFile is a ValueError
+        try:
+            aside = move_aside(path, "corrupt")
+        except OSError:
+            return {}
+        warnings.warn(f"kforge: miss log {path} is unreadable ({exc}); moved it to {aside.name} and started afresh",
+                      stacklevel=3)
         return {}
 
 
@@ -72,12 +94,12 @@ def read_all() -> list[dict]:
     root = paths.misses_dir()
     for path in sorted(root.glob("*.json")) if root.is_dir() else []:
         try:
-            data = json.loads(path.read_text())
-        except (ValueError, OSError):
+            data = read_json(path)
+            entries = _entries(data)
+        except (ValueError, OSError):  # set aside by the next flush to that device's log
             continue
-        if not isinstance(data, dict) or data.get("kind") != KIND:
-            continue
-        for entry in data.get("entries", []):
-            out.append({**entry, "device": data.get("device", "?")})
+        device = data.get("device")
+        for entry in entries:
+            out.append({**entry, "device": device if isinstance(device, str) else "?"})
     out.sort(key=lambda e: -(e["misses"] + e["fallbacks"]))
     return out

@@ -8,14 +8,14 @@ Shards are per (device fingerprint, op), so a process reads only the records of 
 on the device it has. A shard is `{"schema_version": 1, "kind": "kforge-score-table", "device",
 "op", "records": [...]}`.
 
-A corrupt file (not JSON, wrong structure) in a writable layer is moved aside (`<name>.corrupt-*`)
+A corrupt file (not JSON, wrong structure, over `files.MAX_JSON_BYTES`, nested deeper than the
+interpreter's recursion limit) in a writable layer is moved aside (`<name>.corrupt-*`)
 with one warning; a file of another schema version is ignored with one warning and moved aside
 only when kforge next writes that shard, so a newer kforge sharing the directory loses nothing
 until then. Either way routing carries on with the remaining layers, vendor at worst.
 """
 from __future__ import annotations
 
-import json
 import threading
 import warnings
 from pathlib import Path
@@ -24,36 +24,53 @@ from typing import Iterable, Iterator
 from kforge import paths
 from kforge.device import slug
 from kforge.errors import TableError
-from kforge.records import SCHEMA_VERSION, Record
-from kforge.files import atomic_write_json, file_state, lock_for, move_aside
+from kforge.records import SCHEMA_VERSION, Record, check_op_name
+from kforge.files import MAX_JSON_BYTES, CorruptFile, atomic_write_json, file_state, loads_json, lock_for, move_aside
 
 KIND = "kforge-score-table"
+
+
+def _read_bytes(path: Path) -> bytes:
+    """A table file's bytes, MAX_JSON_BYTES at most (+1: parse_table then calls it corrupt)."""
+    with open(path, "rb") as f:
+        return f.read(MAX_JSON_BYTES + 1)
 
 
 class TableWarning(UserWarning):
     """A table file was set aside or ignored; routing carries on without it."""
 
 
-def parse_table(text: str, source: str) -> tuple[list[Record], int]:
+def parse_table(text: str | bytes, source: str, *, strict: bool = False) -> tuple[list[Record], int]:
     """Records in a table file's text, and how many invalid records were skipped.
 
-    Raises TableError for a file that is not a kforge table of this schema version."""
+    Raises TableError for a file that is not a kforge table of this schema version: not JSON, larger
+    than MAX_JSON_BYTES, nested too deeply, or of the wrong structure. `strict`: an invalid record
+    is a TableError too, naming every such record (by index and op) and its first wrong field."""
     try:
-        data = json.loads(text)
-    except ValueError as exc:
-        raise TableError(f"{source}: not valid JSON ({exc})") from None
+        data = loads_json(text, source)
+    except CorruptFile as exc:
+        raise TableError(str(exc)) from None
     if not isinstance(data, dict) or data.get("kind", KIND) != KIND or not isinstance(data.get("records"), list):
         raise TableError(f"{source}: not a kforge score table")
     version = data.get("schema_version")
     if version != SCHEMA_VERSION:
-        raise ForeignVersion(f"{source}: schema_version {version!r}, this kforge reads {SCHEMA_VERSION}")
-    records, skipped = [], 0
-    for raw in data["records"]:
+        raise ForeignVersion(f"{source}: schema_version {version!r:.40}, this kforge reads {SCHEMA_VERSION}")
+    records, invalid = [], []
+    for index, raw in enumerate(data["records"]):
         try:
             records.append(Record.from_json(raw))
-        except (KeyError, TypeError, ValueError):
-            skipped += 1
-    return records, skipped
+        except (KeyError, TypeError, ValueError, AttributeError, OverflowError) as exc:
+            invalid.append((index, raw, exc))
+    if strict and invalid:
+        shown = [f"record {i}{_op_of(raw)}: {exc}" for i, raw, exc in invalid[:10]]
+        more = f"; and {len(invalid) - 10} more" if len(invalid) > 10 else ""
+        raise TableError(f"{source}: {len(invalid)} invalid record(s): " + "; ".join(shown) + more)
+    return records, len(invalid)
+
+
+def _op_of(raw) -> str:
+    op = raw.get("op") if isinstance(raw, dict) else None
+    return f" (op {op[:40]!r})" if isinstance(op, str) else ""
 
 
 class ForeignVersion(TableError):
@@ -80,6 +97,9 @@ class Layer:
         self.writable = writable
 
     def path(self, device: str, op: str) -> Path:
+        """The shard of (device, op). The op must be a valid op name (RecordError otherwise): it
+        becomes a file name, and `../x` or `/etc/x` must never reach one."""
+        check_op_name(op)
         return self.root if self.single_file else self.root / slug(device) / f"{op}.json"
 
     def files(self) -> list[Path]:
@@ -159,7 +179,7 @@ class ScoreTable:
         if hit is not None and hit[0] == state:
             return hit[1]
         try:
-            records, skipped = parse_table(path.read_text(), str(path))
+            records, skipped = parse_table(_read_bytes(path), str(path))
         except ForeignVersion as exc:
             self._warn(path, state, f"kforge: ignoring score table {exc}; routing continues without it")
             records = []
@@ -188,7 +208,7 @@ class ScoreTable:
             if state is None:
                 return  # another process already set it aside
             try:
-                parse_table(path.read_text(), str(path))
+                parse_table(_read_bytes(path), str(path))
                 return  # repaired meanwhile by a writer
             except ForeignVersion:
                 return
@@ -216,9 +236,10 @@ class ScoreTable:
         groups: dict[tuple[str, str], list[Record]] = {}
         for record in records:
             groups.setdefault((record.key.device, record.key.op), []).append(record)
+        shards = {group: layer.path(*group) for group in groups}  # every op name checked before any write
         written = []
         for (device, op), group in groups.items():
-            path = layer.path(device, op)
+            path = shards[(device, op)]
             with lock_for(path):
                 merged = {r.ident: r for r in self._existing_for_write(path)}
                 for r in group:  # the newest measurement wins, whatever order files arrive in
@@ -236,7 +257,7 @@ class ScoreTable:
         if file_state(path) is None:
             return []
         try:
-            records, _ = parse_table(path.read_text(), str(path))
+            records, _ = parse_table(_read_bytes(path), str(path))
             return records
         except ForeignVersion as exc:
             aside = move_aside(path, "foreign")
