@@ -50,7 +50,29 @@ def expectations() -> dict[str, tuple[str, str]]:
     out = {name: (op, f"static:{rule.value}") for name, (op, rule) in corpus.STATIC.items()}
     for table in (corpus.DYNAMIC, corpus.GPU_ONLY):
         out.update({name: (op, check.value) for name, (op, check, _, _) in table.items()})
+    # Dynamic cheats the allow-list stops too: through the harness the static layer rejects them
+    # first (tests/test_adversarial.py holds `verify` to its own check on each, on the CPU).
+    out.update({name: (corpus.DYNAMIC[name][0], f"static:{rule.value}") for name, rule in corpus.ALSO_STATIC.items()})
     return out
+
+
+# Honest seeds, evaluated as any candidate is (sandboxed worker, every check): must be accepted.
+HONEST = {"rms_norm_rowwise": "rms_norm", "softmax_online": "softmax", "fused_add_rms_norm_rowwise": "fused_add_rms_norm"}
+
+
+def run_honest(executor) -> list[dict]:
+    from kforge.evaluate.harness import evaluate_source
+
+    rows = []
+    for name, op in HONEST.items():
+        source = (HERE.parent / "src" / "kforge" / "catalog" / f"{name}.py").read_text()
+        start = time.monotonic()
+        result = evaluate_source(source, op, device="cuda", dtypes=[torch.bfloat16], timing_shapes=[timing_shape(op)],
+                                 executor=executor, provider="seed", record=False, timeout_s=300.0)
+        rows.append({"seed": name, "op": op, "verdict": result.verdict, "reason": result.reason[:400],
+                     "seconds": round(time.monotonic() - start, 1)})
+        print(f"honest {name:28s} {result.verdict:9s} {result.reason[:120]}", flush=True)
+    return rows
 
 
 def run_corpus(only: list[str]) -> list[dict]:
@@ -61,6 +83,7 @@ def run_corpus(only: list[str]) -> list[dict]:
 
     rows = []
     with LocalPoolExecutor() as executor:
+        honest = run_honest(executor) if not only else []
         for name, (op, expected) in sorted(expectations().items()):
             if only and name not in only:
                 continue
@@ -80,7 +103,7 @@ def run_corpus(only: list[str]) -> list[dict]:
                          "check": result.check, "reason": result.reason[:400], "case_detail": result.case,
                          "rejected_for_its_reason": ok, "seconds": round(time.monotonic() - start, 1)})
             print(f"{name:24s} {result.verdict:9s} {str(result.check):28s} {'ok' if ok else 'MISMATCH'}", flush=True)
-    return rows
+    return rows, honest
 
 
 def side_stream() -> dict:
@@ -126,8 +149,14 @@ def main() -> int:
           f"{stream['kforge_events_p50_us']:.1f} us, synchronized wall {stream['kforge_wall_us']:.1f} us, "
           f"escaped_stream={stream['escaped_stream_detected']}, roofline floor {stream['roofline_floor_us']:.1f} us, "
           f"beats it: {stream['beats_roofline_floor']}", flush=True)
-    rows = run_corpus(args.only)
+    from kforge.evaluate.isolation import probe
+
+    isolation = probe()
+    print(f"isolation: {isolation.level.value} ({isolation.bwrap}, {isolation.version})", flush=True)
+    rows, honest = run_corpus(args.only)
     payload = {"benchmark": "adversarial_gpu", "environment": environment(), "corpus": rows,
+               "isolation": {"level": isolation.level.value, "bwrap": isolation.bwrap, "version": isolation.version},
+               "honest_seeds": honest, "all_honest_accepted": all(r["verdict"] == "accepted" for r in honest),
                "all_rejected_for_their_reason": all(r["rejected_for_its_reason"] for r in rows),
                "side_stream": stream}
     path = write_json("adversarial-gpu.json", payload, subdir=gpu_dir())

@@ -182,7 +182,8 @@ def test_dynamic_cheat_passes_static_checks_and_is_rejected_for_its_reason(name)
 # Dynamic cheats the allow-list now stops too (module state: a cache, a counter, a lookup table):
 # the static rule must fire, and `verify` must still reject them alone (layers that each hold).
 ALSO_STATIC = {name: Rule.GLOBAL_STATE for name in
-               ("cached_output", "shape_table", "replay_data_ptr", "replay_content", "nondeterministic")}
+               ("cached_output", "shape_table", "replay_data_ptr", "replay_content", "nondeterministic",
+                "verify_replay_unless_nan", "verify_output_ring")}
 
 
 def rejected_for_its_reason(name, op, check, extra, holds, device) -> None:

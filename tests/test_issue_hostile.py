@@ -188,7 +188,6 @@ def test_an_escaping_reference_leaks_no_secret_value(escaping_request):
     assert "own environment:" in proc_stderr and "_API_KEY" not in proc_stderr.split("own environment:")[1]
 
 
-@pytest.mark.xfail(strict=False, reason="needs the bwrap sandbox (issue 14 layer 2)")
 def test_an_escaping_reference_cannot_read_the_parent_or_write_outside(escaping_request):
     """What only isolation gives: a secret encoded past redaction (reversed) never leaves, because
     the worker cannot read its parent's environment; $HOME is not there to list; the marker path
