@@ -16,5 +16,5 @@ bwrap --ro-bind / / --dev /dev --unshare-all --die-with-parent true && echo "bwr
 python3 -m kforge.cli.main doctor 2>&1 | grep -i -A4 isolation | head -8
 timeout 150 python3 benchmarks/isolation_cost.py --device cuda --n ${ISO_N:-8} --out "$OUT/isolation-cost-gpu.json" 2>&1 | tail -8
 timeout ${ADV_TIMEOUT:-400} python3 benchmarks/adversarial_gpu.py 2>&1 | tail -90
-cp benchmarks/results/h*/adversarial-gpu.json "$OUT"/ 2>/dev/null
+for d in benchmarks/results/h200 benchmarks/results/h100; do [ -f $d/adversarial-gpu.json ] && [ $d/adversarial-gpu.json -nt benchmarks/gpu_trust.sh ] && cp $d/adversarial-gpu.json "$OUT"/; done
 true
