@@ -3,7 +3,7 @@ function bodies and `importlib.import_module("...")` calls included):
 
 - the runtime (ops, backends, router, records, device, paths, errors, testing, the package
   __init__) never imports the offline side (gen, evaluate, cli, compile, issues), an LLM SDK or Ray;
-- op spec modules (kforge/ops/<name>.py, not the package __init__ that wires them) never import the
+- op spec modules (kforge/specs/) never import the
   router or the backends;
 - backends never import the router.
 One exception, by design: the package __init__ is the public facade and `kforge.explain` imports
@@ -23,7 +23,7 @@ import kforge
 SRC = Path(kforge.__file__).resolve().parent  # src/kforge
 OFFLINE = ("kforge.gen", "kforge.evaluate", "kforge.cli", "kforge.compile", "kforge.issues",
            "anthropic", "openai", "ray")
-RUNTIME = ("kforge.ops", "kforge.ops.*", "kforge.backends", "kforge.backends.*", "kforge.router",
+RUNTIME = ("kforge.ops", "kforge.ops.*", "kforge.specs", "kforge.specs.*", "kforge.userops", "kforge.userops.*", "kforge.backends", "kforge.backends.*", "kforge.router",
            "kforge.router.*", "kforge.store", "kforge.store.*", "kforge.checks", "kforge.checks.*", "kforge.candidate", "kforge.catalog",
            "kforge.catalog.*", "kforge.files", "kforge.records", "kforge.device",
            "kforge.paths", "kforge.errors", "kforge.redact", "kforge.testing", "kforge")
@@ -84,7 +84,7 @@ def violations(root: Path) -> list[tuple[str, str, str]]:
         rules = []
         if matches(module, RUNTIME):
             rules.append(("runtime imports the offline side", OFFLINE))
-        if module.startswith("kforge.ops.") and path.name != "__init__.py":
+        if module.startswith("kforge.specs"):
             rules.append(("op spec module imports router/backends", ("kforge.router", "kforge.backends")))
         if within(module, ("kforge.backends",)):
             rules.append(("backend imports the router", ("kforge.router",)))
@@ -135,9 +135,9 @@ def fake_tree(tmp_path):
     root = tmp_path / "kforge"
     files = {
         "__init__.py": "from kforge import ops\n",
-        "ops/__init__.py": "from kforge.router.entry import register_op\n",  # allowed: wires ops
-        "ops/good.py": "import torch\nfrom kforge.ops import checks\nfrom . import spec\n",
-        "ops/bad.py": "def f():\n    from ..router import dispatch\n    import kforge.backends.vendor\n",
+        "ops/__init__.py": "from kforge.ops.entry import register_op\n",  # allowed: wires ops
+        "specs/good.py": "import torch\nfrom kforge.specs import checks\nfrom . import spec\n",
+        "specs/bad.py": "def f():\n    from ..router import dispatch\n    import kforge.backends.vendor\n",
         "backends/__init__.py": "",
         "backends/bad.py": "if True:\n    from kforge.router.table import ScoreTable\n",
         "router/__init__.py": "",
@@ -155,8 +155,8 @@ def fake_tree(tmp_path):
 def test_checker_finds_every_offence(fake_tree):
     found = {(module, name) for module, name, _ in violations(fake_tree)}
     assert found == {
-        ("kforge.ops.bad", "kforge.router.dispatch"),
-        ("kforge.ops.bad", "kforge.backends.vendor"),
+        ("kforge.specs.bad", "kforge.router.dispatch"),
+        ("kforge.specs.bad", "kforge.backends.vendor"),
         ("kforge.backends.bad", "kforge.router.table.ScoreTable"),
         ("kforge.router.dispatch", "anthropic"),
         ("kforge.router.dispatch", "kforge.gen"),
