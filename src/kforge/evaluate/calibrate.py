@@ -114,7 +114,8 @@ def calibrate(spec: OpSpec, shape, dtype: torch.dtype, device, backends: Iterabl
     return records
 
 
-def verify(spec: OpSpec, fn: Callable, shape, dtype: torch.dtype, device, seeds: Iterable[int]) -> tuple[float, str | None]:
+def verify(spec: OpSpec, fn: Callable, shape, dtype: torch.dtype, device,
+           seeds: Iterable[int]) -> tuple[float, str | None]:
     """(worst error/budget ratio over seeds, None) when `fn` is correct on `shape` for every seed;
     (inf, why) at the first failure."""
     worst = 0.0

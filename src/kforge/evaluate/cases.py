@@ -125,7 +125,8 @@ def many_rows_shape(public: Sequence[Shape]) -> Shape | None:
     return None if base is None else (MANY_ROWS,) + tuple(base[1:])
 
 
-def build(spec: OpSpec, device, dtypes, shape_sets, shapes, seeds, secret, layouts, long_row, many_rows, count, timed=()):
+def build(spec: OpSpec, device, dtypes, shape_sets, shapes, seeds, secret, layouts, long_row, many_rows, count,
+          timed=()):
     """Cases grouped per (dtype, shape); each group's first case carries the replay trials."""
     if shapes is not None:
         public = [tuple(s) for s in shapes]

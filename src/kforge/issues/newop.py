@@ -27,8 +27,8 @@ class NewOpError(KforgeError):
 
 def define_untrusted(name: str, kind: OpKind, source: str, shapes, dtypes, *, tolerance_scale: float = 1.0,
                      timeout_s: float = 120.0, memory_mb: int = 6144):
-    """Register (and persist) op `name` from untrusted `source` (a KernelBench-style file, or a
-    function file: `reference(...)` plus `make_inputs(shape, dtype, device, seed)`), its error budget scaled by
+    """Register (and persist) op `name` from untrusted `source` (`kind`: a KernelBench-style file, or
+    `reference(...)` plus `make_inputs(shape, dtype, device, seed)`), its error budget scaled by
     `tolerance_scale` (a request's tolerance); returns its OpSpec."""
     check_name(name)
     if name in SPECS or name in persist.persisted():

@@ -18,12 +18,12 @@ import torch
 from kforge.device import fingerprint
 from kforge.issues.request import KernelRequest
 from kforge.ops import get_spec, is_builtin
+from kforge.router.table import ScoreTable
 from kforge.specs import OpSpec
 from kforge.userops import load, persist
 from kforge.userops.build import OpKind
 from kforge.userops.kernelbench import kernelbench_problems
 from kforge.userops.untrusted import Trust
-from kforge.router.table import ScoreTable
 
 
 @dataclasses.dataclass

@@ -63,5 +63,9 @@ def __getattr__(name: str) -> Callable:
     raise AttributeError(f"module 'kforge.ops' has no attribute {name!r}")
 
 
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(ENTRIES))  # user ops registered here are attributes too
+
+
 __all__ = ["ENTRIES", "SPECS", "OpSpec", "get_spec", "is_builtin", "register", "rms_norm", "fused_add_rms_norm",
            "softmax", "silu_and_mul", "topk_softmax", "cross_entropy", "layer_norm", "rotary_embedding", "gemv"]
