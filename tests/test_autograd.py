@@ -12,7 +12,7 @@ import torch
 
 import kforge
 from kforge.ops import SPECS
-from kforge.ops.spec import to_dtype
+from kforge.specs import to_dtype
 
 ENTRIES = ("eager", "torch_ops")
 

@@ -11,8 +11,8 @@ import torch.nn.functional as F
 from blocks import MoEBlock
 from kforge.compile.backend import Options
 from kforge.compile.rewrite import rewrite
-from kforge.ops.cross_entropy import SPEC as CROSS_ENTROPY
-from kforge.ops.topk_softmax import SPEC as TOPK_SOFTMAX
+from kforge.specs.cross_entropy import SPEC as CROSS_ENTROPY
+from kforge.specs.topk_softmax import SPEC as TOPK_SOFTMAX
 
 DTYPES = (torch.float32, torch.bfloat16)
 

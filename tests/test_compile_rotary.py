@@ -21,7 +21,7 @@ from blocks import LlamaBlocks, apply_rotary_pos_emb, rotate_half
 from kforge.compile.backend import Options
 from kforge.compile.graph import canon
 from kforge.compile.rewrite import rewrite
-from kforge.ops.rotary_embedding import reference, vendor
+from kforge.specs.rotary_embedding import reference, vendor
 
 BATCH, SEQ, HEADS, KV_HEADS, HEAD_DIM = 2, 5, 4, 2, 16
 BF16_ULP = 2.0 ** -8  # bf16's spacing just above 1

@@ -83,14 +83,14 @@ BAD_NAMES = ["/etc/passwd", "../escape", "a/b", "x" * 300, "rms\x00norm", "rms_n
 @pytest.mark.parametrize("op", BAD_NAMES)
 def test_no_path_is_built_from_a_name_that_is_not_an_op_name(op, tmp_path):
     from kforge.gen.archive import Archive
-    from kforge.ops import user
+    from kforge.userops import build, load
 
     with pytest.raises(RecordError, match="op"):
         Layer("user", tmp_path, single_file=False, writable=True).path(cpu_device(), op)
     with pytest.raises(ValueError):
         Archive(tmp_path).path(type("A", (), {"op": op, "id": Archive.new_id()})())
-    with pytest.raises(user.UserOpError, match="op name"):
-        user.load(op)
+    with pytest.raises(build.UserOpError, match="op name"):
+        load.load(op)
     assert every_file(tmp_path) == set()
 
 
@@ -208,7 +208,7 @@ def test_nested_or_mistyped_attempts_are_skipped_with_a_warning(tmp_path):
 
 
 def test_a_nested_or_mistyped_user_op_manifest_is_a_clear_error(kforge_home):
-    from kforge.ops import user
+    from kforge.userops import build, load
 
     for i, text in enumerate((NESTED, json.dumps({"kind": "function", "schema": 3, "shapes": "x"}),
                               json.dumps({"kind": "function", "trusted": True, "schema": "(Tensor x) -> Tensor",
@@ -218,8 +218,8 @@ def test_a_nested_or_mistyped_user_op_manifest_is_a_clear_error(kforge_home):
         folder.mkdir(parents=True)
         (folder / "definition.json").write_text(text)
         (folder / "source.py").write_text("raise SystemExit('must not run')\n")
-        with pytest.raises(user.UserOpError, match=f"hostile_{i}"):
-            user.load(f"hostile_{i}")
+        with pytest.raises(build.UserOpError, match=f"hostile_{i}"):
+            load.load(f"hostile_{i}")
 
 
 def test_nested_or_mistyped_kernel_metadata_is_an_integrity_error(kforge_home):

@@ -29,7 +29,7 @@ from kforge.errors import KforgeInputError
 from kforge.evaluate import harness
 from kforge.evaluate.correctness import LONG_ROW, verify
 from kforge.evaluate.executors import LocalPoolExecutor
-from kforge.ops.cross_entropy import SPEC, fake, make_inputs, problem, reference, vendor
+from kforge.specs.cross_entropy import SPEC, fake, make_inputs, problem, reference, vendor
 from kforge.testing import assert_matches_reference, compare
 
 DTYPES = (torch.bfloat16, torch.float16, torch.float32, torch.float64)

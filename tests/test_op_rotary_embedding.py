@@ -26,7 +26,7 @@ from kforge.errors import KforgeInputError
 from kforge.evaluate import harness
 from kforge.evaluate.correctness import verify
 from kforge.evaluate.executors import LocalPoolExecutor
-from kforge.ops.rotary_embedding import (MODEL_ROPE, SPEC, cos_sin_table, make_inputs, max_positions, reference,
+from kforge.specs.rotary_embedding import (MODEL_ROPE, SPEC, cos_sin_table, make_inputs, max_positions, reference,
                                          rope_config, vendor)
 from kforge.store import KernelStore
 from kforge.testing import compare

@@ -23,7 +23,7 @@ from kforge.errors import KforgeInputError
 from kforge.evaluate import harness
 from kforge.evaluate.correctness import LONG_ROW, verify
 from kforge.evaluate.executors import LocalPoolExecutor
-from kforge.ops.silu_and_mul import SPEC, fake, make_inputs, problem, reference, vendor
+from kforge.specs.silu_and_mul import SPEC, fake, make_inputs, problem, reference, vendor
 from kforge.store import KernelStore
 from kforge.testing import assert_matches_reference, compare
 

@@ -14,8 +14,8 @@ from kforge.catalog import seeds
 from kforge.errors import KforgeInputError
 from kforge.evaluate import harness
 from kforge.evaluate.executors import LocalPoolExecutor
-from kforge.ops.spec import OutputMismatch
-from kforge.ops.topk_softmax import MODEL_ROUTING, SPEC, routing
+from kforge.specs import OutputMismatch
+from kforge.specs.topk_softmax import MODEL_ROUTING, SPEC, routing
 from kforge.testing import compare
 
 DTYPES = (torch.bfloat16, torch.float16, torch.float32, torch.float64)

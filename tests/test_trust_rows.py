@@ -22,8 +22,10 @@ from kforge.candidate import load_candidate
 from kforge.errors import KforgePinError
 from kforge.evaluate.correctness import Check, secret_shapes_of, verify
 from kforge.evaluate.static import check_source
-from kforge.ops import get_spec, kernelbench, user
-from kforge.ops.user import UserOpError
+from kforge.ops import get_spec
+from kforge.userops import kernelbench
+from kforge.userops.build import OpKind, UserOpError
+from kforge.userops.untrusted import persist_untrusted
 from kforge.records import Evidence, Record
 from kforge.router.key import call_info
 from kforge.store import KernelStore
@@ -181,11 +183,11 @@ def test_descriptions_without_fixed_shapes_keep_their_old_meaning(kforge_home):
            "problem_dims": ["d0", "d1"], "exact_dims": ["d1"]}  # what a kforge before issue 14 described
     for described, fixed in ((old, True), ({**old, "fixed_shapes": False}, False)):
         name = fresh("kb_described")
-        user.persist_untrusted(name, "kernelbench", source, {**described, "schema": f"{name}(Tensor in0) -> Tensor"},
-                               shapes=[(8, 64)], dtypes=["float32"])
+        persist_untrusted(name, OpKind.KERNELBENCH, source, {**described, "schema": f"{name}(Tensor in0) -> Tensor"},
+                          shapes=[(8, 64)], dtypes=["float32"])
         assert json.loads((kforge_home / "ops" / name / "definition.json").read_text())["fixed_shapes"] is fixed
         assert get_spec(name).fixed_shapes is fixed  # the stub this process loads
     name = fresh("kb_described")
     with pytest.raises(UserOpError, match="unusable fixed_shapes"):
-        user.persist_untrusted(name, "kernelbench", source, {**old, "schema": f"{name}(Tensor in0) -> Tensor",
-                                                             "fixed_shapes": "no"}, shapes=[(8, 64)], dtypes=["float32"])
+        persist_untrusted(name, OpKind.KERNELBENCH, source, {**old, "schema": f"{name}(Tensor in0) -> Tensor",
+                                                              "fixed_shapes": "no"}, shapes=[(8, 64)], dtypes=["float32"])

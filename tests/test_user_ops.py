@@ -15,8 +15,8 @@ from helpers import fake_openai, unique_op_name as fresh
 
 import kforge
 import user_op_defs
-from kforge.ops import kernelbench, user
-from kforge.ops.user import UserOpError
+from kforge.userops import define, kernelbench, persist
+from kforge.userops.build import UserOpError
 
 HERE = Path(__file__).resolve().parent
 KERNELBENCH = HERE / "kernelbench" / "scaled_gelu_rowsum.py"
@@ -99,6 +99,31 @@ def test_a_persisted_op_is_loaded_by_name_in_another_process(kforge_home):
         f"x = torch.arange(-3.0, 3.0)\n"
         f"print(kforge.ops.{name}(x, 2.0).tolist(), kforge.ops.get_spec('{name}').description)\n", kforge_home)
     assert out.strip() == "[0.0, 0.0, 0.0, 0.0, 2.0, 4.0] relu, scaled"
+
+
+def test_which_persisted_code_runs_is_the_callers_trust(kforge_home):
+    """No process-wide flag: an issue runner passes Trust.NO_CODE and a trusted op's file is refused
+    without running; Trust.SANDBOX is refused outside a sandboxed worker; the default, this
+    process's own trust, runs the user's op."""
+    name = fresh("scaled_relu")
+    kforge.define_op(name, "(Tensor x, float scale) -> Tensor", user_op_defs.reference, user_op_defs.make_inputs,
+                     shapes=[(8, 32)], description="relu, scaled")
+    out = run_elsewhere(
+        "import sys, kforge\n"
+        "from kforge.userops import load\n"
+        "from kforge.userops.build import UntrustedCodeError, UserOpError\n"
+        "from kforge.userops.untrusted import Trust\n"
+        "for trust, error in ((Trust.NO_CODE, UserOpError), (Trust.SANDBOX, UntrustedCodeError)):\n"
+        "    try:\n"
+        f"        load.load('{name}', trust)\n"
+        "    except error as exc:\n"
+        "        print(trust.name, 'refused:', exc)\n"
+        f"print('ran' if 'kforge_user_ops.{name}' in sys.modules else 'did not run')\n"
+        f"print(kforge.ops.get_spec('{name}').description)\n", kforge_home)
+    lines = out.strip().splitlines()
+    assert lines[0].startswith("NO_CODE refused:") and "runs no user-op code" in lines[0], lines
+    assert lines[1].startswith("SANDBOX refused:"), lines
+    assert lines[2:] == ["did not run", "relu, scaled"], lines
 
 
 @pytest.mark.parametrize("args, message", [
@@ -201,7 +226,7 @@ def test_a_file_that_defines_its_ops_at_top_level_loads_them_once_elsewhere(kfor
 
     spec = importlib.util.spec_from_file_location(f"self_defining_{name}", HERE / "user_op_files" / "self_defining.py")
     spec.loader.exec_module(importlib.util.module_from_spec(spec))
-    assert set(user.persisted()) >= {name, name + "_neg"}
+    assert set(persist.persisted()) >= {name, name + "_neg"}
     out = run_elsewhere(
         "import torch, kforge\n"
         f"print(kforge.ops.{name}(torch.ones(2)).tolist(), kforge.ops.{name}_neg(torch.ones(2)).tolist())\n",
@@ -219,14 +244,14 @@ def test_a_persisted_name_is_not_overwritten_unless_asked(kforge_home):
     ops_module.SPECS.pop(name)  # as another process would see it: persisted, not registered here
     try:
         with pytest.raises(UserOpError, match="already persisted"):
-            user.define_op(name, "(Tensor x) -> Tensor", user_op_defs.two_outputs, user_op_defs.one_input,
-                           shapes=[(4, 8)])
+            define.define_op(name, "(Tensor x) -> Tensor", user_op_defs.two_outputs, user_op_defs.one_input,
+                             shapes=[(4, 8)])
         assert (kforge_home / "ops" / name / "definition.json").read_text() == before
     finally:
         ops_module.SPECS[name] = ops_module.ENTRIES[name].spec
 
 
-@pytest.mark.parametrize("name", ["get_spec", "register", "user"])
+@pytest.mark.parametrize("name", ["get_spec", "register", "user", "registry", "library", "entry"])
 def test_names_of_the_ops_namespace_are_reserved(name):
     with pytest.raises(UserOpError, match="reserved"):
         kforge.define_op(name, "(Tensor x) -> Tensor", user_op_defs.two_outputs, user_op_defs.one_input,

@@ -13,23 +13,19 @@ from kforge import ops
 from kforge.errors import KforgeError, KforgeInputError, KforgePinError, UnknownNameError
 from kforge.router import pins as _pins
 from kforge.router.dispatch import ROUTER as _ROUTER
-
-__version__ = "0.1.0"
+from kforge.userops import define as _define
+from kforge.version import __version__
 
 
 def define_op(name: str, schema: str, reference, make_inputs, *, shapes, **options):
     """Register an op from a PyTorch reference: routed, logged and generated for like a built-in
-    one, and persisted so other processes load it by name (`kforge.ops.user`)."""
-    from kforge.ops import user
-
-    return user.define_op(name, schema, reference, make_inputs, shapes=shapes, **options)
+    one, and persisted so other processes load it by name (`kforge.userops`)."""
+    return _define.define_op(name, schema, reference, make_inputs, shapes=shapes, **options)
 
 
 def op(schema: str, make_inputs, *, shapes, name: str | None = None, **options):
     """Decorator form of `define_op`: the decorated function is the reference."""
-    from kforge.ops import user
-
-    return user.op(schema, make_inputs, shapes=shapes, name=name, **options)
+    return _define.op(schema, make_inputs, shapes=shapes, name=name, **options)
 
 
 def use(op: str, impl: str):

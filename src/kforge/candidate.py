@@ -26,15 +26,13 @@ import sys
 import threading
 import types
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Mapping
+from typing import Any, Callable, Mapping
 
 import torch
 
 from kforge.errors import KforgeError
 from kforge.records import Domain
-
-if TYPE_CHECKING:
-    from kforge.ops.spec import OpSpec
+from kforge.specs import OpSpec
 
 DOMAIN_KEYS = ("dtypes", "contiguous", "align", "dims")
 
@@ -61,7 +59,7 @@ class _VerifiedSourceLoader(importlib.abc.Loader):
         self.path = path
         self.source = source
 
-    def create_module(self, spec):
+    def create_module(self, spec: OpSpec):
         return None  # the default module object
 
     def exec_module(self, module) -> None:
@@ -161,7 +159,7 @@ def parse_domain(raw: Any, where: str = "DOMAIN") -> Domain:
         raise CandidateError(f"{where}: {exc}") from None
 
 
-def check_against_spec(domain: Domain, forward: Callable, spec: "OpSpec", where: str) -> None:
+def check_against_spec(domain: Domain, forward: Callable, spec: OpSpec, where: str) -> None:
     """The candidate fits `spec`: forward takes the op's arguments, DOMAIN names its dims and
     gives one dtype per tensor argument."""
     try:
@@ -181,7 +179,7 @@ def check_against_spec(domain: Domain, forward: Callable, spec: "OpSpec", where:
                                  f"argument of {spec.name} ({len(spec.tensor_args)})")
 
 
-def candidate_from_module(module: types.ModuleType, spec: "OpSpec | None" = None) -> Candidate:
+def candidate_from_module(module: types.ModuleType, spec: OpSpec | None = None) -> Candidate:
     """Check `module` against the contract (and against `spec` when given) and wrap it."""
     path = Path(getattr(module, "__file__", "") or "<unknown>")
     where = f"candidate {path}"
@@ -196,7 +194,7 @@ def candidate_from_module(module: types.ModuleType, spec: "OpSpec | None" = None
     return Candidate(forward=forward, domain=domain, module=module, path=path)
 
 
-def load_candidate(path: Path, module_name: str, spec: "OpSpec | None" = None) -> Candidate:
+def load_candidate(path: Path, module_name: str, spec: OpSpec | None = None) -> Candidate:
     """`load_module` then `candidate_from_module`."""
     return candidate_from_module(load_module(path, module_name), spec)
 

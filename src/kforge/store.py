@@ -36,7 +36,7 @@ import tempfile
 import threading
 import types
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterator
+from typing import Any, Iterator
 
 from kforge import paths
 from kforge.candidate import Candidate, candidate_from_module, load_module
@@ -44,9 +44,8 @@ from kforge.device import installed_version
 from kforge.errors import KforgeError
 from kforge.files import atomic_write_bytes, fsync_dir, lock_for, read_json
 from kforge.records import op_name_problem
-
-if TYPE_CHECKING:
-    from kforge.ops.spec import OpSpec
+from kforge.specs import OpSpec
+from kforge.version import __version__
 
 SHA_RE = re.compile(r"[0-9a-f]{64}")
 MAX_META_BYTES = 1 << 16  # a kernel's metadata is a few hundred bytes
@@ -114,8 +113,6 @@ class StoredKernel:
 
 
 def _versions() -> dict[str, str]:
-    from kforge import __version__
-
     return {"kforge": __version__, "torch": installed_version("torch") or "none",
             "triton": installed_version("triton") or "none"}
 
@@ -241,7 +238,7 @@ class KernelStore:
         _verified_bytes(sha, path)
         return self._read_meta(sha, path)
 
-    def load(self, sha: str, spec: "OpSpec | None" = None) -> Candidate:
+    def load(self, sha: str, spec: OpSpec | None = None) -> Candidate:
         """The stored kernel `sha` imported as a candidate (module `kforge_kernel_<sha[:16]>`,
         imported once per process), checked against `spec` when given. The file is re-hashed on
         every call, cached or not, and statically checked before its first import. Raises

@@ -15,7 +15,7 @@ import dataclasses
 
 import torch
 
-from kforge.ops.spec import OutputMismatch
+from kforge.specs import OpSpec, OutputMismatch
 
 REF_FACTOR = 2.0
 
@@ -34,7 +34,7 @@ def _as_tuple(out) -> tuple:
     return tuple(out) if isinstance(out, (tuple, list)) else (out,)
 
 
-def compare(spec, args: tuple, out, *, oracle=None, at_dtype=None, scale: float = 1.0) -> Comparison:
+def compare(spec: OpSpec, args: tuple, out, *, oracle=None, at_dtype=None, scale: float = 1.0) -> Comparison:
     """Compare `out` (what an implementation returned for `args`) with the reference. scale: the
     outputs' magnitude relative to what the spec's tolerance assumes (inputs drawn at another
     magnitude, `OpSpec.magnitudes`): the absolute floor is multiplied by it."""
@@ -100,7 +100,7 @@ def compare(spec, args: tuple, out, *, oracle=None, at_dtype=None, scale: float 
     return Comparison(True, worst_err, worst_ratio, "")
 
 
-def assert_matches_reference(spec, args: tuple, out, **kwargs) -> Comparison:
+def assert_matches_reference(spec: OpSpec, args: tuple, out, **kwargs) -> Comparison:
     """Raise AssertionError with the first offending index and values unless `out` matches."""
     result = compare(spec, args, out, **kwargs)
     if not result.ok:

@@ -9,12 +9,10 @@ from __future__ import annotations
 import abc
 import dataclasses
 import enum
-from typing import TYPE_CHECKING, Any, Callable
+from typing import Any, Callable
 
 from kforge.records import DispatchKey, Domain, Record
-
-if TYPE_CHECKING:
-    from kforge.ops.spec import OpSpec
+from kforge.specs import OpSpec
 
 
 class BackendName(str, enum.Enum):
@@ -57,9 +55,9 @@ class Backend(abc.ABC):
         """None when this backend can run in this process, else why not (shown by `kforge doctor`)."""
 
     @abc.abstractmethod
-    def supports(self, spec: "OpSpec", key: DispatchKey) -> bool:
+    def supports(self, spec: OpSpec, key: DispatchKey) -> bool:
         """Whether this backend can build an implementation for `key` at all."""
 
     @abc.abstractmethod
-    def load(self, spec: "OpSpec", record: Record | None) -> Implementation:
+    def load(self, spec: OpSpec, record: Record | None) -> Implementation:
         """The implementation a record names (built-in backends accept None: their default)."""

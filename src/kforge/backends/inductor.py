@@ -14,6 +14,7 @@ import types
 
 from kforge.backends.base import Backend, BackendName, Capabilities, Implementation
 from kforge.records import Domain
+from kforge.specs import OpSpec
 
 INDUCTOR_CAPABILITIES = Capabilities(has_backward=False, can_torch_compile=True, cuda_graph_safe=True, any_layout=True)
 
@@ -48,10 +49,10 @@ class InductorBackend(Backend):
     def available(self):
         return _inductor_unavailable()
 
-    def supports(self, spec, key):
+    def supports(self, spec: OpSpec, key):
         return self.available() is None
 
-    def load(self, spec, record=None):
+    def load(self, spec: OpSpec, record=None):
         import torch
 
         slot = (spec.name, None if record is None else (record.key.shape, record.key.dtypes, record.key.device))

@@ -28,6 +28,7 @@ from kforge import paths
 from kforge.backends.base import Backend, BackendName, Capabilities, Implementation
 from kforge.candidate import domain_exceeds
 from kforge.errors import KforgeError
+from kforge.specs import OpSpec
 
 TRITON_CAPABILITIES = Capabilities(has_backward=False, can_torch_compile=True, cuda_graph_safe=True, any_layout=False)
 
@@ -60,10 +61,10 @@ class TritonBackend(Backend):
             return None
         return "no CUDA GPU, and TRITON_INTERPRET is not set (Triton runs CPU tensors only in its interpreter)"
 
-    def supports(self, spec, key):
+    def supports(self, spec: OpSpec, key):
         return key.device.startswith("cuda|") or (key.device.startswith("cpu|") and interpreter_on())
 
-    def load(self, spec, record):
+    def load(self, spec: OpSpec, record):
         # The store sits below the backends; imported here so `import kforge` stays lean.
         from kforge.store import KernelStore
 

@@ -5,6 +5,7 @@ import functools
 
 from kforge.backends.base import Backend, BackendName, Capabilities, Implementation
 from kforge.records import Domain
+from kforge.specs import OpSpec
 
 VENDOR_CAPABILITIES = Capabilities(has_backward=True, can_torch_compile=True, cuda_graph_safe=True, any_layout=True)
 
@@ -16,14 +17,14 @@ class VendorBackend(Backend):
     def available(self):
         return None
 
-    def supports(self, spec, key):
+    def supports(self, spec: OpSpec, key):
         return True
 
-    def load(self, spec, record=None):
+    def load(self, spec: OpSpec, record=None):
         return vendor_implementation(spec)
 
 
 @functools.lru_cache(maxsize=None)
-def vendor_implementation(spec) -> Implementation:
+def vendor_implementation(spec: OpSpec) -> Implementation:
     return Implementation(id=BackendName.VENDOR.value, backend=BackendName.VENDOR, fn=spec.vendor,
                           domain=Domain(), capabilities=VENDOR_CAPABILITIES)

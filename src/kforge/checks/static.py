@@ -49,6 +49,7 @@ from kforge.checks.chains import ChainRules
 from kforge.checks.flow import CONTAINER, TENSOR, TensorFlow, functions
 from kforge.checks.names import ALLOWED_IMPORTS, HOST_VALUE_ATTRS, TENSOR_METHODS
 from kforge.checks.rules import Finding, Rule
+from kforge.specs import OpSpec
 
 BUILTIN_NAMES = {n for n in dir(builtins) if not n.startswith("_")}
 CODING = re.compile(r"^[ \t\f]*#.*?coding[:=][ \t]*([-\w.]+)")  # PEP 263's declaration
@@ -57,7 +58,7 @@ _cache_lock = threading.Lock()
 _stored: dict[tuple[str, str | None], tuple[Finding, ...]] = {}  # (sha256, op) -> findings
 
 
-def check_source(source: str, spec=None) -> list[Finding]:
+def check_source(source: str, spec: OpSpec | None = None) -> list[Finding]:
     """Findings that bar `source` (a candidate file's text) from being run, in line order; [] when
     none. `spec`, the op's OpSpec, says which of forward's parameters are tensors (without it,
     every parameter without a default is taken for one)."""
@@ -77,7 +78,7 @@ def check_source(source: str, spec=None) -> list[Finding]:
     return [unique[k] for k in sorted(unique)]
 
 
-def check_stored(sha: str, source: str | bytes, spec=None) -> tuple[Finding, ...]:
+def check_stored(sha: str, source: str | bytes, spec: OpSpec | None = None) -> tuple[Finding, ...]:
     """`check_source` of a stored kernel whose bytes hash to `sha`, once per (sha, op) per process."""
     key = (sha, getattr(spec, "name", None))
     with _cache_lock:
@@ -114,7 +115,7 @@ def _is_private(name: str) -> bool:
 
 
 class _Checker(ChainRules, TensorFlow):
-    def __init__(self, tree: ast.Module, spec):
+    def __init__(self, tree: ast.Module, spec: OpSpec):
         self.tree = tree
         self.spec = spec
         self.findings: list[Finding] = []

@@ -4,6 +4,7 @@ from __future__ import annotations
 import torch
 
 from kforge.errors import KforgeError
+from kforge.specs import OpSpec
 
 DTYPES = {"bf16": torch.bfloat16, "bfloat16": torch.bfloat16, "fp16": torch.float16, "float16": torch.float16,
           "half": torch.float16, "fp32": torch.float32, "float32": torch.float32, "float": torch.float32,
@@ -59,7 +60,7 @@ def add_sandbox_argument(parser) -> None:
                              "anyway (their code can read and write what you can; see `kforge doctor`)")
 
 
-def shapes(args, spec) -> list[tuple[int, ...]] | None:
+def shapes(args, spec: OpSpec) -> list[tuple[int, ...]] | None:
     """The shapes named by --shape and --set, in order, without repeats; None when neither was given."""
     if not args.shape and not args.shape_set:
         return None

@@ -21,6 +21,7 @@ import warnings
 
 import torch
 
+from kforge.specs import OpSpec
 import kforge
 from kforge import paths
 from kforge.backends import get_backend
@@ -152,7 +153,7 @@ def generate_for_misses(specs, device, variants: int) -> list[dict]:
     return runs
 
 
-def route_one(spec, shape, dtype, device, table: ScoreTable) -> dict:
+def route_one(spec: OpSpec, shape, dtype, device, table: ScoreTable) -> dict:
     """Call kforge.ops.<op> once for real, see from kforge.stats() what served it, check it."""
     entry = ENTRIES[spec.name]
     args = spec.make_inputs(shape, dtype, device, VERIFY_SEED)

@@ -96,18 +96,20 @@ def _define_from_file(path: str, name: str | None) -> str:
     """Register the op of a KernelBench-style file (the same definition again is reused)."""
     from pathlib import Path
 
-    from kforge.ops import SPECS, kernelbench, user
+    from kforge.ops import SPECS
+    from kforge.userops import load, persist
+    from kforge.userops.kernelbench import from_kernelbench
 
     name = name or Path(path).stem.lower()
-    if name in SPECS or name in user.persisted():
-        user.load(name)
+    if name in SPECS or name in persist.persisted():
+        load.load(name)
         spec = SPECS[name]
         if spec.reference_source != Path(path).read_text():
             raise KforgeError(f"op {name!r} already exists with another definition; name this one with OP")
         progress(f"{name}: the op of {path}, defined before")
         return name
-    kernelbench.from_kernelbench(path, name)
-    progress(f"{name}: defined from {path} ({SPECS[name].schema}), persisted under {user.ops_dir()}")
+    from_kernelbench(path, name)
+    progress(f"{name}: defined from {path} ({SPECS[name].schema}), persisted under {persist.ops_dir()}")
     return name
 
 

@@ -21,6 +21,7 @@ from kforge.errors import KforgeInputError
 from kforge.router.dispatch import ROUTER
 from kforge.router.key import alignment, call_info
 from kforge.router.policy import rank
+from kforge.specs import OpSpec
 
 
 class Route(str, enum.Enum):
@@ -53,7 +54,7 @@ def compile_cost(record, cudagraphs: bool) -> float:
     return record.score_us
 
 
-def plan(spec, fake_args: tuple, *, compiler: str, on_miss: str, route: str, log_misses: bool = True,
+def plan(spec: OpSpec, fake_args: tuple, *, compiler: str, on_miss: str, route: str, log_misses: bool = True,
          cudagraphs: bool = False) -> Plan:
     """How the backend serves one matched call of `spec` whose arguments are `fake_args`."""
     tensors = [fake_args[i] for i in spec.tensor_args]

@@ -30,6 +30,7 @@ from typing import Callable, Iterable, Union
 
 import torch
 
+from kforge.specs import OpSpec
 import kforge
 from kforge.backends import BackendName, Implementation, get_backend
 from kforge.device import fingerprint, installed_version
@@ -55,7 +56,7 @@ class CalibrationRejected(UserWarning):
         super().__init__(f"kforge calibrate: {impl} rejected for {key}: {reason}")
 
 
-def calibrate(spec, shape, dtype: torch.dtype, device, backends: Iterable[Candidate] = DEFAULT_BACKENDS,
+def calibrate(spec: OpSpec, shape, dtype: torch.dtype, device, backends: Iterable[Candidate] = DEFAULT_BACKENDS,
               seeds: Iterable[int] = DEFAULT_SEEDS, *, ceiling_gbps: float | None = None,
               provider: str = "builtin") -> list[Record]:
     """Records for every implementation in `backends` that is correct on `shape`, fastest first.
@@ -113,7 +114,8 @@ def calibrate(spec, shape, dtype: torch.dtype, device, backends: Iterable[Candid
     return records
 
 
-def verify(spec, fn: Callable, shape, dtype: torch.dtype, device, seeds: Iterable[int]) -> tuple[float, str | None]:
+def verify(spec: OpSpec, fn: Callable, shape, dtype: torch.dtype, device,
+           seeds: Iterable[int]) -> tuple[float, str | None]:
     """(worst error/budget ratio over seeds, None) when `fn` is correct on `shape` for every seed;
     (inf, why) at the first failure."""
     worst = 0.0
@@ -145,7 +147,7 @@ def _name(candidate: Candidate) -> str:
     return candidate.value if isinstance(candidate, BackendName) else str(candidate)
 
 
-def _resolve(spec, candidate: Candidate, key: DispatchKey) -> Implementation:
+def _resolve(spec: OpSpec, candidate: Candidate, key: DispatchKey) -> Implementation:
     if isinstance(candidate, Implementation):
         return candidate
     backend = get_backend(candidate)

@@ -17,7 +17,7 @@ from typing import Any, Sequence
 
 import torch
 
-from kforge.ops.spec import Magnitude
+from kforge.specs import Magnitude, OpSpec
 
 Shape = tuple[int, ...]
 
@@ -59,7 +59,7 @@ class Variant:
         return ", ".join(parts + [f"{name}={value!r}" for name, value in self.scalars])
 
 
-def variants(spec) -> list[Variant]:
+def variants(spec: OpSpec) -> list[Variant]:
     """The spec's magnitudes, then each scalar variant alone."""
     out = [Variant(magnitude=m) for m in spec.input_magnitudes()]
     out += [Variant(scalars=((name, value),)) for name, values in spec.scalar_variants.items() for value in values]
@@ -107,7 +107,7 @@ def secret_shapes(public: Sequence[Shape], secret: int, count: int) -> list[Shap
     return out
 
 
-def secret_shapes_of(spec, public: Sequence[Shape], secret: int, count: int) -> list[Shape]:
+def secret_shapes_of(spec: OpSpec, public: Sequence[Shape], secret: int, count: int) -> list[Shape]:
     """The secret shapes for `spec`: none when its shapes are fixed, the op's own rule when it has
     one (`OpSpec.secret_shapes`: a KernelBench file varies only the sizes its globals define),
     else `secret_shapes`."""
@@ -125,7 +125,8 @@ def many_rows_shape(public: Sequence[Shape]) -> Shape | None:
     return None if base is None else (MANY_ROWS,) + tuple(base[1:])
 
 
-def build(spec, device, dtypes, shape_sets, shapes, seeds, secret, layouts, long_row, many_rows, count, timed=()):
+def build(spec: OpSpec, device, dtypes, shape_sets, shapes, seeds, secret, layouts, long_row, many_rows, count,
+          timed=()):
     """Cases grouped per (dtype, shape); each group's first case carries the replay trials."""
     if shapes is not None:
         public = [tuple(s) for s in shapes]
@@ -160,7 +161,7 @@ def build(spec, device, dtypes, shape_sets, shapes, seeds, secret, layouts, long
 
 
 # -- input construction -----------------------------------------------------------------------------
-def make_inputs(spec, case: Case, device, seed: int | None = None) -> tuple:
+def make_inputs(spec: OpSpec, case: Case, device, seed: int | None = None) -> tuple:
     """The case's inputs, contiguous (before its layout): make_inputs, then the special rows, then
     its variant. seed: another seed for the same case (the replay trials' new content)."""
     args = spec.make_inputs(case.shape, case.dtype, device, case.seed if seed is None else seed)

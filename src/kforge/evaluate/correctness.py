@@ -68,6 +68,7 @@ from kforge.evaluate.cases import secret_shapes_of
 from kforge.evaluate.memory import Poison, bits, overlaps, poisoned, relocated, storage_bytes
 from kforge.records import Domain, Evidence
 from kforge.router.key import call_info, dtype_signature
+from kforge.specs import OpSpec
 from kforge.testing import compare
 
 __all__ = ["CPU_SETS", "GPU_SETS", "LONG_ROW", "MANY_ROWS", "SECRET_SEEDS", "SECRET_SHAPES", "Case", "Check",
@@ -133,7 +134,7 @@ class _Skip(Exception):
     """A case that is no valid call after all (a variant outside the dtype's range)."""
 
 
-def verify(spec, forward: Callable[..., Any], *, device="cpu", dtypes: Iterable[torch.dtype] | None = None,
+def verify(spec: OpSpec, forward: Callable[..., Any], *, device="cpu", dtypes: Iterable[torch.dtype] | None = None,
            shape_sets: Sequence[str] | None = None, shapes: Iterable[Shape] | None = None,
            seeds: Iterable[int] = DEFAULT_SEEDS, secret_seed: int | None = None, domain: Domain | None = None,
            layouts: Iterable[Layout] | None = None, long_row: bool | None = None, many_rows: bool | None = None,
@@ -173,7 +174,7 @@ def _nbytes(outs: tuple) -> int:
 
 # -- the verifier -----------------------------------------------------------------------------------
 class _Verifier:
-    def __init__(self, spec, forward, device: torch.device, domain: Domain, secret: int, replay: bool):
+    def __init__(self, spec: OpSpec, forward, device: torch.device, domain: Domain, secret: int, replay: bool):
         self.spec = spec
         self.forward = forward
         self.device = device

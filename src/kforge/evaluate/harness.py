@@ -33,6 +33,7 @@ from kforge.ops import get_spec
 from kforge.records import DispatchKey, Domain, Evidence, Record
 from kforge.router.key import exact_indices, reaches
 from kforge.router.table import ScoreTable
+from kforge.specs import OpSpec
 from kforge.store import KernelStore
 
 TASK = "kforge.evaluate.worker_tasks:evaluate_stored"
@@ -162,7 +163,7 @@ def _beats_floor(m: Measurement) -> bool:
     return m.roofline is not None and roofline.implausible(m.candidate.p50_us, m.roofline.floor_us)
 
 
-def _judge(spec, value: dict, sha: str, impl: str, device: torch.device) -> Evaluation:
+def _judge(spec: OpSpec, value: dict, sha: str, impl: str, device: torch.device) -> Evaluation:
     v = value["verdict"]
     if not v["accepted"]:
         return Evaluation(spec.name, False, v["reason"], sha, impl, check=v["check"], case=v["case"])
@@ -197,7 +198,7 @@ def records_for(evaluation: Evaluation, *, provider: str, attempt_id: str | None
     return _records(get_spec(evaluation.op), evaluation, evaluation.sha256, provider, attempt_id, torch.device(device))
 
 
-def _records(spec, evaluation: Evaluation, sha: str, provider: str, attempt_id: str | None,
+def _records(spec: OpSpec, evaluation: Evaluation, sha: str, provider: str, attempt_id: str | None,
              device: torch.device) -> list[Record]:
     # The kernel's own DOMAIN as the worker read it; the Triton backend re-checks at load that a
     # record never claims more than the kernel declares.

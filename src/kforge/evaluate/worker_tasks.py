@@ -13,6 +13,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from kforge.specs import OpSpec
+
 
 class TimedOutputMismatch(AssertionError):
     """A timed call returned a wrong answer (result replay or caching)."""
@@ -87,7 +89,7 @@ def evaluate_stored(payload: dict[str, Any]) -> dict[str, Any]:
     return result
 
 
-def _load_candidate(payload: dict[str, Any], spec):
+def _load_candidate(payload: dict[str, Any], spec: OpSpec):
     """The kernel from the payload's `source`, re-hashed against its `sha256` and imported from a
     store in this worker's own scratch KFORGE_HOME: the worker never reads the user's store (it
     cannot see it) and nothing it writes reaches the coordinator's."""
@@ -154,12 +156,12 @@ def verdict_to_json(verdict) -> dict[str, Any]:
 
 
 def describe_user_op(payload: dict[str, Any]) -> dict[str, Any]:
-    """payload: name, kind ("kernelbench" or "function"), source, shapes, dtypes. Builds the op from
+    """payload: name, kind (an `OpKind` value), source, shapes, dtypes. Builds the op from
     code that came from an untrusted source (an issue) and returns what the coordinator needs to
-    know about it without running that code itself (`kforge.ops.user.describe`)."""
-    from kforge.ops import user
+    know about it without running that code itself (`kforge.userops.untrusted.describe_here`)."""
+    from kforge.userops.untrusted import describe_here
 
-    return user.describe_here(payload)
+    return describe_here(payload)
 
 
 def time_compile(payload: dict[str, Any]) -> dict[str, Any]:

@@ -34,6 +34,7 @@ from kforge.evaluate import static
 from kforge.evaluate.static import Finding
 from kforge.gen.prompts import render
 from kforge.gen.types import Message, Role
+from kforge.specs import OpSpec
 
 EVOLVE_START = "# EVOLVE-BLOCK-START"
 EVOLVE_END = "# EVOLVE-BLOCK-END"
@@ -260,7 +261,7 @@ def _extract_region(pool: list[Block], parent: str) -> tuple[str, bool]:
     return source, True
 
 
-def check_answer(text: str, spec, parent_source: str | None = None, *, evolve: bool = True) -> Extracted:
+def check_answer(text: str, spec: OpSpec, parent_source: str | None = None, *, evolve: bool = True) -> Extracted:
     """`extract_source`, then kforge's static checks (`kforge.evaluate.static.check_source`) on
     the result against `spec` (an OpSpec). Raises ExtractionError when there is no source."""
     source, spliced = _extract(text, parent_source, evolve)

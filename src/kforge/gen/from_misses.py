@@ -14,7 +14,7 @@ import torch
 
 from kforge.device import fingerprint
 from kforge.errors import UnknownNameError
-from kforge.ops.user import UntrustedCodeError, UserOpError
+from kforge.userops.build import UntrustedCodeError, UserOpError
 from kforge.ops import get_spec
 from kforge.router import misses
 

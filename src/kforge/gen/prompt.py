@@ -31,6 +31,7 @@ from kforge.gen.extract import EVOLVE_END, EVOLVE_START, ExtractionError, Extrac
 from kforge.gen.knowledge import Entry, major_minor
 from kforge.gen.prompts import load_json, render
 from kforge.gen.types import Message, Role
+from kforge.specs import OpSpec
 
 MAX_PRIOR_SOURCES = 2  # full sources of the best distinct variants; the rest appear in the table only
 MAX_FEEDBACK = 6  # newest feedback items rendered
@@ -178,7 +179,7 @@ def _dtype_name(d: torch.dtype) -> str:
 
 
 @functools.lru_cache(maxsize=256)
-def _problem(spec, shape: tuple[int, ...], dtype: torch.dtype) -> tuple[int, ...] | None:
+def _problem(spec: OpSpec, shape: tuple[int, ...], dtype: torch.dtype) -> tuple[int, ...] | None:
     """The op's problem dims at `shape`, from fake tensors (no memory, no compute); None when the
     op's input factory cannot run on them."""
     from torch._subclasses.fake_tensor import FakeTensorMode
@@ -197,7 +198,7 @@ def _si(n: float) -> str:
     return f"{n:g}"
 
 
-def _target_rows(spec, shapes, dtypes, ceilings) -> str:
+def _target_rows(spec: OpSpec, shapes, dtypes, ceilings) -> str:
     from kforge.evaluate import roofline
 
     rows = []
@@ -216,14 +217,14 @@ def _target_rows(spec, shapes, dtypes, ceilings) -> str:
     return "\n".join(rows)
 
 
-def _signature(spec) -> str:
+def _signature(spec: OpSpec) -> str:
     params = [f"{n}={spec.defaults[n]!r}" if n in spec.defaults else n for n in spec.arg_names]
     return f"forward({', '.join(params)})"
 
 
-def _reference_source(spec) -> tuple[str, str]:
+def _reference_source(spec: OpSpec) -> tuple[str, str]:
     """(the reference function's source, preceded by the sources of the helper functions it
-    calls from its own module or kforge.ops, e.g. `accumulate_dtype`; its module's docstring)."""
+    calls from its own module or kforge.specs, e.g. `accumulate_dtype`; its module's docstring)."""
     if spec.reference_source is not None:
         return spec.reference_source, ""
     module = inspect.getmodule(spec.reference)
@@ -235,7 +236,7 @@ def _reference_source(spec) -> tuple[str, str]:
         for name in fn.__code__.co_names:
             helper = fn.__globals__.get(name)
             if (inspect.isfunction(helper) and helper is not fn and module is not None
-                    and (helper.__module__ == module.__name__ or helper.__module__.startswith("kforge.ops"))):
+                    and (helper.__module__ == module.__name__ or helper.__module__.startswith("kforge.specs"))):
                 visit(helper)
         ordered.append(fn)
 
@@ -303,7 +304,7 @@ def _feedback_section(feedback: Sequence[Feedback]) -> str | None:
     return render("feedback", items="\n\n".join(items))
 
 
-def _ask(spec, parent_source: str | None, evolve: bool) -> str:
+def _ask(spec: OpSpec, parent_source: str | None, evolve: bool) -> str:
     if parent_source is None:
         return render("ask_new", op=spec.name)
     parent_sha = hashlib.sha256(parent_source.encode()).hexdigest()[:12]
@@ -326,7 +327,7 @@ def system_message() -> Message:
         tensor_methods=_code(sorted(static.TENSOR_METHODS)), triton_allowed=_code(sorted(static.TRITON_ALLOWED))))
 
 
-def build_messages(spec, *, device: str, ceilings: Any | None, triton_version: str, dtypes: Sequence,
+def build_messages(spec: OpSpec, *, device: str, ceilings: Any | None, triton_version: str, dtypes: Sequence,
                    shapes: Sequence[Sequence[int]], knowledge: Sequence[Entry] = (), priors: Sequence[PriorVariant] = (),
                    feedback: Sequence[Feedback] = (), parent_source: str | None = None,
                    evolve: bool = False) -> list[Message]:

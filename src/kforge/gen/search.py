@@ -37,6 +37,7 @@ from kforge.gen import extract, knowledge, prompt
 from kforge.gen.archive import Archive, Attempt
 from kforge.gen.types import Completion, GenerationContext, Message, Provider, ProviderError, Role, Usage
 from kforge.ops import get_spec
+from kforge.specs import OpSpec
 
 STATE_KIND = "kforge-generate-run"
 FEEDBACK_KEPT = 3  # failures shown to the next prompt
@@ -253,7 +254,7 @@ def _propose(provider: Provider, ctx: _PromptContext, state: dict, settings: Set
     return proposal
 
 
-def _evaluate_all(proposals, spec, device, dtypes, shapes, executor, settings, provider_name: str):
+def _evaluate_all(proposals, spec: OpSpec, device, dtypes, shapes, executor, settings, provider_name: str):
     """(proposal, Evaluation | None) for each proposal, candidates evaluated in parallel."""
     from kforge.evaluate.harness import evaluate_source
 
@@ -418,7 +419,7 @@ def _geomean(values: Sequence[float]) -> float:
     return math.exp(sum(math.log(v) for v in values) / len(values)) if values else 0.0
 
 
-def _default_dtypes(spec) -> list:
+def _default_dtypes(spec: OpSpec) -> list:
     return [d for d in spec.dtypes if d != torch.float64]
 
 
@@ -442,7 +443,7 @@ def _feedback_json(fb) -> dict:
     return {"kind": fb.kind.value, "message": fb.message, "case": fb.case}
 
 
-def _learn(state: dict, spec, fp: str, provider: Provider, say: Callable[[str], None]) -> None:
+def _learn(state: dict, spec: OpSpec, fp: str, provider: Provider, say: Callable[[str], None]) -> None:
     """Append what this run measured to the op's knowledge file (the best variant, scoped), and,
     when the provider is a model (not the catalog), its reflection on the run."""
     if not state["lineages"] or state.get("learned"):
@@ -464,7 +465,7 @@ def _learn(state: dict, spec, fp: str, provider: Provider, say: Callable[[str], 
     _save_state(state)
 
 
-def _reflect(state: dict, spec, fp: str, provider: Provider, best: Variant, entry, triton_version: str) -> str:
+def _reflect(state: dict, spec: OpSpec, fp: str, provider: Provider, best: Variant, entry, triton_version: str) -> str:
     from kforge.gen.prompts import render
 
     failures = "\n".join(f"- {f['kind']}: {prompt.truncate(f['message'], 300)}" for f in state["feedback"]) or "- none"

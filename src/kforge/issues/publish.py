@@ -21,7 +21,7 @@ from kforge.errors import KforgeError
 from kforge.files import loads_json
 from kforge.issues.github import GitHub
 from kforge.redact import redact, redact_data
-from kforge.ops.user import NAME
+from kforge.userops.build import NAME
 from kforge.router.table import parse_table, shard_payload
 from kforge.store import KernelStore
 

@@ -30,7 +30,7 @@ DTYPES = tuple(DTYPE_OPTIONS.values())  # canonical names, in the form's order
 DTYPE_NAMES = {**DTYPE_OPTIONS, **{d: d for d in DTYPES}, "half": "float16"}
 # Names a new op cannot take: kforge.ops binds every op under its name, next to these.
 _OPS_NAMESPACE = ("spec", "checks", "user", "register", "register_op", "get_spec", "is_builtin", "annotations",
-                  "importlib", "entries", "specs")
+                  "importlib", "entries", "specs", "entry", "library", "registry")
 _FUNCTION_STYLE = ("reference", "make_inputs")
 _KERNELBENCH_STYLE = ("Model", "get_inputs", "get_init_inputs")
 _NUMBER = re.compile(r"[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+)?")
@@ -112,9 +112,9 @@ class KernelRequest:
 def known_ops() -> set[str]:
     """The ops a request may name as existing: registered here, or persisted under KFORGE_HOME."""
     from kforge import ops
-    from kforge.ops import user
+    from kforge.userops import persist
 
-    return set(ops.SPECS) | set(user.persisted())
+    return set(ops.SPECS) | set(persist.persisted())
 
 
 def shown(text: str, limit: int = 40) -> str:

@@ -17,9 +17,13 @@ import torch
 
 from kforge.device import fingerprint
 from kforge.issues.request import KernelRequest
-from kforge.ops import get_spec, is_builtin, user
-from kforge.ops.kernelbench import kernelbench_problems
+from kforge.ops import get_spec, is_builtin
 from kforge.router.table import ScoreTable
+from kforge.specs import OpSpec
+from kforge.userops import load, persist
+from kforge.userops.build import OpKind
+from kforge.userops.kernelbench import kernelbench_problems
+from kforge.userops.untrusted import Trust
 
 
 @dataclasses.dataclass
@@ -65,16 +69,17 @@ class Outcome:
 
 
 def ensure_op(request: KernelRequest) -> str:
-    """The request's op registered here: an existing one, or the new one built in the sandbox."""
+    """The request's op registered here: an existing one, or the new one built in the sandbox.
+    This process handles an untrusted request: no user-op code runs in it (`Trust.NO_CODE`)."""
     if not request.new_op:
-        get_spec(request.op)
+        get_spec(request.op, Trust.NO_CODE)
         return request.op
-    if request.op in user.persisted():
-        user.load(request.op)
+    if request.op in persist.persisted():
+        load.load(request.op, Trust.NO_CODE)
         return request.op
     from kforge.issues.newop import define_untrusted
 
-    kind = "kernelbench" if not kernelbench_problems(request.reference or "") else "function"
+    kind = OpKind.KERNELBENCH if not kernelbench_problems(request.reference or "") else OpKind.FUNCTION
     define_untrusted(request.op, kind, request.reference or "", request.shapes, request.dtypes,
                      tolerance_scale=request.tolerance or 1.0)
     return request.op
@@ -86,7 +91,6 @@ def run_request(request: KernelRequest, provider, settings, *, device: str = "cp
     from kforge.gen import search
 
     say = on_progress or (lambda message: None)
-    user.REFUSE_CODE = True  # this process handles an untrusted request: no user-op code runs in it
     op = ensure_op(request)
     spec = get_spec(op)
     dtypes = [getattr(torch, d) for d in request.dtypes]
@@ -119,7 +123,7 @@ def run_request(request: KernelRequest, provider, settings, *, device: str = "cp
     return outcome
 
 
-def _compile_time(spec, records, key: dict, device: str) -> float | None:
+def _compile_time(spec: OpSpec, records, key: dict, device: str) -> float | None:
     """torch.compile's time for the key: the table's Inductor record, else timed now (in a
     sandboxed worker for a user op, whose code may have come from the issue)."""
     found = [r.p50_us for r in records if str(r.key) == key["key"] and r.backend == "inductor"]

@@ -28,6 +28,7 @@ from kforge.router import misses, pins
 from kforge.router.key import call_info, exact_indices, is_empty, nearest_shape, serving_shape
 from kforge.router.policy import rank, rejects
 from kforge.router.table import ScoreTable, TableWarning
+from kforge.specs import OpSpec
 
 log = logging.getLogger("kforge")
 
@@ -63,7 +64,7 @@ class KforgeFallbackWarning(RuntimeWarning):
     """An implementation failed at call time and was switched off for its key."""
 
 
-def _signature_fn(spec) -> Callable[[tuple], tuple]:
+def _signature_fn(spec: OpSpec) -> Callable[[tuple], tuple]:
     """The decision-cache key of a call: per tensor (shape, dtype, device, contiguous,
     address mod 16, requires_grad), then the other arguments as they are (so a cached decision
     never lets an invalid scalar through unchecked). Written out for the common arities because
@@ -172,7 +173,7 @@ class Router:
             self.last_flush = now
             threading.Thread(target=self._background_flush, name="kforge-miss-flush", daemon=True).start()
 
-    def load(self, spec, record: Record) -> Implementation:
+    def load(self, spec: OpSpec, record: Record) -> Implementation:
         ident = record.ident
         impl = self.impls.get(ident)
         if impl is None:
@@ -247,7 +248,7 @@ class Router:
 class OpRouter:
     """Routing of one op; `__call__` is the hot path."""
 
-    def __init__(self, router: Router, spec):
+    def __init__(self, router: Router, spec: OpSpec):
         self.router = router
         self.spec = spec
         self.signature = _signature_fn(spec)

@@ -29,6 +29,7 @@ from typing import Iterable
 import torch
 
 from kforge.records import CallInfo, DispatchKey, Problem
+from kforge.specs import OpSpec
 
 MAX_RATIO = 4.0
 
@@ -44,7 +45,7 @@ def alignment(ptr_low_bits: int) -> int:
     return ptr_low_bits & -ptr_low_bits
 
 
-def call_info(spec, args: tuple, device: str, aligned: int | None = None) -> CallInfo:
+def call_info(spec: OpSpec, args: tuple, device: str, aligned: int | None = None) -> CallInfo:
     """The call's key and layout facts; `aligned` given for fake tensors, which have no address."""
     tensors = [args[i] for i in spec.tensor_args]
     key = DispatchKey(spec.name, device, dtype_signature(args, spec.tensor_args), tuple(spec.problem(args)))
@@ -56,7 +57,7 @@ def call_info(spec, args: tuple, device: str, aligned: int | None = None) -> Cal
     )
 
 
-def exact_indices(spec) -> tuple[int, ...]:
+def exact_indices(spec: OpSpec) -> tuple[int, ...]:
     """Indices of the problem dims a record must match exactly: the op's `exact_dims`, or every
     dim when its shapes are fixed by its definition (`fixed_shapes`)."""
     if getattr(spec, "fixed_shapes", False):

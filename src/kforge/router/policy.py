@@ -18,6 +18,7 @@ import dataclasses
 from kforge.backends import BACKENDS, BackendName
 from kforge.records import CallInfo, Record
 from kforge.router.key import exact_indices, largest_verified, reaches, serving_shape
+from kforge.specs import OpSpec
 
 
 @dataclasses.dataclass(frozen=True)
@@ -27,7 +28,7 @@ class Ranking:
     shape: tuple[int, ...] | None  # the measured shape used (the call's own, or the nearest)
 
 
-def rank(spec, records: list[Record], call: CallInfo, disabled: frozenset | set = frozenset()) -> Ranking:
+def rank(spec: OpSpec, records: list[Record], call: CallInfo, disabled: frozenset | set = frozenset()) -> Ranking:
     same_dtypes = [r for r in records if r.key.dtypes == call.key.dtypes]
     exact_idx = exact_indices(spec)
     shape = serving_shape(call.key.shape, same_dtypes, exact_idx)
@@ -44,7 +45,7 @@ def rank(spec, records: list[Record], call: CallInfo, disabled: frozenset | set 
     return Ranking(tuple(eligible), tuple(rejected), shape)
 
 
-def rejects(spec, record: Record, call: CallInfo, exact_idx, disabled) -> str | None:
+def rejects(spec: OpSpec, record: Record, call: CallInfo, exact_idx, disabled) -> str | None:
     """Why `record` may not serve `call`, or None when it may."""
     try:
         backend = BACKENDS[BackendName(record.backend)]

@@ -6,7 +6,7 @@ from torch.fx import Node
 
 from kforge.compile.graph import arg, canon, dtype, last_dim, only_user, the_other, val
 from kforge.compile.patterns import Match, Pattern, Reject
-from kforge.ops.softmax import DTYPES
+from kforge.specs.softmax import DTYPES
 
 
 def _half_of(node) -> tuple[Node, int] | None:

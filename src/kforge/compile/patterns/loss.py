@@ -8,7 +8,7 @@ from torch.fx import Graph, Node
 
 from kforge.compile.graph import arg, val
 from kforge.compile.patterns import Match, Pattern, Reject
-from kforge.ops.cross_entropy import DTYPES, accumulate_dtype
+from kforge.specs.cross_entropy import DTYPES, accumulate_dtype
 
 REDUCTIONS = ("none", "sum", "mean")
 

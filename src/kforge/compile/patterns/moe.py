@@ -8,7 +8,7 @@ from torch.fx import Node
 
 from kforge.compile.graph import arg, canon, cast_source, dtype, last_dim, only_user, operands, val
 from kforge.compile.patterns import Match, Pattern, Reject
-from kforge.ops.topk_softmax import DTYPES, accumulate_dtype
+from kforge.specs.topk_softmax import DTYPES, accumulate_dtype
 
 
 def _exact_cast(frm: torch.dtype, to: torch.dtype) -> bool:

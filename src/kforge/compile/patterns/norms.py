@@ -9,7 +9,7 @@ from torch.fx import Node
 from kforge.compile.graph import arg, canon, cast_source, dtype, last_dim, only_user, operands, \
     the_other, val
 from kforge.compile.patterns import Match, Pattern, Reject
-from kforge.ops.rms_norm import DTYPES
+from kforge.specs.rms_norm import DTYPES
 
 _WIDER = {torch.float32: 1, torch.float64: 2}  # casts to these lose nothing from kforge's input dtypes
 

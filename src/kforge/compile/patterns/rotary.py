@@ -20,7 +20,7 @@ from torch.fx.experimental.symbolic_shapes import statically_known_true
 
 from kforge.compile.graph import arg, canon, cast_source, last_dim, only_user, operands, the_other, val
 from kforge.compile.patterns import Match, Pattern, Reject
-from kforge.ops.rotary_embedding import DTYPES, accumulate_dtype
+from kforge.specs.rotary_embedding import DTYPES, accumulate_dtype
 
 _FULL = slice(None)
 

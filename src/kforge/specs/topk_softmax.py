@@ -17,8 +17,8 @@ from __future__ import annotations
 import torch
 
 from kforge.errors import KforgeInputError
-from kforge.ops import checks
-from kforge.ops.spec import FLOAT_DTYPES, Magnitude, OpSpec, OutputMismatch, generator, prod, randn, resolution_floor
+from kforge.specs import checks
+from kforge.specs.spec import FLOAT_DTYPES, Magnitude, OpSpec, OutputMismatch, generator, prod, randn, resolution_floor
 
 NAME = "topk_softmax"
 DTYPES = FLOAT_DTYPES + (torch.float64,)

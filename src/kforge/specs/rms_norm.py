@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import torch
 
-from kforge.ops import checks
-from kforge.ops.spec import FLOAT_DTYPES, Magnitude, OpSpec, generator, prod, randn, resolution_floor
+from kforge.specs import checks
+from kforge.specs.spec import FLOAT_DTYPES, Magnitude, OpSpec, generator, prod, randn, resolution_floor
 
 NAME = "rms_norm"
 DTYPES = FLOAT_DTYPES + (torch.float64,)

@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import torch
 
-from kforge.ops import checks
-from kforge.ops.rms_norm import DTYPES, NORM_EPS, NORM_MAGNITUDES, NORM_SHAPES, accumulate_dtype, norm_bytes
-from kforge.ops.spec import OpSpec, generator, prod, randn, resolution_floor
+from kforge.specs import checks
+from kforge.specs.rms_norm import DTYPES, NORM_EPS, NORM_MAGNITUDES, NORM_SHAPES, accumulate_dtype, norm_bytes
+from kforge.specs.spec import OpSpec, generator, prod, randn, resolution_floor
 
 NAME = "layer_norm"
 

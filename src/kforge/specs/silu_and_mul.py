@@ -15,8 +15,8 @@ import torch
 import torch.nn.functional as F
 
 from kforge.errors import KforgeInputError
-from kforge.ops import checks
-from kforge.ops.spec import FLOAT_DTYPES, Magnitude, OpSpec, generator, prod, randn, resolution_floor
+from kforge.specs import checks
+from kforge.specs.spec import FLOAT_DTYPES, Magnitude, OpSpec, generator, prod, randn, resolution_floor
 
 NAME = "silu_and_mul"
 DTYPES = FLOAT_DTYPES + (torch.float64,)

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import torch
 
-from kforge.ops import checks
-from kforge.ops.rms_norm import DTYPES, NORM_EPS, NORM_SHAPES, accumulate_dtype, norm_bytes
-from kforge.ops.spec import Magnitude, OpSpec, generator, prod, randn, resolution_floor
+from kforge.specs import checks
+from kforge.specs.rms_norm import DTYPES, NORM_EPS, NORM_SHAPES, accumulate_dtype, norm_bytes
+from kforge.specs.spec import Magnitude, OpSpec, generator, prod, randn, resolution_floor
 
 NAME = "fused_add_rms_norm"
 

@@ -25,8 +25,8 @@ from __future__ import annotations
 import torch
 
 from kforge.errors import KforgeInputError
-from kforge.ops import checks
-from kforge.ops.spec import FLOAT_DTYPES, Magnitude, OpSpec, generator, randn, resolution_floor
+from kforge.specs import checks
+from kforge.specs.spec import FLOAT_DTYPES, Magnitude, OpSpec, generator, randn, resolution_floor
 
 NAME = "rotary_embedding"
 DTYPES = FLOAT_DTYPES + (torch.float64,)

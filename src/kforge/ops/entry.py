@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import torch
 
-from kforge.router import library
+from kforge.ops import library
 from kforge.router.dispatch import ROUTER, OpRouter
+from kforge.specs import OpSpec
 
 
-def register_op(spec):
+def register_op(spec: OpSpec):
     """Register `spec` with torch.library and the router; returns its eager entry point."""
     if spec.name in ROUTER.ops:
         raise ValueError(f"kforge op {spec.name!r} is already registered")
@@ -35,7 +36,7 @@ def register_op(spec):
     return entry
 
 
-def _make_entry(spec, router: OpRouter, overload):
+def _make_entry(spec: OpSpec, router: OpRouter, overload):
     route = router.route
     n_args = len(spec.arg_names)
     first = spec.tensor_args[0]

@@ -12,6 +12,8 @@ from typing import Any, Callable
 
 import torch
 
+from kforge.specs import OpSpec
+
 NAMESPACE = "kforge"
 _LIB: torch.library.Library | None = None
 
@@ -23,7 +25,7 @@ def library() -> torch.library.Library:
     return _LIB
 
 
-def register(spec, impl: Callable) -> "torch._ops.OpOverload":
+def register(spec: OpSpec, impl: Callable) -> "torch._ops.OpOverload":
     """Define `kforge::<spec.name>` with `impl` as its kernel on every device; returns the overload."""
     lib = library()
     lib.define(spec.schema)
@@ -36,7 +38,7 @@ def register(spec, impl: Callable) -> "torch._ops.OpOverload":
 COMPILED = "compiled"  # the overload kforge's torch.compile backend bakes its choice into
 
 
-def compiled_schema(spec) -> str:
+def compiled_schema(spec: OpSpec) -> str:
     """`<name>.compiled(<the op's arguments, no defaults>, str impl) -> <the op's returns>`."""
     parsed = torch._C.parse_schema(spec.qualname + spec.schema[len(spec.name):])
     arguments = ", ".join(f"{a.type} {a.name}" for a in parsed.arguments)
@@ -44,7 +46,7 @@ def compiled_schema(spec) -> str:
     return f"{spec.name}.{COMPILED}({arguments}, str impl) {returns}"
 
 
-def register_compiled(spec, impl: Callable[[tuple, str], Any]) -> "torch._ops.OpOverload":
+def register_compiled(spec: OpSpec, impl: Callable[[tuple, str], Any]) -> "torch._ops.OpOverload":
     """Define `kforge::<spec.name>.compiled`: the op with the implementation chosen at compile time
     as a last argument, so the choice is part of the graph (and of Inductor's cache key)."""
     lib = library()
@@ -70,7 +72,7 @@ def register_compiled(spec, impl: Callable[[tuple, str], Any]) -> "torch._ops.Op
     return getattr(getattr(torch.ops, NAMESPACE), spec.name).compiled
 
 
-def _make_fake(spec):
+def _make_fake(spec: OpSpec):
     """The spec's fake behind the spec's argument checks. The dispatcher runs the Meta kernel (this
     fake) whenever any argument is on the meta device, so unchecked, `torch.ops.kforge.rms_norm(x,
     weight_on_meta)` with x on the CPU returned an uninitialised CPU tensor. Under torch.compile the
@@ -86,7 +88,7 @@ def _make_fake(spec):
     return checked_fake
 
 
-def _make_setup(spec):
+def _make_setup(spec: OpSpec):
     tensor_args = spec.tensor_args
 
     def setup_context(ctx, inputs, output):
@@ -100,7 +102,7 @@ def _make_setup(spec):
     return setup_context
 
 
-def _make_backward(spec):
+def _make_backward(spec: OpSpec):
     def backward(ctx, *grads):
         saved = ctx.saved_tensors
         args = list(ctx.inputs)

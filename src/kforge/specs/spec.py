@@ -1,6 +1,6 @@
 """`OpSpec`: everything kforge knows about one op, in one frozen dataclass.
 
-An op's module (`kforge/ops/rms_norm.py`, ...) builds one `OpSpec`. Registration with
+An op's module (`kforge/specs/rms_norm.py`, ...) builds one `OpSpec`. Registration with
 torch.library, the router's key, the test grid, benchmark shapes, the evaluator's error budget and
 (later) the generation prompts are all derived from it.
 
@@ -22,6 +22,8 @@ import math
 from typing import Any, Callable, Mapping, Sequence
 
 import torch
+
+from kforge.errors import UnknownNameError
 
 Shape = tuple[int, ...]
 Problem = tuple[int, ...]
@@ -181,8 +183,6 @@ class OpSpec:
         out: list[Shape] = []
         for name in names:
             if name not in self.shape_sets:
-                from kforge.errors import UnknownNameError
-
                 raise UnknownNameError(f"shape set of {self.name}", name, self.shape_sets)
             out.extend(s for s in self.shape_sets[name] if s not in out)
         return tuple(out)

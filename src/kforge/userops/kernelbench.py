@@ -1,4 +1,4 @@
-"""KernelBench-style files as user ops: `class Model(nn.Module)`, `get_inputs()` and
+"""KernelBench-style files as user ops (`OpKind.KERNELBENCH`): `class Model(nn.Module)`, `get_inputs()` and
 `get_init_inputs()` (`kforge generate --spec-file FILE`).
 
 The model is built once with torch.manual_seed(0) and its forward is the reference (parameters in
@@ -30,8 +30,11 @@ from typing import Any, Callable
 
 import torch
 
-from kforge.ops.spec import OpSpec
-from kforge.ops.user import _LOCK, NAME, UserOpError, _module_from, _write, build_spec, check_name
+from kforge.ops.registry import SPECS, register
+from kforge.specs import OpSpec
+from kforge.userops import persist as on_disk  # `persist` is from_kernelbench's keyword
+from kforge.userops.build import NAME, OpKind, UserOpError, build_spec, check_name, module_from
+from kforge.userops.define import LOCK
 
 KERNELBENCH_NAMES = ("Model", "get_inputs", "get_init_inputs")
 
@@ -241,8 +244,6 @@ def _secret_shapes(base, free: dict, exact, public, rng, count: int, runs: Calla
 def from_kernelbench(path: str | Path, name: str | None = None, *, persist: bool = True):
     """Register the op a KernelBench-style file defines (name: the file's stem unless given);
     returns its entry point. The file runs in this process: use it for files you trust."""
-    from kforge import ops
-
     path = Path(path)
     if name is None:
         name = path.stem.lower()
@@ -257,14 +258,15 @@ def from_kernelbench(path: str | Path, name: str | None = None, *, persist: bool
     problems = kernelbench_problems(source)
     if problems:
         raise UserOpError(f"{path}: not a KernelBench-style file: {'; '.join(problems)}")
-    with _LOCK:
-        if name in ops.SPECS:
+    with LOCK:
+        if name in SPECS:
             raise UserOpError(f"op {name!r} is already registered")
-        module = _module_from(name, path)
+        module = module_from(name, path)
         spec = kernelbench_spec(name, module, source)
-        entry = ops.register(spec)
+        entry = register(spec)
         if persist:
-            _write(name, {"kind": "kernelbench", "trusted": True, "name": name, "schema": spec.schema, "source": source})
+            on_disk.write(name, {"kind": OpKind.KERNELBENCH.value, "trusted": True, "name": name, "schema": spec.schema,
+                                 "source": source})
         return entry
 
 

@@ -21,8 +21,8 @@ import torch
 import torch.nn.functional as F
 
 from kforge.errors import KforgeInputError
-from kforge.ops import checks
-from kforge.ops.spec import FLOAT_DTYPES, Magnitude, OpSpec, generator, prod, resolution_floor
+from kforge.specs import checks
+from kforge.specs.spec import FLOAT_DTYPES, Magnitude, OpSpec, generator, prod, resolution_floor
 
 NAME = "cross_entropy"
 DTYPES = FLOAT_DTYPES + (torch.float64,)
