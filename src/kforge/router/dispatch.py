@@ -55,14 +55,21 @@ class Decision:
         self.retired = False  # its counts moved to Router.retired
 
 
-class Path(enum.Enum):
-    """The first element of a forced decision's cache key (`OpRouter.decisions`)."""
-    PINNED = "pinned"  # `kforge.use` / KFORGE_PIN
-    COMPILED = "compiled"  # chosen when a graph was compiled by the kforge backend
+class Path:
+    """The first element of a forced decision's cache key (`OpRouter.decisions`): a plain object, so
+    hashing the key per call costs a C-level identity hash (an Enum member's `__hash__` is Python)."""
+
+    __slots__ = ("name",)
+
+    def __init__(self, name: str):
+        self.name = name
+
+    def __repr__(self) -> str:
+        return f"Path.{self.name}"
 
 
-# Module constants: the per-call key is built from a global, not an enum attribute read.
-PINNED, COMPILED = Path.PINNED, Path.COMPILED
+PINNED = Path("PINNED")  # `kforge.use` / KFORGE_PIN
+COMPILED = Path("COMPILED")  # chosen when a graph was compiled by the kforge backend
 _PER_CALL = object()  # a compiled decision: the compiled choice cannot serve this signature, route it
 
 
