@@ -24,7 +24,8 @@ SRC = Path(kforge.__file__).resolve().parent  # src/kforge
 OFFLINE = ("kforge.gen", "kforge.evaluate", "kforge.cli", "kforge.compile", "kforge.issues",
            "anthropic", "openai", "ray")
 RUNTIME = ("kforge.ops", "kforge.ops.*", "kforge.backends", "kforge.backends.*", "kforge.router",
-           "kforge.router.*", "kforge.store", "kforge.store.*", "kforge.checks", "kforge.checks.*", "kforge.candidate", "kforge.catalog",
+           "kforge.router.*", "kforge.store", "kforge.store.*", "kforge.checks", "kforge.checks.*", "kforge.candidate",
+           "kforge.catalog",
            "kforge.catalog.*", "kforge.files", "kforge.records", "kforge.device",
            "kforge.paths", "kforge.errors", "kforge.redact", "kforge.testing", "kforge")
 

@@ -18,8 +18,9 @@ Checks of timed calls (anti-replay): `check(calls)` receives `TimedCall(name, ar
 `check_calls` timed calls of each function, picked at random, plus the last call of each CPU batch
 and the last timed call on CUDA events (a result that goes wrong after many calls); given
 `make_args`, the inputs of each picked call are overwritten in place just before it with a
-never-seen set (`make_args(sets + k)`), and `args` is that set. A function that replays a result (keyed by data_ptr, call count, input
-content sampled at its first call, ...) returns a stale answer there. Outputs are cloned after the
+never-seen set (`make_args(sets + k)`), and `args` is that set. A function that replays a result
+(keyed by data_ptr, call count, input content sampled at its first call, ...) returns a stale answer
+there. Outputs are cloned after the
 call, outside the timed region. `check` raises to reject; the exception leaves the timer.
 
 Kinds (`records.TIMING_KINDS`): "cuda_events", "cuda_graph", and "cpu_wall", which is never a GPU
