@@ -215,7 +215,8 @@ def time_all(fns: dict, args: tuple, reps: int, cuda: bool) -> dict:
     import torch
 
     from kforge.evaluate import timing
-    from kforge.evaluate.timing import _cycles, _quantiles  # the project's sleep calibration and quantiles
+    from kforge.evaluate.timing.clock import sleep_cycles  # the project's sleep calibration
+    from kforge.evaluate.timing.inputs import quantiles
 
     sync = torch.cuda.synchronize if cuda else (lambda: None)
     calls, host, pads = {}, {}, {}
@@ -229,7 +230,7 @@ def time_all(fns: dict, args: tuple, reps: int, cuda: bool) -> dict:
         calls[name] = min(max(math.ceil(STREAM_US / estimate), STREAM_CALLS[0]), STREAM_CALLS[1])
         if cuda:
             host[name] = timing.host_cost(fn, args, calls=HOST_CALLS)
-            pads[name] = _cycles(args[0].device, 2 * host[name] + PAD_MARGIN_US)
+            pads[name] = sleep_cycles(args[0].device, 2 * host[name] + PAD_MARGIN_US)
     stream = {name: [] for name in fns}
     device = {name: [] for name in fns}
     for r in range(reps):
@@ -258,11 +259,11 @@ def time_all(fns: dict, args: tuple, reps: int, cuda: bool) -> dict:
     result = {}
     for name in fns:
         per_call = [p if not cuda else p[0].elapsed_time(p[1]) * 1e3 / calls[name] for p in stream[name]]
-        p20, p50, p80 = _quantiles(per_call)
+        p20, p50, p80 = quantiles(per_call)
         row = {"call_us": round(p50, 2), "call_p20_us": round(p20, 2), "call_p80_us": round(p80, 2),
                "calls_per_batch": calls[name]}
         if cuda:
-            row["device_us"] = round(_quantiles([s.elapsed_time(e) * 1e3 for s, e in device[name]])[1], 2)
+            row["device_us"] = round(quantiles([s.elapsed_time(e) * 1e3 for s, e in device[name]])[1], 2)
             row["host_us"] = round(host[name], 2)
         result[name] = row
     return result

@@ -58,7 +58,8 @@ def markdown(data: dict, json_paths: list[Path]) -> str:
              f"kforge {env.get('kforge_commit')}; JSON " + ", ".join(f"`{p.name}`" for p in json_paths) + "; runs:",
              *[f"- {r['date']}: `{r['command']}` ({r['total_s']} s; kforge backend on_miss "
                f"{r.get('on_miss') or 'default'})" for r in runs], "",
-             "Blocks (tests/blocks.py): " + "; ".join(f"{name} {b['class']}({', '.join(f'{k}={v}' for k, v in b['dims'].items())}), "
+             "Blocks (tests/blocks.py): " + "; ".join(f"{name} {b['class']}"
+                                                     f"({', '.join(f'{k}={v}' for k, v in b['dims'].items())}), "
                                                      f"{b['weight_bytes'] / 2**20:.0f} MiB of weights"
                                                      for name, b in data["blocks"].items()) + ".",
              "Times in microseconds: p50 per call of back-to-back calls (`call`), and of one call behind a GPU sleep "

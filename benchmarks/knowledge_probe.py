@@ -81,7 +81,8 @@ def rms_case(rows, hidden, ROWS, warps):
     yy = torch.empty_like(xx)
     BLOCK = triton.next_power_of_2(hidden)
     grid = (triton.cdiv(rows, ROWS),)
-    f = lambda: rms_rows[grid](xx, w, yy, rows, hidden, 1e-6, ROWS=ROWS, BLOCK=BLOCK, num_warps=warps)
+    def f():
+        return rms_rows[grid](xx, w, yy, rows, hidden, 1e-6, ROWS=ROWS, BLOCK=BLOCK, num_warps=warps)
     f()
     ref = torch.rms_norm(xx.float(), (hidden,), w.float(), 1e-6)
     err = (yy.float() - ref).abs().max().item()
@@ -187,10 +188,12 @@ def sm_case(kind, rows, cols, **kw):
     if kind == "rows":
         ROWS, warps = kw["ROWS"], kw["warps"]
         BLOCK = triton.next_power_of_2(cols)
-        f = lambda: sm_rows[(triton.cdiv(rows, ROWS),)](xx, yy, rows, cols, ROWS=ROWS, BLOCK=BLOCK, num_warps=warps)
+        def f():
+            return sm_rows[(triton.cdiv(rows, ROWS),)](xx, yy, rows, cols, ROWS=ROWS, BLOCK=BLOCK, num_warps=warps)
     elif kind == "online":
         BLOCK, warps = kw["BLOCK"], kw["warps"]
-        f = lambda: sm_online[(rows,)](xx, yy, cols, BLOCK=BLOCK, num_warps=warps)
+        def f():
+            return sm_online[(rows,)](xx, yy, cols, BLOCK=BLOCK, num_warps=warps)
     else:
         BLOCK, warps, NCHUNK = kw["BLOCK"], kw["warps"], kw["NCHUNK"]
         chunk = triton.cdiv(triton.cdiv(cols, NCHUNK), BLOCK) * BLOCK

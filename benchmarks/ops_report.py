@@ -64,7 +64,8 @@ def markdown(data: dict, json_paths: list[Path]) -> str:
         "speedups are kforge's call_us against each baseline's; `%ceil` is kforge's op bytes over its device "
         "time as a fraction of the copy ceiling. `kforge impl` is what the router served.",
         "",
-        "| op | shape | class | eager | vendor | compile | kforge | kforge impl | vs eager | vs vendor | vs compile | vs best | %ceil |",
+        "| op | shape | class | eager | vendor | compile | kforge | kforge impl | vs eager | vs vendor | vs compile "
+        "| vs best | %ceil |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for row in data["rows"]:
@@ -118,7 +119,8 @@ def plot(data: dict, png: Path) -> bool:
     ax.set_ylabel("kforge speedup (call time ratio, log scale)")
     ax.set_xticks(range(len(rows)))
     ax.set_xticklabels(labels, rotation=75, ha="right", fontsize=7)
-    ax.set_title(f"kforge routed call vs eager / torch.compile / best baseline, {data['environment'].get('gpu')}, {data['dtype']}")
+    ax.set_title("kforge routed call vs eager / torch.compile / best baseline, "
+                 f"{data['environment'].get('gpu')}, {data['dtype']}")
     ax.legend()
     fig.tight_layout()
     fig.savefig(png, dpi=110)

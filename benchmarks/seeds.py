@@ -68,7 +68,8 @@ def report(json_path: Path) -> int:
         lines.append(f"| {row['op']} | {'x'.join(map(str, row['shape']))} | {_us(us.get('vendor'))} | "
                      f"{_us(us.get('compile'))} | {seeds_text} | {(best or '-').removeprefix('seed:')} | "
                      f"{speed.get('vendor', '-')}x | {speed.get('compile', '-')}x | "
-                     f"{row['frac_ceiling'][best]:.0%} |" if best else f"| {row['op']} | {row['shape']} | no seed passed | | | | | | |")
+                     f"{row['frac_ceiling'][best]:.0%} |"
+                     if best else f"| {row['op']} | {row['shape']} | no seed passed | | | | | | |")
         for name, message in row.get("errors", {}).items():
             lines.append(f"|  | {name} excluded: {message[:120]} | | | | | | | |")
     lines.append(end)

@@ -130,7 +130,8 @@ def main() -> int:
     env = environment()
     payload = {"benchmark": "triton_launch", "environment": env, "shape": [args.rows, args.hidden],
                "dtype": "bfloat16", "calls": args.calls, "repeat": args.repeat, "kernel_sha256": stored.sha256,
-               "results": results, "launcher_mode": launcher.mode, "routed_minus_jit_us": over, "goal_us": 1.5, "meets_goal": over <= 1.5}
+               "results": results, "launcher_mode": launcher.mode, "routed_minus_jit_us": over, "goal_us": 1.5,
+               "meets_goal": over <= 1.5}
     path = write_json(f"triton_launch-{args.rows}x{args.hidden}.json", payload, subdir="h100")
     print(f"{env['gpu']} | torch {env['torch']} | triton {env['triton']} | rms_norm bf16 {args.rows}x{args.hidden}")
     for name, r in results.items():

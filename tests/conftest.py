@@ -17,6 +17,8 @@ from kforge.backends import BACKENDS, BackendName  # noqa: E402
 from kforge.evaluate import isolation  # noqa: E402
 from kforge.router import dispatch  # noqa: E402
 
+pytest_plugins = ["github_fake"]  # its `github_fake` fixture, for the tests that talk to a fake GitHub
+
 # Where bwrap cannot run (a CI runner without it), the suite's own test candidates still run, in
 # plain workers; tests/test_isolation.py's bwrap tests skip, and its refusal test unsets this.
 if isolation.probe().level is not isolation.Level.BWRAP:

@@ -10,9 +10,8 @@ read, not write), an unknown repository, issue, branch or file 404, a branch tha
 second open pull request for the same head and base 422. Commits are snapshots: a branch is a ref
 to a commit sha, a commit maps paths to bytes.
 
-Use it through the fixture (the environment then points the client at it):
-
-    from github_fake import github_fake  # noqa: F401  (the fixture)
+Use it through the fixture (conftest.py loads this module as a plugin; the environment then points
+the client at it):
 
     def test_x(github_fake):
         github_fake.add_issue("octo/kernels", title="...", body="...")

@@ -14,7 +14,9 @@ import pytest
 import torch
 
 from kforge.candidate import load_candidate
-from kforge.evaluate.correctness import BORDERLINE_SEEDS, LONG_ROW, MANY_ROWS, Check, Layout, Trial, verify
+from kforge.evaluate.cases import LONG_ROW, MANY_ROWS, Layout
+from kforge.evaluate.correctness import Check, Trial, verify
+from kforge.evaluate.verifier import BORDERLINE_SEEDS
 from kforge.evaluate.static import Rule, check_source
 from kforge.ops import get_spec
 

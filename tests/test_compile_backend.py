@@ -15,7 +15,7 @@ from blocks import LlamaBlocks, LlamaRMSNorm, MoEBlock
 from helpers import make_record, write_user_table
 from kforge.compile import Options, kforge_backend
 from kforge.errors import UnknownNameError
-from kforge.router.dispatch import KforgeFallbackWarning
+from kforge.router.dispatch import COMPILED, KforgeFallbackWarning
 
 EAGER = {"compiler": "eager", "on_miss": "kforge"}
 
@@ -459,6 +459,6 @@ def test_a_failed_compiled_choice_is_routed_per_call_without_retrying(fake_trito
     with pytest.warns(KforgeFallbackWarning):
         for _ in range(5):
             torch.ops.kforge.rms_norm.compiled(x, w, 1e-6, "triton:test-ok-gone")
-    sig = [s for s in kforge._ROUTER.ops["rms_norm"].baked]
+    sig = [k for k in kforge._ROUTER.ops["rms_norm"].decisions if k[0] is COMPILED]
     assert len(sig) == 1  # remembered: one warning, one table lookup, then routed per call
     assert kforge.stats()["ops"]["rms_norm"]["miss"] == 5

@@ -11,7 +11,8 @@ import pytest
 import torch
 
 from kforge.candidate import load_candidate
-from kforge.evaluate.correctness import CPU_SETS, LONG_ROW, Check, Layout, Trial, _secret_shapes, verify
+from kforge.evaluate.cases import CPU_SETS, LONG_ROW, Layout, secret_shapes
+from kforge.evaluate.correctness import Check, Trial, verify
 from kforge.ops import get_spec
 from kforge.records import Domain
 
@@ -216,8 +217,8 @@ def test_domain_limits_what_is_verified_and_what_the_evidence_claims():
 
 def test_secret_shapes_are_new_odd_and_follow_the_secret():
     public = list(RMS.shapes(*CPU_SETS))
-    a, b = _secret_shapes(public, 1, 3), _secret_shapes(public, 2, 3)
-    assert a == _secret_shapes(public, 1, 3) and a != b
+    a, b = secret_shapes(public, 1, 3), secret_shapes(public, 2, 3)
+    assert a == secret_shapes(public, 1, 3) and a != b
     for shape in a + b:
         assert shape not in public and shape[-1] & (shape[-1] - 1)
     assert a[0][-1] > max(s[-1] for s in public)  # from the widest public shape

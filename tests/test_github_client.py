@@ -10,7 +10,7 @@ import base64
 import socket
 
 import pytest
-from github_fake import TOKEN, GitHubFake, blob_sha, github_fake  # noqa: F401  (github_fake: the fixture)
+from github_fake import TOKEN, GitHubFake, blob_sha
 
 from kforge.errors import KforgeError
 from kforge.issues.github import GitHub, GitHubError, Issue

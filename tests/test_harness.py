@@ -29,7 +29,8 @@ def pool():
     return LocalPoolExecutor(workers=2)
 
 
-@pytest.mark.parametrize("op, path", [("rms_norm", seeds("rms_norm")[0]), ("softmax", TESTS / "candidates" / "softmax_rowwise.py")])
+@pytest.mark.parametrize("op, path", [("rms_norm", seeds("rms_norm")[0]),
+                                      ("softmax", TESTS / "candidates" / "softmax_rowwise.py")])
 def test_a_good_candidate_is_accepted_recorded_and_served(op, path, pool):
     result = harness.evaluate_source(path.read_text(), op, dtypes=[F32], timing_shapes=[(4, 64)], executor=pool)
     assert result.accepted, result.reason

@@ -200,9 +200,6 @@ def test_an_escaping_reference_cannot_read_the_parent_or_write_outside(escaping_
         assert "private-file-of-the-runner-user" not in text, f"$HOME listed in {where}"
 
 
-from github_fake import github_fake  # noqa: E402,F401 - the fixture
-
-
 def test_publish_redacts_what_it_posts(tmp_path, github_fake, monkeypatch):
     """The directory `issue run` wrote came from a runner where untrusted code ran: a report that
     carries a secret value of the posting runner is posted redacted, with the secret nowhere."""

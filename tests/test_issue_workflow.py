@@ -467,6 +467,3 @@ def test_issue_run_refuses_a_missing_or_stale_approval_before_anything_runs(comm
     assert posted.startswith("kforge did not start the run:") and message in posted
     rc, _, err = cli(capsys, "issue", "run", "--body-file", str(BODY), "--expect-hash", "f" * 12, "--provider", "catalog")
     assert rc == 1 and "edited after the approval" in err
-
-
-from github_fake import github_fake  # noqa: E402,F401 - the fixture

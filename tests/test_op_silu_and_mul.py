@@ -21,7 +21,8 @@ import kforge
 from kforge.catalog import seeds
 from kforge.errors import KforgeInputError
 from kforge.evaluate import harness
-from kforge.evaluate.correctness import LONG_ROW, verify
+from kforge.evaluate.cases import LONG_ROW
+from kforge.evaluate.correctness import verify
 from kforge.evaluate.executors import LocalPoolExecutor
 from kforge.specs.silu_and_mul import SPEC, fake, make_inputs, problem, reference, vendor
 from kforge.store import KernelStore

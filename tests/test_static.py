@@ -273,7 +273,8 @@ FORBIDDEN = {
                             "    _kernel[lambda meta: (meta['x_ptr'].numel(),)](x, y, 4, BLOCK=4)\n    return y", Rule.TORCH),
     "grid passes its metadata on": ("def _g(meta):\n    return _h(meta)\ndef _h(m):\n    return (1,)\n"
                                     "def forward(x):\n    _kernel[_g](x, x, 4, BLOCK=4)\n    return x", Rule.TORCH),
-    "heuristic reads a tensor": ("@triton.heuristics({'B': lambda args: args['p'] * 2})\n@triton.jit\ndef _k6(p, B: tl.constexpr):\n"
+    "heuristic reads a tensor": ("@triton.heuristics({'B': lambda args: args['p'] * 2})\n@triton.jit\n"
+                                 "def _k6(p, B: tl.constexpr):\n"
                                  "    pass\ndef forward(x):\n    _k6[(1,)](x)\n    return x", Rule.TORCH),
     "autotune prune hook": ("@triton.autotune(configs=[], key=[], prune_configs_by={})\n@triton.jit\ndef _k7(p):\n"
                             "    pass\ndef forward(x):\n    _k7[(1,)](x)\n    return x", Rule.API),

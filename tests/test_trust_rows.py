@@ -20,7 +20,8 @@ import user_op_defs
 from helpers import accept_kernel, cpu_device, make_record, unique_op_name as fresh, write_user_table
 from kforge.candidate import load_candidate
 from kforge.errors import KforgePinError
-from kforge.evaluate.correctness import Check, secret_shapes_of, verify
+from kforge.evaluate.cases import secret_shapes_of
+from kforge.evaluate.correctness import Check, verify
 from kforge.evaluate.static import check_source
 from kforge.ops import get_spec
 from kforge.userops import kernelbench

@@ -59,5 +59,5 @@ def reset() -> None:
     _reset()
 
 
-__all__ = ["ops", "define_op", "op", "use", "stats", "flush", "explain", "reset", "KforgeError", "KforgeInputError", "KforgePinError",
-           "UnknownNameError", "__version__"]
+__all__ = ["ops", "define_op", "op", "use", "stats", "flush", "explain", "reset", "KforgeError", "KforgeInputError",
+           "KforgePinError", "UnknownNameError", "__version__"]

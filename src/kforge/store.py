@@ -15,8 +15,9 @@ module is imported from the bytes that were hashed, never from a bytecode cache 
 `kforge.candidate`).
 
 Verdicts: `<sha[:2]>/<sha>.verdict` says this kforge's evaluator accepted the kernel for an op on
-each device it names (with a summary of the evidence), authenticated by an HMAC-SHA256 keyed by `<KFORGE_HOME>/verdict.key` (32 random bytes,
-created once with mode 0600 by the first verdict written). The Triton backend serves a stored
+each device it names (with a summary of the evidence), authenticated by an HMAC-SHA256 keyed by
+`<KFORGE_HOME>/verdict.key` (32 random bytes, created once with mode 0600 by the first verdict
+written). The Triton backend serves a stored
 kernel only with a valid verdict, so a kernel and record planted in the store or copied from
 another machine (where the key differs) are not served; the kernels bundled with the package are
 trusted as shipped.

@@ -6,8 +6,9 @@ m_i = |oracle_i| + atol, every element must satisfy
     r = max_j |reference_at_dtype_j - oracle_j| / m_j,
 where `reference_at_dtype` is the reference run on the inputs as given (the error PyTorch itself
 makes at that precision, taken relative to magnitude so small outputs keep a tight budget) and
-(atol, rtol) is the spec's resolution floor for the dtype and problem. NaN and Inf must appear exactly where the oracle has them (same sign for Inf); dtype,
-shape and device must match what the reference returns.
+(atol, rtol) is the spec's resolution floor for the dtype and problem. NaN and Inf must appear
+exactly where the oracle has them (same sign for Inf); dtype, shape and device must match what the
+reference returns.
 """
 from __future__ import annotations
 
@@ -42,7 +43,8 @@ def compare(spec: OpSpec, args: tuple, out, *, oracle=None, at_dtype=None, scale
     oracles = _as_tuple(oracle if oracle is not None else spec.oracle(args))
     lows = _as_tuple(at_dtype if at_dtype is not None else spec.reference(*args))
     if len(outs) != len(oracles):
-        return Comparison(False, float("inf"), float("inf"), f"{spec.name}: returned {len(outs)} outputs, expected {len(oracles)}")
+        return Comparison(False, float("inf"), float("inf"),
+                          f"{spec.name}: returned {len(outs)} outputs, expected {len(oracles)}")
     if spec.compare_view is not None:
         for n, (o, low) in enumerate(zip(outs, lows)):  # the view's own checks assume the metadata
             if not isinstance(o, torch.Tensor) or o.shape != low.shape or o.dtype != low.dtype or o.device != low.device:
@@ -63,7 +65,8 @@ def compare(spec: OpSpec, args: tuple, out, *, oracle=None, at_dtype=None, scale
             return Comparison(False, float("inf"), float("inf"), f"{where}: not a tensor ({type(o).__name__})")
         if o.shape != low.shape or o.dtype != low.dtype or o.device != low.device:
             return Comparison(False, float("inf"), float("inf"),
-                              f"{where}: got {tuple(o.shape)} {o.dtype} on {o.device}, expected {tuple(low.shape)} {low.dtype} on {low.device}")
+                              f"{where}: got {tuple(o.shape)} {o.dtype} on {o.device}, "
+                              f"expected {tuple(low.shape)} {low.dtype} on {low.device}")
         if o.numel() == 0:
             continue
         # In fp64 on the output's own device: copying prefill-sized outputs to the host cost ~6 s

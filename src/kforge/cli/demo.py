@@ -88,8 +88,8 @@ def run(args) -> int:
                         warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
                 records.extend(found)
                 progress(f"calibrated {spec.name} {dtypes_text(str(dtype).removeprefix('torch.'))} {shape_text(shape)}: "
-                         + ", ".join(f"{r.impl} {r.p50_us:.1f} us" + ("" if r.timing == "cpu_wall" else f" (host {r.host_us:.1f})")
-                                     for r in found)
+                         + ", ".join(f"{r.impl} {r.p50_us:.1f} us"
+                                     + ("" if r.timing == "cpu_wall" else f" (host {r.host_us:.1f})") for r in found)
                          + f"  ({time.perf_counter() - t0:.1f} s)")
     written = ScoreTable().write(records)
     kforge.reset()  # re-read the table this process just wrote

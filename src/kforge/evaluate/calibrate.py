@@ -12,12 +12,12 @@ For each implementation (a backend name, or an `Implementation` built elsewhere)
      warning says why.
   2. Timing, in one process run for every implementation that passed, interleaved (so results
      compare), by `kforge.evaluate.timing.measure`:
-     - CPU ("cpu_wall"): wall time of batches of back-to-back calls, each batch ~`timing.SAMPLE_S` long,
+     - CPU ("cpu_wall"): wall time of batches of back-to-back calls, each batch ~`timing.cpu.SAMPLE_S` long,
        the implementations interleaved batch by batch so that drift in the machine's load hits all
        of them alike; p20/p50/p80 over batches. host_us = p50: on a CPU the host is the device.
      - CUDA ("cuda_events"): warm-up, then one event pair around each call with the L2 cache
        flushed before it and a GPU sleep queued ahead of it, so the events see device time and
-       not launch overhead; p20/p50/p80 over calls. host_us: `timing.HOST_CALLS` back-to-back calls
+       not launch overhead; p20/p50/p80 over calls. host_us: `timing.clock.HOST_CALLS` back-to-back calls
        timed on the host, queued behind a GPU sleep, one synchronize after the loop: what the
        host spends per call.
 The key comes from `router.key.call_info` on the seed-0 inputs and the fingerprint of their device,
@@ -34,7 +34,7 @@ from kforge.specs import OpSpec
 import kforge
 from kforge.backends import BackendName, Implementation, get_backend
 from kforge.device import fingerprint, installed_version
-# Timing, measure, time_cpu and time_cuda are re-exported: calibrate's timing API predates timing.py.
+# Timing, measure, time_cpu and time_cuda are re-exported: calibrate's timing API predates the timing package.
 from kforge.evaluate.timing import Timing, measure, time_cpu, time_cuda  # noqa: F401
 from kforge.records import DispatchKey, Domain, Evidence, Record
 from kforge.router.key import call_info

@@ -125,11 +125,12 @@ def _exact_tensors(op: str, fn):
 
 def _time_cuda(fns, make_args, check):
     from kforge.evaluate import timing
+    from kforge.evaluate.timing.cuda import GRAPH_BELOW_US
 
     # Every candidate call timed by events is compared bitwise with an untimed call on the same
     # inputs (that one checked against the reference); graph replays check picked calls.
     timings = timing.time_together(fns, make_args, check=check, exact=("candidate",))
-    if min(t.p50_us for t in timings.values()) < timing.GRAPH_BELOW_US:
+    if min(t.p50_us for t in timings.values()) < GRAPH_BELOW_US:
         # Microsecond kernels: events mostly see the launch; graph replays see the kernel.
         graphed = timing.time_together(fns, make_args, graph=True, check=check)
         timings = {name: _with_host(graphed[name], timings[name]) for name in fns}

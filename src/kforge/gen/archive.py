@@ -159,8 +159,8 @@ class Archive:
             raise AttemptNotFound(f"no attempt id starts with {prefix!r} under {self.root}")
         if len(matches) > 1:
             shown = ", ".join(f.stem for f in matches[:5])
-            raise AttemptNotFound(f"{len(matches)} attempts start with {prefix!r} ({shown}{', ...' if len(matches) > 5 else ''}); "
-                                  "give more of the id")
+            more = ", ..." if len(matches) > 5 else ""
+            raise AttemptNotFound(f"{len(matches)} attempts start with {prefix!r} ({shown}{more}); give more of the id")
         attempt = self._read(matches[0])
         if attempt is None:
             raise AttemptNotFound(f"attempt {matches[0].stem} is unreadable: {matches[0]}")

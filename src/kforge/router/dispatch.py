@@ -18,13 +18,12 @@ import time
 import warnings
 from typing import Any, Callable
 
-import torch
-
 from kforge.backends import BACKENDS, BackendName, Implementation, vendor_implementation
 from kforge.device import fingerprint
 from kforge.errors import KforgePinError, UnknownNameError
 from kforge.records import DispatchKey, Record
 from kforge.router import misses, pins
+from kforge.router.calls import all_contiguous, contiguous_outputs, grad_guard, grad_refusal, signature_fn
 from kforge.router.key import call_info, exact_indices, is_empty, nearest_shape, serving_shape
 from kforge.router.policy import rank, rejects
 from kforge.router.table import ScoreTable, TableWarning
@@ -57,86 +56,26 @@ class Decision:
         self.retired = False  # its counts moved to Router.retired
 
 
-_PER_CALL = object()  # in OpRouter.baked: the compiled choice cannot serve this signature, route it
+class Path:
+    """The first element of a forced decision's cache key (`OpRouter.decisions`): a plain object, so
+    hashing the key per call costs a C-level identity hash (an Enum member's `__hash__` is Python)."""
+
+    __slots__ = ("name",)
+
+    def __init__(self, name: str):
+        self.name = name
+
+    def __repr__(self) -> str:
+        return f"Path.{self.name}"
+
+
+PINNED = Path("PINNED")  # `kforge.use` / KFORGE_PIN
+COMPILED = Path("COMPILED")  # chosen when a graph was compiled by the kforge backend
+_PER_CALL = object()  # a compiled decision: the compiled choice cannot serve this signature, route it
 
 
 class KforgeFallbackWarning(RuntimeWarning):
     """An implementation failed at call time and was switched off for its key."""
-
-
-def _signature_fn(spec: OpSpec) -> Callable[[tuple], tuple]:
-    """The decision-cache key of a call: per tensor (shape, dtype, device, contiguous,
-    address mod 16, requires_grad), then the other arguments as they are (so a cached decision
-    never lets an invalid scalar through unchecked). Written out for the common arities because
-    each tensor attribute read costs 60 to 120 ns on a slow host and a helper call ~60 ns more."""
-    tensors = spec.tensor_args
-    scalars = tuple(i for i in range(len(spec.arg_names)) if i not in tensors)
-    if tensors == (0,) and not scalars:
-        return lambda a: (a[0].shape, a[0].dtype, a[0].device, a[0].is_contiguous(), a[0].data_ptr() & 15,
-                          a[0].requires_grad)
-    if tensors == (0, 1) and scalars == (2,):
-        def sig2(a):
-            x, y = a[0], a[1]
-            return (x.shape, x.dtype, x.device, x.is_contiguous(), x.data_ptr() & 15, x.requires_grad,
-                    y.shape, y.dtype, y.device, y.is_contiguous(), y.data_ptr() & 15, y.requires_grad, a[2],
-                    a[2].__class__)  # True == 1 == 1.0: the type keeps a bool from reusing a float's decision
-        return sig2
-    if tensors == (0, 1, 2) and scalars == (3,):
-        def sig3(a):
-            x, y, z = a[0], a[1], a[2]
-            return (x.shape, x.dtype, x.device, x.is_contiguous(), x.data_ptr() & 15, x.requires_grad,
-                    y.shape, y.dtype, y.device, y.is_contiguous(), y.data_ptr() & 15, y.requires_grad,
-                    z.shape, z.dtype, z.device, z.is_contiguous(), z.data_ptr() & 15, z.requires_grad, a[3],
-                    a[3].__class__)
-        return sig3
-
-    def part(t):
-        return (t.shape, t.dtype, t.device, t.is_contiguous(), t.data_ptr() & 15, t.requires_grad)
-
-    return lambda a: tuple(part(a[i]) if i in tensors else (a[i], a[i].__class__) for i in range(len(a)))
-
-
-def _contiguous_outputs(fn: Callable) -> Callable:
-    """Every kforge op returns contiguous outputs (the fakes say so); implementations may keep an
-    odd input layout, so calls with non-contiguous inputs get their outputs made contiguous."""
-
-    def call(*args):
-        out = fn(*args)
-        if isinstance(out, tuple):
-            return tuple(o if o.is_contiguous() else o.contiguous() for o in out)
-        return out if out.is_contiguous() else out.contiguous()
-
-    return call
-
-
-def _all_contiguous(args: tuple, tensor_args: tuple[int, ...]) -> bool:
-    return all(args[i].is_contiguous() for i in tensor_args)
-
-
-def _grad_guard(fast: Callable, differentiable: Callable) -> Callable:
-    """For signatures with inputs that require grad: the differentiable vendor path while grad
-    mode is on, the chosen implementation otherwise (inference under no_grad)."""
-    is_grad_enabled = torch.is_grad_enabled
-
-    def call(*args):
-        return differentiable(*args) if is_grad_enabled() else fast(*args)
-
-    return call
-
-
-def _grad_refusal(fn: Callable, op: str, impl_id: str) -> Callable:
-    """A pinned implementation without a backward, for inputs that require grad: fine under
-    no_grad / inference_mode (the usual inference setup with nn.Parameter weights), refused when
-    autograd would need it."""
-    is_grad_enabled = torch.is_grad_enabled
-
-    def call(*args):
-        if is_grad_enabled():
-            raise KforgePinError(op, impl_id, "inputs require grad and it has no backward; "
-                                 "call it under torch.no_grad() or pin 'vendor'")
-        return fn(*args)
-
-    return call
 
 
 class Router:
@@ -246,15 +185,19 @@ class Router:
 
 
 class OpRouter:
-    """Routing of one op; `__call__` is the hot path."""
+    """Routing of one op; `__call__` is the hot path.
+
+    One cache, `decisions`, holds the decisions of the three ways a call arrives: routed by the table
+    (keyed by the bare signature), pinned by `kforge.use` / KFORGE_PIN (keyed `(PINNED, signature,
+    impl)`) and compiled into a graph by the kforge backend (keyed `(COMPILED, signature, impl)`). A
+    bare signature starts with a shape or a tuple, never a `Path`, so the keys cannot collide, and each
+    way costs one dict lookup per call. Misses of all three are decided by `decide`."""
 
     def __init__(self, router: Router, spec: OpSpec):
         self.router = router
         self.spec = spec
-        self.signature = _signature_fn(spec)
+        self.signature = signature_fn(spec)
         self.decisions: dict[tuple, Decision] = {}
-        self.pinned: dict[tuple, Decision] = {}
-        self.baked: dict[tuple, Decision] = {}  # (signature, impl): calls from compiled graphs
         self.vendor = vendor_implementation(spec)
         self._monotonic = time.monotonic
 
@@ -294,30 +237,66 @@ class OpRouter:
 
         return route
 
+    def call_pinned(self, args: tuple, impl_id: str):
+        """A call while `impl_id` is pinned for this op: it serves or the call raises (no fallback)."""
+        key = (PINNED, self.signature(args), impl_id)
+        d = self.decisions.get(key)
+        if d is None:
+            d = self.decide(args, key, impl_id)
+        d.calls += 1
+        return d.fn(*args)
+
+    def call_compiled(self, args: tuple, impl_id: str):
+        """A call from a graph compiled by the kforge backend, which chose `impl_id` at compile time
+        (`kforge::<op>.compiled`). Pins still win; an implementation that cannot serve the call
+        after all (another layout at run time, switched off after a failure) hands it to `route`."""
+        now = time.monotonic()
+        if now >= self.router.next_check:
+            self.router.periodic(now)  # a changed table drops compiled decisions too
+        if pins.STATE.active and pins.STATE.lookup(self.spec.name) is not None:
+            return self.route(args)
+        key = (COMPILED, self.signature(args), impl_id)
+        d = self.decisions.get(key)
+        if d is None:
+            d = self.decide(args, key, impl_id)
+        if d is _PER_CALL:
+            return self.route(args)
+        d.calls += 1
+        try:
+            return d.fn(*args)
+        except Exception as exc:
+            if d.impl != "vendor":
+                self.decisions[key] = _PER_CALL  # switched off for its key by `failed`: route from now on
+            return self.failed(d, args, exc)
+
     # -- cold path -----------------------------------------------------------------------------
-    def all_decisions(self):
-        baked = [d for d in self.baked.values() if d is not _PER_CALL]
-        return list(self.decisions.values()) + list(self.pinned.values()) + baked
+    def all_decisions(self) -> list[Decision]:
+        return [d for d in self.decisions.values() if d is not _PER_CALL]
 
     def reset(self) -> None:
         with self.router.lock:
             for d in self.all_decisions():
                 self.router.retire(d, self.spec.name)
             self.decisions.clear()
-            self.pinned.clear()
-            self.baked.clear()
 
-    def decide(self, args: tuple, sig: tuple) -> Decision:
+    def decide(self, args: tuple, key: tuple, impl_id: str | None = None) -> Decision:
+        """The decision for a call whose cache `key` missed, made once under the lock: from the table
+        (a bare signature), or for the forced `impl_id` (a `(Path, signature, impl)` key)."""
         spec = self.spec
         with self.router.lock:
-            d = self.decisions.get(sig)
+            d = self.decisions.get(key)
             if d is not None:
                 return d
             spec.check(args)
-            d = self.make_decision(args)
-            if not _all_contiguous(args, spec.tensor_args):
-                d.fn = _contiguous_outputs(d.fn)
-            self.decisions[sig] = d
+            if impl_id is None:
+                d = self.make_decision(args)
+            elif key[0] is PINNED:
+                d = self.make_pinned(args, impl_id)
+            else:
+                d = self.make_compiled(args, impl_id)
+            if d is not _PER_CALL and not all_contiguous(args, spec.tensor_args):
+                d.fn = contiguous_outputs(d.fn)
+            self.decisions[key] = d
             return d
 
     def make_decision(self, args: tuple) -> Decision:
@@ -343,100 +322,27 @@ class OpRouter:
                 continue
             fn = impl.for_call(args)
             if call.requires_grad and not impl.capabilities.has_backward:
-                fn = _grad_guard(fn, spec.vendor)
+                fn = grad_guard(fn, spec.vendor)
             return Decision(fn, impl.id, Kind.HIT, call.key)
         if ranking.rejected or any(key == call.key for key, _ in self.router.disabled):
             reasons = "; ".join(f"{r.impl}: {why}" for r, why in ranking.rejected)
             return Decision(spec.vendor, "vendor", Kind.FALLBACK, call.key, reasons or "switched off")
         return Decision(spec.vendor, "vendor", Kind.MISS, call.key)
 
-    def failed(self, d: Decision, args: tuple, exc: Exception):
-        """A non-vendor implementation raised: serve this call from vendor, switch the
-        implementation off for the key for the rest of the process, warn once."""
-        if d.impl == "vendor" or d.kind in (Kind.PINNED, Kind.EMPTY):
-            raise exc
+    def make_compiled(self, args: tuple, impl_id: str):
+        """The decision for a compiled call, or `_PER_CALL` (remembered, so a choice that cannot
+        serve costs one warning, not a table read per call)."""
         spec = self.spec
-        with self.router.lock:
-            if (d.key, d.impl) not in self.router.disabled:
-                self.router.disabled.add((d.key, d.impl))
-                warnings.warn(f"kforge.{spec.name}: {d.impl} failed for {d.key} ({type(exc).__name__}: {exc}); "
-                              "served by vendor and switched off for this key for the rest of the process",
-                              KforgeFallbackWarning, stacklevel=4)
-            self.uncount(d)
-            stale = [s for s, other in self.decisions.items() if other.key == d.key]
-            for s in stale:
-                self.router.retire(self.decisions.pop(s), spec.name)
-            self.router.retired[(spec.name, Kind.FALLBACK.value, "vendor")] += 1
-            self.router.unflushed.setdefault(d.key, [0, 0])[1] += 1
-        return spec.vendor(*args)
-
-    def uncount(self, d: Decision) -> None:
-        """Take back one call counted on `d` (its counts may have moved to the router meanwhile)."""
-        with self.router.lock:
-            if d.retired:
-                self.router.retired[(self.spec.name, d.kind.value, d.impl)] -= 1
-            else:
-                d.calls -= 1
-
-    def call_compiled(self, args: tuple, impl_id: str):
-        """A call from a graph compiled by the kforge backend, which chose `impl_id` at compile time
-        (`kforge::<op>.compiled`). Pins still win; an implementation that cannot serve the call
-        after all (another layout at run time, switched off after a failure) hands it to `route`."""
-        now = time.monotonic()
-        if now >= self.router.next_check:
-            self.router.periodic(now)  # a changed table drops baked decisions too
-        if pins.STATE.active and pins.STATE.lookup(self.spec.name) is not None:
-            return self.route(args)
-        sig = (self.signature(args), impl_id)
-        d = self.baked.get(sig)
-        if d is None:
-            d = self.bake(args, sig, impl_id)
-        if d is _PER_CALL:
-            return self.route(args)
-        d.calls += 1
         try:
-            return d.fn(*args)
-        except Exception as exc:
-            if d.impl != "vendor":
-                self.baked[sig] = _PER_CALL  # switched off for its key by `failed`: route from now on
-            return self.failed(d, args, exc)
-
-    def bake(self, args: tuple, sig: tuple, impl_id: str):
-        """The Decision for a compiled call's signature, or `_PER_CALL` (remembered, so a choice
-        that cannot serve costs one warning, not a table read per call)."""
-        spec = self.spec
-        with self.router.lock:
-            d = self.baked.get(sig)
-            if d is not None:
-                return d
-            spec.check(args)
-            try:
-                d = self.make_pinned(args, impl_id)
-            except KforgePinError as exc:
-                warnings.warn(f"kforge.{spec.name}: {impl_id}, chosen when the graph was compiled, cannot serve "
-                              f"this call ({exc}); routed per call instead", KforgeFallbackWarning, stacklevel=4)
-                d = None
-            if d is None or (d.key is not None and (d.key, impl_id) in self.router.disabled):
-                self.baked[sig] = _PER_CALL
-                return _PER_CALL
-            d.kind = Kind.EMPTY if is_empty(args, spec.tensor_args) else Kind.HIT
-            if not _all_contiguous(args, spec.tensor_args):
-                d.fn = _contiguous_outputs(d.fn)
-            self.baked[sig] = d
-            return d
-
-    def call_pinned(self, args: tuple, impl_id: str):
-        sig = (self.signature(args), impl_id)
-        d = self.pinned.get(sig)
-        if d is None:
-            with self.router.lock:
-                self.spec.check(args)
-                d = self.make_pinned(args, impl_id)
-                if not _all_contiguous(args, self.spec.tensor_args):
-                    d.fn = _contiguous_outputs(d.fn)
-                d = self.pinned.setdefault(sig, d)
-        d.calls += 1
-        return d.fn(*args)
+            d = self.make_pinned(args, impl_id)
+        except KforgePinError as exc:
+            warnings.warn(f"kforge.{spec.name}: {impl_id}, chosen when the graph was compiled, cannot serve "
+                          f"this call ({exc}); routed per call instead", KforgeFallbackWarning, stacklevel=5)
+            return _PER_CALL
+        if d.key is not None and (d.key, impl_id) in self.router.disabled:
+            return _PER_CALL
+        d.kind = Kind.EMPTY if is_empty(args, spec.tensor_args) else Kind.HIT
+        return d
 
     def make_pinned(self, args: tuple, impl_id: str) -> Decision:
         spec = self.spec
@@ -461,8 +367,38 @@ class OpRouter:
             impl = self.router.load(spec, record)
         fn = impl.for_call(args)
         if call.requires_grad and not impl.capabilities.has_backward:
-            fn = _grad_refusal(fn, spec.name, impl_id)
+            fn = grad_refusal(fn, spec.name, impl_id)
         return Decision(fn, impl_id, Kind.PINNED, call.key)
+
+    def failed(self, d: Decision, args: tuple, exc: Exception):
+        """A non-vendor implementation raised: serve this call from vendor, switch the
+        implementation off for the key for the rest of the process, warn once."""
+        if d.impl == "vendor" or d.kind in (Kind.PINNED, Kind.EMPTY):
+            raise exc
+        spec = self.spec
+        with self.router.lock:
+            if (d.key, d.impl) not in self.router.disabled:
+                self.router.disabled.add((d.key, d.impl))
+                warnings.warn(f"kforge.{spec.name}: {d.impl} failed for {d.key} ({type(exc).__name__}: {exc}); "
+                              "served by vendor and switched off for this key for the rest of the process",
+                              KforgeFallbackWarning, stacklevel=4)
+            self.uncount(d)
+            # Routed decisions only: a compiled one that failed was replaced by `_PER_CALL` already.
+            stale = [s for s, other in self.decisions.items()
+                     if other is not _PER_CALL and not isinstance(s[0], Path) and other.key == d.key]
+            for s in stale:
+                self.router.retire(self.decisions.pop(s), spec.name)
+            self.router.retired[(spec.name, Kind.FALLBACK.value, "vendor")] += 1
+            self.router.unflushed.setdefault(d.key, [0, 0])[1] += 1
+        return spec.vendor(*args)
+
+    def uncount(self, d: Decision) -> None:
+        """Take back one call counted on `d` (its counts may have moved to the router meanwhile)."""
+        with self.router.lock:
+            if d.retired:
+                self.router.retired[(self.spec.name, d.kind.value, d.impl)] -= 1
+            else:
+                d.calls -= 1
 
 
 ROUTER = Router()
@@ -481,7 +417,5 @@ def reset(table: ScoreTable | None = None) -> Router:
         ROUTER.next_check = 0.0
         for op in ROUTER.ops.values():
             op.decisions.clear()
-            op.pinned.clear()
-            op.baked.clear()
         pins.STATE.reset()
     return ROUTER
