@@ -72,6 +72,7 @@ class Interrupting(Provider):
     """The catalog, interrupted (as by Ctrl-C) at its `stop_at`-th answer."""
 
     name = "catalog"
+    reflects = False  # the catalog's capability, copied: it writes no reflection
 
     def __init__(self, stop_at: int):
         self.inner, self.calls, self.stop_at = CatalogProvider(), 0, stop_at
@@ -131,6 +132,17 @@ def test_a_malformed_answer_gets_one_corrective_reprompt_and_the_model_reflects(
     assert len(learned) == 2 and learned[1].title.startswith("Reflection (scripted)")
     assert learned[1].text == "One program per row kept rms_norm memory-bound at 4x64 fp32."
     assert learned[1].dtypes == ("float32",) and learned[0].measured == learned[1].measured
+
+
+def test_the_reflects_flag_not_the_name_decides_whether_the_provider_reflects(executor):
+    quiet = MalformedFirst()
+    quiet.reflects = False
+    run(quiet, executor, rounds=1, variants=1)
+    assert len(quiet.seen) == 2  # answer, corrective answer: no reflection asked for
+    named_catalog = MalformedFirst()
+    named_catalog.name = "catalog"  # a name the search once compared against
+    run(named_catalog, executor, rounds=1, variants=1)
+    assert len(named_catalog.seen) == 3 and named_catalog.seen[2][-1].role.value == "user"
 
 
 class AlwaysProse(Provider):

@@ -35,7 +35,8 @@ from kforge.errors import KforgeError
 from kforge.files import atomic_write_json, read_json
 from kforge.gen import extract, knowledge, prompt
 from kforge.gen.archive import Archive, Attempt
-from kforge.gen.types import Completion, GenerationContext, Message, Provider, ProviderError, Role, Usage
+from kforge.gen.types import (Completion, GenerationContext, Message, Provider, ProviderError, ProviderExhausted,
+                              Role, Usage)
 from kforge.ops import get_spec
 
 STATE_KIND = "kforge-generate-run"
@@ -234,7 +235,7 @@ def _propose(provider: Provider, ctx: _PromptContext, state: dict, settings: Set
             completion = provider.complete(proposal.messages, context=gen_context)
         except ProviderError as exc:
             proposal.error, proposal.check = str(exc), "provider"
-            proposal.exhausted = "no untried variant" in str(exc)
+            proposal.exhausted = isinstance(exc, ProviderExhausted)
             return proposal
         proposal.completions.append(completion)
         try:
@@ -444,7 +445,7 @@ def _feedback_json(fb) -> dict:
 
 def _learn(state: dict, spec, fp: str, provider: Provider, say: Callable[[str], None]) -> None:
     """Append what this run measured to the op's knowledge file (the best variant, scoped), and,
-    when the provider is a model (not the catalog), its reflection on the run."""
+    when the provider can write one (`Provider.reflects`), its reflection on the run."""
     if not state["lineages"] or state.get("learned"):
         return
     best = Variant(**state["lineages"][0])
@@ -452,7 +453,7 @@ def _learn(state: dict, spec, fp: str, provider: Provider, say: Callable[[str], 
     entry = knowledge.record_run(spec.name, gpu=_gpu_name(fp), dtypes=state["dtypes"], shapes=state["shapes"],
                                  triton_version=triton_version, best=best, attempts=state["attempts"],
                                  accepted=state["accepted"])
-    if provider.name != "catalog":
+    if provider.reflects:
         try:
             text = _reflect(state, spec, fp, provider, best, entry, triton_version)
         except ProviderError as exc:  # a reflection is a bonus: the run's results stand without it
