@@ -10,8 +10,8 @@ extraction and static checks (one corrective re-prompt for a malformed answer) -
 (sandboxed verification, timing with vendor in the same run) in parallel over the executor's
 slots. A variant that is the fastest this run has seen at a key is written to the score table at
 once (kernel and vendor records of the same run, with provider, attempt id and parent), so an
-interrupted run loses nothing it proved. The state after every attempt is saved under
-`<home>/runs/<run id>.json`; `run(..., resume=RUN_ID)` continues where it stopped.
+interrupted run loses nothing it proved. The state after every attempt is saved
+(`kforge.gen.run_state`); `run(..., resume=RUN_ID)` continues where it stopped.
 
 Stops at `rounds`, at the target (speedup over vendor, or fraction of the roofline on every key),
 at the token or time budget, or when the provider has nothing new to offer.
@@ -23,23 +23,20 @@ import dataclasses
 import datetime as _dt
 import hashlib
 import math
-import secrets
 import time
 from typing import Any, Callable, Sequence
 
 import torch
 
-from kforge import paths
 from kforge.device import fingerprint, installed_version
 from kforge.errors import KforgeError
-from kforge.files import atomic_write_json, read_json
 from kforge.gen import extract, knowledge, prompt
 from kforge.gen.archive import Archive, Attempt
+from kforge.gen.run_state import load_state, new_state, save_state
 from kforge.gen.types import (Completion, GenerationContext, Message, Provider, ProviderError, ProviderExhausted,
                               Role, Usage)
 from kforge.ops import get_spec
 
-STATE_KIND = "kforge-generate-run"
 FEEDBACK_KEPT = 3  # failures shown to the next prompt
 
 
@@ -60,10 +57,6 @@ class Settings:
         for name in ("rounds", "variants", "top_k"):
             if getattr(self, name) < 1:
                 raise KforgeError(f"generate: --{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
-
-
-class SearchError(KforgeError):
-    """A run that cannot start or resume (unknown run id, a run of another op)."""
 
 
 @dataclasses.dataclass
@@ -101,14 +94,6 @@ class RunResult:
                 "keys": self.keys, "usage": self.usage.to_json(), "seconds": round(self.seconds, 1)}
 
 
-def runs_dir():
-    return paths.home() / "runs"
-
-
-def new_run_id(op: str) -> str:
-    return f"{_dt.datetime.now(_dt.timezone.utc).strftime('%Y%m%dT%H%M%S')}-{op}-{secrets.token_hex(3)}"
-
-
 # -- the loop ------------------------------------------------------------------------------------
 def run(op: str, provider: Provider, settings: Settings = Settings(), *, device: str = "cpu",
         dtypes: Sequence[torch.dtype] | None = None, shapes: Sequence[tuple[int, ...]] | None = None,
@@ -123,8 +108,8 @@ def run(op: str, provider: Provider, settings: Settings = Settings(), *, device:
     archive = archive or Archive()
     table = table or ScoreTable()
     say = on_progress or (lambda message: None)
-    state = _load_state(resume, op) if resume else _new_state(op, device, dtypes or _default_dtypes(spec),
-                                                              shapes or list(spec.shapes("smoke")), provider,
+    state = load_state(resume, op) if resume else new_state(op, device, dtypes or _default_dtypes(spec),
+                                                              shapes or list(spec.shapes("smoke")), provider.name,
                                                               model, settings)
     if resume:
         saved = dict(state["settings"])
@@ -134,7 +119,7 @@ def run(op: str, provider: Provider, settings: Settings = Settings(), *, device:
     if not resume:
         state["record"] = record
         state["before"] = _best_per_key(table, state["fingerprint"], op)
-        _save_state(state)
+        save_state(state)
     device, dtypes = state["device"], [getattr(torch, d) for d in state["dtypes"]]
     shapes = [tuple(s) for s in state["shapes"]]
     own_executor = executor is None
@@ -161,15 +146,15 @@ def run(op: str, provider: Provider, settings: Settings = Settings(), *, device:
             for proposal, evaluation in _evaluate_all(proposals, spec, device, dtypes, shapes, executor, settings,
                                                       provider.name):
                 _conclude(proposal, evaluation, state, archive, table, provider, model, r)
-                _save_state(state)
+                save_state(state)
             if not state["status"]:
                 state["round"] = r + 1
             state["elapsed_s"] = time.monotonic() - started
-            _save_state(state)
+            save_state(state)
         if not state["status"]:
             state["status"] = _should_stop(state, settings, started) or f"ran {settings.rounds} round(s)"
         state["elapsed_s"] = time.monotonic() - started
-        _save_state(state)
+        save_state(state)
         _learn(state, spec, fp, provider, say)
     finally:
         if own_executor:
@@ -332,60 +317,6 @@ def _conclude(p: _Proposal, evaluation, state: dict, archive: Archive, table, pr
                                 device=state["device"], keys=winning))
 
 
-# -- state ---------------------------------------------------------------------------------------
-def _new_state(op, device, dtypes, shapes, provider: Provider, model, settings: Settings) -> dict:
-    run_id = new_run_id(op)
-    return {"kind": STATE_KIND, "run_id": run_id, "op": op, "device": str(torch.device(device)),
-            "fingerprint": str(fingerprint(torch.device(device))),
-            "dtypes": [str(d).removeprefix("torch.") for d in dtypes], "shapes": [list(s) for s in shapes],
-            "provider": provider.name, "model": model, "settings": dataclasses.asdict(settings), "record": True,
-            "round": 0, "done": {}, "tried": [], "lineages": [], "feedback": [], "best": {}, "before": None,
-            "attempts": 0, "accepted": 0, "usage": Usage().to_json(), "elapsed_s": 0.0, "status": "",
-            "started": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}
-
-
-def state_path(run_id: str):
-    return runs_dir() / f"{run_id}.json"
-
-
-def _save_state(state: dict) -> None:
-    atomic_write_json(state_path(state["run_id"]), state)
-
-
-def _load_state(run_id: str, op: str) -> dict:
-    path = state_path(run_id)
-    try:
-        state = read_json(path)
-        if not isinstance(state, dict) or not isinstance(state.get("op"), str):
-            raise ValueError("not a JSON object naming its op")
-    except FileNotFoundError:
-        known = sorted(p.stem for p in runs_dir().glob("*.json")) if runs_dir().is_dir() else []
-        raise SearchError(f"generate --resume {run_id}: no such run under {runs_dir()}; "
-                          f"known: {', '.join(known[-5:]) or '(none)'}") from None
-    except (OSError, ValueError) as exc:
-        raise SearchError(f"generate --resume {run_id}: cannot read {path}: {exc}") from None
-    if state.get("kind") != STATE_KIND:
-        raise SearchError(f"generate --resume {run_id}: {path} is not a generate run")
-    if state["op"] != op:
-        raise SearchError(f"generate --resume {run_id}: that run is for {state['op']}, not {op}")
-    if state["status"]:
-        raise SearchError(f"generate --resume {run_id}: that run has finished ({state['status']})")
-    return state
-
-
-def unfinished_runs(op: str | None = None) -> list[dict]:
-    """States of runs that stopped before finishing (newest last)."""
-    out = []
-    for path in sorted(runs_dir().glob("*.json")) if runs_dir().is_dir() else []:
-        try:
-            state = read_json(path)
-        except (OSError, ValueError):  # CorruptFile is a ValueError
-            continue
-        if isinstance(state, dict) and state.get("kind") == STATE_KIND and not state.get("status") and (op is None or state.get("op") == op):
-            out.append(state)
-    return out
-
-
 # -- helpers -------------------------------------------------------------------------------------
 def _should_stop(state: dict, settings: Settings, started: float) -> str:
     best = state["lineages"][0] if state["lineages"] else None
@@ -462,7 +393,7 @@ def _learn(state: dict, spec, fp: str, provider: Provider, say: Callable[[str], 
             knowledge.append(spec.name, dataclasses.replace(
                 entry, title=f"Reflection ({provider.name}) on {entry.title}", text=prompt.truncate(text, 1500)))
     state["learned"] = True
-    _save_state(state)
+    save_state(state)
 
 
 def _reflect(state: dict, spec, fp: str, provider: Provider, best: Variant, entry, triton_version: str) -> str:
