@@ -75,10 +75,11 @@ class Interrupting(Provider):
     reflects = False  # the catalog's capability, copied: it writes no reflection
 
     def __init__(self, stop_at: int):
-        self.inner, self.calls, self.stop_at = CatalogProvider(), 0, stop_at
+        self.inner, self.calls, self.stop_at, self.asked = CatalogProvider(), 0, stop_at, []
 
     def complete(self, messages, *, context=None, **params):
         self.calls += 1
+        self.asked.append((context.round, context.variant))
         if self.calls == self.stop_at:
             raise KeyboardInterrupt
         return self.inner.complete(messages, context=context, **params)
@@ -89,7 +90,9 @@ def test_an_interrupted_run_resumes_where_it_stopped(executor):
         run(Interrupting(stop_at=3), executor, rounds=2, variants=2, top_k=1)
     (pending,) = run_state.unfinished_runs("rms_norm")
     assert pending["round"] == 1 and set(pending["done"]) == {"0:0", "0:1"}
-    result = search.run("rms_norm", CatalogProvider(), resume=pending["run_id"], executor=executor)
+    resumed = Interrupting(stop_at=0)  # never interrupts: records what the resumed run asks for
+    result = search.run("rms_norm", resumed, resume=pending["run_id"], executor=executor)
+    assert resumed.asked == [(1, 0), (1, 1)]  # only the candidates the saved state had not done
     assert result.run_id == pending["run_id"] and result.attempts == 4
     attempts = Archive().query(run_id=result.run_id)
     assert sorted((a.round, a.variant) for a in attempts) == [(0, 0), (0, 1), (1, 0), (1, 1)]
