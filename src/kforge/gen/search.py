@@ -36,6 +36,7 @@ from kforge.gen.run_state import load_state, new_state, save_state
 from kforge.gen.types import (Completion, GenerationContext, Message, Provider, ProviderError, ProviderExhausted,
                               Role, Usage)
 from kforge.ops import get_spec
+from kforge.ops.spec import OpSpec
 
 FEEDBACK_KEPT = 3  # failures shown to the next prompt
 
@@ -185,7 +186,7 @@ class _Proposal:
 
 @dataclasses.dataclass
 class _PromptContext:
-    spec: Any
+    spec: OpSpec
     fingerprint: str
     device: str
     dtypes: list
@@ -246,7 +247,7 @@ def _evaluate_all(proposals, spec, device, dtypes, shapes, executor, settings, p
     def one(p: _Proposal):
         if p.source is None:
             return None
-        return evaluate_source(p.source, spec.name, device=device, dtypes=dtypes, timing_shapes=shapes,
+        return evaluate_source(p.source, spec, device=device, dtypes=dtypes, timing_shapes=shapes,
                                executor=executor, provider=provider_name, record=False, timeout_s=settings.timeout_s,
                                parent=None if p.parent is None else p.parent.sha256,
                                verify_shapes=settings.verify_shapes)
@@ -261,8 +262,6 @@ def _evaluate_all(proposals, spec, device, dtypes, shapes, executor, settings, p
 def _conclude(p: _Proposal, evaluation, state: dict, archive: Archive, table, provider: Provider,
               model: str | None, r: int) -> None:
     """Archive the attempt, update lineages, feedback and the best-per-key records."""
-    from kforge.evaluate.harness import records_for
-
     usage = p.usage
     state["usage"] = (Usage(**state["usage"]) + usage).to_json()
     sha = None if p.source is None else hashlib.sha256(p.source.encode()).hexdigest()
@@ -313,8 +312,10 @@ def _conclude(p: _Proposal, evaluation, state: dict, archive: Archive, table, pr
                                   "dtype": m.dtype}
             winning.append(m.key)
     if winning and state["record"]:
-        table.write(records_for(evaluation, provider=provider.name, attempt_id=attempt.id,
-                                device=state["device"], keys=winning))
+        # The harness returned every record of this evaluation; the run writes those of the keys
+        # where this variant is the best so far, tagged with the attempt the archive just gave it.
+        table.write([r if r.source_sha256 is None else dataclasses.replace(r, attempt_id=attempt.id)
+                     for r in evaluation.records if r.key in set(winning)])
 
 
 # -- helpers -------------------------------------------------------------------------------------
