@@ -14,7 +14,7 @@ from kforge.backends.triton import TritonBackend
 from kforge.cli.main import main
 from kforge.device import fingerprint
 from kforge.evaluate.executors import LocalPoolExecutor
-from kforge.gen import from_misses, search
+from kforge.gen import from_misses, run_state, search
 from kforge.gen.archive import Archive
 from kforge.gen.providers.catalog import CatalogProvider
 from kforge.gen.types import Completion, Provider
@@ -59,7 +59,7 @@ def test_a_catalog_run_archives_every_attempt_and_records_the_best(executor):
     best = triton[key["kernel"]["attempt_id"]]
     assert best.provider == "catalog" and best.p50_us == min(r.p50_us for r in triton.values())
     assert best.p50_us == pytest.approx(min(m["candidate"]["p50_us"] for a in accepted for m in a.measurements))
-    state = json.loads(search.state_path(result.run_id).read_text())
+    state = json.loads(run_state.state_path(result.run_id).read_text())
     assert state["status"] == result.status == "ran 2 round(s)"
     # The next op calls are routed by those records (a hit, whichever implementation is faster).
     dispatch.reset()
@@ -72,12 +72,14 @@ class Interrupting(Provider):
     """The catalog, interrupted (as by Ctrl-C) at its `stop_at`-th answer."""
 
     name = "catalog"
+    reflects = False  # the catalog's capability, copied: it writes no reflection
 
     def __init__(self, stop_at: int):
-        self.inner, self.calls, self.stop_at = CatalogProvider(), 0, stop_at
+        self.inner, self.calls, self.stop_at, self.asked = CatalogProvider(), 0, stop_at, []
 
     def complete(self, messages, *, context=None, **params):
         self.calls += 1
+        self.asked.append((context.round, context.variant))
         if self.calls == self.stop_at:
             raise KeyboardInterrupt
         return self.inner.complete(messages, context=context, **params)
@@ -86,14 +88,16 @@ class Interrupting(Provider):
 def test_an_interrupted_run_resumes_where_it_stopped(executor):
     with pytest.raises(KeyboardInterrupt):
         run(Interrupting(stop_at=3), executor, rounds=2, variants=2, top_k=1)
-    (pending,) = search.unfinished_runs("rms_norm")
+    (pending,) = run_state.unfinished_runs("rms_norm")
     assert pending["round"] == 1 and set(pending["done"]) == {"0:0", "0:1"}
-    result = search.run("rms_norm", CatalogProvider(), resume=pending["run_id"], executor=executor)
+    resumed = Interrupting(stop_at=0)  # never interrupts: records what the resumed run asks for
+    result = search.run("rms_norm", resumed, resume=pending["run_id"], executor=executor)
+    assert resumed.asked == [(1, 0), (1, 1)]  # only the candidates the saved state had not done
     assert result.run_id == pending["run_id"] and result.attempts == 4
     attempts = Archive().query(run_id=result.run_id)
     assert sorted((a.round, a.variant) for a in attempts) == [(0, 0), (0, 1), (1, 0), (1, 1)]
-    assert search.unfinished_runs("rms_norm") == []
-    with pytest.raises(search.SearchError, match="has finished"):
+    assert run_state.unfinished_runs("rms_norm") == []
+    with pytest.raises(run_state.SearchError, match="has finished"):
         search.run("rms_norm", CatalogProvider(), resume=pending["run_id"], executor=executor)
 
 
@@ -133,6 +137,17 @@ def test_a_malformed_answer_gets_one_corrective_reprompt_and_the_model_reflects(
     assert learned[1].dtypes == ("float32",) and learned[0].measured == learned[1].measured
 
 
+def test_the_reflects_flag_not_the_name_decides_whether_the_provider_reflects(executor):
+    quiet = MalformedFirst()
+    quiet.reflects = False
+    run(quiet, executor, rounds=1, variants=1)
+    assert len(quiet.seen) == 2  # answer, corrective answer: no reflection asked for
+    named_catalog = MalformedFirst()
+    named_catalog.name = "catalog"  # a name the search once compared against
+    run(named_catalog, executor, rounds=1, variants=1)
+    assert len(named_catalog.seen) == 3 and named_catalog.seen[2][-1].role.value == "user"
+
+
 class AlwaysProse(Provider):
     name = "scripted"
 
@@ -145,7 +160,7 @@ def test_an_answer_without_code_twice_is_archived_as_rejected_and_fed_back(execu
     result = run(provider, executor, rounds=2, variants=1)
     attempts = Archive().query(run_id=result.run_id)
     assert [a.verdict for a in attempts] == ["rejected", "rejected"] and all(a.check == "format" for a in attempts)
-    state = json.loads(search.state_path(result.run_id).read_text())
+    state = json.loads(run_state.state_path(result.run_id).read_text())
     assert state["feedback"] and state["feedback"][-1]["kind"] == "format"
     assert result.accepted == 0 and result.keys == []
 

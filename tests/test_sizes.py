@@ -9,11 +9,6 @@ from pathlib import Path
 SRC = Path(__file__).resolve().parents[1] / "src"
 MAX_LINES = 450
 
-# Temporary: split in i15-specs / i15-genrun (the lead removes this set once they are merged).
-EXEMPT = {
-    "kforge/gen/search.py",
-}
-
 
 def line_counts() -> dict[str, int]:
     return {path.relative_to(SRC).as_posix(): len(path.read_text(encoding="utf-8").splitlines())
@@ -23,12 +18,7 @@ def line_counts() -> dict[str, int]:
 def test_no_file_under_src_is_over_the_line_budget():
     counts = line_counts()
     assert len(counts) > 100  # the walk found the tree
-    over = {name: n for name, n in counts.items() if n > MAX_LINES and name not in EXEMPT}
+    over = {name: n for name, n in counts.items() if n > MAX_LINES}
     assert not over, f"over {MAX_LINES} lines (split along its ideas): " + ", ".join(
         f"{name} ({n})" for name, n in sorted(over.items(), key=lambda item: -item[1]))
 
-
-def test_every_exemption_is_still_needed():
-    counts = line_counts()
-    stale = sorted(name for name in EXEMPT if counts.get(name, 0) <= MAX_LINES)
-    assert not stale, f"no longer over {MAX_LINES} lines or gone: remove from EXEMPT: {stale}"

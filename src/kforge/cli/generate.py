@@ -115,16 +115,16 @@ def _define_from_file(path: str, name: str | None) -> str:
 
 def _jobs(args, device: str) -> list[tuple]:
     """(op, shapes, dtypes, resume run id) per search run."""
-    from kforge.gen import from_misses, search
+    from kforge.gen import from_misses, run_state
 
     if args.resume:
         if args.from_misses:
             raise KforgeError("--resume continues one run of an OP; it does not combine with --from-misses")
         run_id = args.resume
         if run_id == "latest":
-            pending = search.unfinished_runs(args.op)
+            pending = run_state.unfinished_runs(args.op)
             if not pending:
-                raise KforgeError(f"--resume: no unfinished run of {args.op} under {search.runs_dir()}")
+                raise KforgeError(f"--resume: no unfinished run of {args.op} under {run_state.runs_dir()}")
             run_id = pending[-1]["run_id"]
         return [(args.op, [], [], run_id)]
     if not args.from_misses:

@@ -78,7 +78,8 @@ class Evaluation:
     domain: Domain = dataclasses.field(default_factory=Domain)  # the kernel's declared DOMAIN
     measurements: list[Measurement] = dataclasses.field(default_factory=list)
     skipped: list[dict] = dataclasses.field(default_factory=list)
-    records: list[Record] = dataclasses.field(default_factory=list)
+    records: list[Record] = dataclasses.field(default_factory=list)  # an accepted kernel's, whether written or not
+    recorded: bool = False  # the harness wrote `records` to the score table (record=True)
 
     @property
     def verdict(self) -> str:
@@ -89,20 +90,23 @@ class Evaluation:
                 "impl": self.impl, "check": self.check, "case": self.case,
                 "evidence": None if self.evidence is None else self.evidence.to_json(),
                 "results": [m.to_json() for m in self.measurements], "skipped": self.skipped,
-                "records_written": len(self.records)}
+                "records_written": len(self.records) if self.recorded else 0}
 
 
 def impl_id(sha: str) -> str:
     return f"triton:{sha[:12]}"
 
 
-def evaluate_source(source: str, op: str, *, device: str = "cpu", dtypes: Sequence[torch.dtype] | None = None,
+def evaluate_source(source: str, op: str | OpSpec, *, device: str = "cpu", dtypes: Sequence[torch.dtype] | None = None,
                     timing_shapes: Iterable[Sequence[int]] | None = None, verify_shapes=None,
                     seeds: Sequence[int] = DEFAULT_SEEDS, executor: Executor | None = None,
                     provider: str = "user", parent: str | None = None, attempt_id: str | None = None,
                     record: bool = True, table: ScoreTable | None = None, timeout_s: float = TIMEOUT_S) -> Evaluation:
-    """Evaluate one candidate source for `op` on `device`; see the module docstring."""
-    spec = get_spec(op)
+    """Evaluate one candidate source for `op` (a name, or the spec its caller resolved once) on
+    `device`; see the module docstring. An accepted kernel's records are in `.records`; they go
+    to the score table only with `record` (the search writes the ones it picks itself)."""
+    spec = op if isinstance(op, OpSpec) else get_spec(op)
+    op = spec.name
     device_t = torch.device(device)
     dtypes = list(dtypes or [d for d in spec.dtypes if d != torch.float64])
     timing_shapes = [tuple(s) for s in (timing_shapes or spec.shapes("smoke"))]
@@ -153,9 +157,11 @@ def evaluate_source(source: str, op: str, *, device: str = "cpu", dtypes: Sequen
         KernelStore().put_verdict(stored.sha256, op, str(fingerprint(device_t)), {
             "provider": provider, "attempt_id": attempt_id,
             "evidence": None if evaluation.evidence is None else evaluation.evidence.to_json()})
-    if evaluation.accepted and record:
+    if evaluation.accepted:
         evaluation.records = _records(spec, evaluation, stored.sha256, provider, attempt_id, device_t)
+    if evaluation.accepted and record:
         (table or ScoreTable()).write(evaluation.records)
+        evaluation.recorded = True
     return evaluation
 
 
@@ -187,15 +193,6 @@ def _judge(spec: OpSpec, value: dict, sha: str, impl: str, device: torch.device)
         measurements.append(Measurement(tuple(row["shape"]), row["dtype"], key, cand, vendor, result))
     return Evaluation(spec.name, True, "", sha, impl, evidence=evidence, measurements=measurements,
                       skipped=value.get("skipped", []), domain=Domain.from_json(value.get("domain", {})))
-
-
-def records_for(evaluation: Evaluation, *, provider: str, attempt_id: str | None, device: str | torch.device,
-                keys: Iterable[DispatchKey] | None = None) -> list[Record]:
-    """The score-table records of an accepted evaluation (candidate and vendor of the same run),
-    for every measured key or only `keys` (the generator records a variant where it is the best)."""
-    evaluation = dataclasses.replace(evaluation, measurements=[
-        m for m in evaluation.measurements if keys is None or m.key in set(keys)])
-    return _records(get_spec(evaluation.op), evaluation, evaluation.sha256, provider, attempt_id, torch.device(device))
 
 
 def _records(spec: OpSpec, evaluation: Evaluation, sha: str, provider: str, attempt_id: str | None,

@@ -10,8 +10,8 @@ extraction and static checks (one corrective re-prompt for a malformed answer) -
 (sandboxed verification, timing with vendor in the same run) in parallel over the executor's
 slots. A variant that is the fastest this run has seen at a key is written to the score table at
 once (kernel and vendor records of the same run, with provider, attempt id and parent), so an
-interrupted run loses nothing it proved. The state after every attempt is saved under
-`<home>/runs/<run id>.json`; `run(..., resume=RUN_ID)` continues where it stopped.
+interrupted run loses nothing it proved. The state after every attempt is saved
+(`kforge.gen.run_state`); `run(..., resume=RUN_ID)` continues where it stopped.
 
 Stops at `rounds`, at the target (speedup over vendor, or fraction of the roofline on every key),
 at the token or time budget, or when the provider has nothing new to offer.
@@ -23,23 +23,21 @@ import dataclasses
 import datetime as _dt
 import hashlib
 import math
-import secrets
 import time
 from typing import Any, Callable, Sequence
 
 import torch
 
-from kforge import paths
 from kforge.device import fingerprint, installed_version
 from kforge.errors import KforgeError
-from kforge.files import atomic_write_json, read_json
 from kforge.gen import extract, knowledge, prompt
 from kforge.gen.archive import Archive, Attempt
-from kforge.gen.types import Completion, GenerationContext, Message, Provider, ProviderError, Role, Usage
+from kforge.gen.run_state import load_state, new_state, save_state
+from kforge.gen.types import (Completion, GenerationContext, Message, Provider, ProviderError, ProviderExhausted,
+                              Role, Usage)
 from kforge.ops import get_spec
 from kforge.specs import OpSpec
 
-STATE_KIND = "kforge-generate-run"
 FEEDBACK_KEPT = 3  # failures shown to the next prompt
 
 
@@ -60,10 +58,6 @@ class Settings:
         for name in ("rounds", "variants", "top_k"):
             if getattr(self, name) < 1:
                 raise KforgeError(f"generate: --{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
-
-
-class SearchError(KforgeError):
-    """A run that cannot start or resume (unknown run id, a run of another op)."""
 
 
 @dataclasses.dataclass
@@ -101,14 +95,6 @@ class RunResult:
                 "keys": self.keys, "usage": self.usage.to_json(), "seconds": round(self.seconds, 1)}
 
 
-def runs_dir():
-    return paths.home() / "runs"
-
-
-def new_run_id(op: str) -> str:
-    return f"{_dt.datetime.now(_dt.timezone.utc).strftime('%Y%m%dT%H%M%S')}-{op}-{secrets.token_hex(3)}"
-
-
 # -- the loop ------------------------------------------------------------------------------------
 def run(op: str, provider: Provider, settings: Settings = Settings(), *, device: str = "cpu",
         dtypes: Sequence[torch.dtype] | None = None, shapes: Sequence[tuple[int, ...]] | None = None,
@@ -123,8 +109,8 @@ def run(op: str, provider: Provider, settings: Settings = Settings(), *, device:
     archive = archive or Archive()
     table = table or ScoreTable()
     say = on_progress or (lambda message: None)
-    state = _load_state(resume, op) if resume else _new_state(op, device, dtypes or _default_dtypes(spec),
-                                                              shapes or list(spec.shapes("smoke")), provider,
+    state = load_state(resume, op) if resume else new_state(op, device, dtypes or _default_dtypes(spec),
+                                                              shapes or list(spec.shapes("smoke")), provider.name,
                                                               model, settings)
     if resume:
         saved = dict(state["settings"])
@@ -134,7 +120,7 @@ def run(op: str, provider: Provider, settings: Settings = Settings(), *, device:
     if not resume:
         state["record"] = record
         state["before"] = _best_per_key(table, state["fingerprint"], op)
-        _save_state(state)
+        save_state(state)
     device, dtypes = state["device"], [getattr(torch, d) for d in state["dtypes"]]
     shapes = [tuple(s) for s in state["shapes"]]
     own_executor = executor is None
@@ -152,7 +138,8 @@ def run(op: str, provider: Provider, settings: Settings = Settings(), *, device:
             pending = [v for v in range(settings.variants) if f"{r}:{v}" not in state["done"]]
             proposals = []
             for v in pending:
-                say(_progress_line(state, settings, f"round {r + 1}/{settings.rounds} variant {v + 1}/{settings.variants}: asking {provider.name}"))
+                step = f"round {r + 1}/{settings.rounds} variant {v + 1}/{settings.variants}: asking {provider.name}"
+                say(_progress_line(state, settings, step))
                 proposals.append(_propose(provider, context, state, settings, r, v))
             if pending and all(p.exhausted for p in proposals):
                 state["status"] = f"the {provider.name} provider has no untried variant left"
@@ -161,15 +148,15 @@ def run(op: str, provider: Provider, settings: Settings = Settings(), *, device:
             for proposal, evaluation in _evaluate_all(proposals, spec, device, dtypes, shapes, executor, settings,
                                                       provider.name):
                 _conclude(proposal, evaluation, state, archive, table, provider, model, r)
-                _save_state(state)
+                save_state(state)
             if not state["status"]:
                 state["round"] = r + 1
             state["elapsed_s"] = time.monotonic() - started
-            _save_state(state)
+            save_state(state)
         if not state["status"]:
             state["status"] = _should_stop(state, settings, started) or f"ran {settings.rounds} round(s)"
         state["elapsed_s"] = time.monotonic() - started
-        _save_state(state)
+        save_state(state)
         _learn(state, spec, fp, provider, say)
     finally:
         if own_executor:
@@ -200,7 +187,7 @@ class _Proposal:
 
 @dataclasses.dataclass
 class _PromptContext:
-    spec: Any
+    spec: OpSpec
     fingerprint: str
     device: str
     dtypes: list
@@ -235,7 +222,7 @@ def _propose(provider: Provider, ctx: _PromptContext, state: dict, settings: Set
             completion = provider.complete(proposal.messages, context=gen_context)
         except ProviderError as exc:
             proposal.error, proposal.check = str(exc), "provider"
-            proposal.exhausted = "no untried variant" in str(exc)
+            proposal.exhausted = isinstance(exc, ProviderExhausted)
             return proposal
         proposal.completions.append(completion)
         try:
@@ -261,7 +248,7 @@ def _evaluate_all(proposals, spec: OpSpec, device, dtypes, shapes, executor, set
     def one(p: _Proposal):
         if p.source is None:
             return None
-        return evaluate_source(p.source, spec.name, device=device, dtypes=dtypes, timing_shapes=shapes,
+        return evaluate_source(p.source, spec, device=device, dtypes=dtypes, timing_shapes=shapes,
                                executor=executor, provider=provider_name, record=False, timeout_s=settings.timeout_s,
                                parent=None if p.parent is None else p.parent.sha256,
                                verify_shapes=settings.verify_shapes)
@@ -276,8 +263,6 @@ def _evaluate_all(proposals, spec: OpSpec, device, dtypes, shapes, executor, set
 def _conclude(p: _Proposal, evaluation, state: dict, archive: Archive, table, provider: Provider,
               model: str | None, r: int) -> None:
     """Archive the attempt, update lineages, feedback and the best-per-key records."""
-    from kforge.evaluate.harness import records_for
-
     usage = p.usage
     state["usage"] = (Usage(**state["usage"]) + usage).to_json()
     sha = None if p.source is None else hashlib.sha256(p.source.encode()).hexdigest()
@@ -328,62 +313,10 @@ def _conclude(p: _Proposal, evaluation, state: dict, archive: Archive, table, pr
                                   "dtype": m.dtype}
             winning.append(m.key)
     if winning and state["record"]:
-        table.write(records_for(evaluation, provider=provider.name, attempt_id=attempt.id,
-                                device=state["device"], keys=winning))
-
-
-# -- state ---------------------------------------------------------------------------------------
-def _new_state(op, device, dtypes, shapes, provider: Provider, model, settings: Settings) -> dict:
-    run_id = new_run_id(op)
-    return {"kind": STATE_KIND, "run_id": run_id, "op": op, "device": str(torch.device(device)),
-            "fingerprint": str(fingerprint(torch.device(device))),
-            "dtypes": [str(d).removeprefix("torch.") for d in dtypes], "shapes": [list(s) for s in shapes],
-            "provider": provider.name, "model": model, "settings": dataclasses.asdict(settings), "record": True,
-            "round": 0, "done": {}, "tried": [], "lineages": [], "feedback": [], "best": {}, "before": None,
-            "attempts": 0, "accepted": 0, "usage": Usage().to_json(), "elapsed_s": 0.0, "status": "",
-            "started": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}
-
-
-def state_path(run_id: str):
-    return runs_dir() / f"{run_id}.json"
-
-
-def _save_state(state: dict) -> None:
-    atomic_write_json(state_path(state["run_id"]), state)
-
-
-def _load_state(run_id: str, op: str) -> dict:
-    path = state_path(run_id)
-    try:
-        state = read_json(path)
-        if not isinstance(state, dict) or not isinstance(state.get("op"), str):
-            raise ValueError("not a JSON object naming its op")
-    except FileNotFoundError:
-        known = sorted(p.stem for p in runs_dir().glob("*.json")) if runs_dir().is_dir() else []
-        raise SearchError(f"generate --resume {run_id}: no such run under {runs_dir()}; "
-                          f"known: {', '.join(known[-5:]) or '(none)'}") from None
-    except (OSError, ValueError) as exc:
-        raise SearchError(f"generate --resume {run_id}: cannot read {path}: {exc}") from None
-    if state.get("kind") != STATE_KIND:
-        raise SearchError(f"generate --resume {run_id}: {path} is not a generate run")
-    if state["op"] != op:
-        raise SearchError(f"generate --resume {run_id}: that run is for {state['op']}, not {op}")
-    if state["status"]:
-        raise SearchError(f"generate --resume {run_id}: that run has finished ({state['status']})")
-    return state
-
-
-def unfinished_runs(op: str | None = None) -> list[dict]:
-    """States of runs that stopped before finishing (newest last)."""
-    out = []
-    for path in sorted(runs_dir().glob("*.json")) if runs_dir().is_dir() else []:
-        try:
-            state = read_json(path)
-        except (OSError, ValueError):  # CorruptFile is a ValueError
-            continue
-        if isinstance(state, dict) and state.get("kind") == STATE_KIND and not state.get("status") and (op is None or state.get("op") == op):
-            out.append(state)
-    return out
+        # The harness returned every record of this evaluation; the run writes those of the keys
+        # where this variant is the best so far, tagged with the attempt the archive just gave it.
+        table.write([r if r.source_sha256 is None else dataclasses.replace(r, attempt_id=attempt.id)
+                     for r in evaluation.records if r.key in set(winning)])
 
 
 # -- helpers -------------------------------------------------------------------------------------
@@ -445,7 +378,7 @@ def _feedback_json(fb) -> dict:
 
 def _learn(state: dict, spec: OpSpec, fp: str, provider: Provider, say: Callable[[str], None]) -> None:
     """Append what this run measured to the op's knowledge file (the best variant, scoped), and,
-    when the provider is a model (not the catalog), its reflection on the run."""
+    when the provider can write one (`Provider.reflects`), its reflection on the run."""
     if not state["lineages"] or state.get("learned"):
         return
     best = Variant(**state["lineages"][0])
@@ -453,7 +386,7 @@ def _learn(state: dict, spec: OpSpec, fp: str, provider: Provider, say: Callable
     entry = knowledge.record_run(spec.name, gpu=_gpu_name(fp), dtypes=state["dtypes"], shapes=state["shapes"],
                                  triton_version=triton_version, best=best, attempts=state["attempts"],
                                  accepted=state["accepted"])
-    if provider.name != "catalog":
+    if provider.reflects:
         try:
             text = _reflect(state, spec, fp, provider, best, entry, triton_version)
         except ProviderError as exc:  # a reflection is a bonus: the run's results stand without it
@@ -462,7 +395,7 @@ def _learn(state: dict, spec: OpSpec, fp: str, provider: Provider, say: Callable
             knowledge.append(spec.name, dataclasses.replace(
                 entry, title=f"Reflection ({provider.name}) on {entry.title}", text=prompt.truncate(text, 1500)))
     state["learned"] = True
-    _save_state(state)
+    save_state(state)
 
 
 def _reflect(state: dict, spec: OpSpec, fp: str, provider: Provider, best: Variant, entry, triton_version: str) -> str:

@@ -80,6 +80,11 @@ class ProviderError(KforgeError):
     """A provider could not produce a completion (after its retries), or is misconfigured."""
 
 
+class ProviderExhausted(ProviderError):
+    """The provider has no untried candidate left for this context (the catalog, once its seeds
+    and mutants are spent): the search stops asking instead of recording a failure to learn from."""
+
+
 class MissingKeyError(ProviderError):
     """The API key a provider needs is not in the environment."""
 
@@ -95,6 +100,9 @@ class Provider(abc.ABC):
     loop extracts code from it (`kforge.gen.extract`)."""
 
     name: str
+    # Capabilities the search reads (never the provider's name): a provider that writes prose can
+    # reflect on a finished run; one that only enumerates kernels (the catalog) cannot.
+    reflects: bool = True
 
     @abc.abstractmethod
     def complete(self, messages: Sequence[Message], *, context: GenerationContext | None = None,

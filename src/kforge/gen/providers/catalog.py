@@ -23,7 +23,7 @@ skipped: at hidden 4096 the rms_norm seed's MIN_TILE changes nothing, so of its 
 those with another num_warps are worth timing. Launches are read by running `forward` on meta
 tensors with the kernels replaced by recorders (no kernel compiles or runs).
 
-Nothing left to propose raises ProviderError("catalog: no untried variant ... left"), which the
+Nothing left to propose raises ProviderExhausted("catalog: no untried variant ... left"), which the
 search loop reads as the end of that lineage.
 """
 from __future__ import annotations
@@ -44,7 +44,7 @@ import torch
 
 from kforge.catalog import SEEDS, seeds
 from kforge.errors import KforgeError
-from kforge.gen.types import Completion, GenerationContext, Message, Provider, ProviderError, Usage
+from kforge.gen.types import Completion, GenerationContext, Message, Provider, ProviderError, ProviderExhausted, Usage
 
 SPACE_NAME = "SEARCH_SPACE"
 MAX_CHANGES = 2  # tunables changed per mutant
@@ -304,6 +304,7 @@ class CatalogProvider(Provider):
     accepted for the registry's sake: the catalog has nothing to configure."""
 
     name = "catalog"
+    reflects = False  # it enumerates kernels and writes no prose
 
     def __init__(self, config: Any = None):
         self.config = config
@@ -326,7 +327,7 @@ class CatalogProvider(Provider):
         # Variants without a parent all share one list, so variant v is its rank there; a parent's
         # variants may be spread over several lineages (every K-th variant), so wrap instead.
         if not remaining or (from_seeds and context.variant >= len(remaining)):
-            raise ProviderError(f"catalog: no untried variant of {of} left for variant {context.variant} "
+            raise ProviderExhausted(f"catalog: no untried variant of {of} left for variant {context.variant} "
                                 f"({len(remaining)} new among {len(options)}): what its {SPACE_NAME} allows within "
                                 f"{MAX_CHANGES} changes has been tried, launches the same as what was, or has a "
                                 f"DOMAIN that excludes every shape asked for")
