@@ -10,6 +10,8 @@ apart from one inside the process (slower imports, slower driver start). Variant
   no_sys    without /sys bound (the driver then finds no PCI topology)
   share_pid without a PID namespace (the other namespaces kept)
   host_env  the worker's environment plus the host's CUDA_* / NVIDIA_* / LD_* variables
+  kforge_env / kforge_env_plain  the environment `run_isolated` builds (scratch HOME and caches,
+            the device-memory cap, MALLOC_ARENA_MAX), under `full`'s command line and without bwrap
 Runs alternate across variants so load drift hits them alike; medians of `--n`.
 """
 from __future__ import annotations
@@ -40,7 +42,17 @@ def variants(bwrap: str, work: str, env: dict) -> dict[str, list[str] | None]:
     share_pid[1:1] = ["--unshare-user", "--unshare-ipc", "--unshare-net", "--unshare-uts", "--unshare-cgroup-try"]
     extra = {k: v for k, v in os.environ.items() if k.startswith(("CUDA_", "NVIDIA_", "LD_"))}
     host_env = isolation.bwrap_argv(bwrap, command, work=work, env={**env, **extra}, cuda=True, sys_path=sys.path)
-    return {"plain": None, "full": full, "no_sys": no_sys, "share_pid": share_pid, "host_env": host_env}
+    return {"plain": None, "full": full, "no_sys": no_sys, "share_pid": share_pid, "host_env": host_env,
+            "kforge_env": full, "kforge_env_plain": None}
+
+
+def kforge_env(scratch) -> dict[str, str]:
+    """The worker environment of `sandbox.run_isolated` for a CUDA task, in `scratch`."""
+    from kforge.evaluate import sandbox
+
+    env = sandbox._child_env(scratch, sandbox.DEFAULT_ALLOW, {"PYTHONPATH": os.pathsep.join(p for p in sys.path if p)},
+                             cuda=True)
+    return env
 
 
 def run_once(argv: list[str] | None, env: dict) -> dict:
@@ -70,10 +82,18 @@ def main() -> None:
         env = {"PATH": "/usr/bin:/bin", "HOME": work, "CUDA_VISIBLE_DEVICES": os.environ.get("CUDA_VISIBLE_DEVICES", "0"),
                "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
         table = variants(iso.bwrap, work, env)
-        runs: dict[str, list[dict]] = {name: [] for name in table}
-        for _ in range(args.n):
-            for name, argv in table.items():
-                runs[name].append(run_once(argv, env))
+        scratch = isolation.Scratch()
+        try:
+            envs = {name: env for name in table}
+            envs["kforge_env"] = envs["kforge_env_plain"] = kforge_env(scratch)
+            table["kforge_env"] = isolation.bwrap_argv(iso.bwrap, [sys.executable, "-c", PROBE], work=scratch.work,
+                                                       env=envs["kforge_env"], cuda=True, sys_path=sys.path)
+            runs: dict[str, list[dict]] = {name: [] for name in table}
+            for _ in range(args.n):
+                for name, argv in table.items():
+                    runs[name].append(run_once(argv, envs[name]))
+        finally:
+            scratch.remove()
     result = {"bwrap": iso.version, "python": sys.version.split()[0], "command": " ".join(sys.argv), "runs": args.n,
               "variants": {name: {k: round(statistics.median(r[k] for r in rs), 4) for k in rs[0]}
                            for name, rs in runs.items()}}
