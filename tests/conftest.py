@@ -52,3 +52,10 @@ def fake_triton(monkeypatch, kforge_home):
     monkeypatch.setitem(BACKENDS, BackendName.TRITON, backend)
     dispatch.reset()
     return backend
+
+
+def pytest_xdist_auto_num_workers(config):
+    """`-n auto` on a GPU host: at most 4 workers. Each worker is a CUDA process, and test_cuda's
+    prefill shapes in 16 of them at once ran one H200 out of memory (15 failures, 2026-12-03)."""
+    cores = len(os.sched_getaffinity(0))
+    return min(cores, 4) if torch.cuda.is_available() else cores

@@ -230,7 +230,8 @@ def test_the_looped_seed_with_uneven_lane_counts():
     recorder = LaunchRecorder(loaded.module._layer_norm_looped)
     loaded.module._layer_norm_looped = recorder
     verdict = verify(SPEC, loaded.forward, dtypes=[torch.float32, torch.bfloat16], shapes=[(5, 300)],
-                     domain=loaded.domain, secret_seed=11, secret_shapes=0)
+                     domain=loaded.domain, secret_seed=11, secret_shapes=0,
+                     replay=False)  # the path's numbers; the harness test runs every trial
     assert verdict.accepted, verdict.reason
     grid, kwargs = recorder.launches[0]
     assert grid == (5,) and kwargs["BLOCK"] == 64, (grid, kwargs)

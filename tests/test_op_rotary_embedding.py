@@ -365,7 +365,8 @@ def test_the_seeds_tiles_over_tokens_and_head_blocks_are_right(head_size):
     recorder = LaunchRecorder(candidate.module._rotary_embedding_tile)
     candidate.module._rotary_embedding_tile = recorder
     verdict = verify(SPEC, candidate.forward, dtypes=[torch.bfloat16], shapes=[(9, 7, 3, head_size)],
-                     domain=candidate.domain, secret_seed=11, secret_shapes=0)
+                     domain=candidate.domain, secret_seed=11, secret_shapes=0,
+                     replay=False)  # the path's numbers; the harness test runs every trial
     assert verdict.accepted, verdict.reason
     grid, kwargs = recorder.launches[0]
     assert (kwargs["BLOCK_T"], kwargs["BLOCK_HQ"], kwargs["BLOCK_HK"]) == (2, 4, 4), kwargs
