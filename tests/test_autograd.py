@@ -89,7 +89,9 @@ def test_gradcheck_fp64(op, entry):
                 out = outputs(fn(*a))
                 return out if which is None else tuple(out[i] for i in which)
 
-            assert torch.autograd.gradcheck(f, args), f"{op} {shape} outputs {which}"
+            # fast mode: the Jacobian along random directions, one product per output instead of one
+            # column per input element (a wrong backward fails it all the same; ~60 s -> ~15 s of the suite).
+            assert torch.autograd.gradcheck(f, args, fast_mode=True), f"{op} {shape} outputs {which}"
 
 
 def _assert_grads_close(op, what, got, oracle, low):

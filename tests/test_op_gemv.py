@@ -226,12 +226,13 @@ TINY = ((3, 37, 17), (2, 3, 40, 24), (4, 0, 5), (20, 100, 40), (1, 1000, 33))
 
 @pytest.mark.parametrize("path", seeds("gemv"), ids=lambda p: p.stem)
 def test_the_seeds_pass_the_harness(path):
-    # fp16 takes the same code as bf16 (upcast on load); test_triton_backend runs it on the CPU sets.
-    result = harness.evaluate_source(path.read_text(), SPEC.name, dtypes=[torch.bfloat16, torch.float32],
+    # bf16 only: fp16 takes its code (upcast on load), fp32 runs in the forced-path tests below and
+    # both in test_triton_backend over the CPU sets (each dtype here costs ~20 s in the interpreter).
+    result = harness.evaluate_source(path.read_text(), SPEC.name, dtypes=[torch.bfloat16],
                                      verify_shapes=TINY, timing_shapes=[(3, 37, 17)],
                                      executor=LocalPoolExecutor(workers=1))
     assert result.accepted, result.reason
-    assert set(result.evidence.dtypes) == {"bfloat16,bfloat16", "float32,float32"}
+    assert set(result.evidence.dtypes) == {"bfloat16,bfloat16"}
     assert {(6, 24, 40), (4, 5, 0), (20, 40, 100), (1, 33, 1000)} <= set(result.evidence.shapes)
 
 

@@ -296,7 +296,6 @@ def test_a_cache_in_the_querys_dtype_is_served_and_so_is_the_other_layout():
 # of 256), an odd head passing one dim (17), odd head counts, zero tokens, one pair. fp16 runs in
 # test_triton_backend's grid over the CPU shape sets.
 TINY = ((3, 4, 2, 16), (3, 5, 3, 80), (1, 2, 1, 256), (4, 3, 2, 17), (0, 4, 2, 16), (2, 1, 1, 2))
-SEED_DTYPES = (torch.bfloat16, torch.float32)
 
 
 def load_seed():
@@ -309,10 +308,11 @@ def test_the_seed_passes_the_harness():
     (path,) = seeds("rotary_embedding")
     assert {rope_config(s[3])[1] for s in TINY} == {True, False}
     assert any(rope_config(s[3])[0] < s[3] for s in TINY)
-    result = harness.evaluate_source(path.read_text(), SPEC.name, dtypes=list(SEED_DTYPES), verify_shapes=TINY,
+    # bf16 as models call it; fp32 and fp16 run in test_triton_backend over the CPU shape sets.
+    result = harness.evaluate_source(path.read_text(), SPEC.name, dtypes=[torch.bfloat16], verify_shapes=TINY,
                                      timing_shapes=[(3, 4, 2, 16)], executor=LocalPoolExecutor(workers=1))
     assert result.accepted, result.reason
-    assert {"bfloat16,bfloat16,int64,float32", "float32,float32,int64,float32"} <= set(result.evidence.dtypes)
+    assert {"bfloat16,bfloat16,int64,float32"} <= set(result.evidence.dtypes)
     assert {(1, 2, 1, 256, 64, 0), (3, 5, 3, 80, 32, 1), (4, 3, 2, 17, 16, 1)} <= set(result.evidence.shapes)
 
 
