@@ -33,12 +33,13 @@ def test_cuda_graph_capture_and_replay(name):
     entry = kforge.ops.ENTRIES[name]
     args = spec.make_inputs(spec.shapes("smoke")[0], torch.bfloat16, "cuda", 0)
     entry(*args)  # decide outside capture
-    capture_replay_and_check(spec, entry, args)
+    capture_replay_and_check(spec, entry, args, spec.shapes("smoke")[0])
 
 
-def capture_replay_and_check(spec, entry, args) -> None:
+def capture_replay_and_check(spec, entry, args, shape) -> None:
     """Capture entry(*args) in a CUDA graph (after a warm-up on the capture stream), replay it on
-    new values copied into the static inputs, and check the output against the reference."""
+    new values copied into the static inputs, and check the output against the reference. `shape`:
+    the problem shape `args` were made for (gemv's or rotary's is not their first tensor's shape)."""
     torch.cuda.synchronize()
     graph = torch.cuda.CUDAGraph()
     stream = torch.cuda.Stream()
@@ -48,7 +49,7 @@ def capture_replay_and_check(spec, entry, args) -> None:
         with torch.cuda.graph(graph, stream=stream):
             out = entry(*args)
     torch.cuda.current_stream().wait_stream(stream)
-    fresh = spec.make_inputs(tuple(args[spec.tensor_args[0]].shape), args[spec.tensor_args[0]].dtype, "cuda", 1)
+    fresh = spec.make_inputs(shape, args[spec.tensor_args[0]].dtype, "cuda", 1)
     for static, new in zip(args, fresh):
         if isinstance(static, torch.Tensor):
             static.copy_(new)
@@ -92,4 +93,4 @@ def test_a_replayed_stored_kernel_is_captured_by_cuda_graphs(name):
     (decision,) = dispatch.ROUTER.ops[name].decisions.values()
     assert decision.impl == impl_id(sha)
     assert decision.fn.launch_state.mode == "replay", decision.fn.launch_state.reason
-    capture_replay_and_check(spec, entry, args)
+    capture_replay_and_check(spec, entry, args, spec.shapes("smoke")[0])
