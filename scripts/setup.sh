@@ -3,11 +3,16 @@
 #
 #   bash scripts/setup.sh          # runtime + CLI:  .venv/bin/kforge demo
 #   bash scripts/setup.sh --test   # plus the test dependencies:  .venv/bin/python -m pytest -q
+#   bash scripts/setup.sh --print-torch   # the pip arguments it would install torch with, then exit
 #
-# A CPU torch goes in first when the venv has none: on these machines `pip install torch==2.13.0`
-# takes a CPU build from local disk, while an unpinned torch would pull a multi-GB CUDA build.
-# Override with KFORGE_TORCH (e.g. KFORGE_TORCH="torch==2.13.0" or a wheel path); PYTHON picks the
-# interpreter that creates the venv (default python3, 3.10 or newer). Messages go to stderr.
+# torch goes in first when the venv has none. Where `nvidia-smi -L` lists an NVIDIA GPU, a CUDA
+# build: `pip install torch` (the default index's Linux wheels are CUDA builds, several GB). Elsewhere
+# a CPU build: `pip install torch==2.13.0` (on the project's machines a CPU wheel from local disk).
+# KFORGE_TORCH overrides both and is split into pip arguments, so it can name a version, a wheel path
+# or an index, e.g. KFORGE_TORCH="torch==2.11.0 --index-url https://download.pytorch.org/whl/cu128"
+# or KFORGE_TORCH="torch --index-url https://download.pytorch.org/whl/cpu". A venv that already has
+# a CPU torch on a GPU machine gets a warning saying how to replace it. PYTHON picks the interpreter
+# that creates the venv (default python3, 3.10 or newer). Messages go to stderr.
 # Candidate kernels run in bubblewrap sandboxes: bwrap is installed with apt when this runs as root
 # and it is missing (KFORGE_NO_APT=1 skips that); otherwise the script says what to do.
 set -euo pipefail
@@ -16,7 +21,7 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 ROOT="$(pwd)"
 VENV="$ROOT/.venv"
 PY="$VENV/bin/python"
-TORCH_SPEC="${KFORGE_TORCH:-torch==2.13.0}"
+CPU_TORCH="torch==2.13.0"
 
 say() { echo "setup: $*" >&2; }
 
@@ -24,10 +29,31 @@ mode=runtime
 for arg in "$@"; do
     case "$arg" in
         --test) mode=test ;;
-        -h|--help) sed -n '2,10p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' >&2; exit 0 ;;
-        *) say "unknown argument '$arg' (use --test or nothing)"; exit 2 ;;
+        --print-torch) mode=print-torch ;;
+        -h|--help) sed -n '2,17p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' >&2; exit 0 ;;
+        *) say "unknown argument '$arg' (use --test, --print-torch or nothing)"; exit 2 ;;
     esac
 done
+
+# The GPU the driver lists first ("" without nvidia-smi or without a GPU).
+gpu_name() { { nvidia-smi -L 2>/dev/null || true; } | sed -n 's/^GPU 0: \([^(]*\).*/\1/p' | sed 's/ *$//'; }
+GPU="$(gpu_name)"
+# TORCH_ARGS: the pip arguments for torch; TORCH_WHY: what they are, for the message.
+if [ -n "${KFORGE_TORCH:-}" ]; then
+    read -r -a TORCH_ARGS <<< "$KFORGE_TORCH"
+    TORCH_WHY="the torch KFORGE_TORCH names"
+elif [ -n "$GPU" ]; then
+    TORCH_ARGS=(torch)
+    TORCH_WHY="a CUDA build of torch for the $GPU (several GB; KFORGE_TORCH picks another)"
+else
+    TORCH_ARGS=("$CPU_TORCH")
+    TORCH_WHY="a CPU build of torch (no NVIDIA GPU found by nvidia-smi)"
+fi
+if [ "$mode" = print-torch ]; then
+    echo "${TORCH_ARGS[*]}"
+    say "would install $TORCH_WHY"
+    exit 0
+fi
 
 # bubblewrap isolates the workers that run candidate kernels; without it they are refused.
 bwrap_works() { bwrap --unshare-all --die-with-parent --ro-bind /usr /usr --symlink usr/lib /lib \
@@ -62,9 +88,15 @@ fi
 # Metadata and import specs only: importing torch takes seconds.
 if "$PY" -c 'import importlib.util, sys; sys.exit(importlib.util.find_spec("torch") is None)' 2>/dev/null; then
     say "torch $("$PY" -c 'from importlib.metadata import version; print(version("torch"))') already in the venv"
+    # On a GPU machine only (importing torch takes seconds): a CPU build there runs everything on the CPU.
+    if [ -n "$GPU" ] && [ -z "${KFORGE_TORCH:-}" ] && [ "$("$PY" -c 'import torch; print(torch.version.cuda is None)' 2>/dev/null)" = True ]; then
+        say "WARNING: the venv's torch is a CPU build but this machine has an $GPU: kforge will run on the CPU."
+        say "  For a CUDA build: $PY -m pip uninstall -y torch && bash scripts/setup.sh"
+        say "  (or KFORGE_TORCH=\"torch --index-url https://download.pytorch.org/whl/cu128\" for a given CUDA)"
+    fi
 else
-    say "installing a CPU torch first: pip install $TORCH_SPEC"
-    "$PY" -m pip install "$TORCH_SPEC" >&2
+    say "installing $TORCH_WHY: pip install ${TORCH_ARGS[*]}"
+    "$PY" -m pip install "${TORCH_ARGS[@]}" >&2
 fi
 
 # The stamp records what was installed for which pyproject.toml; a test install covers runtime.
