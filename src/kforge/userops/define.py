@@ -22,7 +22,7 @@ from __future__ import annotations
 import threading
 from typing import Callable, Sequence
 
-from kforge.ops.registry import SPECS, is_builtin, register
+from kforge.ops.registry import ENTRIES, SPECS, is_builtin, register
 from kforge.userops import persist as on_disk  # `persist` is define_op's keyword
 from kforge.userops.build import UserOpError, build_spec
 
@@ -36,18 +36,31 @@ def define_op(name: str, schema: str, reference: Callable, make_inputs: Callable
     `build_spec`. With `persist`, the definition is saved so other processes load it by name:
     reference and make_inputs must then be module-level functions of one .py file (which may
     itself call define_op: loading it elsewhere registers the op once). A name persisted before is
-    refused unless `replace`."""
+    defined again with the same definition (schema, options, the functions' code and what they
+    use) is the same op: nothing is rewritten, so a script that defines an op runs again as it
+    did. Another definition under that name is refused, saying what differs, unless `replace`."""
     with LOCK:
-        if name in SPECS:
-            raise UserOpError(f"op {name!r} is already registered" + (" (a built-in op)" if is_builtin(name) else ""))
+        if is_builtin(name):
+            raise UserOpError(f"op {name!r} is already registered (a built-in op): choose another name")
         if LOADING:
             persist = False  # `load` is running a persisted op's file: register what it defines, rewrite nothing
-        elif persist and not replace and name in on_disk.persisted():
-            raise UserOpError(f"op {name!r} is already persisted under {on_disk.ops_dir() / name}: pass replace=True "
-                              "to overwrite it, or choose another name")
         spec = build_spec(name, schema, reference, make_inputs, shapes=shapes, **options)
         manifest = on_disk.function_manifest(spec, reference, make_inputs, options) if persist else None
+        known = manifest is not None and not replace and name in on_disk.persisted()
+        differs = on_disk.differences(name, manifest) if known else []
+        if name in SPECS and (not known or differs):
+            raise UserOpError(f"op {name!r} is already registered in this process" + (
+                f" with another definition ({', '.join(differs)})" if differs else "") +
+                ": choose another name" + (", or pass replace=True in a new process" if differs else ""))
+        if differs:
+            raise UserOpError(f"op {name!r} is already persisted under {on_disk.ops_dir() / name} with another "
+                              f"definition ({', '.join(differs)}): pass replace=True to overwrite it, or choose "
+                              "another name")
+        if name in SPECS:
+            return ENTRIES[name]  # the same definition, already registered here
         entry = register(spec)
+        if known:
+            return entry  # the same definition as the persisted one: nothing to write
         if manifest is not None:
             on_disk.write(name, manifest)
         return entry

@@ -1,6 +1,7 @@
-"""User ops on disk: `$KFORGE_HOME/ops/<name>/` holds definition.json and source.py (a copy of the
-defining file), so another process (a sandboxed evaluation worker, a later session) loads the op
-by name (`kforge.userops.load`).
+"""User ops on disk: `$KFORGE_HOME/ops/<name>/` holds definition.json and source.py (the op's
+functions and what they use, sliced from the defining file: `kforge.userops.slicing`; files
+persisted before the slicing are whole copies and still load), so another process (a sandboxed
+evaluation worker, a later session) loads the op by name (`kforge.userops.load`).
 
 definition.json is read back as untrusted data: a file kforge did not write, or one rewritten by
 code that shares this user's files, gives a `UserOpError`, never a crash or a wrong op.
@@ -16,6 +17,7 @@ from kforge import paths
 from kforge.files import CorruptFile, atomic_write_bytes, read_json
 from kforge.specs import OpSpec
 from kforge.userops.build import DTYPE_NAMES, OpKind, UserOpError, check_name
+from kforge.userops.slicing import slice_source
 
 MAX_MANIFEST_BYTES = 1 << 20  # a definition is a few hundred bytes; its source is a file of its own
 _MANIFEST_TYPES = {"kind": str, "schema": str, "shapes": list, "dtypes": list, "problem_dims": list,
@@ -63,7 +65,21 @@ def function_manifest(spec: OpSpec, reference: Callable, make_inputs: Callable, 
             "make_inputs": make_inputs.__name__, "shapes": [list(s) for s in spec.shape_sets["smoke"]],
             "dtypes": [str(d).removeprefix("torch.") for d in spec.dtypes], "problem_dims": list(spec.problem_dims),
             "exact_dims": list(spec.exact_dims), "description": spec.description, "fixed_shapes": spec.fixed_shapes,
-            "tolerance_scale": float(options.get("tolerance_scale", 1.0)), "source": Path(files.pop()).read_text()}
+            "tolerance_scale": float(options.get("tolerance_scale", 1.0)),
+            "source": slice_source(Path(files.pop()).read_text(), (reference.__name__, make_inputs.__name__),
+                                   op=spec.name)}
+
+
+def differences(name: str, manifest: dict) -> list[str]:
+    """What differs between the persisted op `name` and `manifest` (a `function_manifest`): the
+    fields by name, and "the code" when the functions or what they use differ. Empty: the same op."""
+    on_disk = read_manifest(name)
+    fields = sorted(k for k in manifest if k != "source" and on_disk.get(k) != manifest[k])
+    try:
+        code = (ops_dir() / name / "source.py").read_text()
+    except OSError:
+        code = None
+    return fields + ([] if code == manifest["source"] else ["the code of its functions or of what they use"])
 
 
 def _manifest_problem(manifest: Any) -> str | None:
