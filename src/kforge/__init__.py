@@ -30,8 +30,10 @@ def op(schema: str, make_inputs, *, shapes, name: str | None = None, **options):
 
 def use(op: str, impl: str):
     """Context manager: calls of `op` inside the block go to `impl` ("vendor", "inductor",
-    "triton:<id>") or raise `KforgePinError`; never a silent fallback."""
-    return _pins.use(op, impl, known_ops=ops.SPECS)
+    "triton:<id>") or raise `KforgePinError`; never a silent fallback. `op` may be a user op
+    persisted under KFORGE_HOME (loaded now); an unknown name raises, listing the known ones."""
+    ops.get_spec(op)
+    return _pins.use(op, impl)
 
 
 def stats() -> dict:

@@ -30,10 +30,21 @@ def dtype(text: str) -> torch.dtype:
 
 
 def device(text: str | None) -> str:
+    """--device: "cpu", "cuda" or "cuda:N" of a GPU torch sees here (default: cuda when there is one)."""
     if text is None:
         return "cuda" if torch.cuda.is_available() else "cpu"
-    if text.startswith("cuda") and not torch.cuda.is_available():
-        raise KforgeError(f"--device {text}: no CUDA GPU is visible to torch here")
+    try:
+        parsed = torch.device(text)
+    except (RuntimeError, ValueError):
+        raise KforgeError(f"--device {text!r}: use cpu, cuda or cuda:N") from None
+    if parsed.type not in ("cpu", "cuda"):
+        raise KforgeError(f"--device {text!r}: kforge runs on cpu or cuda")
+    if parsed.type == "cuda":
+        if not torch.cuda.is_available():
+            why = "torch here is a CPU build" if torch.version.cuda is None else "torch sees no CUDA GPU"
+            raise KforgeError(f"--device {text}: {why} (see `bash scripts/setup.sh --print-torch`); use --device cpu")
+        if parsed.index is not None and parsed.index >= torch.cuda.device_count():
+            raise KforgeError(f"--device {text}: this machine has {torch.cuda.device_count()} CUDA GPU(s)")
     return text
 
 

@@ -63,7 +63,7 @@ def add_arguments(parser) -> None:
 def run(args) -> int:
     started = time.perf_counter()
     specs = [get_spec(name.strip()) for name in args.ops.split(",") if name.strip()]
-    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    device = torch.device(_args.device(args.device))
     if device.type == "cpu":  # Triton kernels run on CPU tensors only in its interpreter; set before triton loads
         os.environ.setdefault("TRITON_INTERPRET", "1")
     backends = [get_backend(name.strip()).name for name in args.backends.split(",") if name.strip()]

@@ -20,7 +20,7 @@ from kforge.issues.parse import MAX_BODY_CHARS, parse_request
 from kforge.issues.request import problems_markdown
 from kforge.redact import redact, redact_data
 
-HELP = "kernel requests filed as GitHub issues: parse (and validate) an issue body"
+HELP = "kernel requests filed as GitHub issues: parse one, run it (generate, report), publish the answer"
 
 
 def add_arguments(parser) -> None:
@@ -52,9 +52,9 @@ def add_arguments(parser) -> None:
     approve.add_argument("--expect-hash", metavar="HASH", help="run only if the body's sha256 starts with HASH "
                          "(12 hex digits or more)")
     run.add_argument("--out", default=None, metavar="DIR", help="where the report and plot go (default ./kforge-issue-report)")
-    run.add_argument("--rounds", type=int, default=2)
-    run.add_argument("--variants", type=int, default=4)
-    run.add_argument("--top-k", type=int, default=2)
+    run.add_argument("--rounds", type=int, default=2, help="rounds of variants (default: %(default)s)")
+    run.add_argument("--variants", type=int, default=4, help="variants per round (default: %(default)s)")
+    run.add_argument("--top-k", type=int, default=2, help="lineages kept between rounds (default: %(default)s)")
     run.add_argument("--max-seconds", type=float, default=None, help="time budget of the generation")
     run.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
     run.add_argument("--executor", default="local", help="local (a worker per GPU) or ray")

@@ -15,8 +15,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from kforge.cli._output import device_text, dtypes_text, emit_json, number, render, shape_text
-from kforge.ops import SPECS
-from kforge.errors import TableError
+from kforge.errors import KforgeError, TableError
+from kforge.ops import get_spec
 from kforge.records import CallInfo, Record
 from kforge.files import MAX_JSON_BYTES, atomic_write_json
 from kforge.router.policy import rank
@@ -43,6 +43,15 @@ def merged_records(op: str | None = None, device: str | None = None) -> list[tup
     return list(merged.values())
 
 
+def _spec(op: str):
+    """The op's spec: built in, registered here or persisted under KFORGE_HOME (loaded now); None
+    for an op this kforge does not know (a record from another install, or a removed user op)."""
+    try:
+        return get_spec(op)
+    except KforgeError:
+        return None
+
+
 def routes(entries: list[tuple[str, Record]]) -> list[dict]:
     """One row per key: its records fastest first, the one chosen, and why others are not."""
     by_key: dict = {}
@@ -53,7 +62,7 @@ def routes(entries: list[tuple[str, Record]]) -> list[dict]:
         by_device_op.setdefault((record.key.device, record.key.op), []).append(record)
     rows = []
     for key in sorted(by_key, key=lambda k: (k.op, k.device, k.dtypes, k.shape)):
-        spec = SPECS.get(key.op)
+        spec = _spec(key.op)
         chosen, rejected = None, {}
         if spec is not None:
             call = CallInfo(key=key, contiguous=True, aligned=16, requires_grad=False)
@@ -70,6 +79,8 @@ def routes(entries: list[tuple[str, Record]]) -> list[dict]:
 def run(args) -> int:
     if args.import_file is not None:
         return import_table(args)
+    if args.op is not None:
+        get_spec(args.op)  # an unknown op is an error naming it and the known ones, not an empty table
     entries = merged_records(args.op, args.device)
     if args.export is not None:
         return export_table(args, [r for _, r in entries])
@@ -82,7 +93,7 @@ def run(args) -> int:
               + ": every call is served by vendor (try `kforge demo`)")
         return 0
     for op in sorted({row["op"] for row in rows}):
-        print(f"\n{op}" + ("" if SPECS.get(op) else "  (op not registered in this process)"))
+        print(f"\n{op}" + ("" if _spec(op) else "  (an op this kforge does not know: not routed)"))
         table_rows = []
         for row in (r for r in rows if r["op"] == op):
             first = True

@@ -74,12 +74,9 @@ def parse(text: str, source: str) -> dict[str, str]:
 
 
 @contextlib.contextmanager
-def use(op: str, impl: str, *, known_ops=None) -> Iterator[None]:
-    """Within the block, calls of `op` (in this thread or task) go to `impl` or raise."""
-    if known_ops is not None and op not in known_ops:
-        from kforge.errors import UnknownNameError
-
-        raise UnknownNameError("op", op, known_ops)
+def use(op: str, impl: str) -> Iterator[None]:
+    """Within the block, calls of `op` (in this thread or task) go to `impl` or raise (the op's
+    name is checked by `kforge.use`, which knows user ops)."""
     validate_impl(impl)
     STATE.live += 1
     STATE.update()
