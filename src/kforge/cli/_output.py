@@ -8,6 +8,8 @@ from typing import Any, Iterable, Sequence
 from kforge.device import DeviceFingerprint
 from kforge.redact import redact, redact_data
 
+WIDTH = 100  # columns every command's text output fits (a table wider than this is a bug)
+
 _SHORT_DTYPES = {"bfloat16": "bf16", "float16": "fp16", "float32": "fp32", "float64": "fp64"}
 
 
@@ -55,4 +57,7 @@ def device_text(device: str) -> str:
 
 
 def number(value: float | None, digits: int = 1) -> str:
-    return "-" if value is None else f"{value:.{digits}f}"
+    """A number for a table: `digits` decimals below 1000, none from there (12345, not 12345.0)."""
+    if value is None:
+        return "-"
+    return f"{value:.0f}" if abs(value) >= 1000 else f"{value:.{digits}f}"

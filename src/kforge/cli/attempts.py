@@ -2,7 +2,8 @@
 
     kforge attempts list [--op OP] [--limit N]
     kforge attempts show ID [--source | --prompt | --response]
-    kforge attempts query [--op OP] [--device TEXT] [--accepted | --rejected] [--run RUN] [--provider P]
+    kforge attempts query [--op OP] [--device TEXT] [--accepted | --rejected] [--run RUN]
+                          [--provider P]
 
 IDs may be given by a unique prefix. With --json: list/query print an array, show one object.
 """

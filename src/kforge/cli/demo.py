@@ -16,6 +16,7 @@ result is wrong. On a CPU the timings are CPU timings, keyed to the CPU's finger
 from __future__ import annotations
 
 import os
+import textwrap
 import time
 import warnings
 
@@ -26,7 +27,7 @@ import kforge
 from kforge import paths
 from kforge.backends import get_backend
 from kforge.cli import _args
-from kforge.cli._output import device_text, dtypes_text, emit_json, number, progress, render, shape_text
+from kforge.cli._output import WIDTH, device_text, dtypes_text, emit_json, number, progress, render, shape_text
 from kforge.device import fingerprint
 from kforge.evaluate.calibrate import CalibrationRejected, calibrate, measure
 from kforge.ops import ENTRIES, get_spec
@@ -186,28 +187,42 @@ def route_one(spec: OpSpec, shape, dtype, device, table: ScoreTable) -> dict:
             "verified": verified, "max_error_ratio": worst, "error": error}
 
 
+def _backend(impl: str) -> str:
+    return impl.split(":", 1)[0]
+
+
+def _short(impl: str) -> str:
+    """"triton:<12 hex>" -> "triton:<8 hex>": the table fits 100 columns (JSON keeps the whole id)."""
+    backend, _, ident = impl.partition(":")
+    return f"{backend}:{ident[:8]}" if ident else impl
+
+
 def print_result(result: dict, fp) -> None:
-    impls = sorted({i for r in result["routes"] for i in r["score_us"]}, key=lambda i: (i != "vendor", i))
+    # One column per backend (its best record), not per kernel: a run with many kernels stays narrow.
+    backends = sorted({_backend(i) for r in result["routes"] for i in r["score_us"]},
+                      key=lambda b: ("vendor", "inductor", "triton").index(b) if b in ("vendor", "inductor", "triton")
+                      else 3)
     rows = []
     for r in result["routes"]:
         if r["kind"] == "hit" and r["from_shape"] != r["problem"]:
-            route = f"nearest {shape_text(r['from_shape'])}"
+            route = f"near {shape_text(r['from_shape'])}"
         else:
             route = r["kind"]
-        rows.append([r["op"], dtypes_text(r["dtypes"]), shape_text(r["shape"]), route, r["impl"],
-                     *(number(r["score_us"].get(i)) for i in impls), number(r["now_kforge_us"]), number(r["now_vendor_us"]),
+        best = {b: min((us for i, us in r["score_us"].items() if _backend(i) == b), default=None) for b in backends}
+        rows.append([r["op"], dtypes_text(r["dtypes"]), shape_text(r["shape"]), route, _short(r["impl"]),
+                     *(number(best[b]) for b in backends), number(r["now_kforge_us"]), number(r["now_vendor_us"]),
                      "-" if r["speedup_vs_vendor"] is None else f"{r['speedup_vs_vendor']:.2f}x",
-                     f"ok ({r['max_error_ratio']:.2f})" if r["verified"] else "WRONG"])
+                     f"ok {r['max_error_ratio']:.2f}" if r["verified"] else "WRONG"])
     timing = "CUDA events" if fp.kind == "cuda" else "CPU wall time"
     print(f"\nrouting table on {device_text(str(fp))} ({timing}, microseconds per call)")
-    print(render(["op", "dtypes", "shape", "route", "chosen", *(f"table {i}" for i in impls), "now kforge.ops",
-                  "now vendor", "speedup", "check (err/budget)"], rows,
-                 right=tuple(range(5, 5 + len(impls) + 3))))
-    print("\nroute: hit = measured shape; nearest = unseen shape served by the nearest measured one; "
+    print(render(["op", "dtype", "shape", "route", "chosen", *backends, "now kf", "now vnd", "speedup", "check"], rows,
+                 right=tuple(range(5, 5 + len(backends) + 3))))
+    print("\nroute: hit = measured shape; near = unseen shape served by the nearest measured one;\n"
           "miss = no record, vendor serves it and the miss log counts it.\n"
-          "table <impl>: cost per call in the records the router chose from (p50, or the host time per call\n"
-          "where that is slower); now: this call timed again the same way, through kforge.ops.<op> and as the\n"
-          "bare vendor function; speedup: table vendor / table chosen.")
+          "vendor / inductor / triton: cost per call in the records the router chose from, the best of each\n"
+          "backend (p50, or the host time per call where that is slower); now kf / now vnd: this call timed\n"
+          "again the same way, through kforge.ops.<op> and as the bare vendor function; speedup: table vendor\n"
+          "/ table chosen; check: worst error / budget against the reference.")
     print("\nkforge.stats() (calls in this process, timing loops included)")
     stats = result["stats"]
     print(render(["op", "calls", "hit", "miss", "fallback", "by implementation"],
@@ -223,12 +238,13 @@ def print_result(result: dict, fp) -> None:
             after = k["after"]
             verdict = ("a generated kernel is now the fastest record" if after["impl"].startswith("triton:")
                        else "vendor stays the fastest record (on a CPU, Triton runs in its interpreter)")
-            print(f"generated {run['op']} {k['dtype']} {shape_text(k['shape'])}: best kernel {k['kernel']['impl']} "
-                  f"{number(k['kernel']['p50_us'], 1)} us vs vendor {number(k['vendor_p50_us'], 1)} us in the same "
-                  f"run: {verdict}")
+            print(textwrap.fill(f"generated {run['op']} {k['dtype']} {shape_text(k['shape'])}: best kernel "
+                                f"{_short(k['kernel']['impl'])} {number(k['kernel']['p50_us'], 1)} us vs vendor "
+                                f"{number(k['vendor_p50_us'], 1)} us in the same run: {verdict}", WIDTH,
+                                subsequent_indent="  "))
     bad = [r for r in result["routes"] if not r["verified"]]
     print(f"\n{len(result['routes']) - len(bad)}/{len(result['routes'])} routed results match the reference; "
-          f"{len(result['records'])} records written; {result['seconds']} s. "
+          f"{len(result['records'])} records written; {result['seconds']} s.\n"
           "Next: `kforge table`, `kforge misses`.")
     for r in bad:
         print(f"WRONG: {r['op']} {r['dtypes']} {shape_text(r['shape'])}: {r['error']}")

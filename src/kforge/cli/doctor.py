@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import os
 import platform
+import textwrap
 
 import torch
 
 import kforge
 from kforge import paths
 from kforge.backends import BACKENDS, BackendName
-from kforge.cli._output import emit_json, render
+from kforge.cli._output import WIDTH, emit_json, render
 from kforge.device import fingerprint, installed_version
 from kforge.errors import TableError
 from kforge.evaluate import isolation
@@ -124,9 +125,10 @@ def run(args) -> int:
     print(f"  miss log: {ml['dir']} ({ml['entries']} keys, {ml['calls']} calls)")
     print("\nbackends")
     for b in r["backends"]:
-        print(f"  {b['name']:<9} {'available' if b['available'] else 'unavailable: ' + str(b['reason'])}")
+        state = "available" if b["available"] else "unavailable: " + str(b["reason"])
+        print(textwrap.fill(f"{b['name']:<9} {state}", WIDTH, initial_indent="  ", subsequent_indent=" " * 12))
     print("\nworker isolation")
-    print(f"  {isolation.probe().describe()}")
+    print(textwrap.fill(isolation.probe().describe(), WIDTH, initial_indent="  ", subsequent_indent="    "))
     print("\nprovider keys")
     for name, state in r["provider_keys"].items():
         print(f"  {name}: {state}")

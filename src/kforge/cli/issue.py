@@ -3,7 +3,8 @@
     kforge issue parse --body-file body.md          # the validated request, or every problem
     kforge issue parse --body-file body.md --json   # {"valid", "request", "problems"}
     kforge issue run --repo OWNER/NAME --issue 42 --comment --pr --provider anthropic
-    kforge issue run --body-file body.md --out out/ && kforge issue publish --dir out/ --repo O/N --issue 42 --comment --pr
+    kforge issue run --body-file body.md --out out/ &&
+      kforge issue publish --dir out/ --repo O/N --issue 42 --comment --pr
 
 `parse` exits 0 when the body is a valid request and 1 when it is not; its problems come out as
 one markdown list, ready to post back on the issue. The body is untrusted text: only the parsed,

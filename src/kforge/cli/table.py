@@ -12,9 +12,10 @@ KFORGE_TABLE) on others.
 """
 from __future__ import annotations
 
+import textwrap
 from pathlib import Path
 
-from kforge.cli._output import device_text, dtypes_text, emit_json, number, render, shape_text
+from kforge.cli._output import WIDTH, device_text, dtypes_text, emit_json, number, render, shape_text
 from kforge.errors import KforgeError, TableError
 from kforge.ops import get_spec
 from kforge.records import CallInfo, Record
@@ -93,24 +94,39 @@ def run(args) -> int:
               + ": every call is served by vendor (try `kforge demo`)")
         return 0
     for op in sorted({row["op"] for row in rows}):
-        print(f"\n{op}" + ("" if _spec(op) else "  (an op this kforge does not know: not routed)"))
-        table_rows = []
-        for row in (r for r in rows if r["op"] == op):
-            first = True
-            for rec in row["records"]:
-                mark = "->" if rec["impl"] == row["chosen"] else ""
-                note = row["rejected"].get(rec["impl"], "")
-                table_rows.append([
-                    device_text(row["device"]) if first else "", dtypes_text(row["dtypes"]) if first else "",
-                    shape_text(row["shape"]) if first else "", mark, rec["impl"], number(rec["time_us"]["p50"]),
-                    number(rec["host_us"]), number(rec["gbps"], 2), number(rec["ceiling_fraction"], 2),
-                    rec["layer"], rec["provider"], note])
-                first = False
-            if row["chosen"] == "vendor" and not any(r["impl"] == "vendor" for r in row["records"]):
-                table_rows.append(["", "", "", "->", "vendor (fallback)", "", "", "", "", "", "", ""])
-        print(render(["device", "dtypes", "shape", "", "impl", "p50 us", "host us", "GB/s", "ceiling", "layer",
-                      "provider", "passed over because"], table_rows, right=(5, 6, 7, 8)))
+        known = "" if _spec(op) else "  (an op this kforge does not know: not routed)"
+        for device in sorted({row["device"] for row in rows if row["op"] == op}):
+            print(f"\n{op} on {device_text(device)}{known}")
+            print(_op_table([r for r in rows if r["op"] == op and r["device"] == device]))
+    print("\n-> the router's choice for a contiguous, aligned call without grad; ceil: share of the device's\n"
+          "measured copy ceiling; by: who provided the record; note: why the router passes it over here")
     return 0
+
+
+def _op_table(rows: list[dict]) -> str:
+    """One op on one device: a line per record, the chosen one marked "->"; why the router passes
+    a record over is a numbered note under the table (the table stays within 100 columns)."""
+    table_rows, notes = [], []
+    for row in rows:
+        first = True
+        for rec in row["records"]:
+            note = row["rejected"].get(rec["impl"], "")
+            if note and note not in notes:
+                notes.append(note)
+            table_rows.append([
+                dtypes_text(row["dtypes"]) if first else "", shape_text(row["shape"]) if first else "",
+                "->" if rec["impl"] == row["chosen"] else "", rec["impl"], number(rec["time_us"]["p50"]),
+                number(rec["host_us"]), number(rec["gbps"]), number(rec["ceiling_fraction"], 2), rec["layer"],
+                rec["provider"], f"[{notes.index(note) + 1}]" if note else ""])
+            first = False
+        if row["chosen"] == "vendor" and not any(r["impl"] == "vendor" for r in row["records"]):
+            table_rows.append(["", "", "->", "vendor (fallback)", "", "", "", "", "", "", ""])
+    # ceil: the fraction of the device's measured copy ceiling; by: the provider; note: why passed over
+    text = render(["dtypes", "shape", "", "impl", "p50 us", "host us", "GB/s", "ceil", "layer", "by", "note"],
+                  table_rows, right=(4, 5, 6, 7))
+    wrapped = [textwrap.fill(n, WIDTH, initial_indent=f"[{i}] ", subsequent_indent="    ")
+               for i, n in enumerate(notes, 1)]
+    return "\n".join([text, *wrapped])
 
 
 def export_table(args, records: list[Record]) -> int:
