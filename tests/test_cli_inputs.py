@@ -3,6 +3,7 @@ empty answer; persisted user ops are known to the commands and APIs that take an
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 import pytest
 import torch
@@ -67,3 +68,22 @@ def test_issue_run_help_explains_every_option(capsys):
     assert undocumented == [], undocumented
     rc, out, _ = run_main(capsys, "--help")
     assert "parse (and validate)" not in out and "publish" in out
+
+
+def test_a_missing_key_is_reported_before_a_spec_file_defines_anything(capsys, kforge_home, monkeypatch):
+    monkeypatch.delenv("ANTHROPIC_API_KEY", raising=False)
+    spec_file = Path(__file__).parent / "kernelbench" / "rms_rows_fixed.py"
+    rc, out, err = run_main(capsys, "generate", "--spec-file", str(spec_file), "--provider", "anthropic",
+                            "--device", "cpu")
+    assert rc == 1 and "ANTHROPIC_API_KEY" in err
+    assert not (kforge_home / "ops").exists()  # nothing defined, nothing persisted
+
+
+@pytest.mark.parametrize("stem, message", [("3-bad-name", "is not an op name"), ("softmax", "is a built-in op")])
+def test_a_spec_file_whose_name_cannot_be_the_op_asks_for_one(capsys, kforge_home, tmp_path, stem, message):
+    spec_file = tmp_path / f"{stem}.py"
+    spec_file.write_text((Path(__file__).parent / "kernelbench" / "rms_rows_fixed.py").read_text())
+    rc, out, err = run_main(capsys, "generate", "--spec-file", str(spec_file), "--provider", "catalog",
+                            "--device", "cpu")
+    assert rc == 1 and message in err and "kforge generate NAME --spec-file FILE" in err
+    assert not (kforge_home / "ops").exists()

@@ -54,17 +54,17 @@ def run(args) -> int:
     from kforge.gen.config import config_from_args
     from kforge.gen.providers import make_provider
 
-    if args.spec_file:
-        if args.from_misses:
-            raise KforgeError("--spec-file defines one op; it does not combine with --from-misses")
-        args.op = _define_from_file(args.spec_file, args.op)
-    if bool(args.op) == bool(args.from_misses):
+    if args.spec_file and args.from_misses:
+        raise KforgeError("--spec-file defines one op; it does not combine with --from-misses")
+    if not args.spec_file and bool(args.op) == bool(args.from_misses):
         raise KforgeError("give an OP, or --from-misses (not both)")
     device = _args.device(args.device)
     if device == "cpu":
         os.environ.setdefault("TRITON_INTERPRET", "1")
     config = config_from_args(args)
-    provider = make_provider(config)  # a missing key fails here, before any work
+    provider = make_provider(config)  # a missing key fails here, before anything is defined or written
+    if args.spec_file:
+        args.op = _define_from_file(args.spec_file, args.op)
     settings = search.Settings(rounds=args.rounds, variants=args.variants, top_k=args.top_k,
                                target_speedup=args.target_speedup, target_fraction=args.target_fraction,
                                max_tokens=args.token_budget, max_seconds=args.max_seconds)
@@ -100,12 +100,25 @@ def _define_from_file(path: str, name: str | None) -> str:
     from kforge.userops import load, persist
     from kforge.userops.kernelbench import from_kernelbench
 
-    name = name or Path(path).stem.lower()
+    from kforge.ops.registry import is_builtin
+    from kforge.userops.build import UserOpError, check_name
+
+    if name is None:
+        name = Path(path).stem.lower()
+        try:
+            check_name(name)
+        except UserOpError:
+            raise KforgeError(f"--spec-file {path}: its file name {Path(path).stem!r} is not an op name "
+                              "(letters, digits, _): name the op, `kforge generate NAME --spec-file FILE`") from None
+    if is_builtin(name):
+        raise KforgeError(f"--spec-file {path}: {name!r} is a built-in op; name this one, "
+                          "`kforge generate NAME --spec-file FILE`")
     if name in SPECS or name in persist.persisted():
         load.load(name)
         spec = SPECS[name]
         if spec.reference_source != Path(path).read_text():
-            raise KforgeError(f"op {name!r} already exists with another definition; name this one with OP")
+            raise KforgeError(f"op {name!r} already exists, defined from another file; name this one, "
+                              "`kforge generate NAME --spec-file FILE`")
         progress(f"{name}: the op of {path}, defined before")
         return name
     from_kernelbench(path, name)
