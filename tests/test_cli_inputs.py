@@ -3,6 +3,7 @@ empty answer; persisted user ops are known to the commands and APIs that take an
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
 
 import pytest
@@ -87,3 +88,16 @@ def test_a_spec_file_whose_name_cannot_be_the_op_asks_for_one(capsys, kforge_hom
                             "--device", "cpu")
     assert rc == 1 and message in err and "kforge generate NAME --spec-file FILE" in err
     assert not (kforge_home / "ops").exists()
+
+
+def test_table_shows_what_another_machines_gpu_routes_to(capsys, monkeypatch):
+    monkeypatch.delenv("KFORGE_BUNDLED_TABLE")  # the shipped H100/H200 records
+    rc, out, err = run_main(capsys, "table", "--op", "rms_norm", "--json")
+    rows = [r for r in json.loads(out)["keys"] if "H100" in r["device"]]
+    assert rows and not any(r["runnable_here"] for r in rows) or torch.cuda.is_available()
+    # Triton cannot run here (no GPU), yet the GPU's own choice is shown: a kernel wins some keys.
+    assert any(r["chosen"].startswith("triton:") for r in rows), [r["chosen"] for r in rows]
+    assert all(r["chosen"] in {x["impl"] for x in r["records"]} | {"vendor"} for r in rows)
+    assert not any("no CUDA GPU" in why for r in rows for why in r["rejected"].values())  # not this machine's reason
+    rc, text, _ = run_main(capsys, "table", "--op", "rms_norm")
+    assert "not this machine: -> is what that device routes to" in text

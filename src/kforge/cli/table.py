@@ -53,6 +53,18 @@ def _spec(op: str):
         return None
 
 
+def _local_devices() -> set[str]:
+    """Fingerprints of this machine's devices: its CPU and every CUDA GPU torch sees."""
+    import torch
+
+    from kforge.device import fingerprint
+
+    found = {str(fingerprint("cpu"))}
+    if torch.cuda.is_available():
+        found |= {str(fingerprint(torch.device("cuda", i))) for i in range(torch.cuda.device_count())}
+    return found
+
+
 def routes(entries: list[tuple[str, Record]]) -> list[dict]:
     """One row per key: its records fastest first, the one chosen, and why others are not."""
     by_key: dict = {}
@@ -62,17 +74,19 @@ def routes(entries: list[tuple[str, Record]]) -> list[dict]:
     for _, record in entries:
         by_device_op.setdefault((record.key.device, record.key.op), []).append(record)
     rows = []
+    local = _local_devices()
     for key in sorted(by_key, key=lambda k: (k.op, k.device, k.dtypes, k.shape)):
         spec = _spec(key.op)
         chosen, rejected = None, {}
         if spec is not None:
             call = CallInfo(key=key, contiguous=True, aligned=16, requires_grad=False)
-            ranking = rank(spec, by_device_op[(key.device, key.op)], call)
+            ranking = rank(spec, by_device_op[(key.device, key.op)], call, here=key.device in local)
             chosen = ranking.eligible[0].impl if ranking.eligible else "vendor"
             rejected = {r.impl: why for r, why in ranking.rejected}
         records = sorted(by_key[key], key=lambda lr: (lr[1].score_us, lr[1].impl))
         rows.append({"op": key.op, "device": key.device, "dtypes": key.dtypes, "shape": list(key.shape),
                      "chosen": chosen, "op_known": spec is not None, "rejected": rejected,
+                     "runnable_here": key.device in local,
                      "records": [{**r.to_json(), "layer": layer} for layer, r in records]})
     return rows
 
@@ -96,7 +110,9 @@ def run(args) -> int:
     for op in sorted({row["op"] for row in rows}):
         known = "" if _spec(op) else "  (an op this kforge does not know: not routed)"
         for device in sorted({row["device"] for row in rows if row["op"] == op}):
-            print(f"\n{op} on {device_text(device)}{known}")
+            elsewhere = not any(r["runnable_here"] for r in rows if r["device"] == device)
+            print(f"\n{op} on {device_text(device)}{known}"
+                  + ("  (not this machine: -> is its own choice)" if elsewhere and not known else ""))
             print(_op_table([r for r in rows if r["op"] == op and r["device"] == device]))
     print("\n-> the router's choice for a contiguous, aligned call without grad; ceil: share of the device's\n"
           "measured copy ceiling; by: who provided the record; note: why the router passes it over here")

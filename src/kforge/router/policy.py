@@ -28,7 +28,11 @@ class Ranking:
     shape: tuple[int, ...] | None  # the measured shape used (the call's own, or the nearest)
 
 
-def rank(spec: OpSpec, records: list[Record], call: CallInfo, disabled: frozenset | set = frozenset()) -> Ranking:
+def rank(spec: OpSpec, records: list[Record], call: CallInfo, disabled: frozenset | set = frozenset(), *,
+         here: bool = True) -> Ranking:
+    """The records that may serve `call`, fastest first, and the others with the reason. `here`:
+    on this machine (a backend this process cannot run is passed over); False ranks as the records'
+    own device would (`kforge table` for another machine's GPU)."""
     same_dtypes = [r for r in records if r.key.dtypes == call.key.dtypes]
     exact_idx = exact_indices(spec)
     shape = serving_shape(call.key.shape, same_dtypes, exact_idx)
@@ -36,7 +40,7 @@ def rank(spec: OpSpec, records: list[Record], call: CallInfo, disabled: frozense
         return Ranking((), (), None)
     eligible, rejected = [], []
     for record in (r for r in same_dtypes if r.key.shape == shape):
-        reason = rejects(spec, record, call, exact_idx, disabled)
+        reason = rejects(spec, record, call, exact_idx, disabled, here=here)
         if reason is None:
             eligible.append(record)
         else:
@@ -45,13 +49,13 @@ def rank(spec: OpSpec, records: list[Record], call: CallInfo, disabled: frozense
     return Ranking(tuple(eligible), tuple(rejected), shape)
 
 
-def rejects(spec: OpSpec, record: Record, call: CallInfo, exact_idx, disabled) -> str | None:
-    """Why `record` may not serve `call`, or None when it may."""
+def rejects(spec: OpSpec, record: Record, call: CallInfo, exact_idx, disabled, *, here: bool = True) -> str | None:
+    """Why `record` may not serve `call`, or None when it may (`here`: see `rank`)."""
     try:
         backend = BACKENDS[BackendName(record.backend)]
     except (ValueError, KeyError):
         return f"backend {record.backend!r} is not in this kforge"
-    why = backend.available()
+    why = backend.available() if here else None
     if why is not None:
         return why
     if not backend.supports(spec, call.key):
