@@ -100,4 +100,4 @@ def test_table_shows_what_another_machines_gpu_routes_to(capsys, monkeypatch):
     assert all(r["chosen"] in {x["impl"] for x in r["records"]} | {"vendor"} for r in rows)
     assert not any("no CUDA GPU" in why for r in rows for why in r["rejected"].values())  # not this machine's reason
     rc, text, _ = run_main(capsys, "table", "--op", "rms_norm")
-    assert "not this machine: -> is what that device routes to" in text
+    assert "not this machine: -> is its own choice" in text
