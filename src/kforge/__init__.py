@@ -54,6 +54,43 @@ def explain(model, *example_inputs, **kwargs):
     return _explain(model, *example_inputs, **kwargs)
 
 
+def warmup(*calls, device=None, model=None, inputs=()) -> list[dict]:
+    """Build now what the first routed calls would build (an Inductor compile of a reference, a
+    Triton kernel's load and first launch), so that no call in serving waits for it.
+
+    calls: `(op, shape, dtype)` triples: each op is called once at `shape` (its problem shape, as
+    `kforge table` shows it) and dtype on `device` (default cuda when there is one), on inputs its
+    spec makes. model, inputs: `model(*inputs)` runs once under `torch.no_grad()`, which warms every
+    kforge op the model calls at these shapes. Returns what ran, with the seconds each took."""
+    import time
+
+    import torch
+
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    done = []
+    with torch.no_grad():
+        for call in calls:
+            try:
+                name, shape, dtype = call
+            except (TypeError, ValueError):
+                raise KforgeInputError("warmup", "calls", f"must be (op, shape, dtype) triples, got {call!r}") from None
+            spec = ops.get_spec(name)
+            args = spec.make_inputs(tuple(shape), dtype, device, 0)
+            start = time.perf_counter()
+            ops.ENTRIES[name](*args)
+            if torch.device(device).type == "cuda":
+                torch.cuda.synchronize(device)
+            done.append({"op": name, "shape": list(shape), "dtype": str(dtype).removeprefix("torch."),
+                         "device": str(device), "seconds": time.perf_counter() - start})
+        if model is not None:
+            start = time.perf_counter()
+            model(*inputs)
+            if torch.cuda.is_available():
+                torch.cuda.synchronize()
+            done.append({"model": type(model).__name__, "seconds": time.perf_counter() - start})
+    return done
+
+
 def reset() -> None:
     """Forget routing decisions and cached table reads; re-read KFORGE_HOME/KFORGE_TABLE/KFORGE_PIN."""
     from kforge.router.dispatch import reset as _reset
@@ -61,5 +98,5 @@ def reset() -> None:
     _reset()
 
 
-__all__ = ["ops", "define_op", "op", "use", "stats", "flush", "explain", "reset", "KforgeError", "KforgeInputError",
+__all__ = ["ops", "define_op", "op", "use", "stats", "flush", "explain", "warmup", "reset", "KforgeError", "KforgeInputError",
            "KforgePinError", "UnknownNameError", "__version__"]
