@@ -121,3 +121,28 @@ def test_no_bundled_file_duplicates_a_catalog_source():
         name = kernels.catalog_file(meta.stem)
         if name is not None:
             assert seeds.get(meta.stem) == name, (meta, name)
+
+
+def test_a_published_seed_is_named_by_reference_in_the_pull_request(github_fake):
+    """`kforge issue publish` of a run whose winner is a catalog seed unchanged adds the seed's
+    metadata to tables/kernels/, naming the seed, and no copy of its bytes."""
+    from kforge.issues.github import GitHub
+    from kforge.issues.publish import Published, pull_request
+
+    seed = (CATALOG_DIR / SEED_FILE).read_bytes()
+    sha = sha_of(CATALOG_DIR / SEED_FILE)
+    other = seed + b"\n# a mutant\n"
+    other_sha = hashlib.sha256(other).hexdigest()
+    meta = {"kind": "kforge-kernel", "op": OP, "provider": "catalog", "parent": None, "attempt_id": None,
+            "created": "2026-12-03T00:00:00+00:00", "versions": {}}
+    kernels = {f"{sha}.py": seed, f"{sha}.json": json.dumps({**meta, "sha256": sha}).encode(),
+               f"{other_sha}.py": other, f"{other_sha}.json": json.dumps({**meta, "sha256": other_sha}).encode()}
+    github_fake.add_repo("octo/kernels")
+    pull_request(GitHub(), "octo/kernels", 7, Published(OP, "report", b"{}", kernels, None))
+    (pull,) = github_fake.state["octo/kernels"].pulls
+    files = github_fake.state["octo/kernels"].files(pull["head"]["ref"])
+    folder = "src/kforge/tables/kernels"
+    assert f"{folder}/{sha[:2]}/{sha}.py" not in files
+    assert json.loads(files[f"{folder}/{sha[:2]}/{sha}.json"])["catalog"] == SEED_FILE
+    assert files[f"{folder}/{other_sha[:2]}/{other_sha}.py"] == other  # not a seed: a copy
+    assert "catalog" not in json.loads(files[f"{folder}/{other_sha[:2]}/{other_sha}.json"])

@@ -379,6 +379,14 @@ class KernelStore:
         return sha
 
 
+def catalog_seed(sha: str, catalog_dir: Path | None = None) -> str | None:
+    """The file name of the catalog seed whose bytes hash to `sha` (in `catalog_dir`, default the
+    package's catalog), or None: what the bundled table names in place of a copy."""
+    root = Path(catalog_dir) if catalog_dir is not None else CATALOG_DIR
+    return next((p.name for p in sorted(root.glob("*.py")) if p.name != "__init__.py"
+                 and sha256_of(p.read_bytes()) == sha), None)
+
+
 class BundledKernels(KernelStore):
     """The kernels the bundled table's Triton records name (`kforge.paths.bundled_kernel_dir`).
     Each has its metadata `<sha[:2]>/<sha>.json` here; its source is the file beside it, or the
@@ -416,8 +424,7 @@ class BundledKernels(KernelStore):
         """Bundle `source`: a catalog seed's exact bytes by reference (metadata naming the seed),
         any other kernel as a copy. The first put's metadata is kept."""
         sha = sha256_of(source)
-        seed = next((p.name for p in sorted(self.catalog_dir.glob("*.py"))
-                     if p.name != "__init__.py" and sha256_of(p.read_bytes()) == sha), None)
+        seed = catalog_seed(sha, self.catalog_dir)
         if seed is None:
             return super().put(source, op=op, provider=provider, parent=parent, attempt_id=attempt_id)
         meta = StoredKernel(sha256=sha, path=self.catalog_dir / seed, op=op, provider=provider, parent=parent,
