@@ -6,9 +6,11 @@ RUN_DIR holds `tables/<device slug>/<op>.json` (what benchmarks/gpu_catalog.sh a
 optionally, `kernels/` (the run's kernel store). Each shard is merged into
 src/kforge/tables/<device slug>/<op>.json: a record of the run replaces the bundled record of the
 same (key, implementation); the others stay. Every Triton record's kernel is put into the bundled
-kernel store (src/kforge/tables/kernels/, see kforge.paths.bundled_kernel_dir) from the run's store,
-or from the catalog seed with the same sha256; a record whose kernel is found in neither is dropped
-and named, so the bundled table never points at a kernel it does not ship.
+kernel store (src/kforge/tables/kernels/, see kforge.paths.bundled_kernel_dir and
+kforge.store.BundledKernels) from the run's store, or from the catalog seed with the same sha256;
+a catalog seed is bundled by reference (metadata naming its file in src/kforge/catalog/), any other
+kernel as a copy. A record whose kernel is found in neither is dropped and named, so the bundled
+table never points at a kernel it does not ship.
 """
 from __future__ import annotations
 
@@ -20,7 +22,7 @@ from kforge import paths
 from kforge.catalog import all_seeds
 from kforge.records import Record
 from kforge.router.table import parse_table, shard_payload
-from kforge.store import KernelStore, sha256_of
+from kforge.store import BundledKernels, KernelStore, sha256_of
 
 
 def _kernel_source(sha: str, run_dirs: list[Path]) -> tuple[str, str, str | None] | None:
@@ -39,7 +41,7 @@ def _kernel_source(sha: str, run_dirs: list[Path]) -> tuple[str, str, str | None
 
 def bundle(run_dirs: list[Path]) -> int:
     target = paths.BUNDLED_TABLE_DIR
-    bundled_store = KernelStore(target / "kernels")
+    bundled_store = BundledKernels(target / "kernels")
     dropped = []
     for run in run_dirs:
         for shard in sorted((run / "tables").glob("*/*.json")):

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from kforge.device import _cpu_name, installed_version
+from kforge.device import cpu_name, installed_version
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -34,7 +34,7 @@ def environment() -> dict:
         "python": platform.python_version(),
         "torch": torch.__version__,
         "triton": installed_version("triton"),
-        "cpu": _cpu_name(),
+        "cpu": cpu_name(),
         "gpu": gpu,
         "host": platform.node(),
     }

@@ -1,6 +1,6 @@
 """Whole model blocks under torch.compile: eager, backend="inductor" and backend="kforge", in one run.
 
-The blocks are the test models of tests/blocks.py, in bf16 under torch.no_grad():
+The blocks are the models of kforge/compile/models.py, in bf16 under torch.no_grad():
   llama  LlamaBlocks with Llama-3-8B widths (hidden 4096, 32 heads, 8 KV heads, intermediate 14336)
          and one decoder layer (+ the final norm): the layer has every pattern the backend knows
          (HF RMSNorm, residual add + norm, rotary, fused gate/up SwiGLU); each extra layer repeats
@@ -49,9 +49,9 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-sys.path.insert(0, str(HERE.parent / "tests"))  # tests/blocks.py: the models
+from compile_backend_report import markdown, report, summarize  # noqa: E402  (the report imports nothing of this file)
 
-BLOCKS = {  # constructor arguments of tests/blocks.py's classes
+BLOCKS = {  # constructor arguments of kforge.compile.models's classes
     "llama": {"full": dict(hidden=4096, heads=32, kv_heads=8, intermediate=14336, layers=1),
               "smoke": dict(hidden=64, heads=4, kv_heads=2, intermediate=128, layers=1)},
     "moe": {"full": dict(hidden=4096, experts=8, top_k=2, intermediate=14336),
@@ -89,7 +89,7 @@ def _one_line(exc: Exception) -> str:
 
 def build(block: str, dims: dict, device: str):
     import torch
-    from blocks import LlamaBlocks, MoEBlock
+    from kforge.compile.models import LlamaBlocks, MoEBlock
 
     torch.manual_seed(0)
     with torch.device(device):  # parameters born on the GPU: Mixtral's 1.4G fp32 randn takes ~10 s on a CPU
@@ -291,17 +291,6 @@ def ratios(impls: dict, modes: list[str]) -> dict:
     return out
 
 
-def summarize(rows: list[dict]) -> dict:
-    """Geomean of each ratio per mode over the rows that have it."""
-    values: dict[str, dict[str, list[float]]] = {}
-    for row in rows:
-        for mode, r in row.get("ratios", {}).items():
-            for key, v in r.items():
-                values.setdefault(mode, {}).setdefault(key, []).append(v)
-    return {"geomean_time_ratio": {mode: {k: round(math.exp(sum(map(math.log, v)) / len(v)), 4) for k, v in r.items()}
-                                   for mode, r in values.items()}}
-
-
 def bench_size(block, dims, model, set_name, size, modes, args_ns, device, t0, deadline) -> dict:
     """One (block, size): explain, compile every configuration, check outputs, time them together."""
     import torch
@@ -415,8 +404,6 @@ def run(argv: list[str]) -> int:
     payload["total_s"] = round(time.perf_counter() - t0, 1)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(payload, indent=1, sort_keys=True) + "\n")
-    from compile_backend_report import markdown
-
     print(json.dumps(payload, indent=1, sort_keys=True) if args.json else markdown(payload, [out]))
     _log(t0, f"wrote {out}")
     return 0
@@ -428,8 +415,6 @@ def main(argv: list[str]) -> int:
         parser.add_argument("json", nargs="+", type=Path)
         parser.add_argument("--results-md", type=Path, default=HERE / "RESULTS.md")
         ns = parser.parse_args(argv[1:])
-        from compile_backend_report import report
-
         return report(ns.json, ns.results_md)
     return run(argv)
 

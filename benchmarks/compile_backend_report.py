@@ -7,10 +7,12 @@ Several runs (one device call lasts at most 10 minutes, so the blocks are measur
 into one table: a later run's row replaces an earlier one of the same block, set and size; each
 run's command is listed. Runs on any machine (no GPU): it reads the JSON and replaces the section
 between the `<!-- compile:begin -->` and `<!-- compile:end -->` markers (appending it the first time).
+`summarize` (the geomean ratios) lives here too: the runner imports this module, never the other way.
 """
 from __future__ import annotations
 
 import json
+import math
 import sys
 from pathlib import Path
 
@@ -20,8 +22,6 @@ BEGIN, END = "<!-- compile:begin -->", "<!-- compile:end -->"
 def merge(runs: list[dict]) -> dict:
     """One result from several runs on the same GPU: a later run's row replaces an earlier one of
     the same block, set and size; each run's command is kept."""
-    from compile_backend import summarize
-
     gpus = {run["environment"].get("gpu") for run in runs}
     if len(gpus) > 1:
         raise SystemExit(f"compile report: the runs are from different GPUs {sorted(map(str, gpus))}: report them separately")
@@ -38,6 +38,17 @@ def merge(runs: list[dict]) -> dict:
     merged["runs"] = [{"date": run["environment"].get("date"), "command": run["environment"].get("command"),
                        "total_s": run.get("total_s"), "on_miss": run.get("on_miss")} for run in runs]
     return merged
+
+
+def summarize(rows: list[dict]) -> dict:
+    """Geomean of each ratio per mode over the rows that have it."""
+    values: dict[str, dict[str, list[float]]] = {}
+    for row in rows:
+        for mode, r in row.get("ratios", {}).items():
+            for key, v in r.items():
+                values.setdefault(mode, {}).setdefault(key, []).append(v)
+    return {"geomean_time_ratio": {mode: {k: round(math.exp(sum(map(math.log, v)) / len(v)), 4) for k, v in r.items()}
+                                   for mode, r in values.items()}}
 
 
 def _us(impl: dict | None, key: str = "call_us") -> str:
@@ -58,7 +69,7 @@ def markdown(data: dict, json_paths: list[Path]) -> str:
              f"kforge {env.get('kforge_commit')}; JSON " + ", ".join(f"`{p.name}`" for p in json_paths) + "; runs:",
              *[f"- {r['date']}: `{r['command']}` ({r['total_s']} s; kforge backend on_miss "
                f"{r.get('on_miss') or 'default'})" for r in runs], "",
-             "Blocks (tests/blocks.py): " + "; ".join(f"{name} {b['class']}"
+             "Blocks (kforge/compile/models.py): " + "; ".join(f"{name} {b['class']}"
                                                      f"({', '.join(f'{k}={v}' for k, v in b['dims'].items())}), "
                                                      f"{b['weight_bytes'] / 2**20:.0f} MiB of weights"
                                                      for name, b in data["blocks"].items()) + ".",

@@ -50,7 +50,7 @@ def kforge_env(scratch) -> dict[str, str]:
     """The worker environment of `sandbox.run_isolated` for a CUDA task, in `scratch`."""
     from kforge.evaluate import sandbox
 
-    env = sandbox._child_env(scratch, sandbox.DEFAULT_ALLOW, {"PYTHONPATH": os.pathsep.join(p for p in sys.path if p)},
+    env = sandbox.sandbox_env(scratch, sandbox.DEFAULT_ALLOW, {"PYTHONPATH": os.pathsep.join(p for p in sys.path if p)},
                              cuda=True)
     return env
 

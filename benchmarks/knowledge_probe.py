@@ -3,6 +3,7 @@ rms_norm / softmax layout sweeps, whose numbers the bundled knowledge files (src
 cite. Standalone: torch + triton only; timed with do_bench (exploratory, not a kforge claim).
     OUT=/tmp/out python3 benchmarks/knowledge_probe.py   -> $OUT/probe-h100.json (committed as
     benchmarks/results/h100/knowledge-probe.json)"""
+
 import json
 import os
 
@@ -14,11 +15,8 @@ from triton.language.extra import libdevice
 
 OUT = os.environ.get("OUT", "/tmp/out")
 dev = torch.device("cuda")
-props = torch.cuda.get_device_properties(0)
-SMS = props.multi_processor_count
-info = {"gpu": props.name, "sms": SMS, "torch": torch.__version__, "triton": triton.__version__}
-print(info, flush=True)
-res = {"info": info, "api": {}, "rms": [], "softmax": []}
+SMS = 0  # the GPU's multiprocessor count, set by main()
+res: dict = {"info": {}, "api": {}, "rms": [], "softmax": []}  # what main() measures and writes
 
 
 @triton.jit
@@ -51,13 +49,6 @@ def api(name, fn):
     except Exception as e:
         res["api"][name] = f"{type(e).__name__}: {str(e).strip().splitlines()[-1][:300] if str(e).strip() else ''}"
     print("api", name, res["api"][name], flush=True)
-
-
-x = torch.rand(1024, device=dev) + 1
-y = torch.empty_like(x)
-api("make_block_ptr", lambda: copy_blockptr[(1,)](x, y, 1024, BLOCK=256))
-api("libdevice.rsqrt", lambda: libdev_rsqrt[(1,)](x, y, BLOCK=256))
-api("make_tensor_descriptor_no_allocator", lambda: tdesc_copy[(1,)](x, y, 1024, BLOCK=256))
 
 
 @triton.jit
@@ -93,21 +84,6 @@ def rms_case(rows, hidden, ROWS, warps):
            "gbps": round(gbps), "err": err}
     res["rms"].append(row)
     print("rms", row, flush=True)
-
-
-for rows, hidden in ((4096, 4096), (16384, 8192), (32, 4096)):
-    for warps in (1, 2, 4, 8, 16, 32):
-        try:
-            rms_case(rows, hidden, 1, warps)
-        except Exception as e:
-            print("rms fail", rows, hidden, warps, type(e).__name__, str(e)[:200], flush=True)
-for rows, hidden in ((65536, 128), (65536, 512), (16384, 1024)):
-    for ROWS in (1, 2, 4, 8, 16):
-        for warps in (1, 4, 8):
-            try:
-                rms_case(rows, hidden, ROWS, warps)
-            except Exception as e:
-                print("rms fail", rows, hidden, ROWS, warps, type(e).__name__, str(e)[:200], flush=True)
 
 
 @triton.jit
@@ -221,21 +197,49 @@ def safe(*a, **k):
         print("softmax fail", a, k, type(e).__name__, str(e)[:200], flush=True)
 
 
-for rows, cols in ((4096, 4096), (4096, 32768)):
-    for warps in (2, 4, 8, 16, 32):
-        safe("rows", rows, cols, ROWS=1, warps=warps)
-for ROWS in (1, 2, 4, 8, 16, 32):
-    for warps in (1, 4, 8):
-        safe("rows", 65536, 128, ROWS=ROWS, warps=warps)
-for rows, cols in ((32, 151936), (1, 32000), (64, 128256), (4096, 32768)):
-    for BLOCK, warps in ((1024, 4), (2048, 8), (4096, 8), (4096, 16)):
-        safe("online", rows, cols, BLOCK=BLOCK, warps=warps)
-    for NCHUNK in (8, 16, 32, 64):
-        if rows * NCHUNK > 64 * SMS:
-            continue
-        for BLOCK, warps in ((1024, 4), (2048, 8)):
-            safe("split", rows, cols, BLOCK=BLOCK, warps=warps, NCHUNK=NCHUNK)
+def main():
+    global SMS
+    props = torch.cuda.get_device_properties(0)
+    SMS = props.multi_processor_count
+    info = {"gpu": props.name, "sms": SMS, "torch": torch.__version__, "triton": triton.__version__}
+    print(info, flush=True)
+    res["info"] = info
+    x = torch.rand(1024, device=dev) + 1
+    y = torch.empty_like(x)
+    api("make_block_ptr", lambda: copy_blockptr[(1,)](x, y, 1024, BLOCK=256))
+    api("libdevice.rsqrt", lambda: libdev_rsqrt[(1,)](x, y, BLOCK=256))
+    api("make_tensor_descriptor_no_allocator", lambda: tdesc_copy[(1,)](x, y, 1024, BLOCK=256))
+    for rows, hidden in ((4096, 4096), (16384, 8192), (32, 4096)):
+        for warps in (1, 2, 4, 8, 16, 32):
+            try:
+                rms_case(rows, hidden, 1, warps)
+            except Exception as e:
+                print("rms fail", rows, hidden, warps, type(e).__name__, str(e)[:200], flush=True)
+    for rows, hidden in ((65536, 128), (65536, 512), (16384, 1024)):
+        for ROWS in (1, 2, 4, 8, 16):
+            for warps in (1, 4, 8):
+                try:
+                    rms_case(rows, hidden, ROWS, warps)
+                except Exception as e:
+                    print("rms fail", rows, hidden, ROWS, warps, type(e).__name__, str(e)[:200], flush=True)
+    for rows, cols in ((4096, 4096), (4096, 32768)):
+        for warps in (2, 4, 8, 16, 32):
+            safe("rows", rows, cols, ROWS=1, warps=warps)
+    for ROWS in (1, 2, 4, 8, 16, 32):
+        for warps in (1, 4, 8):
+            safe("rows", 65536, 128, ROWS=ROWS, warps=warps)
+    for rows, cols in ((32, 151936), (1, 32000), (64, 128256), (4096, 32768)):
+        for BLOCK, warps in ((1024, 4), (2048, 8), (4096, 8), (4096, 16)):
+            safe("online", rows, cols, BLOCK=BLOCK, warps=warps)
+        for NCHUNK in (8, 16, 32, 64):
+            if rows * NCHUNK > 64 * SMS:
+                continue
+            for BLOCK, warps in ((1024, 4), (2048, 8)):
+                safe("split", rows, cols, BLOCK=BLOCK, warps=warps, NCHUNK=NCHUNK)
+    os.makedirs(OUT, exist_ok=True)
+    with open(os.path.join(OUT, "probe.json"), "w") as fh:
+        json.dump(res, fh, indent=1)
 
-os.makedirs(OUT, exist_ok=True)
-with open(os.path.join(OUT, "probe.json"), "w") as fh:
-    json.dump(res, fh, indent=1)
+
+if __name__ == "__main__":
+    main()

@@ -20,7 +20,8 @@ Fractions of the copy ceiling (measured in the same run) are op bytes / device_u
 
 Shape classes for the bandwidth goals: "large" moves at least 4x the L2 size; below a quarter of
 the L2 a call is launch-bound ("small") and has no bandwidth goal; in between, "short rows" have a
-last problem dim of at most 512 elements and the rest is "mid".
+last problem dim of at most 512 elements and the rest is "mid" (ops_report.shape_class; the goals
+and the summary are ops_report's too).
 
     python benchmarks/ops.py [--ops rms_norm softmax ...] [--sets decode prefill] [--dtype bf16]
                              [--gpu-dir h100] [--no-compile]
@@ -30,38 +31,23 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import sys
 import time
 from pathlib import Path
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from ops_report import report, shape_class, summarize  # noqa: E402  (the report imports nothing of this file)
 
 FUSED_VENDOR = {"rms_norm", "layer_norm", "softmax", "cross_entropy", "gemv"}
 IMPLS = ("eager", "vendor", "compile", "kforge")
 HOST_CALLS = 25
-GOALS = {
-    "never_lose": 1.02,  # kforge call_us over the best of eager, vendor and compile, at most
-    "large": 0.97, "mid": 0.90, "short_rows": 0.70,  # fraction of the copy ceiling, at least
-    "geomean_vs_eager": 3.0, "geomean_vs_compile": 1.15,
-}
 
 
 def _dtype(text: str):
     import torch
 
     return {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}.get(text) or getattr(torch, text)
-
-
-def shape_class(spec, problem, nbytes: int, l2_bytes: int) -> str:
-    if nbytes >= 4 * l2_bytes:
-        return "large"
-    if nbytes < l2_bytes // 4:
-        return "small"  # launch-bound whatever its rows: a decode step's router call moves a few KB
-    if problem[-1] <= 512 and spec.problem_dims[-1] not in ("k",):
-        return "short_rows"
-    return "mid"
 
 
 def _routed_impl(op: str, fn, args) -> str:
@@ -133,35 +119,6 @@ def bench_one(spec, shape, dtype, ceilings, l2_bytes: int, compile_ref: bool) ->
     return row
 
 
-def summarize(rows: list[dict]) -> dict:
-    """Speedups per row (kforge over each baseline, by call_us) and the goals, met or missed."""
-    vs = {name: [] for name in ("eager", "vendor", "compile", "best")}
-    losses, ceiling_misses = [], []
-    for row in rows:
-        impls = row["impls"]
-        if "kforge" not in impls:
-            continue
-        mine = impls["kforge"]["call_us"]
-        others = {n: impls[n]["call_us"] for n in ("eager", "vendor", "compile") if n in impls}
-        row["speedup"] = {n: round(t / mine, 3) for n, t in others.items()}
-        if others:
-            best = min(others.values())
-            row["speedup"]["best"] = round(best / mine, 3)
-            if mine > GOALS["never_lose"] * best:
-                losses.append(f"{row['op']} {row['shape']}: {mine:.1f} us vs {best:.1f} ({min(others, key=others.get)})")
-        for n, s in row["speedup"].items():
-            vs[n].append(s)
-        goal = GOALS.get(row["class"])
-        if goal is not None and impls["kforge"]["frac_ceiling"] < goal:
-            ceiling_misses.append(f"{row['op']} {row['shape']} ({row['class']}): "
-                                  f"{impls['kforge']['frac_ceiling']:.1%} < {goal:.0%}")
-    geo = {n: round(math.exp(sum(math.log(s) for s in v) / len(v)), 3) for n, v in vs.items() if v}
-    return {"geomean_speedup": geo, "losses": losses, "ceiling_misses": ceiling_misses, "goals": GOALS,
-            "never_lose_met": not losses,
-            "geomean_vs_eager_met": geo.get("eager", 0) >= GOALS["geomean_vs_eager"],
-            "geomean_vs_compile_met": geo.get("compile", 0) >= GOALS["geomean_vs_compile"]}
-
-
 def run(argv: list[str]) -> int:
     import torch
 
@@ -208,8 +165,6 @@ def run(argv: list[str]) -> int:
 
 def main(argv: list[str]) -> int:
     if argv[:1] == ["--report"]:
-        from ops_report import report
-
         return report([Path(a) for a in argv[1:]])
     return run(argv)
 

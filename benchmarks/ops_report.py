@@ -8,14 +8,66 @@ shape and dtype, and the summary recomputed over the merged rows; each run's com
 Runs on any machine (no GPU): it reads the JSON, replaces the section between the
 `<!-- ops:begin -->` and `<!-- ops:end -->` markers of benchmarks/RESULTS.md (appending it the
 first time), and writes `ops-speedup.png` next to the JSON (matplotlib, if installed).
+
+The pure functions over results live here, the runner imports them (never the other way round):
+`shape_class` (the bandwidth-goal classes of benchmarks/ops.py's docstring), `summarize` (speedups
+and goals, met or missed).
 """
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 RESULTS_MD = Path(__file__).resolve().parent / "RESULTS.md"
 BEGIN, END = "<!-- ops:begin -->", "<!-- ops:end -->"
+# The goals a run is summarized against (`summarize`, called by benchmarks/ops.py after every shape).
+GOALS = {
+    "never_lose": 1.02,  # kforge call_us over the best of eager, vendor and compile, at most
+    "large": 0.97, "mid": 0.90, "short_rows": 0.70,  # fraction of the copy ceiling, at least
+    "geomean_vs_eager": 3.0, "geomean_vs_compile": 1.15,
+}
+
+
+def shape_class(spec, problem, nbytes: int, l2_bytes: int) -> str:
+    if nbytes >= 4 * l2_bytes:
+        return "large"
+    if nbytes < l2_bytes // 4:
+        return "small"  # launch-bound whatever its rows: a decode step's router call moves a few KB
+    if problem[-1] <= 512 and spec.problem_dims[-1] not in ("k",):
+        return "short_rows"
+    return "mid"
+
+
+def summarize(rows: list[dict]) -> dict:
+    """Speedups per row (kforge over each baseline, by call_us) and the goals, met or missed."""
+    vs = {name: [] for name in ("eager", "vendor", "compile", "best")}
+    losses, ceiling_misses = [], []
+    for row in rows:
+        impls = row["impls"]
+        if "kforge" not in impls:
+            continue
+        mine = impls["kforge"]["call_us"]
+        others = {n: impls[n]["call_us"] for n in ("eager", "vendor", "compile") if n in impls}
+        row["speedup"] = {n: round(t / mine, 3) for n, t in others.items()}
+        if others:
+            best = min(others.values())
+            row["speedup"]["best"] = round(best / mine, 3)
+            if mine > GOALS["never_lose"] * best:
+                losses.append(f"{row['op']} {row['shape']}: {mine:.1f} us vs {best:.1f} ({min(others, key=others.get)})")
+        for n, s in row["speedup"].items():
+            vs[n].append(s)
+        goal = GOALS.get(row["class"])
+        if goal is not None and impls["kforge"]["frac_ceiling"] < goal:
+            ceiling_misses.append(f"{row['op']} {row['shape']} ({row['class']}): "
+                                  f"{impls['kforge']['frac_ceiling']:.1%} < {goal:.0%}")
+    geo = {n: round(math.exp(sum(math.log(s) for s in v) / len(v)), 3) for n, v in vs.items() if v}
+    return {"geomean_speedup": geo, "losses": losses, "ceiling_misses": ceiling_misses, "goals": GOALS,
+            "never_lose_met": not losses,
+            "geomean_vs_eager_met": geo.get("eager", 0) >= GOALS["geomean_vs_eager"],
+            "geomean_vs_compile_met": geo.get("compile", 0) >= GOALS["geomean_vs_compile"]}
+
+
 
 
 def _us(impl: dict | None) -> str:
@@ -29,7 +81,6 @@ def _x(value) -> str:
 def merge(runs: list[dict]) -> dict:
     """One result from several runs of benchmarks/ops.py on the same GPU (see the module docstring)."""
     import kforge
-    from ops import shape_class, summarize
 
     gpus = {run["environment"].get("gpu") for run in runs}
     if len(gpus) > 1:
@@ -39,7 +90,7 @@ def merge(runs: list[dict]) -> dict:
         for row in run["rows"]:
             rows[(row["op"], tuple(row["shape"]), row["dtype"])] = row
     merged = dict(runs[-1])
-    for (op, _, _), row in rows.items():  # classes by the current rule (ops.shape_class)
+    for (op, _, _), row in rows.items():  # classes by the current rule (shape_class)
         row["class"] = shape_class(kforge.ops.get_spec(op), row["problem"], row["bytes"], run["ceilings"]["l2_bytes"])
     merged["rows"] = list(rows.values())
     merged["summary"] = summarize(merged["rows"])

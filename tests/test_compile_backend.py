@@ -11,7 +11,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 import kforge
-from blocks import LlamaBlocks, LlamaRMSNorm, MoEBlock
+from kforge.compile.models import LlamaBlocks, LlamaRMSNorm, MoEBlock
 from helpers import make_record, write_user_table
 from kforge.compile import Options, kforge_backend
 from kforge.errors import UnknownNameError
@@ -281,7 +281,7 @@ def test_explain_says_what_where_and_why():
     explanation = kforge.explain(model, x, pos)
     text = str(explanation)
     assert "0 rewritten" in text  # no table: every match is a miss, left to Inductor
-    assert "blocks.py:" in text and "in forward" in text and "no usable record" in text
+    assert "models.py:" in text and "in forward" in text and "no usable record" in text
     as_dict = explanation.to_dict()
     assert as_dict["left"] == len(as_dict["entries"]) == 9
     explanation = kforge.explain(model, x, pos, options={"on_miss": "kforge"})
@@ -389,13 +389,13 @@ class RotaryAroundAWrite(nn.Module):
 
     def __init__(self, heads=2, seq=3, head_dim=8):
         super().__init__()
-        from blocks import RotaryEmbedding
+        from kforge.compile.models import RotaryEmbedding
 
         self.rope = RotaryEmbedding(head_dim)
         self.register_buffer("buf", torch.zeros(1, heads, seq, head_dim))
 
     def forward(self, q, k, pos):
-        from blocks import rotate_half
+        from kforge.compile.models import rotate_half
 
         cos, sin = self.rope(q, pos)
         cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)
@@ -420,7 +420,7 @@ def test_no_rewrite_moves_computation_across_a_mutation():
 
 @torch.no_grad()
 def test_rotary_output_keeps_eagers_contiguity_for_a_later_view():
-    from blocks import RotaryEmbedding, apply_rotary_pos_emb
+    from kforge.compile.models import RotaryEmbedding, apply_rotary_pos_emb
 
     rope = RotaryEmbedding(16)
 

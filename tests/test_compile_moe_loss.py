@@ -8,7 +8,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from blocks import MoEBlock
+from kforge.compile.models import MoEBlock
 from kforge.compile.backend import Options
 from kforge.compile.rewrite import rewrite
 from kforge.specs.cross_entropy import SPEC as CROSS_ENTROPY

@@ -3,7 +3,7 @@ alongside, rewritten to one kforge.rotary_embedding call.
 
 - the op against HF's layout directly, in fp64 (the rewrite's premise: cos's first half per token
   as the cache, the halves of a head as neox pairs);
-- tests/blocks.py's LlamaBlocks: both layers' rotary rewritten, the block's output against eager
+- kforge.compile.models's LlamaBlocks: both layers' rotary rewritten, the block's output against eager
   at fp32 and bf16;
 - the spellings that match (unsqueeze_dim 1 and 2, commuted products and sum, chunk halves,
   attention scaling, cos broadcast over the batch, the inverse rotate_half, partial rotary joined
@@ -17,7 +17,7 @@ import pytest
 import torch
 
 import kforge
-from blocks import LlamaBlocks, apply_rotary_pos_emb, rotate_half
+from kforge.compile.models import LlamaBlocks, apply_rotary_pos_emb, rotate_half
 from kforge.compile.backend import Options
 from kforge.compile.graph import canon
 from kforge.compile.rewrite import rewrite

@@ -4,9 +4,9 @@ the layers before it; the order (issue 15) is
 
      0  errors                  what every layer raises
      1  specs                   OpSpec, argument checks, one module per built-in op
-     2  version, records, paths, files, redact, device, checks, catalog, tables
+     2  version, records, paths, files, redact, device, checks, catalog
                                 what the runtime shares: leaves, the static checker (it reads
-                                specs), seed kernels and the bundled table's kernel files
+                                specs), seed kernels
      3  testing, candidate      "matches the reference"; a kernel file as a candidate
      4  store                   the content-addressed kernel store
      5  backends                vendor, inductor, triton implementations
@@ -40,7 +40,7 @@ LAYERS = (
     ("kforge.errors",),
     ("kforge.specs",),
     ("kforge.version", "kforge.records", "kforge.paths", "kforge.files", "kforge.redact", "kforge.device",
-     "kforge.checks", "kforge.catalog", "kforge.tables"),
+     "kforge.checks", "kforge.catalog"),
     ("kforge.testing", "kforge.candidate"),
     ("kforge.store",),
     ("kforge.backends",),
@@ -136,7 +136,9 @@ def module_of(name: str, modules) -> str | None:
 
 
 def sources(root: Path) -> dict[str, Path]:
-    return {module_name(p, root): p for p in sorted(root.rglob("*.py"))}
+    """Every kforge module under `root`. Not the bundled table's kernel files (tables/kernels/: data
+    pinned by sha256, like the candidates tests load by path, never imported as kforge modules)."""
+    return {module_name(p, root): p for p in sorted(root.rglob("*.py")) if p.relative_to(root).parts[0] != "tables"}
 
 
 def violations(root: Path) -> list[tuple[str, str, str]]:

@@ -359,7 +359,7 @@ def test_the_shipped_tables_parse_and_their_records_are_verified_measurements():
     from kforge.ops import SPECS
     from kforge.router.key import exact_indices, reaches
     from kforge.router.table import parse_table
-    from kforge.store import KernelStore
+    from kforge.store import BundledKernels
 
     shards = sorted(kforge.paths.BUNDLED_TABLE_DIR.glob("*/*.json"))
     assert shards, "no bundled table"
@@ -375,5 +375,5 @@ def test_the_shipped_tables_parse_and_their_records_are_verified_measurements():
             # verified at least as far as its own key: the router serves a record no further
             assert reaches(r.key.shape, r.evidence.shapes, exact_indices(SPECS[r.key.op])), (shard, r.impl, r.key)
             if r.impl.startswith("triton:"):  # the kernel the record names ships with the table, intact
-                kernel = KernelStore(kforge.paths.BUNDLED_TABLE_DIR / "kernels").get(r.source_sha256)
+                kernel = BundledKernels(kforge.paths.BUNDLED_TABLE_DIR / "kernels").get(r.source_sha256)
                 assert r.impl == kernel.impl_id and kernel.op == data["op"]

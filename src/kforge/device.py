@@ -66,7 +66,7 @@ def slug(fingerprint: str) -> str:
     return f"{readable[:60]}-{digest}"
 
 
-def _cpu_name() -> str:
+def cpu_name() -> str:
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:
@@ -86,7 +86,7 @@ def _fingerprint(kind: str, index: int | None) -> DeviceFingerprint:
         props = torch.cuda.get_device_properties(idx)
         return DeviceFingerprint("cuda", props.name, f"sm{props.major}{props.minor}", torch_v, triton_v)
     if kind == "cpu":
-        return DeviceFingerprint("cpu", _cpu_name(), platform.machine() or "unknown", torch_v, triton_v)
+        return DeviceFingerprint("cpu", cpu_name(), platform.machine() or "unknown", torch_v, triton_v)
     return DeviceFingerprint(kind, kind, "unknown", torch_v, triton_v)
 
 

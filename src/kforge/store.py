@@ -21,6 +21,11 @@ written). The Triton backend serves a stored
 kernel only with a valid verdict, so a kernel and record planted in the store or copied from
 another machine (where the key differs) are not served; the kernels bundled with the package are
 trusted as shipped.
+
+The bundled kernels (`BundledKernels`, `kforge/tables/kernels/`) are a read-only store whose
+metadata may name a catalog seed (`"catalog": "<file>"`) in place of a copy of its bytes: the
+package ships each seed once, and the hash check is the same (a seed edited by one byte no longer
+hashes to the sha256 its records name, and is refused).
 """
 from __future__ import annotations
 
@@ -40,6 +45,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from kforge import paths
+from kforge.catalog import CATALOG_DIR
 from kforge.candidate import Candidate, candidate_from_module, load_module
 from kforge.device import installed_version
 from kforge.errors import KforgeError
@@ -371,3 +377,60 @@ class KernelStore:
         if not isinstance(sha, str) or not SHA_RE.fullmatch(sha):
             raise ValueError(f"a stored kernel is named by its full sha256 (64 lowercase hex digits), got {sha!r}")
         return sha
+
+
+def catalog_seed(sha: str, catalog_dir: Path | None = None) -> str | None:
+    """The file name of the catalog seed whose bytes hash to `sha` (in `catalog_dir`, default the
+    package's catalog), or None: what the bundled table names in place of a copy."""
+    root = Path(catalog_dir) if catalog_dir is not None else CATALOG_DIR
+    return next((p.name for p in sorted(root.glob("*.py")) if p.name != "__init__.py"
+                 and sha256_of(p.read_bytes()) == sha), None)
+
+
+class BundledKernels(KernelStore):
+    """The kernels the bundled table's Triton records name (`kforge.paths.bundled_kernel_dir`).
+    Each has its metadata `<sha[:2]>/<sha>.json` here; its source is the file beside it, or the
+    catalog seed its metadata names by `"catalog": "<file name>"` (no second copy of a seed). The
+    catalog directory is `catalog_dir` (default: the package's)."""
+
+    def __init__(self, root: Path, catalog_dir: Path | None = None):
+        super().__init__(root)
+        self.catalog_dir = Path(catalog_dir) if catalog_dir is not None else CATALOG_DIR
+
+    def holds(self, sha: str) -> bool:
+        """Whether the bundled table ships kernel `sha` (intact or not: loading re-hashes it)."""
+        return self.meta_path(sha).exists() or super().source_path(sha).exists()
+
+    def catalog_file(self, sha: str) -> str | None:
+        """The catalog seed file kernel `sha`'s metadata names, or None (its source is a copy)."""
+        try:
+            data = read_json(self.meta_path(sha), max_bytes=MAX_META_BYTES)
+        except (OSError, ValueError):
+            return None  # no metadata or unreadable: `get` and `load` say which
+        name = data.get("catalog") if isinstance(data, dict) else None
+        if name is None:
+            return None
+        if not isinstance(name, str) or not re.fullmatch(r"[a-z0-9_]+\.py", name) or name == "__init__.py":
+            # A reference out of the catalog directory (a path, a dotfile) is never followed.
+            raise KernelIntegrityError(sha, self.meta_path(sha), f"its metadata names {name!r}, not a catalog seed file")
+        return name
+
+    def source_path(self, sha: str) -> Path:
+        name = self.catalog_file(sha)
+        return self.catalog_dir / name if name is not None else super().source_path(sha)
+
+    def put(self, source: str, *, op: str, provider: str, parent: str | None = None,
+            attempt_id: str | None = None) -> StoredKernel:
+        """Bundle `source`: a catalog seed's exact bytes by reference (metadata naming the seed),
+        any other kernel as a copy. The first put's metadata is kept."""
+        sha = sha256_of(source)
+        seed = catalog_seed(sha, self.catalog_dir)
+        if seed is None:
+            return super().put(source, op=op, provider=provider, parent=parent, attempt_id=attempt_id)
+        meta = StoredKernel(sha256=sha, path=self.catalog_dir / seed, op=op, provider=provider, parent=parent,
+                            attempt_id=attempt_id,
+                            created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+                            versions=_versions())
+        body = {**meta.to_json(), "catalog": seed}
+        _write_once(self.meta_path(sha), (json.dumps(body, indent=1, sort_keys=True) + "\n").encode())
+        return self.get(sha)

@@ -66,7 +66,7 @@ class TritonBackend(Backend):
 
     def load(self, spec: OpSpec, record):
         # The store sits below the backends; imported here so `import kforge` stays lean.
-        from kforge.store import KernelStore
+        from kforge.store import BundledKernels, KernelStore
 
         if record is None or not record.source_sha256:
             raise ValueError("a triton record must name its kernel by source_sha256")
@@ -75,8 +75,8 @@ class TritonBackend(Backend):
             raise ValueError(f"record impl {record.impl!r} does not match its kernel {sha}: expected {impl_id(sha)!r}")
         store = KernelStore()
         bundled = paths.bundled_kernel_dir()
-        if bundled is not None and KernelStore(bundled).source_path(sha).exists():
-            store = KernelStore(bundled)  # a kernel shipped with the bundled table: trusted as shipped
+        if bundled is not None and BundledKernels(bundled).holds(sha):
+            store = BundledKernels(bundled)  # a kernel shipped with the bundled table: trusted as shipped
         else:
             problem = store.verdict_problem(sha, spec.name, record.key.device)
             if problem is not None:

@@ -176,7 +176,7 @@ def run_isolated(fn_qualname: str, payload: Mapping[str, Any], *, timeout_s: flo
         raise ValueError(f"run_isolated: payload must be JSON data ({exc})") from None
     scratch = iso.Scratch()
     try:
-        child_env = _child_env(scratch, env_allow, env, cuda)
+        child_env = sandbox_env(scratch, env_allow, env, cuda)
         ops_dir = _user_ops_dir()
         if level is iso.Level.PROCESS and ops_dir is not None:
             os.symlink(ops_dir, scratch.path("kforge-home", "ops"))
@@ -186,7 +186,9 @@ def run_isolated(fn_qualname: str, payload: Mapping[str, Any], *, timeout_s: flo
     return _redacted(outcome, secrets)
 
 
-def _child_env(scratch, env_allow, env, cuda: bool) -> dict[str, str]:
+def sandbox_env(scratch, env_allow, env, cuda: bool) -> dict[str, str]:
+    """The environment of a worker in `scratch`: the allow-listed variables, `env` on top, and the
+    scratch dir as its home, temp dir and caches (benchmarks/isolation_breakdown.py measures it)."""
     child = worker_env(env_allow)
     child.update(env or {})
     child.pop("KFORGE_TABLE", None)

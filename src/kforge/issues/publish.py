@@ -23,7 +23,7 @@ from kforge.issues.github import GitHub
 from kforge.redact import redact, redact_data
 from kforge.userops.build import NAME
 from kforge.router.table import parse_table, shard_payload
-from kforge.store import KernelStore
+from kforge.store import KernelStore, catalog_seed
 
 MAX_FILE_BYTES = 1 << 20
 SHA = re.compile(r"[0-9a-f]{64}\Z")
@@ -128,6 +128,14 @@ def pull_request(gh: GitHub, repo: str, number: int, published: Published) -> st
     gh.create_branch(repo, branch, gh.branch_sha(repo, base), exist_ok=True)
     folder = f"kforge-requests/issue-{number}"
     for name, content in sorted(published.kernels.items()):
+        seed = catalog_seed(name[:64])
+        if seed is not None and name.endswith(".py"):
+            continue  # ships already as kforge/catalog/<seed>: the bundled metadata names it (no copy)
+        if seed is not None:
+            meta = loads_json(content, name)
+            if not isinstance(meta, dict):
+                raise PublishError(f"kernels/{name} is not a kernel's metadata (a JSON object)")
+            content = (json.dumps({**meta, "catalog": seed}, indent=1, sort_keys=True) + "\n").encode()
         gh.put_file(repo, branch, f"src/kforge/tables/kernels/{name[:2]}/{name}", content,
                     f"kforge: {op} kernel {name[:12]} (issue #{number})")
     gh.put_file(repo, branch, f"{folder}/records.json", published.records,

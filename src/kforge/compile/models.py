@@ -1,4 +1,5 @@
-"""Self-contained model blocks for the torch.compile backend's tests and benchmarks/compile_backend.py:
+"""The HF-style model blocks the compile patterns are written against, one place for the
+torch.compile backend's tests and benchmarks/compile_backend.py (pure torch: nothing of kforge):
 a Llama-style decoder (HF's LlamaRMSNorm, rotary embedding and residual layout, a fused gate/up
 projection as Phi-3 and vLLM write it, grouped-query SDPA attention) and a Mixtral-style MoE block
 (softmax router, top-k, renormalised weights; experts computed densely so the graph has static
