@@ -143,6 +143,22 @@ def test_a_resumed_run_continues_from_its_typed_state(executor):
     assert [f["kind"] for f in saved["feedback"]] == ["correctness", "format"] and saved["learned"] is True
 
 
+def test_generate_resume_latest_picks_the_newest_unfinished_run_of_the_op(capsys):
+    assert main(["generate", "rms_norm", "--resume", "latest", "--provider", "catalog", "--device", "cpu"]) != 0
+    assert "--resume: no unfinished run of rms_norm" in capsys.readouterr().err
+    older, newer = (run_state.RunState.new("rms_norm", "cpu", [torch.float32], [SHAPE], "catalog", None,
+                                           run_state.Settings(rounds=1, variants=1)) for _ in range(2))
+    older.run_id, newer.run_id = "20260101T000000-rms_norm-aaaaaa", "20260102T000000-rms_norm-bbbbbb"
+    for state in (older, newer):
+        state.round = 1  # its rounds all done: the resumed run only concludes
+        state.save()
+    assert main(["generate", "rms_norm", "--resume", "latest", "--provider", "catalog", "--device", "cpu",
+                 "--json"]) == 0
+    (resumed,) = json.loads(capsys.readouterr().out)["runs"]
+    assert resumed["run_id"] == newer.run_id and resumed["status"] == "ran 1 round(s)"
+    assert [s.run_id for s in run_state.unfinished_runs("rms_norm")] == [older.run_id]
+
+
 class MalformedFirst(Provider):
     """Answers prose without code, then (after the corrective message) the catalog's seed."""
 
