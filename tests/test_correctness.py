@@ -85,6 +85,7 @@ def test_raising_is_rejected_with_the_exception():
 
     verdict = rejected(SOFTMAX, forward)
     assert verdict.check == Check.RAISED and "RuntimeError: no kernel for you" in verdict.reason
+    assert verdict.error_types == ("builtins.RuntimeError",)
 
 
 def test_wrong_dtype_or_count_is_an_output_error():

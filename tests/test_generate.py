@@ -4,6 +4,7 @@ an interrupted run resumes; a malformed answer gets one corrective re-prompt; `-
 picks up the keys earlier op calls logged."""
 from __future__ import annotations
 
+import hashlib
 import json
 
 import pytest
@@ -35,7 +36,7 @@ def executor():
 
 
 def run(provider, executor, **settings):
-    return search.run("rms_norm", provider, search.Settings(**{**QUICK, **settings}), device="cpu",
+    return search.run("rms_norm", provider, run_state.Settings(**{**QUICK, **settings}), device="cpu",
                       dtypes=[torch.float32], shapes=[SHAPE], executor=executor)
 
 
@@ -89,16 +90,73 @@ def test_an_interrupted_run_resumes_where_it_stopped(executor):
     with pytest.raises(KeyboardInterrupt):
         run(Interrupting(stop_at=3), executor, rounds=2, variants=2, top_k=1)
     (pending,) = run_state.unfinished_runs("rms_norm")
-    assert pending["round"] == 1 and set(pending["done"]) == {"0:0", "0:1"}
+    assert pending.round == 1 and set(pending.done) == {"0:0", "0:1"}
     resumed = Interrupting(stop_at=0)  # never interrupts: records what the resumed run asks for
-    result = search.run("rms_norm", resumed, resume=pending["run_id"], executor=executor)
+    result = search.run("rms_norm", resumed, resume=pending.run_id, executor=executor)
     assert resumed.asked == [(1, 0), (1, 1)]  # only the candidates the saved state had not done
-    assert result.run_id == pending["run_id"] and result.attempts == 4
+    assert result.run_id == pending.run_id and result.attempts == 4
     attempts = Archive().query(run_id=result.run_id)
     assert sorted((a.round, a.variant) for a in attempts) == [(0, 0), (0, 1), (1, 0), (1, 1)]
     assert run_state.unfinished_runs("rms_norm") == []
     with pytest.raises(run_state.SearchError, match="has finished"):
-        search.run("rms_norm", CatalogProvider(), resume=pending["run_id"], executor=executor)
+        search.run("rms_norm", CatalogProvider(), resume=pending.run_id, executor=executor)
+
+
+class Recording(Provider):
+    """Answers prose (no candidate to evaluate) and keeps what each request held."""
+
+    name = "scripted"
+    reflects = False
+
+    def __init__(self):
+        self.asked = []
+
+    def complete(self, messages, *, context=None, **params):
+        self.asked.append((context, list(messages)))
+        return Completion("No code today.", "scripted", "m1")
+
+
+def test_a_resumed_run_continues_from_its_typed_state(executor):
+    """A state built from its types (a lineage, a failure, a round done) and resumed: the run takes
+    its settings, continues the saved lineage, shows the saved failure and keeps its best."""
+    from kforge.catalog import seeds
+    from kforge.gen.prompt import Feedback, FeedbackKind
+
+    source = seeds("rms_norm")[0].read_text()
+    sha = hashlib.sha256(source.encode()).hexdigest()
+    leader = run_state.Variant(sha, "a0", source, 1.25, None, [])
+    state = run_state.RunState.new("rms_norm", "cpu", [torch.float32], [SHAPE], "scripted", None,
+                                   run_state.Settings(rounds=2, variants=1, top_k=1, corrective_retries=0))
+    state.round, state.done, state.tried, state.attempts, state.accepted = 1, {"0:0": "a0"}, [sha], 1, 1
+    state.lineages = [leader]
+    state.feedback = [Feedback(FeedbackKind.CORRECTNESS, "error-budget: 0.5 over 0.01 at index (2, 17)")]
+    state.save()
+    provider = Recording()
+    result = search.run("rms_norm", provider, run_state.Settings(rounds=9, variants=3), resume=state.run_id,
+                        executor=executor)
+    ((context, messages),) = provider.asked  # round 2 of 2, its one variant: the saved settings, not these
+    assert (context.round, context.variant, context.parent_sha256) == (1, 0, sha) and sha in context.exclude
+    assert "error-budget: 0.5 over 0.01 at index (2, 17)" in messages[-1].content
+    assert result.status == "ran 2 round(s)" and result.attempts == 2 and result.best == leader
+    assert run_state.unfinished_runs("rms_norm") == []
+    saved = json.loads(run_state.state_path(state.run_id).read_text())
+    assert [f["kind"] for f in saved["feedback"]] == ["correctness", "format"] and saved["learned"] is True
+
+
+def test_generate_resume_latest_picks_the_newest_unfinished_run_of_the_op(capsys):
+    assert main(["generate", "rms_norm", "--resume", "latest", "--provider", "catalog", "--device", "cpu"]) != 0
+    assert "--resume: no unfinished run of rms_norm" in capsys.readouterr().err
+    older, newer = (run_state.RunState.new("rms_norm", "cpu", [torch.float32], [SHAPE], "catalog", None,
+                                           run_state.Settings(rounds=1, variants=1)) for _ in range(2))
+    older.run_id, newer.run_id = "20260101T000000-rms_norm-aaaaaa", "20260102T000000-rms_norm-bbbbbb"
+    for state in (older, newer):
+        state.round = 1  # its rounds all done: the resumed run only concludes
+        state.save()
+    assert main(["generate", "rms_norm", "--resume", "latest", "--provider", "catalog", "--device", "cpu",
+                 "--json"]) == 0
+    (resumed,) = json.loads(capsys.readouterr().out)["runs"]
+    assert resumed["run_id"] == newer.run_id and resumed["status"] == "ran 1 round(s)"
+    assert [s.run_id for s in run_state.unfinished_runs("rms_norm")] == [older.run_id]
 
 
 class MalformedFirst(Provider):

@@ -119,3 +119,16 @@ def test_cli_evaluate_exit_codes_and_json(kforge_home):
     assert bad.returncode == 1, bad.stderr
     payload = json.loads(bad.stdout)
     assert payload["verdict"] == "rejected" and payload["check"] == "modified-input" and payload["reason"]
+
+
+@pytest.mark.parametrize("body, check, types", [
+    ("def forward(x):\n    rows = x.shape[0] // 0\n    return torch.empty_like(x)\n", "raised",
+     ["builtins.ZeroDivisionError"]),
+    ("ROWS = 1 // 0\n\n\ndef forward(x):\n    return torch.empty_like(x)\n", "worker:error",
+     ["kforge.candidate.CandidateImportError", "builtins.ZeroDivisionError"]),
+])
+def test_a_rejection_for_an_exception_carries_its_type_and_causes(body, check, types, pool):
+    """What the prompt's feedback branches on (kforge.gen.prompt), not the message's text."""
+    result = harness.evaluate_source(f"import torch\n\n\n{body}", "softmax", dtypes=[F32], executor=pool)
+    assert not result.accepted and result.check == check, result.reason
+    assert list(result.error_types[:len(types)]) == types

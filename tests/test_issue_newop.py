@@ -82,6 +82,7 @@ def test_generation_verifies_candidates_against_the_untrusted_reference_in_worke
     from kforge.evaluate.executors import LocalPoolExecutor
     from kforge.gen import search
     from kforge.gen.archive import Archive
+    from kforge.gen.run_state import Settings
 
     name = fresh("issue_relu")
     define_untrusted(name, OpKind.FUNCTION, SOURCE, [(4, 64)], ["float32"])
@@ -89,7 +90,7 @@ def test_generation_verifies_candidates_against_the_untrusted_reference_in_worke
     wrong = kernel.replace("tl.where(x < 0, 0.0, x) * scale", "tl.where(x < 0, 0.0, x) * scale * 1.01")
     provider = fake_openai(httpserver, monkeypatch, *(f"```python\n{k}```" for k in (wrong, kernel)))
     with LocalPoolExecutor([], workers=2) as pool:
-        result = search.run(name, provider, search.Settings(rounds=1, variants=2, timeout_s=300.0), device="cpu",
+        result = search.run(name, provider, Settings(rounds=1, variants=2, timeout_s=300.0), device="cpu",
                             dtypes=[torch.float32], shapes=[(4, 64)], executor=pool)
     verdicts = sorted(a.accepted for a in Archive().query(run_id=result.run_id))
     assert verdicts == [False, True]  # the 1% error is caught against the issue's own reference

@@ -153,18 +153,31 @@ def _timing(p50):
     return Timing(p20_us=p50 * 0.98, p50_us=p50, p80_us=p50 * 1.02, host_us=p50, kind="cuda_events", reps=100)
 
 
-@pytest.mark.parametrize("check,reason,kind", [
-    ("static:torch-compute", "static check: line 40: [torch-compute] calls torch.nn.functional.rms_norm", FeedbackKind.STATIC),
+COMPILATION_ERROR = ("triton.compiler.errors.CompilationError",)
+
+
+@pytest.mark.parametrize("check,reason,types,kind", [
+    ("static:torch-compute", "static check: line 40: [torch-compute] calls torch.nn.functional.rms_norm", (),
+     FeedbackKind.STATIC),
     ("raised", "rms_norm (3, 1000) bfloat16: raised CompilationError: at 12:8: arange's range must be a power of 2",
-     FeedbackKind.COMPILE),
-    ("error-budget", "rms_norm output 0: error 0.5 over budget 0.01 at index (2, 17): got 1.5, expected 1",
+     COMPILATION_ERROR, FeedbackKind.COMPILE),
+    ("raised", "rms_norm (3, 1000) bfloat16: raised InterpreterError: at 3:4: bad load",
+     ("triton.runtime.errors.InterpreterError", "builtins.ValueError"), FeedbackKind.COMPILE),
+    # The exception's type decides, not its text: a ValueError that mentions a CompilationError is no compile error.
+    ("raised", "rms_norm (3, 1000) bfloat16: raised ValueError: not a CompilationError", ("builtins.ValueError",),
+     FeedbackKind.OTHER),
+    ("worker:error", "worker error: CandidateImportError: candidate k.py: import failed: NameError: name 'tl' is "
+     "not defined", ("kforge.candidate.CandidateImportError", "builtins.NameError"), FeedbackKind.COMPILE),
+    ("worker:error", "worker error: ZeroDivisionError: division by zero", ("builtins.ZeroDivisionError",),
+     FeedbackKind.OTHER),
+    ("error-budget", "rms_norm output 0: error 0.5 over budget 0.01 at index (2, 17): got 1.5, expected 1", (),
      FeedbackKind.CORRECTNESS),
-    ("nan-propagation", "finite where the reference is NaN", FeedbackKind.CORRECTNESS),
-    ("worker:timeout", "worker timeout: no result in 600 s", FeedbackKind.OTHER),
-    ("roofline", "faster than the roofline floor twice", FeedbackKind.TIMING),
+    ("nan-propagation", "finite where the reference is NaN", (), FeedbackKind.CORRECTNESS),
+    ("worker:timeout", "worker timeout: no result in 600 s", (), FeedbackKind.OTHER),
+    ("roofline", "faster than the roofline floor twice", (), FeedbackKind.TIMING),
 ])
-def test_feedback_from_a_rejection(check, reason, kind):
-    ev = Evaluation("rms_norm", False, reason, check=check, case="shape (3, 1000) bfloat16 seed 1")
+def test_feedback_from_a_rejection(check, reason, types, kind):
+    ev = Evaluation("rms_norm", False, reason, check=check, case="shape (3, 1000) bfloat16 seed 1", error_types=types)
     fb = feedback_from_evaluation(ev)
     assert fb.kind is kind
     assert reason in fb.message and check in fb.message

@@ -45,7 +45,8 @@ def test_a_returned_value_comes_back_as_json_data():
 def test_a_raised_exception_is_an_error_with_its_message():
     out = task("raises", {"message": "kernel exploded"})
     assert out.status is Status.ERROR
-    assert out.error == "ValueError: kernel exploded"
+    assert out.error == "ValueError: kernel exploded" and out.error_types == ("builtins.ValueError",)
+    assert WorkerOutcome.from_json(out.to_json()) == out
     assert "sandbox_tasks.py" in out.traceback and "raise ValueError" in out.traceback
 
 

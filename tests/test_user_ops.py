@@ -195,6 +195,7 @@ def test_a_user_op_is_generated_through_a_fake_llm_verified_in_workers_and_serve
     from kforge.evaluate.executors import LocalPoolExecutor
     from kforge.gen import search
     from kforge.gen.archive import Archive
+    from kforge.gen.run_state import Settings
 
     name = fresh("scaled_relu")
     kforge.define_op(name, "(Tensor x, float scale) -> Tensor", user_op_defs.reference, user_op_defs.make_inputs,
@@ -202,7 +203,7 @@ def test_a_user_op_is_generated_through_a_fake_llm_verified_in_workers_and_serve
     kernel = (HERE / "candidates" / "scaled_relu_triton.py").read_text()
     provider = fake_openai(httpserver, monkeypatch, f"```python\n{kernel}```")
     with LocalPoolExecutor([], workers=2) as pool:
-        result = search.run(name, provider, search.Settings(rounds=1, variants=1, timeout_s=300.0), device="cpu",
+        result = search.run(name, provider, Settings(rounds=1, variants=1, timeout_s=300.0), device="cpu",
                             dtypes=[torch.float32], shapes=[(4, 64)], executor=pool)
     (attempt,) = Archive().query(run_id=result.run_id)
     assert attempt.accepted, attempt.verdict

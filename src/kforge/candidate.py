@@ -43,6 +43,10 @@ class CandidateError(KforgeError):
     """A candidate file that does not follow the contract (no forward, bad DOMAIN, import error)."""
 
 
+class CandidateImportError(CandidateError):
+    """Importing the candidate's module raised (its cause): a syntax, name or compile error at import."""
+
+
 @dataclasses.dataclass(frozen=True)
 class Candidate:
     forward: Callable[..., Any]
@@ -119,7 +123,7 @@ def load_module(path: Path, module_name: str, *, source: bytes | None = None) ->
         except BaseException as exc:
             sys.modules.pop(module_name, None)
             if isinstance(exc, Exception):
-                raise CandidateError(f"candidate {path}: import failed: {type(exc).__name__}: {exc}") from exc
+                raise CandidateImportError(f"candidate {path}: import failed: {type(exc).__name__}: {exc}") from exc
             raise
         return module
 

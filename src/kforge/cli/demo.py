@@ -132,7 +132,7 @@ def generate_for_misses(specs, device, variants: int) -> list[dict]:
     """`kforge generate --from-misses` for the demo's ops: one catalog round per op over the keys
     its miss log holds; returns each run's JSON."""
     from kforge.evaluate.executors import LocalPoolExecutor
-    from kforge.gen import from_misses, search
+    from kforge.gen import from_misses, run_state, search
     from kforge.gen.providers.catalog import CatalogProvider
 
     names = {spec.name for spec in specs}
@@ -146,7 +146,7 @@ def generate_for_misses(specs, device, variants: int) -> list[dict]:
             shapes = sorted({t.shape for t in mine})
             dtypes = [getattr(torch, d) for d in sorted({t.dtype for t in mine})]
             t0 = time.perf_counter()
-            result = search.run(name, CatalogProvider(), search.Settings(rounds=1, variants=variants, top_k=1),
+            result = search.run(name, CatalogProvider(), run_state.Settings(rounds=1, variants=variants, top_k=1),
                                 device=str(device), dtypes=dtypes, shapes=shapes, executor=executor)
             progress(f"generated {name}: {result.accepted}/{result.attempts} candidates accepted, "
                      f"{len(result.keys)} key(s) recorded ({time.perf_counter() - t0:.1f} s, run {result.run_id})")

@@ -50,7 +50,7 @@ def add_arguments(parser) -> None:
 
 
 def run(args) -> int:
-    from kforge.gen import search
+    from kforge.gen import run_state, search
     from kforge.gen.config import config_from_args
     from kforge.gen.providers import make_provider
 
@@ -65,9 +65,9 @@ def run(args) -> int:
     provider = make_provider(config)  # a missing key fails here, before anything is defined or written
     if args.spec_file:
         args.op = _define_from_file(args.spec_file, args.op)
-    settings = search.Settings(rounds=args.rounds, variants=args.variants, top_k=args.top_k,
-                               target_speedup=args.target_speedup, target_fraction=args.target_fraction,
-                               max_tokens=args.token_budget, max_seconds=args.max_seconds)
+    settings = run_state.Settings(rounds=args.rounds, variants=args.variants, top_k=args.top_k,
+                                  target_speedup=args.target_speedup, target_fraction=args.target_fraction,
+                                  max_tokens=args.token_budget, max_seconds=args.max_seconds)
     jobs = _jobs(args, device)
     executor = _args.executor(args.executor)
     results = []
@@ -138,7 +138,7 @@ def _jobs(args, device: str) -> list[tuple]:
             pending = run_state.unfinished_runs(args.op)
             if not pending:
                 raise KforgeError(f"--resume: no unfinished run of {args.op} under {run_state.runs_dir()}")
-            run_id = pending[-1]["run_id"]
+            run_id = pending[-1].run_id
         return [(args.op, [], [], run_id)]
     if not args.from_misses:
         from kforge.ops import get_spec

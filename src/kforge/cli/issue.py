@@ -165,7 +165,7 @@ def _run(args) -> int:
 
     from kforge.cli import _args
     from kforge.cli._output import progress
-    from kforge.gen import search
+    from kforge.gen import run_state
     from kforge.gen.config import config_from_args
     from kforge.gen.providers import make_provider
     from kforge.issues import publish
@@ -201,8 +201,8 @@ def _run(args) -> int:
     if device == "cpu":
         os.environ.setdefault("TRITON_INTERPRET", "1")
     provider = make_provider(config_from_args(args))
-    settings = search.Settings(rounds=args.rounds, variants=args.variants, top_k=args.top_k,
-                               max_seconds=args.max_seconds)
+    settings = run_state.Settings(rounds=args.rounds, variants=args.variants, top_k=args.top_k,
+                                  max_seconds=args.max_seconds)
     out = Path(args.out or "kforge-issue-report")
     executor = _args.executor(args.executor)
     try:

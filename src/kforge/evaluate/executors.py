@@ -29,6 +29,7 @@ from typing import Any, Mapping, Sequence
 
 from kforge.evaluate.isolation import SandboxUnavailable
 from kforge.evaluate.sandbox import DEFAULT_ALLOW, Status, WorkerOutcome, _redacted, run_isolated
+from kforge.evaluate.sandbox_worker import exception_types
 
 
 @dataclasses.dataclass(frozen=True)
@@ -106,7 +107,8 @@ class InProcessExecutor(Executor):
                 fn = getattr(fn, part)
             value = json.loads(json.dumps(fn(json.loads(json.dumps(task.payload)))))
         except Exception as exc:
-            outcome = WorkerOutcome(Status.ERROR, error=f"{type(exc).__name__}: {exc}", traceback=traceback.format_exc(),
+            outcome = WorkerOutcome(Status.ERROR, error=f"{type(exc).__name__}: {exc}", error_types=exception_types(exc),
+                                    traceback=traceback.format_exc(),
                                     duration_s=time.monotonic() - start, pid=os.getpid())
         else:
             outcome = WorkerOutcome(Status.OK, value=value, duration_s=time.monotonic() - start, pid=os.getpid())

@@ -73,6 +73,7 @@ class Evaluation:
     sha256: str | None = None
     impl: str | None = None
     check: str | None = None  # which rule rejected it (static rule, correctness check, worker status)
+    error_types: tuple[str, ...] = ()  # "raised" or "worker:error": the exception's qualified type and its causes'
     case: str | None = None  # shape, dtype, seed, layout of the failing case
     evidence: Evidence | None = None
     domain: Domain = dataclasses.field(default_factory=Domain)  # the kernel's declared DOMAIN
@@ -136,7 +137,7 @@ def evaluate_source(source: str, op: str | OpSpec, *, device: str = "cpu", dtype
         if not outcome.ok:
             detail = outcome.error or f"exit code {outcome.exit_code}"
             return Evaluation(op, False, f"worker {outcome.status.value}: {detail}", stored.sha256, impl,
-                              check=f"worker:{outcome.status.value}"), None
+                              check=f"worker:{outcome.status.value}", error_types=outcome.error_types), None
         return None, outcome.value
 
     failed, value = run_worker()
@@ -172,7 +173,8 @@ def _beats_floor(m: Measurement) -> bool:
 def _judge(spec: OpSpec, value: dict, sha: str, impl: str, device: torch.device) -> Evaluation:
     v = value["verdict"]
     if not v["accepted"]:
-        return Evaluation(spec.name, False, v["reason"], sha, impl, check=v["check"], case=v["case"])
+        return Evaluation(spec.name, False, v["reason"], sha, impl, check=v["check"], case=v["case"],
+                          error_types=tuple(v.get("error_types", ())))
     evidence = Evidence.from_json(v["evidence"])
     fp = str(fingerprint(device))
     ceilings = roofline.ceilings(device)

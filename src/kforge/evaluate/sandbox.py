@@ -101,6 +101,7 @@ class WorkerOutcome:
     status: Status
     value: Any = None
     error: str | None = None
+    error_types: tuple[str, ...] = ()  # of the exception raised and its causes (sandbox_worker.exception_types)
     exit_code: int | None = None  # the worker's exit status; minus the signal number if signalled
     duration_s: float = 0.0
     traceback: str | None = None
@@ -111,6 +112,7 @@ class WorkerOutcome:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "status", Status(self.status))
+        object.__setattr__(self, "error_types", tuple(self.error_types))
 
     @property
     def ok(self) -> bool:
@@ -297,24 +299,26 @@ def _supervise(text: bytes, scratch, env: dict, timeout_s: float, limit_mb: int,
         return WorkerOutcome(Status.KILLED, error=f"over {what}: {parsed['error']}",
                              traceback=parsed.get("traceback"), **logs)
     return WorkerOutcome(Status(parsed["status"]), value=parsed.get("value"), error=parsed.get("error"),
-                         traceback=parsed.get("traceback"), **logs)
+                         error_types=tuple(parsed.get("error_types", ())), traceback=parsed.get("traceback"), **logs)
 
 
 def _parse_result(data: bytes) -> tuple[dict | None, str | None]:
     """The worker's result, checked: one JSON object, {"status": "ok", "value": ...} or
-    {"status": "error", "error": str, "traceback": str | None, "memory": bool}."""
+    {"status": "error", "error": str, "error_types": [str], "traceback": str | None, "memory": bool}."""
     try:
         result = json.loads(data.decode("utf-8"))
     except (UnicodeDecodeError, ValueError) as exc:
         return None, f"not one JSON document: {type(exc).__name__}"
     if not isinstance(result, dict):
         return None, "not a JSON object"
-    keys = {"ok": {"status", "value"}, "error": {"status", "error", "traceback", "memory"}}.get(result.get("status"))
+    keys = {"ok": {"status", "value"},
+            "error": {"status", "error", "error_types", "traceback", "memory"}}.get(result.get("status"))
     if keys is None or set(result) != keys:
         return None, f"unexpected status or keys {sorted(result)[:8]}"
     if keys is not None and result["status"] == "error" and not (
             isinstance(result["error"], str) and isinstance(result["traceback"], (str, type(None)))
-            and isinstance(result["memory"], bool)):
+            and isinstance(result["memory"], bool) and isinstance(result["error_types"], list)
+            and all(isinstance(t, str) for t in result["error_types"])):
         return None, "error fields of the wrong types"
     return result, None
 

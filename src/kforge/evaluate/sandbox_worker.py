@@ -53,13 +53,27 @@ def worker_main(result_fd: int) -> None:
         os._exit(code)
     except BaseException as exc:
         text = json.dumps({"status": "error", "error": f"{type(exc).__name__}: {exc}",
-                           "traceback": traceback.format_exc(), "memory": bool(limit or capped) and _is_memory(exc)})
+                           "error_types": exception_types(exc), "traceback": traceback.format_exc(),
+                           "memory": bool(limit or capped) and _is_memory(exc)})
     _flush()
     data = memoryview(text.encode())
     while data:
         data = data[os.write(result_fd, data):]
     os.close(result_fd)
     os._exit(0)  # no interpreter teardown: a poisoned CUDA context can hang or crash in it
+
+
+def exception_types(exc: BaseException, limit: int = 8) -> list[str]:
+    """The qualified type names of `exc` and of the exceptions it was raised from, outermost first
+    ("kforge.candidate.CandidateImportError", "builtins.SyntaxError"): what a caller may branch on
+    instead of the message's text."""
+    names: list[str] = []
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen and len(names) < limit:
+        seen.add(id(exc))
+        names.append(f"{type(exc).__module__}.{type(exc).__qualname__}")
+        exc = exc.__cause__ or (None if exc.__suppress_context__ else exc.__context__)
+    return names
 
 
 def _cap_device_memory(mb: int | None) -> bool:

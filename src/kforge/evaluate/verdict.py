@@ -48,14 +48,16 @@ class Verdict:
     evidence: Evidence | None = None  # what was verified (None when rejected)
     cases: int = 0  # cases run
     skipped: tuple[str, ...] = ()  # cases outside the domain, with the domain's reason
+    error_types: tuple[str, ...] = ()  # RAISED: the exception's qualified type and its causes'
 
 
 class Failure(Exception):
-    def __init__(self, check: Check, trial: Trial, message: str):
+    def __init__(self, check: Check, trial: Trial, message: str, error_types: tuple[str, ...] = ()):
         super().__init__(message)
         self.check = check
         self.trial = trial
         self.message = message
+        self.error_types = error_types  # RAISED: what the candidate raised (sandbox_worker.exception_types)
 
 
 class Skip(Exception):

@@ -11,6 +11,7 @@ import torch
 
 from kforge.evaluate.cases import Case, Layout, derive, make_inputs, perturb, relayout, variants
 from kforge.evaluate.memory import Poison, bits, overlaps, poisoned, relocated, storage_bytes
+from kforge.evaluate.sandbox_worker import exception_types
 from kforge.evaluate.verdict import STRESS_CALLS, Check, Failure, Skip, Trial, Verdict
 from kforge.records import Domain, Evidence
 from kforge.router.key import call_info, dtype_signature
@@ -116,7 +117,8 @@ class Verifier:
         trial = failure.trial
         where = f"{case}" + ("" if trial == Trial.FIRST else f", {trial.value}")
         return Verdict(False, f"{where}: {failure.message}", failure.check, case, trial,
-                       max_error_ratio=self.worst, cases=self.ran, skipped=tuple(self.skipped))
+                       max_error_ratio=self.worst, cases=self.ran, skipped=tuple(self.skipped),
+                       error_types=failure.error_types)
 
     def make_args(self, case: Case, log: bool) -> tuple | None:
         spec = self.spec
@@ -186,7 +188,8 @@ class Verifier:
             try:
                 return self.forward(*args)
             except Exception as exc:
-                raise Failure(Check.RAISED, trial, f"raised {type(exc).__name__}: {exc}") from None
+                raise Failure(Check.RAISED, trial, f"raised {type(exc).__name__}: {exc}",
+                              tuple(exception_types(exc))) from None
 
     def check_outputs(self, out, low: tuple, trial: Trial) -> tuple:
         """The outputs as a tuple, each exactly a torch.Tensor with the reference's metadata."""

@@ -153,6 +153,7 @@ def verdict_to_json(verdict) -> dict[str, Any]:
         "max_error_ratio": verdict.max_error_ratio,
         "evidence": None if verdict.evidence is None else verdict.evidence.to_json(),
         "cases": verdict.cases,
+        "error_types": list(verdict.error_types),
     }
 
 

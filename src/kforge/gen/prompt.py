@@ -82,8 +82,10 @@ def truncate(text: str, limit: int = MAX_FEEDBACK_CHARS) -> str:
 
 
 # -- feedback from an evaluation or an unusable answer ---------------------------------------------
-_COMPILE_SIGNS = ("CompilationError", "InterpreterError", "OutOfResources", "SyntaxError", "import failed",
-                  "triton.compiler", "NameError", "unsupported", "is not supported")
+# Exception types (by class name, any module) that mean the kernel failed to import, compile or
+# launch; the evaluation carries the raised exception's type and its causes' (`error_types`).
+_COMPILE_ERRORS = frozenset({"CompilationError", "InterpreterError", "OutOfResources", "SyntaxError", "NameError",
+                             "CandidateImportError"})
 
 
 def _correctness_checks() -> frozenset[str]:
@@ -92,9 +94,13 @@ def _correctness_checks() -> frozenset[str]:
     return frozenset(c.value for c in Check) | {"timed_output"}
 
 
-def _feedback_kind(check: str | None, reason: str) -> FeedbackKind:
+def _compile_failure(error_types: Sequence[str]) -> bool:
+    return any(t.rpartition(".")[2] in _COMPILE_ERRORS or t.startswith("triton.compiler.") for t in error_types)
+
+
+def _feedback_kind(check: str | None, error_types: Sequence[str]) -> FeedbackKind:
     check = check or ""
-    compileish = any(sign in reason for sign in _COMPILE_SIGNS)
+    compileish = _compile_failure(error_types)
     if check.startswith("static:"):
         return FeedbackKind.STATIC
     if check == "raised" or check == "worker:error":
@@ -117,7 +123,7 @@ def feedback_from_evaluation(evaluation) -> Feedback:
     if not evaluation.accepted:
         reason = evaluation.reason or "rejected without a reason"
         message = f"{evaluation.check}: {reason}" if evaluation.check else reason
-        return Feedback(_feedback_kind(evaluation.check, reason), truncate(message), evaluation.case)
+        return Feedback(_feedback_kind(evaluation.check, evaluation.error_types), truncate(message), evaluation.case)
     if not evaluation.measurements:
         skipped = "; ".join(f"{_shape(s['shape'])} {s['dtype']}: {s['why']}" for s in evaluation.skipped) or "none"
         return Feedback(FeedbackKind.TIMING, truncate(render("feedback_untimed", skipped=skipped)))

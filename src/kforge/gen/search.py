@@ -29,50 +29,15 @@ from typing import Any, Callable, Sequence
 import torch
 
 from kforge.device import fingerprint, installed_version
-from kforge.errors import KforgeError
 from kforge.gen import extract, knowledge, prompt
 from kforge.gen.archive import Archive, Attempt
-from kforge.gen.run_state import load_state, new_state, save_state
+from kforge.gen.run_state import KeyBefore, KeyBest, RunState, Settings, Variant
 from kforge.gen.types import (Completion, GenerationContext, Message, Provider, ProviderError, ProviderExhausted,
                               Role, Usage)
 from kforge.ops import get_spec
 from kforge.specs import OpSpec
 
 FEEDBACK_KEPT = 3  # failures shown to the next prompt
-
-
-@dataclasses.dataclass(frozen=True)
-class Settings:
-    rounds: int = 3
-    variants: int = 4  # per round
-    top_k: int = 2  # lineages kept
-    target_speedup: float | None = None  # stop once the best variant beats vendor by this (geomean over keys)
-    target_fraction: float | None = None  # stop once the best variant reaches this roofline fraction on every key
-    max_tokens: int | None = None  # input + output tokens over the run
-    max_seconds: float | None = None
-    corrective_retries: int = 1  # re-prompts for a malformed answer
-    timeout_s: float = 600.0  # one candidate's evaluation
-    verify_shapes: tuple[tuple[int, ...], ...] | None = None  # None: the spec's shape sets (tests shrink them)
-
-    def __post_init__(self) -> None:
-        for name in ("rounds", "variants", "top_k"):
-            if getattr(self, name) < 1:
-                raise KforgeError(f"generate: --{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
-
-
-@dataclasses.dataclass
-class Variant:
-    """An accepted candidate: what the lineages, the prompts' priors and the summary read."""
-
-    sha256: str
-    attempt_id: str
-    source: str
-    speedup: float  # geometric mean over measured keys of vendor p50 / candidate p50 (same run)
-    fraction: float | None  # lowest fraction of the roofline over measured keys
-    measurements: list[dict]  # Measurement.to_json() of each key
-
-    def to_json(self) -> dict:
-        return dataclasses.asdict(self)
 
 
 @dataclasses.dataclass
@@ -109,59 +74,54 @@ def run(op: str, provider: Provider, settings: Settings = Settings(), *, device:
     archive = archive or Archive()
     table = table or ScoreTable()
     say = on_progress or (lambda message: None)
-    state = load_state(resume, op) if resume else new_state(op, device, dtypes or _default_dtypes(spec),
-                                                              shapes or list(spec.shapes("smoke")), provider.name,
-                                                              model, settings)
     if resume:
-        saved = dict(state["settings"])
-        if saved.get("verify_shapes") is not None:
-            saved["verify_shapes"] = tuple(tuple(x) for x in saved["verify_shapes"])
-        settings = Settings(**saved)
-    if not resume:
-        state["record"] = record
-        state["before"] = _best_per_key(table, state["fingerprint"], op)
-        save_state(state)
-    device, dtypes = state["device"], [getattr(torch, d) for d in state["dtypes"]]
-    shapes = [tuple(s) for s in state["shapes"]]
+        state = RunState.resume(resume, op)  # the saved settings, device, dtypes and shapes win
+    else:
+        state = RunState.new(op, device, dtypes or _default_dtypes(spec), shapes or list(spec.shapes("smoke")),
+                             provider.name, model, settings)
+        state.record = record
+        state.before = _best_per_key(table, state.fingerprint, op)
+        state.save()
+    settings, device, dtypes, shapes = state.settings, state.device, state.torch_dtypes, state.shapes
     own_executor = executor is None
     executor = executor or LocalPoolExecutor()
     fp = str(fingerprint(torch.device(device)))
-    started = time.monotonic() - state["elapsed_s"]
+    started = time.monotonic() - state.elapsed_s
     context = _PromptContext(spec, fp, device, dtypes, shapes)
     try:
-        while state["round"] < settings.rounds and not state["status"]:
-            why = _should_stop(state, settings, started)
+        while state.round < settings.rounds and not state.status:
+            why = _should_stop(state, started)
             if why:
-                state["status"] = why
+                state.status = why
                 break
-            r = state["round"]
-            pending = [v for v in range(settings.variants) if f"{r}:{v}" not in state["done"]]
+            r = state.round
+            pending = [v for v in range(settings.variants) if f"{r}:{v}" not in state.done]
             proposals = []
             for v in pending:
                 step = f"round {r + 1}/{settings.rounds} variant {v + 1}/{settings.variants}: asking {provider.name}"
-                say(_progress_line(state, settings, step))
-                proposals.append(_propose(provider, context, state, settings, r, v))
+                say(_progress_line(state, step))
+                proposals.append(_propose(provider, context, state, r, v))
             if pending and all(p.exhausted for p in proposals):
-                state["status"] = f"the {provider.name} provider has no untried variant left"
-            say(_progress_line(state, settings, f"round {r + 1}/{settings.rounds}: evaluating "
+                state.status = f"the {provider.name} provider has no untried variant left"
+            say(_progress_line(state, f"round {r + 1}/{settings.rounds}: evaluating "
                                                 f"{sum(p.source is not None for p in proposals)} candidate(s)"))
             for proposal, evaluation in _evaluate_all(proposals, spec, device, dtypes, shapes, executor, settings,
                                                       provider.name):
                 _conclude(proposal, evaluation, state, archive, table, provider, model, r)
-                save_state(state)
-            if not state["status"]:
-                state["round"] = r + 1
-            state["elapsed_s"] = time.monotonic() - started
-            save_state(state)
-        if not state["status"]:
-            state["status"] = _should_stop(state, settings, started) or f"ran {settings.rounds} round(s)"
-        state["elapsed_s"] = time.monotonic() - started
-        save_state(state)
+                state.save()
+            if not state.status:
+                state.round = r + 1
+            state.elapsed_s = time.monotonic() - started
+            state.save()
+        if not state.status:
+            state.status = _should_stop(state, started) or f"ran {settings.rounds} round(s)"
+        state.elapsed_s = time.monotonic() - started
+        state.save()
         _learn(state, spec, fp, provider, say)
     finally:
         if own_executor:
             executor.close()
-    return _result(state, table)
+    return _result(state)
 
 
 @dataclasses.dataclass
@@ -199,25 +159,24 @@ class _PromptContext:
         return roofline.ceilings(torch.device(self.device))
 
 
-def _propose(provider: Provider, ctx: _PromptContext, state: dict, settings: Settings, r: int, v: int) -> _Proposal:
-    lineages = [Variant(**x) for x in state["lineages"]]
+def _propose(provider: Provider, ctx: _PromptContext, state: RunState, r: int, v: int) -> _Proposal:
+    lineages = state.lineages
     parent = lineages[v % len(lineages)] if lineages else None
     gen_context = GenerationContext(
-        op=ctx.spec.name, round=r, variant=v, seed=_seed(state["run_id"], r, v),
+        op=ctx.spec.name, round=r, variant=v, seed=_seed(state.run_id, r, v),
         parent_source=None if parent is None else parent.source, parent_sha256=None if parent is None else parent.sha256,
-        dtypes=tuple(state["dtypes"]), shapes=tuple(tuple(s) for s in state["shapes"]),
-        exclude=frozenset(state["tried"]))
+        dtypes=tuple(state.dtypes), shapes=tuple(state.shapes), exclude=frozenset(state.tried))
     triton_version = installed_version("triton") or "none"
-    entries = knowledge.relevant(knowledge.load(ctx.spec.name), _gpu_name(ctx.fingerprint), state["dtypes"][0],
+    entries = knowledge.relevant(knowledge.load(ctx.spec.name), _gpu_name(ctx.fingerprint), state.dtypes[0],
                                  triton_version)
     messages = prompt.build_messages(
         ctx.spec, device=ctx.fingerprint, ceilings=ctx.ceilings(), triton_version=triton_version,
-        dtypes=state["dtypes"], shapes=[tuple(s) for s in state["shapes"]], knowledge=entries,
-        priors=[_prior(x) for x in lineages], feedback=[prompt.Feedback(**f) for f in state["feedback"]],
+        dtypes=state.dtypes, shapes=list(state.shapes), knowledge=entries,
+        priors=[_prior(x) for x in lineages], feedback=list(state.feedback),
         parent_source=None if parent is None else parent.source,
         evolve=parent is not None and "EVOLVE-BLOCK-START" in parent.source)
     proposal = _Proposal(r, v, parent, list(messages), [])
-    for attempt in range(settings.corrective_retries + 1):
+    for attempt in range(state.settings.corrective_retries + 1):
         try:
             completion = provider.complete(proposal.messages, context=gen_context)
         except ProviderError as exc:
@@ -236,7 +195,7 @@ def _propose(provider: Provider, ctx: _PromptContext, state: dict, settings: Set
             problem, check = extracted.findings, f"static:{extracted.findings[0].rule.value}"
         proposal.error, proposal.check, proposal.problem = (str(problem) if check == "format"
                                                             else "; ".join(str(f) for f in problem)), check, problem
-        if attempt < settings.corrective_retries:
+        if attempt < state.settings.corrective_retries:
             proposal.messages += [Message(Role.ASSISTANT, completion.text), extract.corrective_message(problem)]
     return proposal
 
@@ -260,14 +219,14 @@ def _evaluate_all(proposals, spec: OpSpec, device, dtypes, shapes, executor, set
             yield p, f.result()
 
 
-def _conclude(p: _Proposal, evaluation, state: dict, archive: Archive, table, provider: Provider,
+def _conclude(p: _Proposal, evaluation, state: RunState, archive: Archive, table, provider: Provider,
               model: str | None, r: int) -> None:
     """Archive the attempt, update lineages, feedback and the best-per-key records."""
     usage = p.usage
-    state["usage"] = (Usage(**state["usage"]) + usage).to_json()
+    state.usage = state.usage + usage
     sha = None if p.source is None else hashlib.sha256(p.source.encode()).hexdigest()
     if sha:
-        state["tried"] = sorted(set(state["tried"]) | {sha})
+        state.tried = sorted(set(state.tried) | {sha})
     if evaluation is None:
         verdict, reason, check, case, measurements = "error" if p.check == "provider" else "rejected", p.error, p.check, None, []
     else:
@@ -276,7 +235,7 @@ def _conclude(p: _Proposal, evaluation, state: dict, archive: Archive, table, pr
     speedup = _geomean([m["speedup_vs_vendor"] for m in measurements]) if measurements else None
     last = p.completions[-1] if p.completions else None
     attempt = Attempt(
-        id=archive.new_id(), run_id=state["run_id"], op=state["op"], device=state["fingerprint"], round=r,
+        id=archive.new_id(), run_id=state.run_id, op=state.op, device=state.fingerprint, round=r,
         variant=p.variant, parent=None if p.parent is None else p.parent.attempt_id,
         parent_sha256=None if p.parent is None else p.parent.sha256, provider=provider.name,
         model=(last.model if last else model) or provider.name, messages=[m.to_json() for m in p.messages],
@@ -285,8 +244,8 @@ def _conclude(p: _Proposal, evaluation, state: dict, archive: Archive, table, pr
         latency_s=sum(c.latency_s for c in p.completions),
         created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"))
     archive.add(attempt)
-    state["done"][f"{r}:{p.variant}"] = attempt.id
-    state["attempts"] += 1
+    state.done[f"{r}:{p.variant}"] = attempt.id
+    state.attempts += 1
     if evaluation is None or not evaluation.accepted:
         if evaluation is not None:
             fb = prompt.feedback_from_evaluation(evaluation)
@@ -295,24 +254,22 @@ def _conclude(p: _Proposal, evaluation, state: dict, archive: Archive, table, pr
         else:
             fb = None  # the provider failed: nothing for the next prompt to learn
         if fb is not None:
-            state["feedback"] = (state["feedback"] + [_feedback_json(fb)])[-FEEDBACK_KEPT:]
+            state.feedback = (state.feedback + [fb])[-FEEDBACK_KEPT:]
         return
-    state["accepted"] += 1
+    state.accepted += 1
     fractions = [m["roofline"]["fraction_of_ceiling"] for m in measurements if m.get("roofline")]
     variant = Variant(sha, attempt.id, p.source, speedup or 0.0, min(fractions) if fractions else None, measurements)
-    lineages = [Variant(**x) for x in state["lineages"]] + [variant]
-    lineages.sort(key=lambda x: (-x.speedup, x.attempt_id))
-    state["lineages"] = [x.to_json() for x in lineages[:state["settings"]["top_k"]]]
+    lineages = sorted(state.lineages + [variant], key=lambda x: (-x.speedup, x.attempt_id))
+    state.lineages = lineages[:state.settings.top_k]
     winning = []
     for m in evaluation.measurements:
         key = str(m.key)
-        best = state["best"].get(key)
-        if best is None or m.candidate.p50_us < best["p50_us"]:
-            state["best"][key] = {"p50_us": m.candidate.p50_us, "vendor_p50_us": m.vendor.p50_us,
-                                  "impl": evaluation.impl, "attempt_id": attempt.id, "shape": list(m.shape),
-                                  "dtype": m.dtype}
+        best = state.best.get(key)
+        if best is None or m.candidate.p50_us < best.p50_us:
+            state.best[key] = KeyBest(m.candidate.p50_us, m.vendor.p50_us, evaluation.impl, attempt.id,
+                                      list(m.shape), m.dtype)
             winning.append(m.key)
-    if winning and state["record"]:
+    if winning and state.record:
         # The harness returned every record of this evaluation; the run writes those of the keys
         # where this variant is the best so far, tagged with the attempt the archive just gave it.
         table.write([r if r.source_sha256 is None else dataclasses.replace(r, attempt_id=attempt.id)
@@ -320,14 +277,14 @@ def _conclude(p: _Proposal, evaluation, state: dict, archive: Archive, table, pr
 
 
 # -- helpers -------------------------------------------------------------------------------------
-def _should_stop(state: dict, settings: Settings, started: float) -> str:
-    best = state["lineages"][0] if state["lineages"] else None
-    if best and settings.target_speedup is not None and best["speedup"] >= settings.target_speedup:
-        return f"target reached: {best['speedup']:.2f}x over vendor >= {settings.target_speedup}x"
-    if best and settings.target_fraction is not None and best["fraction"] is not None \
-            and best["fraction"] >= settings.target_fraction:
-        return f"target reached: {best['fraction']:.0%} of the roofline >= {settings.target_fraction:.0%}"
-    tokens = state["usage"]["input_tokens"] + state["usage"]["output_tokens"]
+def _should_stop(state: RunState, started: float) -> str:
+    best, settings = state.leader, state.settings
+    if best and settings.target_speedup is not None and best.speedup >= settings.target_speedup:
+        return f"target reached: {best.speedup:.2f}x over vendor >= {settings.target_speedup}x"
+    if best and settings.target_fraction is not None and best.fraction is not None \
+            and best.fraction >= settings.target_fraction:
+        return f"target reached: {best.fraction:.0%} of the roofline >= {settings.target_fraction:.0%}"
+    tokens = state.usage.input_tokens + state.usage.output_tokens
     if settings.max_tokens is not None and tokens >= settings.max_tokens:
         return f"token budget spent: {tokens} >= {settings.max_tokens}"
     if settings.max_seconds is not None and time.monotonic() - started >= settings.max_seconds:
@@ -335,12 +292,12 @@ def _should_stop(state: dict, settings: Settings, started: float) -> str:
     return ""
 
 
-def _progress_line(state: dict, settings: Settings, what: str) -> str:
-    best = state["lineages"][0] if state["lineages"] else None
-    best_text = f"best {best['speedup']:.2f}x vs vendor ({best['sha256'][:12]})" if best else "no accepted kernel yet"
-    usage = state["usage"]
-    return (f"[{state['attempts']} attempts, {state['accepted']} accepted] {what} | {best_text}"
-            + (f" | {usage['input_tokens'] + usage['output_tokens']} tokens" if usage["input_tokens"] else ""))
+def _progress_line(state: RunState, what: str) -> str:
+    best = state.leader
+    best_text = f"best {best.speedup:.2f}x vs vendor ({best.sha256[:12]})" if best else "no accepted kernel yet"
+    usage = state.usage
+    return (f"[{state.attempts} attempts, {state.accepted} accepted] {what} | {best_text}"
+            + (f" | {usage.input_tokens + usage.output_tokens} tokens" if usage.input_tokens else ""))
 
 
 def _seed(run_id: str, r: int, v: int) -> int:
@@ -372,20 +329,16 @@ def _prior(v: Variant) -> "prompt.PriorVariant":
                                dtype=m.get("dtype", ""))
 
 
-def _feedback_json(fb) -> dict:
-    return {"kind": fb.kind.value, "message": fb.message, "case": fb.case}
-
-
-def _learn(state: dict, spec: OpSpec, fp: str, provider: Provider, say: Callable[[str], None]) -> None:
+def _learn(state: RunState, spec: OpSpec, fp: str, provider: Provider, say: Callable[[str], None]) -> None:
     """Append what this run measured to the op's knowledge file (the best variant, scoped), and,
     when the provider can write one (`Provider.reflects`), its reflection on the run."""
-    if not state["lineages"] or state.get("learned"):
+    best = state.leader
+    if best is None or state.learned:
         return
-    best = Variant(**state["lineages"][0])
     triton_version = installed_version("triton") or "none"
-    entry = knowledge.record_run(spec.name, gpu=_gpu_name(fp), dtypes=state["dtypes"], shapes=state["shapes"],
-                                 triton_version=triton_version, best=best, attempts=state["attempts"],
-                                 accepted=state["accepted"])
+    entry = knowledge.record_run(spec.name, gpu=_gpu_name(fp), dtypes=state.dtypes, shapes=state.shapes,
+                                 triton_version=triton_version, best=best, attempts=state.attempts,
+                                 accepted=state.accepted)
     if provider.reflects:
         try:
             text = _reflect(state, spec, fp, provider, best, entry, triton_version)
@@ -394,50 +347,51 @@ def _learn(state: dict, spec: OpSpec, fp: str, provider: Provider, say: Callable
         else:
             knowledge.append(spec.name, dataclasses.replace(
                 entry, title=f"Reflection ({provider.name}) on {entry.title}", text=prompt.truncate(text, 1500)))
-    state["learned"] = True
-    save_state(state)
+    state.learned = True
+    state.save()
 
 
-def _reflect(state: dict, spec: OpSpec, fp: str, provider: Provider, best: Variant, entry, triton_version: str) -> str:
+def _reflect(state: RunState, spec: OpSpec, fp: str, provider: Provider, best: Variant, entry, triton_version: str) -> str:
     from kforge.gen.prompts import render
 
-    failures = "\n".join(f"- {f['kind']}: {prompt.truncate(f['message'], 300)}" for f in state["feedback"]) or "- none"
-    user = render("reflect", op=spec.name, gpu=_gpu_name(fp), triton=triton_version, dtypes=", ".join(state["dtypes"]),
-                  shapes=entry.shapes, attempts=state["attempts"], accepted=state["accepted"], sha=best.sha256[:12],
+    failures = "\n".join(f"- {f.kind.value}: {prompt.truncate(f.message, 300)}" for f in state.feedback) or "- none"
+    user = render("reflect", op=spec.name, gpu=_gpu_name(fp), triton=triton_version, dtypes=", ".join(state.dtypes),
+                  shapes=entry.shapes, attempts=state.attempts, accepted=state.accepted, sha=best.sha256[:12],
                   speedup=f"{best.speedup:.2f}", measured=entry.measured or "(not timed)",
                   summary=knowledge.summary(best.source), failures=failures)
     completion = provider.complete([Message(Role.SYSTEM, render("reflect_system")), Message(Role.USER, user)])
-    state["usage"] = (Usage(**state["usage"]) + completion.usage).to_json()
+    state.usage = state.usage + completion.usage
     return completion.text
 
 
-def _best_per_key(table, fp: str, op: str) -> dict:
-    """{key: {"impl", "p50_us"}}: what the router would pick per key today (fastest record)."""
-    best: dict[str, dict] = {}
+def _best_per_key(table, fp: str, op: str) -> dict[str, KeyBefore]:
+    """{key: what the router would pick there today (the fastest record)}."""
+    best: dict[str, KeyBefore] = {}
     try:
         records = table.records(fp, op)
     except Exception:  # an unreadable table: nothing known before the run
         records = []
     for r in records:
         key = str(r.key)
-        if key not in best or r.score_us < best[key]["score_us"]:
-            best[key] = {"impl": r.impl, "p50_us": r.p50_us, "score_us": r.score_us}
+        if key not in best or r.score_us < best[key].score_us:
+            best[key] = KeyBefore(r.impl, r.p50_us, r.score_us)
     return best
 
 
-def _result(state: dict, table) -> RunResult:
-    best = Variant(**state["lineages"][0]) if state["lineages"] else None
+def _result(state: RunState) -> RunResult:
     keys = []
-    for key, found in sorted(state["best"].items()):
-        before = (state.get("before") or {}).get(key)
-        # After the run the key has: what it had, vendor as timed in this run, the run's best kernel.
-        options = [found, {"impl": "vendor", "p50_us": found["vendor_p50_us"]}] + ([before] if before else [])
-        after = min(options, key=lambda o: o["p50_us"])
-        keys.append({"key": key, "shape": found["shape"], "dtype": found["dtype"],
-                     "before": before or {"impl": "vendor (miss: not measured)", "p50_us": None},
-                     "vendor_p50_us": found["vendor_p50_us"],
-                     "kernel": {"impl": found["impl"], "p50_us": found["p50_us"], "attempt_id": found["attempt_id"]},
-                     "after": {"impl": after["impl"], "p50_us": after["p50_us"]},
-                     "winning_attempt": found["attempt_id"] if after is found else None})
-    return RunResult(state["run_id"], state["op"], state["status"], state["round"], state["attempts"],
-                     state["accepted"], best, keys, Usage(**state["usage"]), state["elapsed_s"])
+    for key, found in sorted(state.best.items()):
+        before = (state.before or {}).get(key)
+        # After the run the key has: what it had, vendor as timed in this run, the run's best kernel
+        # (first among equals: min keeps the first of equal times).
+        options = [(found.impl, found.p50_us, found), ("vendor", found.vendor_p50_us, None)]
+        options += [(before.impl, before.p50_us, None)] if before else []
+        after = min(options, key=lambda o: o[1])
+        keys.append({"key": key, "shape": found.shape, "dtype": found.dtype,
+                     "before": before.to_json() if before else {"impl": "vendor (miss: not measured)", "p50_us": None},
+                     "vendor_p50_us": found.vendor_p50_us,
+                     "kernel": {"impl": found.impl, "p50_us": found.p50_us, "attempt_id": found.attempt_id},
+                     "after": {"impl": after[0], "p50_us": after[1]},
+                     "winning_attempt": found.attempt_id if after[2] is found else None})
+    return RunResult(state.run_id, state.op, state.status, state.round, state.attempts, state.accepted,
+                     state.leader, keys, state.usage, state.elapsed_s)
