@@ -20,6 +20,7 @@ from pathlib import Path
 
 from kforge import paths
 from kforge.catalog import all_seeds
+from kforge.ops import SPECS
 from kforge.records import Record
 from kforge.router.table import parse_table, shard_payload
 from kforge.store import BundledKernels, KernelStore, sha256_of
@@ -32,7 +33,7 @@ def _kernel_source(sha: str, run_dirs: list[Path]) -> tuple[str, str, str | None
         if store.source_path(sha).exists():
             kernel = store.get(sha)
             return kernel.source(), kernel.op, kernel.provider
-    for op, files in all_seeds().items():
+    for op, files in all_seeds(SPECS.values()).items():
         for path in files:
             if sha256_of(path.read_bytes()) == sha:
                 return path.read_text(), op, "catalog"

@@ -108,7 +108,7 @@ def main(argv: list[str]) -> int:
     rows = []
     for op in args.ops:
         spec = kforge.ops.get_spec(op)
-        modules = {f"seed:{p.stem}": load_seed(p) for p in seeds(op)}
+        modules = {f"seed:{p.stem}": load_seed(p) for p in seeds(spec)}
         for shape in GOAL_SHAPES[op]:
             t0 = time.perf_counter()
             call = spec.make_inputs(shape, torch.bfloat16, "cuda", 0)

@@ -68,7 +68,7 @@ def main() -> int:
     from kforge.testing import assert_matches_reference
 
     spec = kforge.ops.SPECS["rms_norm"]
-    source = seeds("rms_norm")[0].read_text()
+    source = seeds(spec)[0].read_text()
     stored = KernelStore().put(source, op="rms_norm", provider="catalog")
     cand = KernelStore().load(stored.sha256)
     module = cand.module

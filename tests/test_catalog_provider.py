@@ -13,17 +13,18 @@ import pytest
 import torch
 
 from kforge.backends.triton import TritonBackend
-from kforge.catalog import SEEDS, seeds
+from kforge import catalog
+from kforge.catalog import seeds
 from kforge.evaluate.static import check_source
 from kforge.gen import extract
 from kforge.gen.providers.catalog import (CatalogProvider, canonical, mutate, neighbours, rewrite, sha256,
                                           space_size, tunables, variants)
 from kforge.gen.types import Completion, GenerationContext, Message, ProviderError, Role, Usage
-from kforge.ops import get_spec
+from kforge.ops import SPECS, get_spec
 from kforge.store import KernelStore
 from kforge.testing import assert_matches_reference
 
-SEED_FILES = [(op, path) for op in SEEDS for path in seeds(op)]
+SEED_FILES = [(op, path) for op, spec in SPECS.items() for path in seeds(spec)]
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"  # else Triton's interpreter (conftest.py)
 SEED_IDS = [path.stem for _, path in SEED_FILES]
 MESSAGES = [Message(Role.USER, "write a faster kernel")]  # the catalog reads none of it
@@ -50,7 +51,15 @@ def changed(before: str, after: str) -> set[str]:
 
 
 def seed_source(op: str, index: int = 0) -> str:
-    return seeds(op)[index].read_text()
+    return seeds(SPECS[op])[index].read_text()
+
+
+# -- which op a seed is for: its spec says (the catalog keeps no table) -------------------------------
+def test_every_catalog_file_is_the_seed_of_exactly_one_op_and_every_named_seed_exists():
+    named = [name for spec in SPECS.values() for name in spec.seed_kernels]
+    assert sorted(named) == [p.name for p in catalog.files()], "a catalog file no spec names, or named twice"
+    assert all(path.is_file() for _, path in SEED_FILES)
+    assert catalog.all_seeds(SPECS.values()) == {op: seeds(spec) for op, spec in SPECS.items() if spec.seed_kernels}
 
 
 # -- the seeds' search spaces ------------------------------------------------------------------------

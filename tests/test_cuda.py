@@ -80,7 +80,7 @@ def test_a_replayed_stored_kernel_is_captured_by_cuda_graphs(name):
 
     spec = kforge.ops.SPECS[name]
     entry = kforge.ops.ENTRIES[name]
-    sha = KernelStore().put(seeds(name)[0].read_text(), op=name, provider="catalog").sha256
+    sha = KernelStore().put(seeds(spec)[0].read_text(), op=name, provider="catalog").sha256
     accept_kernel(sha, name)
     domain = KernelStore().load(sha, spec).domain
     args = spec.make_inputs(spec.shapes("smoke")[0], torch.bfloat16, "cuda", 0)

@@ -250,8 +250,9 @@ def test_through_a_real_sdk_a_malformed_answer_then_a_good_one_is_accepted(name,
     from kforge.catalog import seeds
     from kforge.gen.config import load_config
     from kforge.gen.providers import make_provider
+    from kforge.ops import get_spec
 
-    good = f"Here it is:\n```python\n{seeds('rms_norm')[0].read_text()}```\n"
+    good = f"Here it is:\n```python\n{seeds(get_spec('rms_norm'))[0].read_text()}```\n"
     if name == "anthropic":
         path, answer = "/v1/messages", lambda text: {
             "id": "m", "type": "message", "role": "assistant", "model": "claude-sonnet-5-5", "stop_reason": "end_turn",

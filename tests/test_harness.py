@@ -12,6 +12,7 @@ import torch
 
 import kforge
 from kforge.catalog import seeds
+from kforge.ops import SPECS
 from kforge.evaluate import harness, roofline
 from kforge.evaluate.executors import LocalPoolExecutor
 from kforge.router.table import ScoreTable
@@ -29,7 +30,7 @@ def pool():
     return LocalPoolExecutor(workers=2)
 
 
-@pytest.mark.parametrize("op, path", [("rms_norm", seeds("rms_norm")[0]),
+@pytest.mark.parametrize("op, path", [("rms_norm", seeds(SPECS["rms_norm"])[0]),
                                       ("softmax", TESTS / "candidates" / "softmax_rowwise.py")])
 def test_a_good_candidate_is_accepted_recorded_and_served(op, path, pool):
     result = harness.evaluate_source(path.read_text(), op, dtypes=[F32], timing_shapes=[(4, 64)], executor=pool)
@@ -99,7 +100,7 @@ def forward(x):
 
 def test_a_result_beating_the_roofline_twice_is_rejected(pool, monkeypatch):
     monkeypatch.setattr(roofline, "implausible", lambda time_us, floor, **kw: True)
-    result = harness.evaluate_source(seeds("softmax")[0].read_text(), "softmax", dtypes=[F32],
+    result = harness.evaluate_source(seeds(SPECS["softmax"])[0].read_text(), "softmax", dtypes=[F32],
                                      timing_shapes=[(4, 64)], executor=pool)
     assert not result.accepted and result.check == "roofline"
     assert "faster than the roofline floor twice" in result.reason
@@ -111,7 +112,7 @@ def test_cli_evaluate_exit_codes_and_json(kforge_home):
         return subprocess.run([sys.executable, "-m", "kforge", "evaluate", str(path), "--op", op, "--dtype", "fp32",
                                "--shape", "4x64", "--json"], capture_output=True, text=True, timeout=300)
 
-    good = run(seeds("rms_norm")[0], "rms_norm")
+    good = run(seeds(SPECS["rms_norm"])[0], "rms_norm")
     assert good.returncode == 0, good.stderr
     payload = json.loads(good.stdout)
     assert payload["verdict"] == "accepted" and payload["reason"] == "" and payload["records_written"] == 2

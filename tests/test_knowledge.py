@@ -34,6 +34,20 @@ def test_bundled_files_parse_and_cover_the_families():
     assert any("make_block_ptr" in e.title for e in softmax)
 
 
+def test_the_families_are_the_specs_and_every_bundled_file_belongs_to_one():
+    """`family` reads the op's spec (no table of its own): an op that names no family, and an
+    op not registered here (a user's), is a family of its own; every bundled file is some
+    registered op's family, so a renamed family cannot orphan its file."""
+    from kforge.ops import SPECS
+
+    named = {op: spec.knowledge_family for op, spec in SPECS.items() if spec.knowledge_family is not None}
+    assert named == {"fused_add_rms_norm": "rms_norm"}
+    assert all(knowledge.family(op) == (named.get(op) or op) for op in SPECS)
+    assert knowledge.family("some_user_op") == "some_user_op"
+    families = {knowledge.family(op) for op in SPECS}
+    assert {p.stem for p in knowledge.BUNDLED_DIR.glob("*.md")} <= families
+
+
 def test_append_then_load_round_trips_every_field():
     e = entry()
     path = knowledge.append("rms_norm", e)

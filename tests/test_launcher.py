@@ -19,7 +19,8 @@ from helpers import write_user_table
 from kforge.backends.launcher import cached_launcher
 from kforge.backends.triton import TritonBackend, impl_id
 from kforge.candidate import load_module
-from kforge.catalog import SEEDS, seeds
+from kforge.catalog import seeds
+from kforge.ops import SPECS
 from kforge.device import fingerprint
 from kforge.router import dispatch
 from kforge.store import KernelStore
@@ -29,7 +30,7 @@ pytestmark = pytest.mark.skipif(
     TritonBackend().available() is not None, reason=f"Triton cannot run here: {TritonBackend().available()}")
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
-SEED_FILES = [(op, path) for op in SEEDS for path in seeds(op)]
+SEED_FILES = [(op, path) for op, spec in SPECS.items() for path in seeds(spec)]
 HEADER = "import torch\nimport triton\nimport triton.language as tl\n\n"
 
 
@@ -193,7 +194,7 @@ def test_autotune_hooks_keep_forward(tmp_path):
 
 def test_non_contiguous_calls_and_the_switch_keep_forward(monkeypatch):
     spec = kforge.ops.SPECS["softmax"]
-    path = seeds("softmax")[0]
+    path = seeds(SPECS["softmax"])[0]
     cand = KernelStore().load(KernelStore().put(path.read_text(), op="softmax", provider="catalog").sha256, spec)
     x = torch.randn(6, 8, device=DEVICE)
     assert cached_launcher(cand.forward, cand.module, (x.t(),), spec.tensor_args) is cand.forward
@@ -204,7 +205,7 @@ def test_non_contiguous_calls_and_the_switch_keep_forward(monkeypatch):
 def test_the_router_replays_a_stored_kernel_per_decision():
     op = "rms_norm"
     spec = kforge.ops.SPECS[op]
-    sha = KernelStore().put(seeds(op)[0].read_text(), op=op, provider="catalog").sha256
+    sha = KernelStore().put(seeds(SPECS[op])[0].read_text(), op=op, provider="catalog").sha256
     cand = KernelStore().load(sha, spec)
     from helpers import accept_kernel, make_record
 

@@ -58,7 +58,7 @@ def loss_by_definition(x: torch.Tensor, target: torch.Tensor, ignore_index: int)
 
 
 def seed_candidates():
-    return [load_candidate(path, f"cross_entropy_seed_{path.stem}", SPEC) for path in seeds("cross_entropy")]
+    return [load_candidate(path, f"cross_entropy_seed_{path.stem}", SPEC) for path in seeds(SPEC)]
 
 
 # -- the reference ---------------------------------------------------------------------------------
@@ -210,7 +210,7 @@ def test_bad_arguments_are_refused_naming_them(what, entry):
 TINY = ((3, 17), (0, 8), (2, 3, 40), (1, 1), (2, 300))
 
 
-@pytest.mark.parametrize("path", seeds("cross_entropy"), ids=lambda p: p.stem)
+@pytest.mark.parametrize("path", seeds(SPEC), ids=lambda p: p.stem)
 def test_the_seeds_pass_the_harness(path):
     # bf16, as models call it; fp64 (the kernels' fp64 accumulation) and fp32 run in the forced-path
     # test below, fp16 and fp32 in test_triton_backend over the CPU sets (~8 s a dtype here).
@@ -244,7 +244,7 @@ FORCED_SHAPE = (5, 1000)
 
 
 @pytest.mark.filterwarnings("ignore::RuntimeWarning")  # numpy on -inf - -inf in masked lanes
-@pytest.mark.parametrize("path", seeds("cross_entropy"), ids=lambda p: p.stem)
+@pytest.mark.parametrize("path", seeds(SPEC), ids=lambda p: p.stem)
 def test_the_seeds_loop_and_split_paths_are_right(path):
     changes, kernel_name, launched_as_meant = FORCED[path.stem]
     source = path.read_text()

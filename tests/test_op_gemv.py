@@ -81,7 +81,7 @@ def test_special_values_reach_the_outputs_they_feed():
     assert want[0].isnan().all()
     assert want[1, 2] == float("inf") * math.copysign(1.0, float(x[1, 7]))
     assert want[2, 2].isnan() and torch.isfinite(want[1:, [0, 1, 3, 4, 5]]).all()
-    for path in seeds("gemv"):  # the kernels agree with it, NaN for NaN and inf for inf
+    for path in seeds(SPEC):  # the kernels agree with it, NaN for NaN and inf for inf
         candidate = load_candidate(path, f"gemv_special_{path.stem}", SPEC)
         assert_matches_reference(SPEC, (x, weight), candidate.forward(x, weight))
 
@@ -224,7 +224,7 @@ def test_a_bad_weight_is_refused_naming_weight(what, entry):
 TINY = ((3, 37, 17), (2, 3, 40, 24), (4, 0, 5), (20, 100, 40), (1, 1000, 33))
 
 
-@pytest.mark.parametrize("path", seeds("gemv"), ids=lambda p: p.stem)
+@pytest.mark.parametrize("path", seeds(SPEC), ids=lambda p: p.stem)
 def test_the_seeds_pass_the_harness(path):
     # bf16 only: fp16 takes its code (upcast on load), fp32 runs in the forced-path tests below and
     # both in test_triton_backend over the CPU sets (each dtype here costs ~20 s in the interpreter).
@@ -260,7 +260,7 @@ FORCED = [
 @pytest.mark.parametrize("stem, changes, shape, kernel_name, launched_as_meant", FORCED,
                          ids=[f"{f[0]}-{'-'.join(f[1])}" for f in FORCED])
 def test_the_seeds_forced_paths_are_right(stem, changes, shape, kernel_name, launched_as_meant):
-    source = next(p for p in seeds("gemv") if p.stem == stem).read_text()
+    source = next(p for p in seeds(SPEC) if p.stem == stem).read_text()
     candidate, recorder = load_with_tunables(source, SPEC, changes, kernel_name)
     verdict = verify(SPEC, candidate.forward, dtypes=[torch.float32, torch.bfloat16], shapes=[shape],
                      domain=candidate.domain, secret_seed=11, secret_shapes=0,

@@ -100,7 +100,7 @@ def test_special_values_in_the_reference_and_the_seeds():
     zero_eps = reference(x, weight, bias, 0.0)
     assert zero_eps[3].isnan().all() and not zero_eps[4:].isnan().any()
     assert F.layer_norm(x[3:4], (40,), weight, bias, 0.0).isnan().all()
-    for path in seeds("layer_norm"):
+    for path in seeds(SPEC):
         forward = candidate(path, f"special_{path.stem}").forward
         for eps in (1e-5, 0.0):
             assert_matches_reference(SPEC, (x, weight, bias, eps), forward(x, weight, bias, eps))
@@ -207,7 +207,7 @@ HARNESS_CASES = {
 }
 
 
-@pytest.mark.parametrize("path", seeds("layer_norm"), ids=lambda p: p.stem)
+@pytest.mark.parametrize("path", seeds(SPEC), ids=lambda p: p.stem)
 def test_the_seeds_pass_the_harness(path):
     dtypes, shapes = HARNESS_CASES[path.stem]
     result = harness.evaluate_source(path.read_text(), SPEC.name, dtypes=list(dtypes), verify_shapes=shapes,
@@ -221,7 +221,7 @@ def test_the_seeds_pass_the_harness(path):
 def test_the_looped_seed_with_uneven_lane_counts():
     """BLOCK 64 over rows of 300: five steps, the last covering 44 lanes, so lanes end with 5 or 4
     elements and Chan's combination weighs them; fp32 and bf16."""
-    (path,) = [p for p in seeds("layer_norm") if p.stem == "layer_norm_looped"]
+    (path,) = [p for p in seeds(SPEC) if p.stem == "layer_norm_looped"]
     source = path.read_text()
     line = next(line for line in source.splitlines() if line.startswith("MAX_BLOCK = "))
     source = source.replace(line + "\n", "MAX_BLOCK = 64\n", 1)
@@ -237,7 +237,7 @@ def test_the_looped_seed_with_uneven_lane_counts():
     assert grid == (5,) and kwargs["BLOCK"] == 64, (grid, kwargs)
 
 
-@pytest.mark.parametrize("path", seeds("layer_norm"), ids=lambda p: p.stem)
+@pytest.mark.parametrize("path", seeds(SPEC), ids=lambda p: p.stem)
 def test_the_seeds_on_mixed_dtypes_and_large_means(path):
     forward = candidate(path, f"mixed_{path.stem}").forward
     for dtypes in MIXED:
@@ -253,7 +253,7 @@ def test_the_seeds_on_mixed_dtypes_and_large_means(path):
 def test_the_eps_pair_puts_fp64_eps_back_together():
     """Compiled kernels take a Python float as fp32: the seeds pass fp64 eps as hi (an fp32 value)
     plus lo. Without lo, fp64 output would leave the budget."""
-    module = candidate(seeds("layer_norm")[0], "eps_pair").module
+    module = candidate(seeds(SPEC)[0], "eps_pair").module
     for eps in (1e-5, 1e-6, 1e-12, 0.25, 0.0):
         hi, lo = module._eps_pair(eps, torch.float64)
         assert hi + lo == eps and torch.tensor(hi, dtype=torch.float32).item() == hi

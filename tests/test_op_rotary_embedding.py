@@ -22,6 +22,7 @@ from helpers import LaunchRecorder
 
 import kforge
 from kforge.catalog import seeds
+from kforge.ops import SPECS
 from kforge.errors import KforgeInputError
 from kforge.evaluate import harness
 from kforge.evaluate.correctness import verify
@@ -299,13 +300,13 @@ TINY = ((3, 4, 2, 16), (3, 5, 3, 80), (1, 2, 1, 256), (4, 3, 2, 17), (0, 4, 2, 1
 
 
 def load_seed():
-    (path,) = seeds("rotary_embedding")
+    (path,) = seeds(SPECS["rotary_embedding"])
     store = KernelStore()
     return store.load(store.put(path.read_text(), op=SPEC.name, provider="catalog").sha256, SPEC)
 
 
 def test_the_seed_passes_the_harness():
-    (path,) = seeds("rotary_embedding")
+    (path,) = seeds(SPECS["rotary_embedding"])
     assert {rope_config(s[3])[1] for s in TINY} == {True, False}
     assert any(rope_config(s[3])[0] < s[3] for s in TINY)
     # bf16 as models call it; fp32 and fp16 run in test_triton_backend over the CPU shape sets.
@@ -355,7 +356,7 @@ def test_the_seeds_tiles_over_tokens_and_head_blocks_are_right(head_size):
     """With at most 4 heads and 256 elements a program: tiles of 2 tokens (9 = 4 x 2 + 1, the last
     partial), query's 7 heads in two blocks of 4 (the second partial), key's 3 in one."""
     assert rope_config(head_size)[1] == (head_size == 20)
-    (path,) = seeds("rotary_embedding")
+    (path,) = seeds(SPECS["rotary_embedding"])
     source = path.read_text()
     for name, value in {"MAX_HEADS": 4, "MIN_TILE": 256}.items():
         line = next(line for line in source.splitlines() if line.startswith(f"{name} = "))

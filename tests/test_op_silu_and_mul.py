@@ -71,7 +71,7 @@ def test_reference_special_values():
     # silu(-inf) = -inf * 0; silu(inf) * 0 = inf * 0; a NaN in either half; a tail under fp32's range.
     assert got[[0, 2, 3, 5]].isnan().all()
     assert got[1] == inf and got[4] == 0 and got[4].signbit() and got[6] == 0
-    for path in seeds("silu_and_mul"):  # the kernels agree with it, NaN for NaN
+    for path in seeds(SPEC):  # the kernels agree with it, NaN for NaN
         candidate = KernelStore().load(KernelStore().put(path.read_text(), op=SPEC.name, provider="catalog").sha256, SPEC)
         assert_matches_reference(SPEC, (x,), candidate.forward(x))
 
@@ -130,7 +130,7 @@ def test_an_odd_last_dim_is_refused_naming_x(shape, entry):
 TINY = ((3, 17), (0, 8), (2, 3, 40), (2, 4500))
 
 
-@pytest.mark.parametrize("path", seeds("silu_and_mul"), ids=lambda p: p.stem)
+@pytest.mark.parametrize("path", seeds(SPEC), ids=lambda p: p.stem)
 def test_the_seeds_pass_the_harness(path):
     # bf16 (upcast on load, the path fp16 and fp32 share; test_triton_backend runs those on the CPU
     # sets); fp64, the other accumulation type, runs in the forced-path test below.
@@ -159,7 +159,7 @@ FORCED = {
 FORCED_SHAPE = (37, 300)
 
 
-@pytest.mark.parametrize("path", seeds("silu_and_mul"), ids=lambda p: p.stem)
+@pytest.mark.parametrize("path", seeds(SPEC), ids=lambda p: p.stem)
 def test_the_seeds_loop_paths_are_right(path):
     changes, kernel_name, launched_as_meant = FORCED[path.stem]
     source = path.read_text()

@@ -218,7 +218,7 @@ TINY = ((3, 8), (5, 17), (4, 64), (2, 3, 20))  # renormalize: True, True, False,
 
 def test_the_seed_passes_the_harness_in_both_renormalize_modes():
     assert {routing(s[-1])[1] for s in TINY} == {False, True}
-    (path,) = seeds("topk_softmax")
+    (path,) = seeds(SPEC)
     result = harness.evaluate_source(path.read_text(), "topk_softmax", dtypes=[torch.float32, torch.bfloat16],
                                      verify_shapes=TINY, timing_shapes=[(4, 64)],
                                      executor=LocalPoolExecutor(workers=1))
@@ -230,7 +230,7 @@ def test_the_seed_passes_the_harness_in_both_renormalize_modes():
 def test_the_harness_rejects_the_seed_without_its_mask():
     """The seed with the picked lane left in place picks the same expert k times: compare_view
     catches it inside the harness's verification."""
-    (path,) = seeds("topk_softmax")
+    (path,) = seeds(SPEC)
     source = path.read_text()
     line = "        key = tl.where(cols == at[:, None], -1.0, key)\n"
     assert source.count(line) == 1
@@ -245,7 +245,7 @@ def test_the_seed_on_ties_nan_and_inf_rows_in_both_modes():
     -inf) NaN-weighted with distinct indices, partial tiles of ROWS tokens."""
     from kforge.candidate import load_candidate
 
-    candidate = load_candidate(seeds("topk_softmax")[0], "topk_softmax_seed_under_test", SPEC)
+    candidate = load_candidate(seeds(SPEC)[0], "topk_softmax_seed_under_test", SPEC)
     x = torch.randn(37, 12, generator=torch.Generator().manual_seed(2))
     x[0] = 0.0
     x[1, 3] = float("nan")

@@ -21,12 +21,12 @@ from kforge.gen.knowledge import Entry, Outcome
 from kforge.gen.prompt import (Feedback, FeedbackKind, PriorVariant, build_messages, feedback_from_answer,
                                feedback_from_evaluation, truncate)
 from kforge.gen.types import Role
-from kforge.ops import get_spec
+from kforge.ops import SPECS, get_spec
 from kforge.records import DispatchKey
 
 DEVICE = "cuda|NVIDIA H100 80GB HBM3|sm90|torch2.11|triton3.6"
 CEILINGS = Ceilings(copy_gbps=3012.5, matmul_tflops=734.2, device=DEVICE, measured_at="2026-11-22T10:00:00+00:00")
-SEED = seeds("rms_norm")[0].read_text()
+SEED = seeds(SPECS["rms_norm"])[0].read_text()
 PLACEHOLDER = re.compile(r"\$(\{?[A-Za-z_][A-Za-z0-9_]*\}?)")
 
 

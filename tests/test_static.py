@@ -11,10 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from kforge.catalog import SEEDS
 from kforge.checks.names import triton_language_modules, triton_language_names
 from kforge.evaluate.static import Rule, check_source
-from kforge.ops import get_spec
+from kforge.ops import SPECS, get_spec
 
 ROOT = Path(__file__).resolve().parents[1]
 HEADER = "import torch\nimport triton\nimport triton.language as tl\n\n"
@@ -45,7 +44,7 @@ def op_of(path: Path) -> str | None:
     if meta.exists():  # a stored kernel: its metadata names its op
         return json.loads(meta.read_text())["op"]
     if path.parent.name == "catalog":
-        return next(op for op, files in SEEDS.items() if path.name in files)
+        return next(op for op, spec in SPECS.items() if path.name in spec.seed_kernels)
     text = path.read_text()
     if "scaled_relu" in path.name:
         return None  # a user op's candidate (tests/user_op_defs.py)

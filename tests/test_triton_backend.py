@@ -15,7 +15,8 @@ import kforge
 from helpers import accept_kernel, make_record, write_user_table
 from kforge.backends import BACKENDS, BackendName
 from kforge.backends.triton import TritonBackend, impl_id
-from kforge.catalog import SEEDS, seeds
+from kforge.catalog import seeds
+from kforge.ops import SPECS
 from kforge.device import fingerprint
 from kforge.records import DispatchKey, Domain, Evidence
 from kforge.router import dispatch
@@ -27,7 +28,7 @@ from kforge.testing import assert_matches_reference
 pytestmark = pytest.mark.skipif(
     TritonBackend().available() is not None, reason=f"Triton cannot run here: {TritonBackend().available()}")
 
-SEED_FILES = [(op, path) for op in SEEDS for path in seeds(op)]
+SEED_FILES = [(op, path) for op, spec in SPECS.items() for path in seeds(spec)]
 SEED_IDS = [path.stem for _, path in SEED_FILES]
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 DTYPES = (torch.float32, torch.bfloat16, torch.float16)
@@ -77,7 +78,7 @@ def test_seed_kernel_matches_the_reference(op, path, dtype):
 def test_norm_seeds_take_a_weight_of_another_float_dtype(op):
     """Their DOMAIN claims every (x, weight) pair of half and single precision."""
     spec = kforge.ops.SPECS[op]
-    _, candidate = store_seed(op, seeds(op)[0])
+    _, candidate = store_seed(op, seeds(SPECS[op])[0])
     for x_dtype, w_dtype in ((torch.bfloat16, torch.float32), (torch.float16, torch.bfloat16), (torch.float32, torch.float16)):
         args = spec.make_inputs((3, 1000), x_dtype, DEVICE, 0)
         args = args[:-2] + (args[-2].to(w_dtype), args[-1])
@@ -91,7 +92,7 @@ def test_softmax_seeds_keep_the_references_special_values():
     x[1, :] = float("-inf")  # all -inf: NaN, as exp(-inf - -inf)
     x[2, 7] = float("inf")
     x[3, 100:] = float("-inf")  # a masked tail: finite, exact zeros
-    for path in seeds("softmax"):
+    for path in seeds(SPECS["softmax"]):
         _, candidate = store_seed("softmax", path)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)  # numpy, inside the interpreter
@@ -101,7 +102,7 @@ def test_softmax_seeds_keep_the_references_special_values():
 def test_softmax_online_loops_over_column_blocks():
     """Rows longer than one block (MAX_BLOCK columns) go through both loops more than once."""
     spec = kforge.ops.SPECS["softmax"]
-    path = next(p for p in seeds("softmax") if p.stem == "softmax_online")
+    path = next(p for p in seeds(SPECS["softmax"]) if p.stem == "softmax_online")
     _, candidate = store_seed("softmax", path)
     cols = 2 * candidate.module.MAX_BLOCK + 17
     for dtype in DTYPES:
@@ -141,7 +142,7 @@ def test_a_stored_kernel_with_a_record_is_routed_to(op, path):
 
 
 def test_a_kernel_edited_on_disk_is_refused_and_vendor_serves(recwarn):
-    op, path = "rms_norm", seeds("rms_norm")[0]
+    op, path = "rms_norm", seeds(SPECS["rms_norm"])[0]
     spec = kforge.ops.SPECS[op]
     sha, candidate = store_seed(op, path)
     write_user_table(record_for(op, sha, candidate.domain))
@@ -166,7 +167,7 @@ def test_a_kernel_edited_on_disk_is_refused_and_vendor_serves(recwarn):
 
 
 def test_a_record_whose_domain_excludes_the_call_is_not_chosen():
-    op, path = "rms_norm", seeds("rms_norm")[0]
+    op, path = "rms_norm", seeds(SPECS["rms_norm"])[0]
     spec = kforge.ops.SPECS[op]
     sha, candidate = store_seed(op, path)
     write_user_table(record_for(op, sha, candidate.domain))
@@ -187,7 +188,7 @@ def test_a_record_whose_domain_excludes_the_call_is_not_chosen():
 def test_the_kernels_dims_limit_is_honoured(problem, chosen):
     """A record is used up to its DOMAIN's hidden limit and not past it (its evidence covers each
     shape here, so only the domain decides)."""
-    op, path = "rms_norm", seeds("rms_norm")[0]
+    op, path = "rms_norm", seeds(SPECS["rms_norm"])[0]
     spec = kforge.ops.SPECS[op]
     sha, candidate = store_seed(op, path)
     write_user_table(record_for(op, sha, candidate.domain, problem=problem))
@@ -197,7 +198,7 @@ def test_the_kernels_dims_limit_is_honoured(problem, chosen):
 
 
 def test_a_record_claiming_more_than_its_kernels_domain_is_refused_at_load():
-    op, path = "rms_norm", seeds("rms_norm")[0]
+    op, path = "rms_norm", seeds(SPECS["rms_norm"])[0]
     spec = kforge.ops.SPECS[op]
     sha, candidate = store_seed(op, path)
     # Claims non-contiguous inputs too, which the kernel's flat row addressing would read wrongly.
@@ -212,7 +213,7 @@ def test_a_record_claiming_more_than_its_kernels_domain_is_refused_at_load():
 @pytest.mark.parametrize("problem", [lambda sha: {"source_sha256": None}, lambda sha: {"impl": "triton:" + "0" * 12}],
                          ids=["no-sha", "impl-mismatch"])
 def test_a_record_that_does_not_name_its_kernel_is_refused(problem):
-    op, path = "rms_norm", seeds("rms_norm")[0]
+    op, path = "rms_norm", seeds(SPECS["rms_norm"])[0]
     spec = kforge.ops.SPECS[op]
     sha, candidate = store_seed(op, path)
     write_user_table(record_for(op, sha, candidate.domain, **problem(sha)))
@@ -247,7 +248,7 @@ def test_availability_follows_the_interpreter_and_cuda(monkeypatch):
 
 
 def test_records_of_cpu_kernels_are_not_routed_without_the_interpreter(monkeypatch):
-    op, path = "softmax", seeds("softmax")[0]
+    op, path = "softmax", seeds(SPECS["softmax"])[0]
     spec = kforge.ops.SPECS[op]
     sha, candidate = store_seed(op, path)
     record = record_for(op, sha, candidate.domain)
@@ -260,7 +261,7 @@ def test_records_of_cpu_kernels_are_not_routed_without_the_interpreter(monkeypat
 
 def test_an_evidence_record_round_trips_through_the_table():
     """What the evaluator will write: a triton record with kernel hash and DOMAIN survives the table."""
-    op, path = "softmax", seeds("softmax")[1]
+    op, path = "softmax", seeds(SPECS["softmax"])[1]
     sha, candidate = store_seed(op, path)
     record = record_for(op, sha, candidate.domain)
     record = dataclasses.replace(record, evidence=Evidence(dtypes=("float32",), shapes=((8, 64),), seeds=(0, 1, 2),

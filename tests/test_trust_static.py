@@ -19,6 +19,7 @@ from helpers import accept_kernel, make_record, write_user_table
 from kforge.backends.triton import TritonBackend, impl_id
 from kforge.candidate import load_module
 from kforge.catalog import seeds
+from kforge.ops import SPECS
 from kforge.checks import static as checks
 from kforge.device import fingerprint
 from kforge.records import Domain
@@ -68,7 +69,7 @@ def refused_once(match: str) -> None:
         assert served_by(2) == {"vendor": 3}
 
 
-SEED = seeds(OP)[0].read_text()
+SEED = seeds(SPECS[OP])[0].read_text()
 
 
 def test_a_kernel_with_a_verdict_is_served():
@@ -104,7 +105,7 @@ def test_a_verdict_copied_from_another_home_is_not_served(tmp_path, monkeypatch,
 
 
 def test_a_verdict_of_another_kernel_does_not_transfer():
-    donor = KernelStore().put(seeds("softmax")[0].read_text(), op="softmax", provider="user").sha256
+    donor = KernelStore().put(seeds(SPECS["softmax"])[0].read_text(), op="softmax", provider="user").sha256
     accept_kernel(donor, "softmax")
     sha = plant(SEED, verdict=False)
     KernelStore().verdict_path(sha).write_bytes(KernelStore().verdict_path(donor).read_bytes())

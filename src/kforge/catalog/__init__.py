@@ -7,32 +7,31 @@ constants, each one `NAME = literal` line, listed with their choices in a module
 (`kforge.gen.providers.catalog`) may rewrite. A shipped value should be written as `repr` writes
 it, so that a mutant set back to it is the shipped file byte for byte. They are data, not modules
 of kforge: nothing imports them; they are loaded by path, stored, evaluated and routed like any
-generated kernel.
+generated kernel. Which op a file seeds is its spec's to say (`OpSpec.seed_kernels`): this
+package keeps no table of its own.
 """
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Iterable
+
+from kforge.specs import OpSpec
 
 CATALOG_DIR = Path(__file__).resolve().parent
 
-# op -> seed files, best general-purpose first.
-SEEDS: dict[str, tuple[str, ...]] = {
-    "rms_norm": ("rms_norm_rowwise.py",),
-    "fused_add_rms_norm": ("fused_add_rms_norm_rowwise.py",),
-    "softmax": ("softmax_rowwise.py", "softmax_online.py", "softmax_split.py"),
-    "silu_and_mul": ("silu_and_mul_tiled.py", "silu_and_mul_persistent.py"),
-    "topk_softmax": ("topk_softmax_rowwise.py",),
-    "cross_entropy": ("cross_entropy_online.py", "cross_entropy_split.py"),
-    "layer_norm": ("layer_norm_rowwise.py", "layer_norm_looped.py"),
-    "gemv": ("gemv_rowblock.py", "gemv_splitk.py"),
-    "rotary_embedding": ("rotary_embedding_tiled.py",),
-}
+
+def seeds(spec: OpSpec) -> list[Path]:
+    """The seed kernel files of `spec`, as its `seed_kernels` names them (best general-purpose
+    first; empty for an op the catalog has none for, e.g. a user's)."""
+    return [CATALOG_DIR / name for name in spec.seed_kernels]
 
 
-def seeds(op: str) -> list[Path]:
-    """The seed kernel files for `op` (empty for an op the catalog has none for, e.g. a user's)."""
-    return [CATALOG_DIR / name for name in SEEDS.get(op, ())]
+def all_seeds(specs: Iterable[OpSpec]) -> dict[str, list[Path]]:
+    """op -> its seed files, for the ops of `specs` that have seeds (`kforge.ops.SPECS.values()`:
+    every registered op's)."""
+    return {spec.name: seeds(spec) for spec in specs if spec.seed_kernels}
 
 
-def all_seeds() -> dict[str, list[Path]]:
-    return {op: seeds(op) for op in SEEDS}
+def files() -> list[Path]:
+    """Every kernel file in the catalog directory, whichever spec names it."""
+    return sorted(p for p in CATALOG_DIR.glob("*.py") if p.name != "__init__.py")

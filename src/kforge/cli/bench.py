@@ -44,7 +44,7 @@ def run(args) -> int:
 
     sources = {}
     if not args.no_candidates:
-        sources = {p.read_text(): "catalog" for p in seeds(spec.name)}
+        sources = {p.read_text(): "catalog" for p in seeds(spec)}
         for stored in KernelStore().list(spec.name):
             sources.setdefault(stored.source(), stored.provider)
     steps = len(shapes) * len(dtypes) + len(sources)

@@ -6,10 +6,10 @@
     knowledge.append("rms_norm", Entry(...))                    # what a generate run learned
     knowledge.record_run("rms_norm", gpu=..., best=variant, ...)  # the same, from a run's best variant
 
-One file per op family (`family(op)`: fused_add_rms_norm shares rms_norm's): the bundled file in
-`kforge/gen/knowledge/<family>.md` (shipped with the package, read-only) and the user's file in
-`kforge.paths.home()/knowledge/<family>.md`, which `append` extends under a file lock with an
-atomic replace. The format, one entry:
+One file per op family (`family(op)`, named by the op's spec: fused_add_rms_norm shares rms_norm's):
+the bundled file in `kforge/gen/knowledge/<family>.md` (shipped with the package, read-only) and
+the user's file in `kforge.paths.home()/knowledge/<family>.md`, which `append` extends under a file
+lock with an atomic replace. The format, one entry:
 
     ### [success] One program per row while the row fits in registers
     - gpu: any | dtype: any | shapes: hidden<=65536 | triton: any
@@ -41,16 +41,11 @@ from kforge import paths
 from kforge.errors import KforgeError
 from kforge.files import atomic_write_bytes, lock_for
 from kforge.gen.prompts import render
+from kforge.ops import SPECS
 
 BUNDLED_DIR = Path(__file__).resolve().parent / "knowledge"
 ANY = "any"
 
-# op -> family; ops not listed are a family of their own (a user's op gets its own file).
-FAMILIES: dict[str, str] = {
-    "rms_norm": "rms_norm",
-    "fused_add_rms_norm": "rms_norm",
-    "softmax": "softmax",
-}
 
 HEADER = re.compile(r"^### \[(?P<outcome>[a-z]+)\] (?P<title>\S.*)$")
 SCOPE_KEYS = ("gpu", "dtype", "shapes", "triton")
@@ -74,8 +69,10 @@ class Origin(str, enum.Enum):
 
 
 def family(op: str) -> str:
-    """The knowledge family of `op` (its own name when it has no family)."""
-    family_name = FAMILIES.get(op, op)
+    """The knowledge family of `op`: its spec's `knowledge_family`, or its own name (an op that
+    names none, or one not registered here: a user's op gets a file of its own)."""
+    spec = SPECS.get(op)
+    family_name = spec.knowledge_family if spec is not None and spec.knowledge_family is not None else op
     if not isinstance(family_name, str) or not _NAME.fullmatch(family_name):
         raise KnowledgeError(f"op name {op!r} cannot name a knowledge file")
     return family_name

@@ -161,4 +161,5 @@ SPEC = OpSpec(
     # 0 is a real class index: a kernel that hard-codes -100 loses or keeps the wrong rows.
     scalar_variants={"ignore_index": (0,)},
     vary=vary,
+    seed_kernels=("cross_entropy_online.py", "cross_entropy_split.py"),
 )

@@ -138,4 +138,5 @@ SPEC = OpSpec(
     input_shape=input_shape,
     # Outputs are linear in x.
     magnitudes=(Magnitude(2.0 ** -10, ("x",), output=2.0 ** -10), Magnitude(2.0 ** 7, ("x",), output=2.0 ** 7)),
+    seed_kernels=("gemv_rowblock.py", "gemv_splitk.py"),
 )

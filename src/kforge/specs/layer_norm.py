@@ -89,4 +89,5 @@ SPEC = OpSpec(
     shape_sets=NORM_SHAPES,
     magnitudes=NORM_MAGNITUDES,
     scalar_variants=NORM_EPS,
+    seed_kernels=("layer_norm_rowwise.py", "layer_norm_looped.py"),
 )

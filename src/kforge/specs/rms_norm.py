@@ -98,4 +98,5 @@ SPEC = OpSpec(
     shape_sets=NORM_SHAPES,
     magnitudes=NORM_MAGNITUDES,
     scalar_variants=NORM_EPS,
+    seed_kernels=("rms_norm_rowwise.py",),
 )

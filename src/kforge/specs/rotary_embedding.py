@@ -236,4 +236,5 @@ SPEC = OpSpec(
                 Magnitude(2.0 ** 7, ("query", "key"), output=2.0 ** 7)),
     # The other pairing over the same cache (rot_dim is even for every head size).
     scalar_variants={"is_neox": (True, False)},
+    seed_kernels=("rotary_embedding_tiled.py",),
 )

@@ -105,4 +105,5 @@ SPEC = OpSpec(
     # Outputs are quadratic in x: 2^-5 keeps fp16 outputs normal (no subnormal flushing), 2^5 keeps
     # products of 5-sigma values (160^2) inside fp16's 65504.
     magnitudes=(Magnitude(2.0 ** -5, ("x",), output=2.0 ** -10), Magnitude(2.0 ** 5, ("x",), output=2.0 ** 10)),
+    seed_kernels=("silu_and_mul_tiled.py", "silu_and_mul_persistent.py"),
 )

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 from typing import Any, Callable, Mapping, Sequence
 
 import torch
@@ -29,6 +30,8 @@ Shape = tuple[int, ...]
 Problem = tuple[int, ...]
 
 FLOAT_DTYPES = (torch.bfloat16, torch.float16, torch.float32)
+_SEED_FILE = re.compile(r"[a-z0-9][a-z0-9_]*\.py")  # a catalog file: no directory, no dotfile, no __init__
+_FAMILY = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}")  # a knowledge file's stem, as kforge.gen.knowledge names it
 
 
 @dataclasses.dataclass(frozen=True)
@@ -132,6 +135,13 @@ class OpSpec:
     # sizes its globals define): (public shapes, a seeded random.Random, how many) -> shapes,
     # none of them public. None: the evaluator's general rule (`correctness._secret_shapes`).
     secret_shapes: Callable[[Sequence[Shape], Any, int], list[Shape]] | None = None
+    # The op's seed kernels: file names in `kforge/catalog/`, best general-purpose first (what
+    # `kforge.catalog.seeds` returns, the catalog provider starts from and the seed tests run).
+    # Empty: the catalog has none (a user's op); generation then needs an LLM provider.
+    seed_kernels: tuple[str, ...] = ()
+    # The knowledge file the op shares (`kforge.gen.knowledge.family`): fused_add_rms_norm learns
+    # from and writes to rms_norm's. None: a family of its own, named after the op.
+    knowledge_family: str | None = None
     # Derived from `schema` in __post_init__.
     arg_names: tuple[str, ...] = dataclasses.field(init=False)
     defaults: Mapping[str, Any] = dataclasses.field(init=False)
@@ -151,6 +161,13 @@ class OpSpec:
             raise ValueError(f"OpSpec {self.name!r}: needs at least one non-empty shape set")
         if not self.dtypes:
             raise ValueError(f"OpSpec {self.name!r}: needs at least one dtype")
+        bad = [f for f in self.seed_kernels if not _SEED_FILE.fullmatch(f)]
+        if bad or len(set(self.seed_kernels)) != len(self.seed_kernels):
+            raise ValueError(f"OpSpec {self.name!r}: seed_kernels {list(self.seed_kernels)} must be distinct "
+                             "file names ('name.py', no directory) in kforge/catalog/")
+        if self.knowledge_family is not None and not _FAMILY.fullmatch(self.knowledge_family):
+            raise ValueError(f"OpSpec {self.name!r}: knowledge_family {self.knowledge_family!r} cannot name a "
+                             "knowledge file")
         named = set(self.scalar_variants) | {a for m in self.magnitudes or () for a in m.args}
         if named - set(names):
             raise ValueError(f"OpSpec {self.name!r}: magnitudes or scalar_variants name unknown arguments "

@@ -168,4 +168,5 @@ SPEC = OpSpec(
     magnitudes=(Magnitude(2.0 ** -10, ("x",)), Magnitude(2.0 ** 5, ("x",))),
     # k and renormalize are exact dims: these variants are problems of their own in the evidence.
     scalar_variants={"k": (1,), "renormalize": (False, True)},
+    seed_kernels=("topk_softmax_rowwise.py",),
 )

@@ -2,10 +2,11 @@
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch.fx import Node
 
 from kforge.compile.graph import arg, canon, dtype, last_dim, only_user, the_other, val
-from kforge.compile.patterns import Match, Pattern, Reject
+from kforge.compile.patterns.base import Match, Pattern, Reject
 from kforge.specs.softmax import DTYPES
 
 
@@ -67,9 +68,19 @@ def match_softmax(node: Node) -> Match | Reject:
     return Match("softmax", (x_node,), (node,), frozenset({node}), node)
 
 
+def _swiglu_example(x):
+    gate, up = x.chunk(2, -1)
+    return F.silu(gate) * up
+
+
+def _softmax_example(x):
+    return torch.softmax(x, -1)
+
+
 PATTERNS = (
     Pattern("swiglu", "silu_and_mul", "silu", match_silu_and_mul,
-            "F.silu(a) * b with a, b = t.chunk(2, -1) or t.split(d, -1)"),
+            "F.silu(a) * b with a, b = t.chunk(2, -1) or t.split(d, -1)", example=_swiglu_example),
     Pattern("softmax", "softmax", "softmax", match_softmax,
-            "torch.softmax / F.softmax / x.softmax over the last dim, result in the input's dtype"),
+            "torch.softmax / F.softmax / x.softmax over the last dim, result in the input's dtype",
+            example=_softmax_example),
 )

@@ -4,10 +4,11 @@ from __future__ import annotations
 from typing import Any, Callable
 
 import torch
+import torch.nn.functional as F
 from torch.fx import Graph, Node
 
 from kforge.compile.graph import arg, val
-from kforge.compile.patterns import Match, Pattern, Reject
+from kforge.compile.patterns.base import Match, Pattern, Reject
 from kforge.specs.cross_entropy import DTYPES, accumulate_dtype
 
 REDUCTIONS = ("none", "sum", "mean")
@@ -69,8 +70,15 @@ def match_cross_entropy(node: Node) -> Match | Reject:
                  emit=_reduced(reduction, accumulate_dtype(x.dtype), x.dtype))
 
 
+def _cross_entropy_example(x, target, ignore_index):
+    # F.cross_entropy's classes are dim 1: rows of any rank go through (N, C), as a model's loss does.
+    loss = F.cross_entropy(x.reshape(-1, x.shape[-1]), target.reshape(-1), ignore_index=ignore_index, reduction="none")
+    return loss.reshape(target.shape)
+
+
 PATTERNS = (
     Pattern("cross-entropy", "cross_entropy", "cross_entropy", match_cross_entropy,
             "F.cross_entropy / nn.CrossEntropyLoss over (N, C) logits and int64 class indices, no class "
-            "weights or label smoothing, reduction 'none', 'sum' or 'mean' (over the targets not ignored)"),
+            "weights or label smoothing, reduction 'none', 'sum' or 'mean' (over the targets not ignored)",
+            example=_cross_entropy_example),
 )

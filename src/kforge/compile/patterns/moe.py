@@ -7,7 +7,7 @@ import torch
 from torch.fx import Node
 
 from kforge.compile.graph import arg, canon, cast_source, dtype, last_dim, only_user, operands, val
-from kforge.compile.patterns import Match, Pattern, Reject
+from kforge.compile.patterns.base import Match, Pattern, Reject
 from kforge.specs.topk_softmax import DTYPES, accumulate_dtype
 
 

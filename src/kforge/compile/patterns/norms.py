@@ -4,11 +4,12 @@ from __future__ import annotations
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch.fx import Node
 
 from kforge.compile.graph import arg, canon, cast_source, dtype, last_dim, only_user, operands, \
     the_other, val
-from kforge.compile.patterns import Match, Pattern, Reject
+from kforge.compile.patterns.base import Match, Pattern, Reject
 from kforge.specs.rms_norm import DTYPES
 
 _WIDER = {torch.float32: 1, torch.float64: 2}  # casts to these lose nothing from kforge's input dtypes
@@ -196,13 +197,26 @@ def match_layer_norm(node: Node) -> Match | Reject:
     return Match("layer_norm", (x_node, weight, bias, float(eps)), (node,), frozenset({node}), node)
 
 
+def _rms_norm_example(x, weight, eps):
+    return F.rms_norm(x, (x.shape[-1],), weight, eps)
+
+
+def _llama_rms_norm_example(x, weight, eps):
+    return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps) * weight
+
+
+def _layer_norm_example(x, weight, bias, eps):
+    return F.layer_norm(x, (x.shape[-1],), weight, bias, eps)
+
+
 PATTERNS = (
     Pattern("rms-norm", "rms_norm", "rms_norm", match_torch_rms_norm,
             "F.rms_norm / torch.nn.RMSNorm over the last dim with a weight; with a residual add before it, "
-            "fused_add_rms_norm"),
+            "fused_add_rms_norm", also=("fused_add_rms_norm",), example=_rms_norm_example),
     Pattern("llama-rms-norm", "rms_norm", "rsqrt", match_llama_rms_norm,
             "x * rsqrt(x.pow(2).mean(-1, keepdim=True) + eps) * weight, with or without the fp32 upcast; "
-            "with a residual add before it, fused_add_rms_norm"),
+            "with a residual add before it, fused_add_rms_norm", also=("fused_add_rms_norm",),
+            example=_llama_rms_norm_example),
     Pattern("layer-norm", "layer_norm", "layer_norm", match_layer_norm,
-            "F.layer_norm / torch.nn.LayerNorm over the last dim with weight and bias"),
+            "F.layer_norm / torch.nn.LayerNorm over the last dim with weight and bias", example=_layer_norm_example),
 )

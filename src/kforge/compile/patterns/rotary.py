@@ -19,7 +19,7 @@ from torch.fx import Node
 from torch.fx.experimental.symbolic_shapes import statically_known_true
 
 from kforge.compile.graph import arg, canon, cast_source, last_dim, only_user, operands, the_other, val
-from kforge.compile.patterns import Match, Pattern, Reject
+from kforge.compile.patterns.base import Match, Pattern, Reject
 from kforge.specs.rotary_embedding import DTYPES, accumulate_dtype
 
 _FULL = slice(None)

@@ -4,7 +4,7 @@
     completion = provider.complete(messages, context=GenerationContext(op="rms_norm", variant=1))
 
 It ignores the prose and reads the context:
-  - no parent: the op's seeds (`kforge.catalog.SEEDS`) round-robin, each first as shipped, then
+  - no parent: the op's seeds (its spec's `seed_kernels`) round-robin, each first as shipped, then
     its mutants; variant v takes the v-th of those not yet tried (all variants of such a round
     share no parent, so v is the rank among them);
   - a parent: a mutant that changes 1 or 2 of the parent's tunables, each to another value its
@@ -42,9 +42,10 @@ from typing import Any, Mapping, Sequence
 
 import torch
 
-from kforge.catalog import SEEDS, seeds
+from kforge.catalog import all_seeds, seeds
 from kforge.errors import KforgeError
 from kforge.gen.types import Completion, GenerationContext, Message, Provider, ProviderError, ProviderExhausted, Usage
+from kforge.ops import SPECS
 
 SPACE_NAME = "SEARCH_SPACE"
 MAX_CHANGES = 2  # tunables changed per mutant
@@ -194,7 +195,13 @@ def space_size(source: str) -> int:
 def variants(op: str) -> int:
     """How many distinct kernels the catalog can propose for `op`: the spaces of its seeds
     (0 for an op it has no seed for)."""
-    return sum(space_size(p.read_text()) for p in seeds(op))
+    return sum(space_size(p.read_text()) for p in seed_files(op))
+
+
+def seed_files(op: str) -> list[Path]:
+    """The seed kernels of `op` (none for an op not registered here, e.g. a user's)."""
+    spec = SPECS.get(op)
+    return seeds(spec) if spec is not None else []
 
 
 # -- what a source launches --------------------------------------------------------------------------
@@ -317,10 +324,10 @@ class CatalogProvider(Provider):
             raise ProviderError("catalog: needs the GenerationContext (op, parent, variant); it reads no prose")
         parent = None if context.parent_source is None else canonical(context.parent_source)
         from_seeds = parent is None or not tunables(parent)  # a parent that is no catalog kernel: seeds
-        if from_seeds and not SEEDS.get(context.op):
-            raise ProviderError(f"catalog: no seed kernel for op '{context.op}' (it has seeds for "
-                                f"{', '.join(sorted(SEEDS))}); use an LLM provider (anthropic, openai or command) "
-                                "to write one")
+        if from_seeds and not seed_files(context.op):
+            with_seeds = ", ".join(sorted(all_seeds(SPECS.values())))
+            raise ProviderError(f"catalog: no seed kernel for op '{context.op}' (it has seeds for {with_seeds}); "
+                                "use an LLM provider (anthropic, openai or command) to write one")
         options = self._seed_options(context.op) if from_seeds else self._mutants(parent)
         of = f"the {context.op} seeds" if from_seeds else f"parent {sha256(parent)[:12]}"
         remaining = self._untried(options, context, parent)
@@ -340,7 +347,7 @@ class CatalogProvider(Provider):
     def _seed_options(self, op: str) -> list[_Option]:
         """Seeds round-robin: each as shipped first, then each one's mutants."""
         per_seed = []
-        for path in seeds(op):
+        for path in seed_files(op):
             source = canonical(path.read_text())
             per_seed.append([_Option(source, f"seed {path.name} as shipped")] +
                             [_Option(canonical(rewrite(source, c)), f"seed {path.name} with {_label(c)}", len(c))
