@@ -39,8 +39,8 @@ def register_op(spec: OpSpec):
 def _make_entry(spec: OpSpec, router: OpRouter, overload):
     route = router.route
     n_args = len(spec.arg_names)
-    first = spec.tensor_args[0]
-    bind = spec.bind
+    first, tensors = spec.tensor_args[0], spec.tensor_args
+    bind, check = spec.bind, spec.check
     plain = torch.Tensor
     is_compiling = torch.compiler.is_compiling
     dispatch_modes = torch._C._len_torch_dispatch_stack
@@ -49,6 +49,8 @@ def _make_entry(spec: OpSpec, router: OpRouter, overload):
         if kwargs or len(args) != n_args:
             args = bind(args, kwargs)
         if type(args[first]) is not plain or is_compiling() or dispatch_modes():
+            if not all(isinstance(args[i], plain) for i in tensors):
+                check(args)  # a list, a float: refused as kforge refuses it, not by the dispatcher's schema
             return overload(*args)
         return route(args)
 

@@ -56,6 +56,32 @@ def contiguous_outputs(fn: Callable) -> Callable:
     return call
 
 
+def checked_signature(signature: Callable[[tuple], tuple], spec: OpSpec, args: tuple) -> tuple:
+    """`signature(args)`, hashable, or the spec's KforgeInputError naming the argument at fault (a
+    tensor argument that is not a tensor, an unhashable scalar)."""
+    try:
+        sig = signature(args)
+        hash(sig)
+    except (AttributeError, TypeError):
+        spec.check(args)
+        raise
+    return sig
+
+
+def values_checked(fn: Callable, spec: OpSpec, args: tuple) -> Callable:
+    """`fn` behind the spec's `check_values` (indices in range) for a call on CPU tensors; `fn`
+    itself otherwise. The signature holds the device, so GPU calls never pay for it."""
+    check_values = spec.check_values
+    if check_values is None or args[spec.tensor_args[0]].device.type != "cpu":
+        return fn
+
+    def call(*args):
+        check_values(args)
+        return fn(*args)
+
+    return call
+
+
 def all_contiguous(args: tuple, tensor_args: tuple[int, ...]) -> bool:
     return all(args[i].is_contiguous() for i in tensor_args)
 

@@ -20,10 +20,11 @@ from typing import Any, Callable
 
 from kforge.backends import BACKENDS, BackendName, Implementation, vendor_implementation
 from kforge.device import fingerprint
-from kforge.errors import KforgePinError, UnknownNameError
+from kforge.errors import KforgeInputError, KforgePinError, UnknownNameError
 from kforge.records import DispatchKey, Record
 from kforge.router import misses, pins
-from kforge.router.calls import all_contiguous, contiguous_outputs, grad_guard, grad_refusal, signature_fn
+from kforge.router.calls import (all_contiguous, checked_signature, contiguous_outputs, grad_guard, grad_refusal,
+                                 signature_fn, values_checked)
 from kforge.router.key import call_info, exact_indices, is_empty, nearest_shape, serving_shape
 from kforge.router.policy import rank, rejects
 from kforge.router.table import ScoreTable, TableWarning
@@ -211,7 +212,7 @@ class OpRouter:
         `decisions` is only ever cleared in place, never replaced, so binding it is safe."""
         router, spec, signature, decisions = self.router, self.spec, self.signature, self.decisions
         name = spec.name
-        pin_state, monotonic, decide, failed = pins.STATE, time.monotonic, self.decide, self.failed
+        pin_state, monotonic, decide, failed, uncount = pins.STATE, time.monotonic, self.decide, self.failed, self.uncount
 
         def route(args: tuple):
             now = monotonic()
@@ -222,16 +223,18 @@ class OpRouter:
                 if impl is not None:
                     return self.call_pinned(args, impl)
             try:
-                sig = signature(args)
-            except (AttributeError, TypeError):
-                spec.check(args)  # names the op and the argument that is not a tensor
+                d = decisions.get(signature(args))
+            except (AttributeError, TypeError):  # a tensor argument that is not one, an unhashable scalar
+                spec.check(args)  # names the op and the argument
                 raise
-            d = decisions.get(sig)
             if d is None:
-                d = decide(args, sig)
+                d = decide(args, signature(args))
             d.calls += 1
             try:
                 return d.fn(*args)
+            except KforgeInputError:  # values refused by the spec's `check_values`: not a failure
+                uncount(d)
+                raise
             except Exception as exc:
                 return failed(d, args, exc)
 
@@ -239,12 +242,16 @@ class OpRouter:
 
     def call_pinned(self, args: tuple, impl_id: str):
         """A call while `impl_id` is pinned for this op: it serves or the call raises (no fallback)."""
-        key = (PINNED, self.signature(args), impl_id)
+        key = (PINNED, checked_signature(self.signature, self.spec, args), impl_id)
         d = self.decisions.get(key)
         if d is None:
             d = self.decide(args, key, impl_id)
         d.calls += 1
-        return d.fn(*args)
+        try:
+            return d.fn(*args)
+        except KforgeInputError:
+            self.uncount(d)
+            raise
 
     def call_compiled(self, args: tuple, impl_id: str):
         """A call from a graph compiled by the kforge backend, which chose `impl_id` at compile time
@@ -255,7 +262,7 @@ class OpRouter:
             self.router.periodic(now)  # a changed table drops compiled decisions too
         if pins.STATE.active and pins.STATE.lookup(self.spec.name) is not None:
             return self.route(args)
-        key = (COMPILED, self.signature(args), impl_id)
+        key = (COMPILED, checked_signature(self.signature, self.spec, args), impl_id)
         d = self.decisions.get(key)
         if d is None:
             d = self.decide(args, key, impl_id)
@@ -264,6 +271,9 @@ class OpRouter:
         d.calls += 1
         try:
             return d.fn(*args)
+        except KforgeInputError:
+            self.uncount(d)
+            raise
         except Exception as exc:
             if d.impl != "vendor":
                 self.decisions[key] = _PER_CALL  # switched off for its key by `failed`: route from now on
@@ -296,6 +306,8 @@ class OpRouter:
                 d = self.make_compiled(args, impl_id)
             if d is not _PER_CALL and not all_contiguous(args, spec.tensor_args):
                 d.fn = contiguous_outputs(d.fn)
+            if d is not _PER_CALL:
+                d.fn = values_checked(d.fn, spec, args)
             self.decisions[key] = d
             return d
 

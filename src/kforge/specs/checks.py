@@ -1,6 +1,8 @@
 """Argument checks shared by op specs. Each raises `KforgeInputError` naming op and argument.
 
-They run once per distinct call signature (the router caches its decision), never per call.
+An op's `check` runs once per distinct call signature (the router caches its decision): it may
+look at types, dtypes, shapes and devices, never at values. `in_range` reads values (indices,
+positions); an op's `check_values` calls it, on every call whose tensors are on the CPU.
 """
 from __future__ import annotations
 
@@ -18,6 +20,15 @@ def floating_tensor(op: str, name: str, value, dtypes) -> torch.Tensor:
         allowed = ", ".join(str(d).replace("torch.", "") for d in dtypes)
         raise KforgeInputError(op, name, f"has dtype {value.dtype}; kforge.{op} takes {allowed}")
     return value
+
+
+def same_dtype(op: str, first: str, tensor: torch.Tensor, name: str, other) -> torch.Tensor:
+    """`other` must be a tensor of `tensor`'s dtype (a second input of the same stream)."""
+    if not isinstance(other, torch.Tensor):
+        raise KforgeInputError(op, name, f"must be a torch.Tensor, got {type(other).__name__}")
+    if other.dtype != tensor.dtype:
+        raise KforgeInputError(op, name, f"has dtype {other.dtype} but '{first}' has {tensor.dtype}; they must match")
+    return other
 
 
 def min_rank(op: str, name: str, value: torch.Tensor, rank: int) -> None:
@@ -43,3 +54,19 @@ def vector_of(op: str, name: str, value: torch.Tensor, size: int, of: str) -> No
 def epsilon(op: str, name: str, value) -> None:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
         raise KforgeInputError(op, name, f"must be a finite non-negative number, got {value!r}")
+
+
+def in_range(op: str, name: str, values: torch.Tensor, high: int, of: str, ignore: int | None = None) -> None:
+    """Every entry of the CPU integer tensor `values` in [0, high), except entries equal to `ignore`."""
+    if not values.numel():
+        return
+    low_value, high_value = torch.aminmax(values)
+    if low_value >= 0 and high_value < high:  # one pass over the values for the common case
+        return
+    bad = (values < 0) | (values >= high)
+    if ignore is not None:
+        bad &= values != ignore
+    if bad.any():
+        at = tuple(int(i) for i in bad.nonzero()[0])
+        allowed = f"[0, {high})" + ("" if ignore is None else f" or {ignore}")
+        raise KforgeInputError(op, name, f"holds {int(values[at])} at {at}, outside {allowed} ({of})")

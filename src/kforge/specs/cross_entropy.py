@@ -7,10 +7,10 @@ vendor call flattens to (rows, vocab) first). target: x.shape[:-1] class indices
 int32. loss: x.shape[:-1] in x's dtype (F.cross_entropy's output dtype), computed in fp32 (fp64 for
 fp64 input) and rounded once; 0 where target == ignore_index (padding, prompt tokens).
 
-Target values are not checked: they are data, and reading them costs a device sync per call
-(the checks run once per call signature, never per call). A target outside [0, vocab) that is not
-ignore_index is a caller's error: the vendor raises (CPU) or device-asserts (CUDA), the reference
-and kforge's kernels give that row a NaN loss and never read outside x. A +inf logit makes its
+A target outside [0, vocab) that is not ignore_index is refused (`KforgeInputError`) on a CPU,
+where `check_values` reads the targets on every call. On a GPU they are not read: that costs a
+device sync per call and cannot run while a CUDA graph is captured; there the vendor
+device-asserts, the reference and kforge's kernels give that row a NaN loss and never read outside x. A +inf logit makes its
 row NaN (as log_softmax does: inf - inf), a -inf target logit makes it +inf.
 """
 from __future__ import annotations
@@ -105,6 +105,11 @@ def check(args) -> None:
         raise KforgeInputError(NAME, "ignore_index", f"must be an int, got {type(ignore_index).__name__}")
 
 
+def check_values(args) -> None:
+    x, target, ignore_index = args
+    checks.in_range(NAME, "target", target, x.shape[-1], "the vocab, the last dim of 'x'", ignore=ignore_index)
+
+
 def problem(args):
     x = args[0]
     return (prod(x.shape[:-1]), x.shape[-1])  # (rows, vocab)
@@ -136,6 +141,7 @@ SPEC = OpSpec(
     fake=fake,
     make_inputs=make_inputs,
     check=check,
+    check_values=check_values,
     problem=problem,
     problem_dims=("rows", "vocab"),
     # As softmax's cols: kernels pick their blocks and splits from the row length.

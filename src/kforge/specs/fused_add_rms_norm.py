@@ -25,6 +25,9 @@ def reference(x, residual, weight, eps: float = 1e-6):
 
 def vendor(x, residual, weight, eps: float = 1e-6):
     h = x + residual
+    if weight.dtype != h.dtype:  # as rms_norm's vendor
+        acc = accumulate_dtype(h.dtype)
+        return torch.rms_norm(h.to(acc), (h.shape[-1],), weight.to(acc), eps).to(h.dtype), h
     return torch.rms_norm(h, (h.shape[-1],), weight, eps), h
 
 
@@ -44,7 +47,7 @@ def check(args) -> None:
     x, residual, weight, eps = args
     checks.floating_tensor(NAME, "x", x, DTYPES)
     checks.min_rank(NAME, "x", x, 1)
-    checks.floating_tensor(NAME, "residual", residual, (x.dtype,))
+    checks.same_dtype(NAME, "x", x, "residual", residual)
     checks.same_device(NAME, "x", x, "residual", residual)
     checks.same_shape(NAME, "x", x, "residual", residual)
     checks.floating_tensor(NAME, "weight", weight, DTYPES)

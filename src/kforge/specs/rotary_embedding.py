@@ -12,8 +12,9 @@ the pairs being
     is_neox=True  (GPT-NeoX, Llama): the halves, x1 = x[:rot_dim/2], x2 = x[rot_dim/2:rot_dim];
     is_neox=False (GPT-J, DeepSeek): interleaved, x1 = x[0:rot_dim:2], x2 = x[1:rot_dim:2].
 Computed in fp32 (fp64 for fp64 input) and rounded once; the outputs have query's and key's
-shapes and dtype. Positions outside [0, max_position) are not checked (that would read the data
-on every call): the reference raises on a CPU, a kernel reads outside the cache.
+shapes and dtype. Positions outside [0, max_position) are refused (`KforgeInputError`) on a CPU,
+where `check_values` reads them on every call; on a GPU they are not read (a device sync per call,
+impossible under CUDA-graph capture): the vendor device-asserts, a kernel reads outside the cache.
 
 The op's *shape* (what `make_inputs` takes and the shape sets list) is (tokens, heads, kv_heads,
 head_size); rot_dim, is_neox and the RoPE base follow from head_size by `rope_config` (a real
@@ -166,12 +167,19 @@ def check(args) -> None:
     if cos_sin_cache.dim() != 2:
         raise KforgeInputError(NAME, "cos_sin_cache", f"must have shape (max_position, rot_dim), "
                                                       f"got {tuple(cos_sin_cache.shape)}")
+    if tokens and not cos_sin_cache.shape[0]:
+        raise KforgeInputError(NAME, "cos_sin_cache", "has no rows (max_position 0): no position can index it")
     rot_dim = cos_sin_cache.shape[1]
     if rot_dim % 2 or not 2 <= rot_dim <= head_size:
         raise KforgeInputError(NAME, "cos_sin_cache", f"must have an even last dim rot_dim in [2, {head_size}] "
                                                       f"(the head_size of 'query'), got {tuple(cos_sin_cache.shape)}")
     if not isinstance(is_neox, (bool, torch.SymBool)):
         raise KforgeInputError(NAME, "is_neox", f"must be a bool, got {type(is_neox).__name__}")
+
+
+def check_values(args) -> None:
+    positions, cos_sin_cache = args[2], args[3]
+    checks.in_range(NAME, "positions", positions, cos_sin_cache.shape[0], "the rows of 'cos_sin_cache'")
 
 
 def problem(args):
@@ -205,6 +213,7 @@ SPEC = OpSpec(
     fake=fake,
     make_inputs=make_inputs,
     check=check,
+    check_values=check_values,
     problem=problem,
     problem_dims=("tokens", "heads", "kv_heads", "head_size", "rot_dim", "is_neox"),
     exact_dims=("heads", "kv_heads", "head_size", "rot_dim", "is_neox"),

@@ -107,6 +107,9 @@ class OpSpec:
     bytes_moved: Callable[[Problem, torch.dtype], int]  # minimum bytes through device memory
     flops: Callable[[Problem, torch.dtype], int]
     shape_sets: Mapping[str, tuple[Shape, ...]]
+    # Raises KforgeInputError for values `check` cannot see (indices, positions out of range): run
+    # on every call on CPU tensors, where reading them costs no device sync; None: nothing to read.
+    check_values: Callable[[tuple], None] | None = None
     num_outputs: int = 1
     # The outputs as compared with the reference's, for outputs that are not plain values: given
     # (args, outputs) it returns floating tensors, one per output, and raises `OutputMismatch` for
