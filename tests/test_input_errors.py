@@ -225,8 +225,16 @@ def _dispatcher_schema_refusal(exc: BaseException, case: Bad) -> bool:
             and f"kforge::{case.op}" in message and f"argument '{case.arg}'" in message)
 
 
-@pytest.mark.parametrize("entry", ENTRIES)
-@pytest.mark.parametrize("case", CASES, ids=lambda c: c.id)
+# Through torch.ops.kforge.<op> the dispatcher turns these into valid values of the schema's type
+# (True -> 1 for an int, 1 / None -> a bool) before kforge sees the call: only kforge.ops refuses them.
+COERCED_BY_DISPATCHER = {"topk_softmax-k-bool", "topk_softmax-renormalize-int", "topk_softmax-renormalize-none",
+                         "cross_entropy-ignore_index-bool", "rotary_embedding-is_neox-int",
+                         "rotary_embedding-is_neox-none"}
+
+
+@pytest.mark.parametrize("case, entry", [
+    pytest.param(c, e, id=f"{c.id}-{e}") for c in CASES for e in ENTRIES
+    if not (e == "torch_ops" and c.id in COERCED_BY_DISPATCHER)])
 def test_bad_input_raises_naming_op_and_argument(case: Bad, entry):
     op = case.op
     fn = entry_point(op, entry)
@@ -286,6 +294,7 @@ def test_targets_in_range_and_at_the_ignore_index_in_force_are_served(entry):
     fn, spec = entry_point("cross_entropy", entry), SPECS["cross_entropy"]
     x, target, _ = valid_args("cross_entropy")
     edges = target.clone()
+    edges[edges < 0] = 0  # valid_args may ignore some rows: only row 2 is at -100 here
     edges[:3] = torch.tensor([0, 63, -100])
     assert_matches_reference(spec, (x, edges, -100), fn(x, edges, -100))
     assert_matches_reference(spec, (x, edges.int(), -100), fn(x, edges.int(), -100))
