@@ -240,3 +240,14 @@ def test_hidden_paths_are_never_bound_and_are_covered_when_a_bound_path_holds_th
     assert str(repo / ".kforge") not in binds
     assert argv[argv.index(str(repo / ".kforge")) - 1] == "--tmpfs"
     assert "--unshare-all" in argv and "--clearenv" in argv and "--die-with-parent" in argv
+
+
+@bwrap_only
+def test_code_under_tmp_is_visible_in_the_worker(tmp_path):
+    """A checkout or venv under /tmp (`git clone ... /tmp/x`): the worker's private /tmp must not
+    hide it (it did: `bwrap: execvp /tmp/x/.venv/bin/python: No such file or directory`)."""
+    assert str(tmp_path).startswith("/tmp/")
+    (tmp_path / "under_tmp_task.py").write_text("def answer(payload):\n    return payload['x'] * 2\n")
+    outcome = run_isolated("under_tmp_task:answer", {"x": 21}, timeout_s=60, sys_path=[str(tmp_path)], trusted=True)
+    assert outcome.ok, outcome.stderr
+    assert outcome.value == 42

@@ -270,16 +270,18 @@ def bwrap_argv(bwrap: str, command: list[str], *, work: str, env: Mapping[str, s
                sys_path: Iterable[str], ops_dir: str | None = None, info_fd: int | None = None) -> list[str]:
     """The bwrap command line running `command` in the sandbox described in the module docstring."""
     hidden = hidden_paths()
-    binds = readonly_paths(sys_path, hidden)
+    # A bind that holds the scratch dir (or /tmp itself) would cover it: never bound.
+    binds = [p for p in readonly_paths(sys_path, hidden) if not _under(work, p) and p != "/tmp"]
     argv = [bwrap, "--unshare-all", "--die-with-parent", "--new-session", "--cap-drop", "ALL",
             "--hostname", "kforge-sandbox", *_system_binds()]
+    # /tmp and the scratch dir (usually under /tmp) before the read-only binds: a venv or checkout
+    # under /tmp (a clone in /tmp/x) is bound on top of the private /tmp, not hidden by it.
+    argv += ["--proc", "/proc", "--dev", "/dev", "--bind", os.path.join(work, "tmp"), "/tmp", "--bind", work, work]
     for p in binds:
         argv += ["--ro-bind", p, p]
     for h in hidden:  # visible through a bound parent (a repo that holds its KFORGE_HOME): covered over
         if os.path.exists(h) and any(_under(h, b) for b in binds):
             argv += ["--tmpfs", h] if os.path.isdir(h) else ["--ro-bind", "/dev/null", h]
-    # /tmp first: the scratch dir itself usually lies under /tmp and is bound on top of it.
-    argv += ["--proc", "/proc", "--dev", "/dev", "--bind", os.path.join(work, "tmp"), "/tmp", "--bind", work, work]
     if ops_dir is not None and os.path.isdir(ops_dir):
         target = os.path.join(work, "kforge-home", "ops")
         os.makedirs(target, exist_ok=True)
