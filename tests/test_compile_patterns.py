@@ -84,3 +84,22 @@ def test_each_patterns_example_is_rewritten_to_its_op_and_matches_the_reference(
         assert called == [pattern.op], (shape, called)
         assert_matches_reference(spec, args, out)
         torch._dynamo.reset()
+
+
+def test_a_pattern_module_may_define_an_operation_the_vocabulary_lacks_but_not_change_one(monkeypatch):
+    import torch.nn.functional as F
+    from torch.fx import symbolic_trace
+
+    from kforge.compile import graph
+
+    for table in ("_PARAMS", "_DEFAULTS", "_FUNCTIONS", "_METHODS"):  # leave the shared tables as they were
+        monkeypatch.setattr(graph, table, dict(getattr(graph, table)))
+    graph.define("hardtanh", ("input", "min_val", "max_val"), functions=(F.hardtanh,), methods=("hardtanh",),
+                 defaults={"min_val": -1.0, "max_val": 1.0})
+    traced = symbolic_trace(lambda x: F.hardtanh(x, max_val=2.0))
+    (node,) = [n for n in traced.graph.nodes if n.op == "call_function"]
+    assert graph.canon(node) == "hardtanh"
+    assert graph.arg(node, "max_val") == 2.0 and graph.arg(node, "min_val") == -1.0
+    for name, kwargs in [("hardtanh", {}), ("my_softmax", {"functions": (F.softmax,)}), ("pow2", {"methods": ("pow",)})]:
+        with pytest.raises(ValueError, match="cannot define"):
+            graph.define(name, ("input",), **kwargs)

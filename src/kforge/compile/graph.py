@@ -89,6 +89,23 @@ _METHODS: dict[str, str] = {
 }
 
 
+def define(name: str, params: tuple[str, ...], *, functions: tuple[Any, ...] = (), methods: tuple[str, ...] = (),
+           defaults: dict[str, Any] | None = None) -> None:
+    """Add operation `name` to the vocabulary: what a pattern module reads that the tables above
+    lack (a new op's pattern declares it beside the pattern instead of editing this file).
+    `params` as `_PARAMS` lists them (`input` first), the torch functions and Tensor method names
+    that spell it, and the defaults of its optional parameters. The tables above win: a name or a
+    spelling they already hold is refused, so a pattern cannot change another's reading."""
+    taken = [f for f in functions if f in _FUNCTIONS] + [m for m in methods if m in _METHODS]
+    if name in _PARAMS or taken or not params or params[0] != "input":
+        raise ValueError(f"compile vocabulary: cannot define {name!r} with params {params} "
+                         f"(already defined, or spellings already taken: {taken})")
+    _PARAMS[name] = tuple(params)
+    _DEFAULTS[name] = dict(defaults or {})
+    _FUNCTIONS.update({f: name for f in functions})
+    _METHODS.update({m: name for m in methods})
+
+
 def canon(node: Any) -> str | None:
     """The operation `node` performs in kforge's vocabulary, or None (not a node, or unknown)."""
     if not isinstance(node, Node):
