@@ -122,7 +122,7 @@ def test_a_resumed_run_continues_from_its_typed_state(executor):
     from kforge.catalog import seeds
     from kforge.gen.prompt import Feedback, FeedbackKind
 
-    source = seeds("rms_norm")[0].read_text()
+    source = seeds(kforge.ops.SPECS["rms_norm"])[0].read_text()
     sha = hashlib.sha256(source.encode()).hexdigest()
     leader = run_state.Variant(sha, "a0", source, 1.25, None, [])
     state = run_state.RunState.new("rms_norm", "cpu", [torch.float32], [SHAPE], "scripted", None,
