@@ -56,18 +56,6 @@ def contiguous_outputs(fn: Callable) -> Callable:
     return call
 
 
-def checked_signature(signature: Callable[[tuple], tuple], spec: OpSpec, args: tuple) -> tuple:
-    """`signature(args)`, hashable, or the spec's KforgeInputError naming the argument at fault (a
-    tensor argument that is not a tensor, an unhashable scalar)."""
-    try:
-        sig = signature(args)
-        hash(sig)
-    except (AttributeError, TypeError):
-        spec.check(args)
-        raise
-    return sig
-
-
 def values_checked(fn: Callable, spec: OpSpec, args: tuple) -> Callable:
     """`fn` behind the spec's `check_values` (indices in range) for a call on CPU tensors; `fn`
     itself otherwise. The signature holds the device, so GPU calls never pay for it."""

@@ -23,8 +23,8 @@ from kforge.device import fingerprint
 from kforge.errors import KforgeInputError, KforgePinError, UnknownNameError
 from kforge.records import DispatchKey, Record
 from kforge.router import misses, pins
-from kforge.router.calls import (all_contiguous, checked_signature, contiguous_outputs, grad_guard, grad_refusal,
-                                 signature_fn, values_checked)
+from kforge.router.calls import (all_contiguous, contiguous_outputs, grad_guard, grad_refusal, signature_fn,
+                                 values_checked)
 from kforge.router.key import call_info, exact_indices, is_empty, nearest_shape, serving_shape
 from kforge.router.policy import rank, rejects
 from kforge.router.table import ScoreTable, TableWarning
@@ -242,8 +242,12 @@ class OpRouter:
 
     def call_pinned(self, args: tuple, impl_id: str):
         """A call while `impl_id` is pinned for this op: it serves or the call raises (no fallback)."""
-        key = (PINNED, checked_signature(self.signature, self.spec, args), impl_id)
-        d = self.decisions.get(key)
+        try:  # the lookup hashes the key: a bad argument fails here, named by the spec's check
+            key = (PINNED, self.signature(args), impl_id)
+            d = self.decisions.get(key)
+        except (AttributeError, TypeError):
+            self.spec.check(args)
+            raise
         if d is None:
             d = self.decide(args, key, impl_id)
         d.calls += 1
@@ -262,8 +266,12 @@ class OpRouter:
             self.router.periodic(now)  # a changed table drops compiled decisions too
         if pins.STATE.active and pins.STATE.lookup(self.spec.name) is not None:
             return self.route(args)
-        key = (COMPILED, checked_signature(self.signature, self.spec, args), impl_id)
-        d = self.decisions.get(key)
+        try:  # as in call_pinned: no second hash of the key on this hot path
+            key = (COMPILED, self.signature(args), impl_id)
+            d = self.decisions.get(key)
+        except (AttributeError, TypeError):
+            self.spec.check(args)
+            raise
         if d is None:
             d = self.decide(args, key, impl_id)
         if d is _PER_CALL:
