@@ -91,6 +91,58 @@ def warmup(*calls, device=None, model=None, inputs=()) -> list[dict]:
     return done
 
 
+def tune(*calls, model: str | None = None, tokens=None, device=None, max_seconds: float | None = None,
+         background: bool = False, inductor: bool = True, candidates: bool = True):
+    """Verify and time the implementations kforge knows at new keys, in a child process
+    (`kforge tune`: vendor, Inductor, the catalog's seeds and stored kernels; candidates in its
+    sandboxed workers), and record them; the router serves them from its next table check on.
+
+    calls: `(op, shape, dtype)` triples, shape as the op's inputs are made (`kforge tune --key`);
+    model, tokens: every op's keys in that model's forward (`kforge.shapes`). Returns the run's
+    report (`kforge tune --json`) and raises KforgeError when the child failed. background=True:
+    returns the running `subprocess.Popen` at once. With no calls and no model, background=True
+    turns background tuning on for this process (as KFORGE_TUNE=background does) and returns the
+    router's `Tuner`."""
+    import json
+    import subprocess
+
+    import torch
+
+    from kforge.router import background as _background
+
+    if not calls and model is None:
+        if not background:
+            raise KforgeInputError("tune", "calls", "name (op, shape, dtype) calls or a model, or pass background=True")
+        if _ROUTER.tuner is None:
+            _ROUTER.tuner = _background.Tuner()
+        return _ROUTER.tuner
+    keys = []
+    for call in calls:
+        try:
+            name, shape, dtype = call
+        except (TypeError, ValueError):
+            raise KforgeInputError("tune", "calls", f"must be (op, shape, dtype) triples, got {call!r}") from None
+        spec = ops.get_spec(name)
+        if not isinstance(dtype, torch.dtype) or dtype not in spec.dtypes:
+            raise KforgeInputError("tune", "calls", f"{name}: dtype must be one of {spec.dtypes}, got {dtype!r}")
+        keys.append(_background.key_text(spec.name, str(dtype).removeprefix("torch."), tuple(int(d) for d in shape)))
+    device = str(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    argv = _background.command(keys, device, max_seconds=max_seconds, json_out=True)
+    if model is not None:
+        argv += ["--model", model] + (["--tokens", ",".join(str(int(t)) for t in tokens)] if tokens else [])
+    argv += (["--no-inductor"] if not inductor else []) + (["--no-candidates"] if not candidates else [])
+    if background:
+        return subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, start_new_session=True)
+    done = subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True, text=True)
+    try:
+        report = json.loads(done.stdout)
+    except ValueError:
+        last = (done.stderr.strip().splitlines() or ["no output"])[-1]
+        raise KforgeError(f"kforge tune failed (exit code {done.returncode}): {last}") from None
+    _ROUTER.next_check = 0.0  # the next call re-reads the table
+    return report
+
+
 def reset() -> None:
     """Forget routing decisions and cached table reads; re-read KFORGE_HOME/KFORGE_TABLE/KFORGE_PIN."""
     from kforge.router.dispatch import reset as _reset
@@ -98,5 +150,5 @@ def reset() -> None:
     _reset()
 
 
-__all__ = ["ops", "define_op", "op", "use", "stats", "flush", "explain", "warmup", "reset", "KforgeError", "KforgeInputError",
-           "KforgePinError", "UnknownNameError", "__version__"]
+__all__ = ["ops", "define_op", "op", "use", "stats", "flush", "explain", "warmup", "tune", "reset", "KforgeError",
+           "KforgeInputError", "KforgePinError", "UnknownNameError", "__version__"]

@@ -9,12 +9,12 @@ import argparse
 import sys
 
 from kforge import __version__
-from kforge.cli import attempts, bench, demo, doctor, evaluate, generate, issue, misses, table
+from kforge.cli import attempts, bench, demo, doctor, evaluate, generate, issue, misses, table, tune
 from kforge.errors import KforgeError
 from kforge.redact import redact
 
 COMMANDS = {"doctor": doctor, "table": table, "misses": misses, "demo": demo, "evaluate": evaluate, "bench": bench,
-            "generate": generate, "attempts": attempts, "issue": issue}
+            "tune": tune, "generate": generate, "attempts": attempts, "issue": issue}
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -100,12 +100,15 @@ def impl_id(sha: str) -> str:
 
 def evaluate_source(source: str, op: str | OpSpec, *, device: str = "cpu", dtypes: Sequence[torch.dtype] | None = None,
                     timing_shapes: Iterable[Sequence[int]] | None = None, verify_shapes=None,
+                    verify_sets: Sequence[str] | None = None,
                     seeds: Sequence[int] = DEFAULT_SEEDS, executor: Executor | None = None,
                     provider: str = "user", parent: str | None = None, attempt_id: str | None = None,
                     record: bool = True, table: ScoreTable | None = None, timeout_s: float = TIMEOUT_S) -> Evaluation:
     """Evaluate one candidate source for `op` (a name, or the spec its caller resolved once) on
-    `device`; see the module docstring. An accepted kernel's records are in `.records`; they go
-    to the score table only with `record` (the search writes the ones it picks itself)."""
+    `device`; see the module docstring. Verified at `verify_shapes`, else at the shapes of
+    `verify_sets`, else of the sets that fit the device; always also at every timing shape. An
+    accepted kernel's records are in `.records`; they go to the score table only with `record`
+    (the search writes the ones it picks itself)."""
     spec = op if isinstance(op, OpSpec) else get_spec(op)
     op = spec.name
     device_t = torch.device(device)
@@ -126,7 +129,8 @@ def evaluate_source(source: str, op: str | OpSpec, *, device: str = "cpu", dtype
     payload = {"op": op, "sha256": stored.sha256, "source": source, "device": str(device_t),
                "dtypes": [str(d).removeprefix("torch.") for d in dtypes], "seeds": list(seeds),
                "timing_shapes": [list(s) for s in timing_shapes],
-               "verify_shapes": None if verify_shapes is None else [list(s) for s in verify_shapes]}
+               "verify_shapes": None if verify_shapes is None else [list(s) for s in verify_shapes],
+               "verify_sets": None if verify_sets is None else list(verify_sets)}
     executor = executor or LocalPoolExecutor()
 
     def run_worker() -> tuple[Evaluation | None, dict | None]:

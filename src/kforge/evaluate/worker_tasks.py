@@ -22,8 +22,8 @@ class TimedOutputMismatch(AssertionError):
 
 def evaluate_stored(payload: dict[str, Any]) -> dict[str, Any]:
     """payload: op, sha256, source (the kernel's text, hashing to sha256), device, dtypes (names),
-    seeds, secret_seed, verify_shapes (or None:
-    the spec's sets that fit the device), timing_shapes. Returns {"verdict": {...}, "timings": [...]}."""
+    seeds, secret_seed, verify_shapes (or None: the shapes of verify_sets, or of the spec's sets
+    that fit the device), timing_shapes. Returns {"verdict": {...}, "timings": [...]}."""
     import torch
 
     from kforge.backends.launcher import cached_launcher
@@ -39,7 +39,7 @@ def evaluate_stored(payload: dict[str, Any]) -> dict[str, Any]:
     candidate = _load_candidate(payload, spec)
     shapes = payload.get("verify_shapes")
     verdict = correctness.verify(
-        spec, candidate.forward, device=device, dtypes=dtypes,
+        spec, candidate.forward, device=device, dtypes=dtypes, shape_sets=payload.get("verify_sets"),
         shapes=None if shapes is None else [tuple(s) for s in shapes], long_row=True if shapes is not None else None,
         seeds=tuple(payload["seeds"]), secret_seed=payload.get("secret_seed"), domain=candidate.domain,
         timed=[tuple(s) for s in payload["timing_shapes"]])  # each record is verified at its own key

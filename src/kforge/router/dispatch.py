@@ -22,7 +22,7 @@ from kforge.backends import BACKENDS, BackendName, Implementation, vendor_implem
 from kforge.device import fingerprint
 from kforge.errors import KforgeInputError, KforgePinError, UnknownNameError
 from kforge.records import DispatchKey, Record
-from kforge.router import misses, pins
+from kforge.router import background, misses, pins
 from kforge.router.calls import (all_contiguous, contiguous_outputs, grad_guard, grad_refusal, signature_fn,
                                  values_checked)
 from kforge.router.key import call_info, exact_indices, is_empty, nearest_shape, serving_shape
@@ -94,6 +94,7 @@ class Router:
         self.unflushed: dict[DispatchKey, list[int]] = {}  # key -> [misses, fallbacks]
         self._atexit = False
         self._flushing = False
+        self.tuner: background.Tuner | None = background.Tuner() if background.enabled() else None
 
     def periodic(self, now: float) -> None:
         if not self._atexit:
@@ -112,6 +113,8 @@ class Router:
             self._flushing = True
             self.last_flush = now
             threading.Thread(target=self._background_flush, name="kforge-miss-flush", daemon=True).start()
+        if self.tuner is not None and self.tuner.due(now):
+            threading.Thread(target=self.tuner.offer_from, args=(self,), name="kforge-tune-offer", daemon=True).start()
 
     def load(self, spec: OpSpec, record: Record) -> Implementation:
         ident = record.ident
