@@ -81,6 +81,7 @@ class Evaluation:
     skipped: list[dict] = dataclasses.field(default_factory=list)
     records: list[Record] = dataclasses.field(default_factory=list)  # an accepted kernel's, whether written or not
     recorded: bool = False  # the harness wrote `records` to the score table (record=True)
+    phases: dict = dataclasses.field(default_factory=dict)  # the worker's load/verify/time seconds and cases
 
     @property
     def verdict(self) -> str:
@@ -91,7 +92,7 @@ class Evaluation:
                 "impl": self.impl, "check": self.check, "case": self.case,
                 "evidence": None if self.evidence is None else self.evidence.to_json(),
                 "results": [m.to_json() for m in self.measurements], "skipped": self.skipped,
-                "records_written": len(self.records) if self.recorded else 0}
+                "records_written": len(self.records) if self.recorded else 0, "phases": self.phases}
 
 
 def impl_id(sha: str) -> str:
@@ -148,6 +149,9 @@ def evaluate_source(source: str, op: str | OpSpec, *, device: str = "cpu", dtype
     if failed is not None:
         return failed
     evaluation = _judge(spec, value, stored.sha256, impl, device_t)
+    phases = value.get("phases")  # the worker's own account: numbers only, for reports
+    evaluation.phases = {k: v for k, v in phases.items() if isinstance(k, str) and isinstance(v, (int, float))
+                         and not isinstance(v, bool)} if isinstance(phases, dict) else {}
     if evaluation.accepted and any(_beats_floor(m) for m in evaluation.measurements):
         failed, value = run_worker()  # new secret seeds, new inputs, new process
         if failed is not None:

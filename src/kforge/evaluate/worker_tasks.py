@@ -11,6 +11,7 @@ neither (its KFORGE_HOME is a fresh one in its scratch dir).
 """
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from kforge.specs import OpSpec
@@ -33,18 +34,23 @@ def evaluate_stored(payload: dict[str, Any]) -> dict[str, Any]:
     from kforge.router.key import dtype_signature
     from kforge.testing import compare
 
+    started = time.perf_counter()
     spec = get_spec(payload["op"])
     device = torch.device(payload["device"])
     dtypes = [getattr(torch, name) for name in payload["dtypes"]]
     candidate = _load_candidate(payload, spec)
+    loaded = time.perf_counter()
     shapes = payload.get("verify_shapes")
     verdict = correctness.verify(
         spec, candidate.forward, device=device, dtypes=dtypes, shape_sets=payload.get("verify_sets"),
         shapes=None if shapes is None else [tuple(s) for s in shapes], long_row=True if shapes is not None else None,
         seeds=tuple(payload["seeds"]), secret_seed=payload.get("secret_seed"), domain=candidate.domain,
         timed=[tuple(s) for s in payload["timing_shapes"]])  # each record is verified at its own key
+    verified = time.perf_counter()
+    # Where a worker's time goes (`kforge tune --json` shows it): load, verify (cases), time.
+    phases = {"load_s": round(loaded - started, 3), "verify_s": round(verified - loaded, 3), "cases": verdict.cases}
     result: dict[str, Any] = {"verdict": verdict_to_json(verdict), "timings": [], "skipped": [],
-                              "domain": candidate.domain.to_json()}
+                              "domain": candidate.domain.to_json(), "phases": phases}
     if not verdict.accepted:
         return result
 
@@ -86,6 +92,7 @@ def evaluate_stored(payload: dict[str, Any]) -> dict[str, Any]:
             result["timings"].append({"shape": list(shape), "dtype": str(dtype).removeprefix("torch."),
                                       "dtypes": call.key.dtypes, "problem": list(call.key.shape),
                                       "timings": {name: t.to_json() for name, t in timings.items()}})
+    phases["time_s"] = round(time.perf_counter() - verified, 3)
     return result
 
 

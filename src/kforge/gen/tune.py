@@ -74,7 +74,8 @@ class CandidateOutcome:
     origin: str  # "catalog:<file>" or "store"
     verdict: str  # accepted, rejected, not run (time budget), duplicate
     reason: str = ""
-    seconds: float = 0.0
+    seconds: float = 0.0  # the whole evaluation, worker start included
+    phases: dict = dataclasses.field(default_factory=dict)  # inside the worker: load, verify, time
 
     def to_json(self) -> dict:
         return dataclasses.asdict(self)
@@ -209,7 +210,8 @@ def tune(keys: Iterable[TuneKey], *, device: str = "cpu", inductor: bool = True,
                                      verify_sets=VERIFY_SETS, executor=executor, provider=provider,
                                      record=record, table=table, timeout_s=budget.worker_timeout(TIMEOUT_S))
             seconds = time.monotonic() - t0
-            results.append(CandidateOutcome(op, _name(dtype), name, origin, result.verdict, result.reason, seconds))
+            results.append(CandidateOutcome(op, _name(dtype), name, origin, result.verdict, result.reason, seconds,
+                                            result.phases))
             if result.recorded:
                 written = {r.key for r in result.records if r.impl != "vendor"}
                 for k in group:

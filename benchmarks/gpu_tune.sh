@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# Issue 16 on the GPU machine, in one device call: bubblewrap from a carried .deb, the CUDA tests,
+# `kforge tune` at keys of unseen shapes (per-candidate phases in its JSON), then benchmarks/unseen.py.
+#   env: GPU_TESTS (pytest args, empty skips), TUNE_KEYS (--key arguments, empty skips), UNSEEN (unseen.py arguments, empty skips)
+#   carry: .deb (bubblewrap_*.deb and lib/), .whl (pure-Python wheels the image lacks)
+set -uo pipefail
+export PYTHONUNBUFFERED=1 KFORGE_HOME=/tmp/kforge-home PYTHONPATH="$PWD/src"
+OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
+python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site .whl/*.whl \
+  && export PYTHONPATH="$PYTHONPATH:/tmp/site"
+mkdir -p /tmp/bw/bin && dpkg -x .deb/bubblewrap_*.deb /tmp/bw/root
+printf '#!/bin/sh\nLD_LIBRARY_PATH=%s exec %s "$@"\n' "$PWD/.deb/lib" /tmp/bw/root/usr/bin/bwrap > /tmp/bw/bin/bwrap
+chmod +x /tmp/bw/bin/bwrap; export PATH="/tmp/bw/bin:$PATH"
+nvidia-smi --query-gpu=name,driver_version --format=csv,noheader
+python3 -m kforge.cli.main doctor 2>&1 | grep -i -A2 isolation | head -4
+[ -n "${GPU_TESTS:-}" ] && timeout ${TESTS_TIMEOUT:-150} python3 -m pytest -q -p no:cacheprovider $GPU_TESTS 2>&1 | tail -15
+if [ -n "${TUNE_KEYS:-}" ]; then
+  /usr/bin/time -v python3 -m kforge tune $TUNE_KEYS --device cuda --json ${TUNE_ARGS:-} > "$OUT/tune-keys.json" 2> "$OUT/tune-keys.log"
+  echo "tune exit $?"; grep -E "^\[|accepted|rejected|Elapsed|Maximum resident" "$OUT/tune-keys.log" | tail -40
+fi
+if [ -n "${UNSEEN:-}" ]; then
+  timeout ${UNSEEN_TIMEOUT:-400} python3 benchmarks/unseen.py $UNSEEN 2>&1 | tail -70
+  cp benchmarks/results/h200/unseen*.json benchmarks/results/h100/unseen*.json "$OUT"/ 2>/dev/null
+fi
+true
