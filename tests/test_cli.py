@@ -213,7 +213,7 @@ def test_demo_routes_and_verifies_without_compiling(kforge_home, capsys):
     assert "calibrated softmax" in proc.stderr  # progress on stderr, JSON alone on stdout
 
 
-def test_bench_takes_named_shape_sets_and_can_calibrate_the_baselines_alone(capsys):
+def test_bench_is_tune_and_takes_named_shape_sets_and_can_calibrate_the_baselines_alone(capsys):
     import torch
 
     from kforge.ops import get_spec
@@ -223,11 +223,11 @@ def test_bench_takes_named_shape_sets_and_can_calibrate_the_baselines_alone(caps
     assert rc == 0
     data = json.loads(out)
     assert data["candidates"] == []  # no seed went through the harness
-    measured = [tuple(r["shape"]) for r in data["records"]]
+    measured = [tuple(k["problem"]) for k in data["keys"]]
     # --shape first, then the smoke set's shapes, as problems: (rows, cols).
     spec = get_spec("softmax")
     smoke = [tuple(spec.problem(spec.make_inputs(s, torch.float32, "cpu", 0))) for s in spec.shapes("smoke")]
     assert measured == [(3, 40)] + smoke
-    assert {r["impl"] for r in data["records"]} == {"vendor"}
+    assert all(k["recorded"] == ["vendor"] and k["routed"] == "vendor" for k in data["keys"])
     table = {(r.key.shape, r.impl) for _, r in ScoreTable().all_records()}
     assert table == {(s, "vendor") for s in measured}

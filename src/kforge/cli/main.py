@@ -9,12 +9,12 @@ import argparse
 import sys
 
 from kforge import __version__
-from kforge.cli import attempts, bench, demo, doctor, evaluate, generate, issue, misses, table, tune
+from kforge.cli import attempts, demo, doctor, evaluate, generate, issue, misses, table, tune
 from kforge.errors import KforgeError
 from kforge.redact import redact
 
-COMMANDS = {"doctor": doctor, "table": table, "misses": misses, "demo": demo, "evaluate": evaluate, "bench": bench,
-            "tune": tune, "generate": generate, "attempts": attempts, "issue": issue}
+COMMANDS = {"doctor": doctor, "table": table, "misses": misses, "demo": demo, "evaluate": evaluate, "tune": tune,
+            "bench": tune, "generate": generate, "attempts": attempts, "issue": issue}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -23,7 +23,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"kforge {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name, module in COMMANDS.items():
-        sub = commands.add_parser(name, help=module.HELP, description=module.__doc__,
+        alias = name != module.__name__.rsplit(".", 1)[-1]  # bench: tune's older name
+        sub = commands.add_parser(name, help=f"the same as {module.__name__.rsplit('.', 1)[-1]}" if alias else module.HELP,
+                                  description=module.__doc__,
                                   formatter_class=argparse.RawDescriptionHelpFormatter)
         sub.add_argument("--json", action="store_true", help="machine-readable output on stdout")
         module.add_arguments(sub)
