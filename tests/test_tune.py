@@ -203,3 +203,19 @@ def test_background_tuning_is_off_unless_asked_and_a_wrong_mode_is_named(monkeyp
     monkeypatch.setenv("KFORGE_TUNE", "background")
     assert background.enabled()
     assert dispatch.Router().tuner is not None
+
+
+def test_evaluate_says_why_an_accepted_kernel_got_no_record_and_exits_non_zero(capsys, monkeypatch, tmp_path):
+    from kforge.records import Evidence
+
+    skipped = [{"shape": [2, 70000], "dtype": "float32", "why": "hidden=70000 outside [1, 65536]"}]
+    accepted = harness.Evaluation("rms_norm", True, "", "ab" * 32, "triton:abababababab", skipped=skipped,
+                                  evidence=Evidence(("float32,float32",), ((4, 64),), (0,), 0.1))
+    monkeypatch.setattr(harness, "evaluate_source", lambda *a, **kw: accepted)
+    kernel = tmp_path / "k.py"
+    kernel.write_text("# a kernel\n")
+    rc, out, _ = run_main(capsys, "evaluate", str(kernel), "--op", "rms_norm", "--shape", "2x70000", "--device", "cpu")
+    assert rc == 1 and out.startswith("ACCEPTED")
+    assert "nothing recorded: every timing shape is outside the kernel's DOMAIN (2x70000 float32: hidden=70000" in out
+    rc, out, _ = run_main(capsys, "evaluate", str(kernel), "--op", "rms_norm", "--device", "cpu", "--no-record", "--json")
+    assert rc == 0 and json.loads(out)["not_recorded"] is None  # nothing was asked to be recorded

@@ -45,13 +45,21 @@ def run(args) -> int:
                              executor=_args.executor(args.executor), provider=args.provider,
                              record=not args.no_record)
     if args.json:
-        emit_json(result.to_json())
+        emit_json({**result.to_json(), "not_recorded": None if result.records or args.no_record else not_recorded(result)})
     else:
-        print(report(result))
-    return 0 if result.accepted else 1
+        print(report(result, args.no_record))
+    return 0 if result.accepted and (result.records or args.no_record) else 1
 
 
-def report(result) -> str:
+def not_recorded(result) -> str:
+    """Why an accepted kernel got no record: every timed key outside its DOMAIN, or none timed."""
+    if result.skipped:
+        return "every timing shape is outside the kernel's DOMAIN (" + "; ".join(
+            f"{shape_text(s['shape'])} {s['dtype']}: {s['why']}" for s in result.skipped[:3]) + ")"
+    return "no timing shape was measured"
+
+
+def report(result, no_record: bool = False) -> str:
     if not result.accepted:
         lines = [f"REJECTED {result.impl or ''} ({result.check}): {result.reason}".replace("  ", " ")]
         if result.case:
@@ -70,5 +78,6 @@ def report(result) -> str:
     table = render(["shape", "dtypes", "p50 us", "vendor us", "speedup", "host us", "GB/s", "%ceil", "bound", "timing"],
                    rows, right=(2, 3, 4, 5, 6, 7))
     tail = [f"skipped (outside DOMAIN): {s['shape']} {s['dtype']}: {s['why']}" for s in result.skipped]
-    written = f"{len(result.records)} records written to the score table" if result.records else "nothing recorded"
+    written = (f"{len(result.records)} records written to the score table" if result.records else
+               "nothing recorded (--no-record)" if no_record else f"nothing recorded: {not_recorded(result)}")
     return "\n".join([head, table, *tail, written])
