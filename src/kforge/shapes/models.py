@@ -53,7 +53,9 @@ class UnknownModelError(UnknownNameError):
 
     def __init__(self, name: str, valid):
         super().__init__("model", name, valid)
-        close = difflib.get_close_matches(name.strip().lower(), list(valid), n=3, cutoff=0.5)
+        wanted = name.strip().lower()
+        close = [v for v in sorted(valid) if v.startswith(wanted)][:3]  # "qwen3-30b": qwen3-30b-a3b
+        close += [v for v in difflib.get_close_matches(wanted, list(valid), n=3, cutoff=0.5) if v not in close]
         if close:
             self.args = (f"unknown model '{name}'; closest: {', '.join(close)}; valid: {', '.join(sorted(valid))}",)
 
