@@ -4,9 +4,9 @@ the layers before it; the order (issue 15) is
 
      0  errors                  what every layer raises
      1  specs                   OpSpec, argument checks, one module per built-in op
-     2  version, records, paths, files, redact, device, checks, catalog
+     2  version, records, paths, files, redact, device, checks, catalog, shapes
                                 what the runtime shares: leaves, the static checker (it reads
-                                specs), seed kernels
+                                specs), seed kernels, the models' shapes (they read specs)
      3  testing, candidate      "matches the reference"; a kernel file as a candidate
      4  store                   the content-addressed kernel store
      5  backends                vendor, inductor, triton implementations
@@ -40,7 +40,7 @@ LAYERS = (
     ("kforge.errors",),
     ("kforge.specs",),
     ("kforge.version", "kforge.records", "kforge.paths", "kforge.files", "kforge.redact", "kforge.device",
-     "kforge.checks", "kforge.catalog"),
+     "kforge.checks", "kforge.catalog", "kforge.shapes"),
     ("kforge.testing", "kforge.candidate"),
     ("kforge.store",),
     ("kforge.backends",),
