@@ -219,3 +219,21 @@ def test_evaluate_says_why_an_accepted_kernel_got_no_record_and_exits_non_zero(c
     assert "nothing recorded: every timing shape is outside the kernel's DOMAIN (2x70000 float32: hidden=70000" in out
     rc, out, _ = run_main(capsys, "evaluate", str(kernel), "--op", "rms_norm", "--device", "cpu", "--no-record", "--json")
     assert rc == 0 and json.loads(out)["not_recorded"] is None  # nothing was asked to be recorded
+
+
+def test_a_models_keys_come_from_the_shapes_data_file():
+    import argparse
+
+    from kforge import shapes
+    from kforge.cli import tune as tune_cli
+
+    parser = argparse.ArgumentParser()
+    tune_cli.add_arguments(parser)
+    args = parser.parse_args(["--model", "Qwen/Qwen2.5-7B", "--tokens", "1,16", "--ops", "rms_norm,gemv"])
+    keys = tune_cli.keys_from_args(args, "cpu")
+    assert tune.TuneKey("rms_norm", torch.bfloat16, (16, 3584)) in keys  # hidden 3584
+    assert {k.op for k in keys} == {"rms_norm", "gemv"}
+    expected = shapes.keys("qwen2.5-7b", tokens=[1, 16], ops=["rms_norm", "gemv"])
+    assert keys == [tune.TuneKey(op, d, tuple(s)) for op, found in expected.items() for s, d in found]
+    with pytest.raises(kforge.UnknownNameError, match="qwen3-30b-a3b"):
+        tune_cli.keys_from_args(parser.parse_args(["--model", "Qwen3-30B"]), "cpu")
