@@ -89,6 +89,7 @@ def run(argv: list[str]) -> int:
     parser.add_argument("--tune-args", default="", help="more arguments for kforge tune (e.g. --no-inductor)")
     parser.add_argument("--gpu-dir", default="h200")
     parser.add_argument("--name", default="unseen.json")
+    parser.add_argument("--out", default=None, help="also write the JSON here after every key (a cut run keeps it)")
     args = parser.parse_args(argv)
     if not torch.cuda.is_available():
         print("benchmarks/unseen.py times GPU calls: no CUDA device here (use --report)", file=sys.stderr)
@@ -107,6 +108,8 @@ def run(argv: list[str]) -> int:
         payload = {"environment": environment(), "models": args.models, "tokens": args.tokens, "stage": stage,
                    "ceilings": {"copy_gbps": ceilings.copy_gbps, "l2_bytes": l2_bytes}, "keys": rows,
                    "tune": tune, "summary": summarize(rows)}
+        if args.out:
+            Path(args.out).write_text(json.dumps(payload, indent=1, sort_keys=True) + "\n")
         return write_json(args.name, payload, args.gpu_dir)
 
     for model, op, shape, dtype in keys:
@@ -115,6 +118,7 @@ def run(argv: list[str]) -> int:
         rows.append({"model": model, "op": op, "shape": list(shape), "problem": row["problem"],
                      "dtype": row["dtype"], "before": row["impls"], "routed_before": row["routed_impl"],
                      "before_vs_best": vs_best(row), "errors_before": row["errors"]})
+        save("before")
         print(f"before {op} {'x'.join(map(str, shape))} [{row['routed_impl']}] "
               + "  ".join(f"{n} {v['call_us']:.1f}" for n, v in row["impls"].items()), file=sys.stderr, flush=True)
     kforge.flush()  # the misses, for tune --from-misses
@@ -141,6 +145,7 @@ def run(argv: list[str]) -> int:
         row = bench_one(spec, shape, dtype, ceilings, l2_bytes, True, compiled=compiled)
         entry.update({"after": row["impls"], "routed_after": row["routed_impl"], "after_vs_best": vs_best(row),
                       "errors_after": row["errors"]})
+        save("after", tune)
         print(f"after  {op} {'x'.join(map(str, shape))} [{row['routed_impl']}] "
               + "  ".join(f"{n} {v['call_us']:.1f}" for n, v in row["impls"].items()), file=sys.stderr, flush=True)
     path = save("after", tune)
