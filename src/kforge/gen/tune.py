@@ -160,7 +160,18 @@ def tune(keys: Iterable[TuneKey], *, device: str = "cpu", inductor: bool = True,
          record: bool = True, max_seconds: float | None = None, executor=None, table: ScoreTable | None = None,
          on_progress: Callable[[str], None] | None = None) -> TuneReport:
     """Calibrate, verify and time the known implementations at `keys` on `device`; see the module
-    docstring. Returns per key what the router now serves there and why a key got no record."""
+    docstring. Returns per key what the router now serves there and why a key got no record.
+    Without `executor`, one `LocalPoolExecutor` serves the whole run (its spare workers start ahead
+    of each candidate) and is closed at the end."""
+    if executor is not None:
+        return _tune(keys, device, inductor, candidates, record, max_seconds, executor, table, on_progress)
+    from kforge.evaluate.executors import LocalPoolExecutor
+
+    with LocalPoolExecutor() as own:
+        return _tune(keys, device, inductor, candidates, record, max_seconds, own, table, on_progress)
+
+
+def _tune(keys, device, inductor, candidates, record, max_seconds, executor, table, on_progress) -> TuneReport:
     from kforge.evaluate.calibrate import calibrate
     from kforge.evaluate.harness import TIMEOUT_S, evaluate_source
 
