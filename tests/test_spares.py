@@ -134,3 +134,13 @@ def test_the_pool_shares_the_cache_among_trusted_tasks_only(kforge_home):
 def test_spares_refuse_nonsense_limits():
     with pytest.raises(ValueError, match="per_launch"):
         Spares(per_launch=0)
+
+
+def test_warm_up_starts_a_spare_the_first_matching_task_takes():
+    with LocalPoolExecutor([], workers=1, warm=True) as pool:
+        pool.warm_up(trusted=True)
+        assert pool.spares.idle() == 1
+        time.sleep(0.3)
+        (first,) = pool.map([Task("sandbox_tasks:returns", {}, 30, trusted=True)])
+        assert first.ok and pool.spares.taken == 1
+    assert pool.spares.idle() == 0  # closed with the pool

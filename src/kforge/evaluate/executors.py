@@ -30,7 +30,7 @@ import traceback
 from typing import Any, Mapping, Sequence
 
 from kforge.evaluate.isolation import SandboxUnavailable
-from kforge.evaluate.sandbox import DEFAULT_ALLOW, Status, WorkerOutcome, _redacted, run_isolated
+from kforge.evaluate.sandbox import DEFAULT_ALLOW, Status, WorkerOutcome, _redacted, launch_for, run_isolated
 from kforge.evaluate.sandbox_worker import exception_types
 from kforge.evaluate.spares import Spares
 
@@ -78,6 +78,10 @@ class Executor(abc.ABC):
     @abc.abstractmethod
     def map(self, tasks: Sequence[Task]) -> list[WorkerOutcome]:
         ...
+
+    def warm_up(self, trusted: bool = False) -> None:
+        """Start, ahead of the first task, what lets it start sooner (LocalPoolExecutor: a spare
+        worker per slot for tasks of this trust); by default nothing."""
 
     def close(self) -> None:
         """Release what the executor holds (threads, a Ray instance it started)."""
@@ -174,6 +178,18 @@ class LocalPoolExecutor(Executor):
                 free.put(slot)
 
         return list(self._pool.map(run, tasks))
+
+    def warm_up(self, trusted: bool = False) -> None:
+        if self.spares is None:
+            return
+        for slot in self.slots:
+            try:
+                self.spares.refill(launch_for("a warm-up worker", cuda=slot is not None, env_allow=self.env_allow,
+                                              env=None if slot is None else {"CUDA_VISIBLE_DEVICES": slot},
+                                              sys_path=list(sys.path), trusted=trusted,
+                                              shared_cache=_shared_cache() if trusted and self.share_cache else None))
+            except SandboxUnavailable:
+                return  # the first task says why, as without a spare
 
     def close(self) -> None:
         self._pool.shutdown(wait=True)

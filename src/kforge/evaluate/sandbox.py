@@ -155,37 +155,20 @@ def run_isolated(fn_qualname: str, payload: Mapping[str, Any], *, timeout_s: flo
     directory holding Triton and Inductor caches that outlive the worker, bound writable (trusted
     code only: what one worker writes there, the next one loads). Raises only for the caller's
     mistakes and for that refusal."""
-    if shared_cache is not None and not trusted:
-        raise ValueError("run_isolated: a shared compile cache is for trusted code only (a candidate could plant "
-                         "a compiled kernel another candidate would then load)")
-    from kforge.evaluate import isolation as iso
-
     module, _, attr = fn_qualname.partition(":")
     if not module or not attr:
         raise ValueError(f"fn_qualname must be 'package.module:function', got {fn_qualname!r}")
     if timeout_s <= 0:
         raise ValueError(f"timeout_s must be positive, got {timeout_s}")
-    for name in env or {}:
-        if denied(name):
-            from kforge.redact import DENY
-
-            raise ValueError(f"run_isolated: {name!r} matches the sandbox's deny-list {DENY}")
-    if isolation is None:
-        level = iso.require(trusted, f"task {fn_qualname}").level
-    else:
-        level = iso.Level(isolation)
-        if level is iso.Level.BWRAP and iso.probe().level is not iso.Level.BWRAP:
-            raise iso.SandboxUnavailable(f"run_isolated: isolation=bwrap asked, but {iso.probe().reason}")
+    launch = launch_for(f"task {fn_qualname}", cuda=cuda, env_allow=env_allow, env=env, sys_path=sys_path,
+                        trusted=trusted, isolation=isolation, shared_cache=shared_cache)
     limit_mb = memory_mb or (DEFAULT_GPU_RSS_MB if cuda else DEFAULT_CPU_MEMORY_MB)
-    sys_path = [os.path.abspath(p) for p in (sys.path if sys_path is None else sys_path) if p]
-    task = {"fn": fn_qualname, "payload": payload, "memory_mb": None if cuda else limit_mb, "sys_path": sys_path,
-            "device_memory_mb": device_memory_mb if cuda else None}
+    task = {"fn": fn_qualname, "payload": payload, "memory_mb": None if cuda else limit_mb,
+            "sys_path": list(launch.sys_path), "device_memory_mb": device_memory_mb if cuda else None}
     try:
         text = json.dumps(task).encode()
     except (TypeError, ValueError) as exc:
         raise ValueError(f"run_isolated: payload must be JSON data ({exc})") from None
-    launch = Launch(level=level, cuda=cuda, env_allow=tuple(env_allow), env=tuple(sorted((env or {}).items())),
-                    sys_path=tuple(sys_path), ops_dir=_user_ops_dir(), shared_cache=shared_cache)
     worker = spares.take(launch) if spares is not None else None
     if worker is None:
         worker = start_worker(launch)
@@ -317,6 +300,32 @@ def start_worker(launch: Launch) -> Worker:
         for fd in (task_r, result_w, info_w):
             os.close(fd)
     return Worker(launch, proc, scratch, task_w, result_r, info_r, out_path, err_path)
+
+
+def launch_for(what: str, *, cuda: bool = False, env_allow: Iterable[str] = DEFAULT_ALLOW,
+               env: Mapping[str, str] | None = None, sys_path: Iterable[str] | None = None, trusted: bool = False,
+               isolation=None, shared_cache: str | None = None) -> Launch:
+    """How a worker for `what` starts (run_isolated's arguments of the same names), checked: a
+    denied variable in `env`, a shared cache for untrusted code, untrusted code without bwrap."""
+    from kforge.evaluate import isolation as iso
+
+    if shared_cache is not None and not trusted:
+        raise ValueError("run_isolated: a shared compile cache is for trusted code only (a candidate could plant "
+                         "a compiled kernel another candidate would then load)")
+    for name in env or {}:
+        if denied(name):
+            from kforge.redact import DENY
+
+            raise ValueError(f"run_isolated: {name!r} matches the sandbox's deny-list {DENY}")
+    if isolation is None:
+        level = iso.require(trusted, what).level
+    else:
+        level = iso.Level(isolation)
+        if level is iso.Level.BWRAP and iso.probe().level is not iso.Level.BWRAP:
+            raise iso.SandboxUnavailable(f"run_isolated: isolation=bwrap asked, but {iso.probe().reason}")
+    sys_path = tuple(os.path.abspath(p) for p in (sys.path if sys_path is None else sys_path) if p)
+    return Launch(level=level, cuda=cuda, env_allow=tuple(env_allow), env=tuple(sorted((env or {}).items())),
+                  sys_path=sys_path, ops_dir=_user_ops_dir(), shared_cache=shared_cache)
 
 
 def _supervise(worker: Worker, text: bytes, timeout_s: float, limit_mb: int) -> WorkerOutcome:
