@@ -109,7 +109,8 @@ def run(argv: list[str]) -> int:
                    "ceilings": {"copy_gbps": ceilings.copy_gbps, "l2_bytes": l2_bytes}, "keys": rows,
                    "tune": tune, "summary": summarize(rows)}
         if args.out:
-            Path(args.out).write_text(json.dumps(payload, indent=1, sort_keys=True) + "\n")
+            Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(json.dumps(payload, indent=1, sort_keys=True) + "\n")
         return write_json(args.name, payload, args.gpu_dir)
 
     for model, op, shape, dtype in keys:
