@@ -110,7 +110,7 @@ def run(argv: list[str]) -> int:
                    "tune": tune, "summary": summarize(rows)}
         if args.out:
             Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(json.dumps(payload, indent=1, sort_keys=True) + "\n")
+            Path(args.out).write_text(json.dumps(payload, indent=1, sort_keys=True) + "\n")
         return write_json(args.name, payload, args.gpu_dir)
 
     for model, op, shape, dtype in keys:
