@@ -116,21 +116,18 @@ def sources_for(spec: OpSpec, store: KernelStore | None = None) -> list[tuple[st
     return out
 
 
-def keys_from_misses(device: str, *, limit: int | None = None, ops: Sequence[str] | None = None) -> list[TuneKey]:
-    """The keys `device`'s miss log holds (most called first, at most `limit`, of `ops` when given);
-    ops this process cannot resolve (a user op no longer persisted) are left out."""
-    from kforge.errors import UnknownNameError
-    from kforge.router import misses
-    from kforge.userops.build import UserOpError
+def keys_from_misses(device: str, *, limit: int | None = None, ops: Sequence[str] | None = None,
+                     table: ScoreTable | None = None) -> list[TuneKey]:
+    """The keys `device`'s miss log holds that the table does not serve yet (most called first, at
+    most `limit`, of `ops` when given); ops this process cannot resolve (a user op no longer
+    persisted) are left out."""
+    from kforge.gen.from_misses import outstanding, spec_of
 
     fp = str(fingerprint(torch.device(device)))
     out = []
-    for entry in misses.read_all():
-        if entry.get("device") != fp or (ops is not None and entry["op"] not in ops):
-            continue
-        try:
-            spec = get_spec(entry["op"])
-        except (UnknownNameError, UserOpError):
+    for entry in outstanding(fp, table):
+        spec = spec_of(entry["op"])
+        if spec is None or (ops is not None and entry["op"] not in ops):
             continue
         dtype = getattr(torch, entry["dtypes"].split(",")[0], None)
         if isinstance(dtype, torch.dtype):

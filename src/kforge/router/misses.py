@@ -15,7 +15,7 @@ import contextvars
 import dataclasses
 import datetime as _dt
 import warnings
-from typing import Iterator
+from typing import Callable, Iterator
 from pathlib import Path
 
 from kforge import paths
@@ -152,3 +152,46 @@ def read_all() -> list[dict]:
             out.append({**entry, "device": device if isinstance(device, str) else "?"})
     out.sort(key=lambda e: -(e["misses"] + e["fallbacks"]))
     return out
+
+
+def served(entry: dict, spec: OpSpec, records: list[Record]) -> bool:
+    """Whether `records` (the table's, for the entry's device and op) now serve the entry's key:
+    a contiguous, aligned call of it, and every layout the entry says made it fall back, would be
+    routed to a record. Ranked as on the entry's own device (`rank(here=False)`)."""
+    key = DispatchKey(entry["op"], entry["device"], entry["dtypes"], tuple(entry["shape"]))
+    layouts = [(x["contiguous"], x["aligned"]) for x in entry.get("layouts", [])]
+    return all(rank(spec, records, CallInfo(key, contiguous, aligned, False), here=False).eligible
+               for contiguous, aligned in [(True, 16)] + layouts)
+
+
+def annotate(entries: list[dict], spec_of: Callable[[str], OpSpec | None], table=None) -> list[dict]:
+    """`entries` (from `read_all`), each with `now_served`: True when the current table routes its
+    key to a record (`served`). `spec_of(op)`: the op's spec, None for an op this process cannot
+    load (its entries stay outstanding). `table`: a `ScoreTable` (default: the layered one)."""
+    if table is None:
+        from kforge.router.table import ScoreTable
+
+        table = ScoreTable()
+    shards: dict[tuple[str, str], list[Record]] = {}
+    out = []
+    for entry in entries:
+        spec = spec_of(entry["op"])
+        now = False
+        if spec is not None:
+            where = (entry["device"], entry["op"])
+            if where not in shards:
+                try:
+                    shards[where] = table.records(*where)
+                except Exception:  # an unreadable table serves nothing: the entry stays outstanding
+                    shards[where] = []
+            now = served(entry, spec, shards[where])
+        out.append({**entry, "now_served": now})
+    return out
+
+
+def outstanding(entries: list[dict], spec_of: Callable[[str], OpSpec | None], table=None) -> list[dict]:
+    """The entries whose keys the current table still does not serve (see `annotate`): what
+    `kforge misses`, `generate --from-misses` and `tune --from-misses` work on. Entries keep their
+    order and fields (without `now_served`)."""
+    return [{k: v for k, v in e.items() if k != "now_served"}
+            for e in annotate(entries, spec_of, table) if not e["now_served"]]
