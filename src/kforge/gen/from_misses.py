@@ -60,9 +60,10 @@ def outstanding(device: str | None = None, table=None) -> list[dict]:
 
 
 def targets(device: str = "cpu", limit: int | None = None, table=None,
-            on_progress: Callable[[str], None] | None = None) -> list[Target]:
+            on_progress: Callable[[str], None] | None = None, budget=None) -> list[Target]:
     """The logged misses of `device` that the table does not serve yet, most time to save first
-    (at most `limit`)."""
+    (at most `limit`). `budget` (a `gen.conclude.Budget`): checked before each vendor timing; once
+    it is spent the keys not yet timed are left out (most-called keys are timed first)."""
     from kforge.evaluate import roofline, timing
     from kforge.router.table import ScoreTable
 
@@ -82,6 +83,10 @@ def targets(device: str = "cpu", limit: int | None = None, table=None,
         records = [r for r in table.records(fp, spec.name) if r.key.dtypes == entry["dtypes"] and r.key.shape == problem]
         if records:
             current, source = min(r.p50_us for r in records), "record"
+        elif budget is not None and budget.spent():
+            say(f"{budget.why()}: vendor not timed for {spec.name} {entry['dtypes']} {'x'.join(map(str, shape))}; "
+                "left out")
+            continue
         else:
             say(f"timing vendor for {spec.name} {entry['dtypes']} {'x'.join(map(str, shape))}")
             try:
