@@ -99,8 +99,8 @@ def run(args) -> int:
         provider.close()
     stopped = budget.why() if budget.spent() else None
     failures = [f"{r.op}: {r.failure}" for r in results if r.failure]
-    if stopped and not results and jobs:
-        failures.append(f"{stopped} before any run started ({', '.join(not_run)} not run)")
+    if stopped and not results:
+        failures.append(f"{stopped} before any run started" + (f" ({', '.join(not_run)} not run)" if not_run else ""))
     if args.json:
         emit_json({"device": device, "provider": provider.name, "runs": [r.to_json() for r in results],
                    "budget_stopped": stopped is not None or any(r.budget_stopped for r in results),
@@ -168,7 +168,8 @@ def _jobs(args, device: str, budget) -> list[tuple]:
         return [(args.op, shapes, dtypes, None)]
     targets = from_misses.targets(device, args.limit, on_progress=progress, budget=budget)
     if not targets:
-        progress("the miss log has no entries for this device: nothing to generate")
+        progress(f"{budget.why()} before any logged key was timed: nothing to generate" if budget.spent()
+                 else "the miss log has no outstanding entries for this device: nothing to generate")
         return []
     rows = [[t.op, t.dtype, shape_text(t.shape), t.calls, number(t.current_us, 1), number(t.floor_us, 2),
              number(t.saving_us / 1e3, 2), t.source] for t in targets]
