@@ -29,7 +29,7 @@ from kforge.backends import get_backend
 from kforge.cli import _args
 from kforge.cli._output import WIDTH, device_text, dtypes_text, emit_json, number, progress, render, shape_text
 from kforge.device import fingerprint
-from kforge.evaluate.calibrate import CalibrationRejected, calibrate, measure
+from kforge.evaluate.calibrate import CalibrationRejected, ImplausibleTiming, calibrate, measure
 from kforge.ops import ENTRIES, get_spec
 from kforge.records import CallInfo
 from kforge.router import misses
@@ -81,7 +81,13 @@ def run(args) -> int:
                 t0 = time.perf_counter()
                 with warnings.catch_warnings(record=True) as caught:
                     warnings.simplefilter("always", CalibrationRejected)
-                    found = calibrate(spec, shape, dtype, device, backends)
+                    try:
+                        found = calibrate(spec, shape, dtype, device, backends)
+                    except ImplausibleTiming as exc:  # stalled twice: no record of this key
+                        found = []
+                        rejected.append({"key": str(exc.key), "impl": ", ".join(f.impl for f in exc.found),
+                                         "reason": str(exc)})
+                        progress(f"  {exc}")
                 for w in caught:
                     if isinstance(w.message, CalibrationRejected):
                         rejected.append({"key": str(w.message.key), "impl": w.message.impl, "reason": w.message.reason})

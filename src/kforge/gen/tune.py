@@ -158,7 +158,7 @@ def tune(keys: Iterable[TuneKey], *, device: str = "cpu", inductor: bool = True,
          on_progress: Callable[[str], None] | None = None) -> TuneReport:
     """Calibrate, verify and time the known implementations at `keys` on `device`; see the module
     docstring. Returns per key what the router now serves there and why a key got no record."""
-    from kforge.evaluate.calibrate import calibrate
+    from kforge.evaluate.calibrate import ImplausibleTiming, calibrate
     from kforge.evaluate.harness import TIMEOUT_S, evaluate_source
 
     say = on_progress or (lambda message: None)
@@ -192,7 +192,12 @@ def tune(keys: Iterable[TuneKey], *, device: str = "cpu", inductor: bool = True,
                 break
             done += 1
             say(f"[{done}/{steps}] {k}: calibrating {', '.join(backends)}")
-            records = calibrate(spec, k.shape, dtype, device, backends=backends)
+            try:
+                records = calibrate(spec, k.shape, dtype, device, backends=backends)
+            except ImplausibleTiming as exc:  # timed twice, stalled twice: nothing of it is recorded
+                outcomes[k].reason = str(exc)
+                say(f"    {exc}")
+                continue
             _note(outcomes[k], records, record, table)
         for source, provider, origin in sources:
             sha = sha256_of(source)
