@@ -17,6 +17,11 @@ from kforge.backends import BACKENDS, BackendName  # noqa: E402
 from kforge.evaluate import isolation  # noqa: E402
 from kforge.router import dispatch  # noqa: E402
 
+# Spare workers (kforge.evaluate.spares) preload torch in a second process beside every task: on a
+# 2-core runner that doubles the CPU a test's workers take. Off for the suite; tests/test_spares.py
+# turns them on where it tests them.
+os.environ.setdefault("KFORGE_WARM_WORKERS", "0")
+
 pytest_plugins = ["github_fake"]  # its `github_fake` fixture, for the tests that talk to a fake GitHub
 
 # Where bwrap cannot run (a CI runner without it), the suite's own test candidates still run, in

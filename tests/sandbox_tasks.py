@@ -220,3 +220,28 @@ def worker_leaks_secrets(payload):
     if payload.get("raise"):
         raise RuntimeError(f"leaked {payload['secret']}")
     return {"leak": payload["secret"], "nested": [payload["secret"]], payload["secret"]: 1}
+
+
+def spare_probe(payload):
+    """What a task sees of the worker it was given: which of payload["modules"] were imported before
+    it ran, its scratch home (and a file a previous task left there), and the compile-cache paths.
+    With payload["leave"]: leaves a file in its home and a daemon behind."""
+    home = os.environ["HOME"]
+    found = {"imported": [m for m in payload.get("modules", ()) if m in sys.modules], "pid": os.getpid(),
+             "home": home, "left_over": os.listdir(home), "triton_cache": os.environ.get("TRITON_CACHE_DIR"),
+             "marker_alive": False}
+    if payload.get("look_for"):
+        found["marker_alive"] = subprocess.run(["pgrep", "-f", payload["look_for"]], capture_output=True).returncode == 0
+    if payload.get("leave"):
+        with open(os.path.join(home, "left-by-" + str(os.getpid())), "w") as f:
+            f.write("planted")
+        subprocess.Popen(["/bin/sh", "-c", "while :; do sleep 0.05; done", payload["leave"]], start_new_session=True)
+    if payload.get("cache_file"):
+        cache = os.environ["TRITON_CACHE_DIR"]
+        os.makedirs(cache, exist_ok=True)
+        found["cache_before"] = sorted(os.listdir(cache))
+        with open(os.path.join(cache, payload["cache_file"]), "w") as f:
+            f.write("compiled")
+    if payload.get("peek"):
+        found["peek_visible"] = os.path.exists(payload["peek"])
+    return found

@@ -52,3 +52,9 @@ def misses_dir() -> Path:
 def extra_table_file() -> Path | None:
     env = os.environ.get("KFORGE_TABLE")
     return Path(env).expanduser() if env else None
+
+
+def worker_cache_dir() -> Path:
+    """Triton and Inductor caches shared by the sandboxed workers that run kforge's own code (the
+    catalog's seeds): never mounted into a worker running anything else."""
+    return home() / "cache" / "trusted-workers"

@@ -120,11 +120,11 @@ def run(args) -> int:
         if args.json:
             emit_json({"device": device, "keys": [], "candidates": [], "stopped": None, "seconds": 0})
         return 0
-    executor = _args.executor(args.executor)
     progress(f"tuning {len(keys)} key(s) of {len({k.op for k in keys})} op(s) on {device}")
-    report = tune.tune(keys, device=device, inductor=not args.no_inductor, candidates=not args.no_candidates,
-                       record=not args.no_record, max_seconds=args.max_seconds, executor=executor,
-                       on_progress=progress)
+    with _args.executor(args.executor) as executor:  # closing it stops its spare workers
+        report = tune.tune(keys, device=device, inductor=not args.no_inductor, candidates=not args.no_candidates,
+                           record=not args.no_record, max_seconds=args.max_seconds, executor=executor,
+                           on_progress=progress)
     failed = report.missing if not args.no_record else []
     if args.json:
         emit_json(report.to_json())

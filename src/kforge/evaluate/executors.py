@@ -6,7 +6,9 @@ timeout) and return one `WorkerOutcome` per task, in order, whatever the tasks d
 
 - `InProcessExecutor`: calls the functions in this process. NO ISOLATION: tests only.
 - `LocalPoolExecutor`: one sandboxed worker process per task (`sandbox.run_isolated`), at most one
-  at a time per GPU (CUDA_VISIBLE_DEVICES names it), tasks spread over the GPUs concurrently.
+  at a time per GPU (CUDA_VISIBLE_DEVICES names it), tasks spread over the GPUs concurrently. On
+  GPUs it keeps a spare worker per GPU started and imported ahead of the next task (`spares`), and
+  the catalog's seeds share one Triton/Inductor cache (`paths.worker_cache_dir`).
 - `RayExecutor`: a Ray task per kforge task (`num_gpus` on a cluster with GPUs, `num_cpus=1`
   otherwise); the Ray task itself runs `sandbox.run_isolated`, so a candidate's crash costs its
   sandbox process, never the Ray worker. Ray is imported only here (the `kforge[ray]` extra).
@@ -28,8 +30,11 @@ import traceback
 from typing import Any, Mapping, Sequence
 
 from kforge.evaluate.isolation import SandboxUnavailable
-from kforge.evaluate.sandbox import DEFAULT_ALLOW, Status, WorkerOutcome, _redacted, run_isolated
+from kforge.evaluate.sandbox import DEFAULT_ALLOW, Status, WorkerOutcome, _redacted, launch_for, run_isolated
 from kforge.evaluate.sandbox_worker import exception_types
+from kforge.evaluate.spares import Spares
+
+WARM_ENV = "KFORGE_WARM_WORKERS"  # "1": spare workers on CPU slots too; "0": none, even on GPUs
 
 
 @dataclasses.dataclass(frozen=True)
@@ -73,6 +78,10 @@ class Executor(abc.ABC):
     @abc.abstractmethod
     def map(self, tasks: Sequence[Task]) -> list[WorkerOutcome]:
         ...
+
+    def warm_up(self, trusted: bool = False) -> None:
+        """Start, ahead of the first task, what lets it start sooner (LocalPoolExecutor: a spare
+        worker per slot for tasks of this trust); by default nothing."""
 
     def close(self) -> None:
         """Release what the executor holds (threads, a Ray instance it started)."""
@@ -121,10 +130,13 @@ class LocalPoolExecutor(Executor):
     devices: GPU indices (ints or "cuda:N"): one slot per GPU, its tasks run with
     CUDA_VISIBLE_DEVICES=N and `cuda=True`. None: every GPU torch sees, or, without CUDA, CPU
     slots. []: CPU slots. workers: the number of CPU slots (default min(4, cores)); tasks on CPU
-    slots see no GPU and run under RLIMIT_AS when they have a memory limit."""
+    slots see no GPU and run under RLIMIT_AS when they have a memory limit. warm: keep a spare
+    worker per slot (default: on GPU slots, where the device times itself; off on CPU slots, where a
+    spare's imports would share the cores with the timed task; KFORGE_WARM_WORKERS sets the default).
+    share_cache: trusted tasks (catalog seeds) keep their compiled kernels across workers."""
 
     def __init__(self, devices: Sequence[int | str] | None = None, *, workers: int | None = None,
-                 env_allow=DEFAULT_ALLOW):
+                 env_allow=DEFAULT_ALLOW, warm: bool | None = None, share_cache: bool = True):
         if devices is None:
             devices = _visible_gpus()
         gpus = [_gpu_index(d) for d in devices]
@@ -138,6 +150,8 @@ class LocalPoolExecutor(Executor):
                 raise ValueError(f"LocalPoolExecutor needs at least one worker, got {n}")
             self.slots = [None] * n
         self.env_allow = tuple(env_allow)
+        self.spares = Spares(limit=2 * len(self.slots)) if _warm(warm, bool(gpus)) else None
+        self.share_cache = share_cache
         self._pool = concurrent.futures.ThreadPoolExecutor(len(self.slots), thread_name_prefix="kforge-pool")
 
     def map(self, tasks: Sequence[Task]) -> list[WorkerOutcome]:
@@ -153,7 +167,8 @@ class LocalPoolExecutor(Executor):
                                     env_allow=self.env_allow, cuda=slot is not None, sys_path=sys_path,
                                     env=None if slot is None else {"CUDA_VISIBLE_DEVICES": slot},
                                     device_memory_mb=task.device_memory_mb, secrets=task.secrets,
-                                    trusted=task.trusted)
+                                    trusted=task.trusted, spares=self.spares,
+                                    shared_cache=_shared_cache() if task.trusted and self.share_cache else None)
             except SandboxUnavailable:
                 raise  # the machine's set-up, not the task: the caller says what to install
             except Exception as exc:  # the coordinator's side failed (no process could start, ...)
@@ -164,8 +179,38 @@ class LocalPoolExecutor(Executor):
 
         return list(self._pool.map(run, tasks))
 
+    def warm_up(self, trusted: bool = False) -> None:
+        if self.spares is None:
+            return
+        for slot in self.slots:
+            try:
+                self.spares.refill(launch_for("a warm-up worker", cuda=slot is not None, env_allow=self.env_allow,
+                                              env=None if slot is None else {"CUDA_VISIBLE_DEVICES": slot},
+                                              sys_path=list(sys.path), trusted=trusted,
+                                              shared_cache=_shared_cache() if trusted and self.share_cache else None))
+            except SandboxUnavailable:
+                return  # the first task says why, as without a spare
+
     def close(self) -> None:
         self._pool.shutdown(wait=True)
+        if self.spares is not None:
+            self.spares.close()
+
+
+def _warm(warm: bool | None, gpus: bool) -> bool:
+    """`warm` when given; else KFORGE_WARM_WORKERS when set; else on for GPU slots only."""
+    env = os.environ.get(WARM_ENV, "").strip().lower()
+    if warm is not None:
+        return warm
+    if env in ("0", "false", "no", "1", "true", "yes"):
+        return env in ("1", "true", "yes")
+    return gpus
+
+
+def _shared_cache() -> str:
+    from kforge import paths
+
+    return str(paths.worker_cache_dir())
 
 
 class RayExecutor(Executor):

@@ -134,7 +134,20 @@ def evaluate_source(source: str, op: str | OpSpec, *, device: str = "cpu", dtype
                "timing_shapes": [list(s) for s in timing_shapes],
                "verify_shapes": None if verify_shapes is None else [list(s) for s in verify_shapes],
                "verify_sets": None if verify_sets is None else list(verify_sets)}
+    own_executor = executor is None
     executor = executor or LocalPoolExecutor()
+    try:
+        return _evaluate(spec, source, stored, impl, payload, executor, timeout_s, memory_mb, trusted, device_t,
+                         provider, attempt_id, record, table)
+    finally:
+        if own_executor:
+            executor.close()  # its spare workers, if any, go with it
+
+
+def _evaluate(spec: OpSpec, source: str, stored, impl: str, payload: dict, executor: Executor, timeout_s: float,
+              memory_mb: int, trusted: bool, device_t: torch.device, provider: str, attempt_id: str | None,
+              record: bool, table: ScoreTable | None) -> Evaluation:
+    op = spec.name
 
     def run_worker() -> tuple[Evaluation | None, dict | None]:
         seed = secrets.randbits(62)

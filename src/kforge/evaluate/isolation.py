@@ -267,8 +267,10 @@ def readonly_paths(sys_path: Iterable[str], hidden: Iterable[str]) -> list[str]:
 
 
 def bwrap_argv(bwrap: str, command: list[str], *, work: str, env: Mapping[str, str], cuda: bool,
-               sys_path: Iterable[str], ops_dir: str | None = None, info_fd: int | None = None) -> list[str]:
-    """The bwrap command line running `command` in the sandbox described in the module docstring."""
+               sys_path: Iterable[str], ops_dir: str | None = None, info_fd: int | None = None,
+               shared: Iterable[str] = ()) -> list[str]:
+    """The bwrap command line running `command` in the sandbox described in the module docstring;
+    `shared`: directories bound writable besides the scratch dir (trusted workers' compile caches)."""
     hidden = hidden_paths()
     # A bind that holds the scratch dir (or /tmp itself) would cover it: never bound.
     binds = [p for p in readonly_paths(sys_path, hidden) if not _under(work, p) and p != "/tmp"]
@@ -286,6 +288,8 @@ def bwrap_argv(bwrap: str, command: list[str], *, work: str, env: Mapping[str, s
         target = os.path.join(work, "kforge-home", "ops")
         os.makedirs(target, exist_ok=True)
         argv += ["--ro-bind", ops_dir, target]
+    for p in shared:
+        argv += ["--bind", p, p]
     if cuda:
         for node in sorted(glob.glob("/dev/nvidia*")):
             argv += ["--dev-bind", node, node]

@@ -76,7 +76,7 @@ import importlib.util, sys
 spec = importlib.util.spec_from_file_location("_kforge_sandbox_worker", sys.argv[1])
 worker = sys.modules[spec.name] = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(worker)
-worker.worker_main(int(sys.argv[2]))
+worker.worker_main(int(sys.argv[2]), sys.argv[3] if len(sys.argv) > 3 else "")
 """
 
 
@@ -139,7 +139,8 @@ def worker_env(env_allow: Iterable[str] = DEFAULT_ALLOW, source: Mapping[str, st
 def run_isolated(fn_qualname: str, payload: Mapping[str, Any], *, timeout_s: float, memory_mb: int | None = None,
                  env_allow: Iterable[str] = DEFAULT_ALLOW, env: Mapping[str, str] | None = None, cuda: bool = False,
                  sys_path: Iterable[str] | None = None, device_memory_mb: int | None = None,
-                 secrets: Mapping[str, str] | None = None, trusted: bool = False, isolation=None) -> WorkerOutcome:
+                 secrets: Mapping[str, str] | None = None, trusted: bool = False, isolation=None,
+                 spares=None, shared_cache: str | None = None) -> WorkerOutcome:
     """Run `fn_qualname(payload)` ("package.module:function") in a fresh isolated worker.
 
     timeout_s: wall-clock limit. memory_mb, device_memory_mb: see the module docstring. env:
@@ -149,46 +150,38 @@ def run_isolated(fn_qualname: str, payload: Mapping[str, Any], *, timeout_s: flo
     value, redacted from the outcome with the environment's secrets. trusted: the code is kforge's
     own (may run without bwrap). isolation: an `isolation.Level` to force (Level.PROCESS: the
     caller takes the risk); default bwrap, or refusal (`SandboxUnavailable`) for untrusted code
-    where bwrap cannot run. Raises only for the caller's mistakes and for that refusal."""
-    from kforge.evaluate import isolation as iso
-
+    where bwrap cannot run. spares: a `spares.Spares` pool to take an already started worker from
+    (and to start the next one in); None: a worker started for this task alone. shared_cache: a
+    directory holding Triton and Inductor caches that outlive the worker, bound writable (trusted
+    code only: what one worker writes there, the next one loads). Raises only for the caller's
+    mistakes and for that refusal."""
     module, _, attr = fn_qualname.partition(":")
     if not module or not attr:
         raise ValueError(f"fn_qualname must be 'package.module:function', got {fn_qualname!r}")
     if timeout_s <= 0:
         raise ValueError(f"timeout_s must be positive, got {timeout_s}")
-    for name in env or {}:
-        if denied(name):
-            from kforge.redact import DENY
-
-            raise ValueError(f"run_isolated: {name!r} matches the sandbox's deny-list {DENY}")
-    if isolation is None:
-        level = iso.require(trusted, f"task {fn_qualname}").level
-    else:
-        level = iso.Level(isolation)
-        if level is iso.Level.BWRAP and iso.probe().level is not iso.Level.BWRAP:
-            raise iso.SandboxUnavailable(f"run_isolated: isolation=bwrap asked, but {iso.probe().reason}")
+    launch = launch_for(f"task {fn_qualname}", cuda=cuda, env_allow=env_allow, env=env, sys_path=sys_path,
+                        trusted=trusted, isolation=isolation, shared_cache=shared_cache)
     limit_mb = memory_mb or (DEFAULT_GPU_RSS_MB if cuda else DEFAULT_CPU_MEMORY_MB)
-    sys_path = [os.path.abspath(p) for p in (sys.path if sys_path is None else sys_path) if p]
-    task = {"fn": fn_qualname, "payload": payload, "memory_mb": None if cuda else limit_mb, "sys_path": sys_path,
-            "device_memory_mb": device_memory_mb if cuda else None}
+    task = {"fn": fn_qualname, "payload": payload, "memory_mb": None if cuda else limit_mb,
+            "sys_path": list(launch.sys_path), "device_memory_mb": device_memory_mb if cuda else None}
     try:
         text = json.dumps(task).encode()
     except (TypeError, ValueError) as exc:
         raise ValueError(f"run_isolated: payload must be JSON data ({exc})") from None
-    scratch = iso.Scratch()
+    worker = spares.take(launch) if spares is not None else None
+    if worker is None:
+        worker = start_worker(launch)
+    if spares is not None:
+        spares.refill(launch)  # the next task's worker imports while this one runs
     try:
-        child_env = sandbox_env(scratch, env_allow, env, cuda)
-        ops_dir = _user_ops_dir()
-        if level is iso.Level.PROCESS and ops_dir is not None:
-            os.symlink(ops_dir, scratch.path("kforge-home", "ops"))
-        outcome = _supervise(text, scratch, child_env, timeout_s, limit_mb, level, cuda, sys_path, ops_dir)
+        outcome = _supervise(worker, text, timeout_s, limit_mb)
     finally:
-        scratch.remove()
+        worker.discard()
     return _redacted(outcome, secrets)
 
 
-def sandbox_env(scratch, env_allow, env, cuda: bool) -> dict[str, str]:
+def sandbox_env(scratch, env_allow, env, cuda: bool, shared_cache: str | None = None) -> dict[str, str]:
     """The environment of a worker in `scratch`: the allow-listed variables, `env` on top, and the
     scratch dir as its home, temp dir and caches (benchmarks/isolation_breakdown.py measures it)."""
     child = worker_env(env_allow)
@@ -202,6 +195,9 @@ def sandbox_env(scratch, env_allow, env, cuda: bool) -> dict[str, str]:
                   "XDG_CACHE_HOME": cache, "TRITON_CACHE_DIR": os.path.join(cache, "triton"),
                   "TORCHINDUCTOR_CACHE_DIR": os.path.join(cache, "inductor"), "PYTHONDONTWRITEBYTECODE": "1",
                   IN_SANDBOX: "1"})  # user ops from untrusted sources load their code only here
+    if shared_cache is not None:  # trusted code only (run_isolated checks): compiles kept across workers
+        child.update({"TRITON_CACHE_DIR": os.path.join(shared_cache, "triton"),
+                      "TORCHINDUCTOR_CACHE_DIR": os.path.join(shared_cache, "inductor")})
     child.setdefault("MALLOC_ARENA_MAX", "4")  # glibc reserves 64 MB of address space per thread arena
     if not cuda:
         child["CUDA_VISIBLE_DEVICES"] = ""
@@ -219,29 +215,126 @@ def _user_ops_dir() -> str | None:
     return str(ops) if ops.is_dir() else None
 
 
-def _supervise(text: bytes, scratch, env: dict, timeout_s: float, limit_mb: int, level, cuda: bool,
-               sys_path: list[str], ops_dir: str | None) -> WorkerOutcome:
+@dataclasses.dataclass(frozen=True)
+class Launch:
+    """How a worker is started: everything about it but its task. Two tasks with equal launches
+    can take the same kind of worker, so a spare started for one serves the other (`spares`)."""
+
+    level: Any  # isolation.Level
+    cuda: bool
+    env_allow: tuple[str, ...]
+    env: tuple[tuple[str, str], ...]
+    sys_path: tuple[str, ...]
+    ops_dir: str | None
+    shared_cache: str | None = None
+    preload: tuple[str, ...] = ()  # modules a spare imports before it is given its task
+
+
+@dataclasses.dataclass
+class Worker:
+    """A started worker process waiting for its task on `task_w`, in its own scratch dir."""
+
+    launch: Launch
+    proc: subprocess.Popen
+    scratch: Any  # isolation.Scratch
+    task_w: int
+    result_r: int
+    info_r: int
+    out_path: str
+    err_path: str
+
+    def discard(self) -> None:
+        """Kill what is left of the worker, close its pipes, remove its scratch dir."""
+        try:
+            if self.proc.returncode is None and not _exited(self.proc):
+                _stop(self.proc, _child_pid(_drain(self.info_r, 1 << 12)))
+            self.proc.wait()
+        finally:
+            for fd in (self.task_w, self.result_r, self.info_r):
+                if fd >= 0:
+                    try:
+                        os.close(fd)
+                    except OSError:
+                        pass
+            self.task_w = self.result_r = self.info_r = -1
+            self.scratch.remove()
+
+
+def start_worker(launch: Launch) -> Worker:
+    """Start a worker for `launch`: it imports `launch.preload`, then waits for its task."""
     from kforge.evaluate import isolation as iso
 
-    task_r, task_w = os.pipe()
-    result_r, result_w = os.pipe()
-    info_r, info_w = os.pipe()
-    command = [sys.executable, "-c", _BOOTSTRAP, WORKER_FILE, str(result_w)]
-    if level is iso.Level.BWRAP:
-        argv = iso.bwrap_argv(iso.probe().bwrap, command, work=scratch.work, env=env, cuda=cuda, sys_path=sys_path,
-                              ops_dir=ops_dir, info_fd=info_w)
+    scratch = iso.Scratch()
+    try:
+        if launch.shared_cache is not None:
+            os.makedirs(launch.shared_cache, mode=0o700, exist_ok=True)
+        env = sandbox_env(scratch, launch.env_allow, dict(launch.env), launch.cuda, launch.shared_cache)
+        if launch.level is iso.Level.PROCESS and launch.ops_dir is not None:
+            os.symlink(launch.ops_dir, scratch.path("kforge-home", "ops"))
+        task_r, task_w = os.pipe()
+        result_r, result_w = os.pipe()
+        info_r, info_w = os.pipe()
+    except BaseException:
+        scratch.remove()
+        raise
+    preload = json.dumps({"modules": list(launch.preload), "sys_path": list(launch.sys_path)}) if launch.preload else ""
+    command = [sys.executable, "-c", _BOOTSTRAP, WORKER_FILE, str(result_w), *([preload] if preload else [])]
+    if launch.level is iso.Level.BWRAP:
+        argv = iso.bwrap_argv(iso.probe().bwrap, command, work=scratch.work, env=env, cuda=launch.cuda,
+                              sys_path=launch.sys_path, ops_dir=launch.ops_dir, info_fd=info_w,
+                              shared=() if launch.shared_cache is None else (launch.shared_cache,))
         popen_env: dict = {}  # bwrap's own /proc/<pid>/environ is what the worker could read of it
     else:
         argv, popen_env = command, env
     out_path, err_path = os.path.join(scratch.root, "stdout"), os.path.join(scratch.root, "stderr")
-    start = time.monotonic()
     try:
         with open(out_path, "wb") as out, open(err_path, "wb") as err:
             proc = subprocess.Popen(argv, cwd=scratch.work, env=popen_env, stdin=task_r, stdout=out, stderr=err,
                                     pass_fds=(result_w, info_w), start_new_session=True, close_fds=True)
+    except BaseException:
+        for fd in (task_w, result_r, info_r):
+            os.close(fd)
+        scratch.remove()
+        raise
     finally:
         for fd in (task_r, result_w, info_w):
             os.close(fd)
+    return Worker(launch, proc, scratch, task_w, result_r, info_r, out_path, err_path)
+
+
+def launch_for(what: str, *, cuda: bool = False, env_allow: Iterable[str] = DEFAULT_ALLOW,
+               env: Mapping[str, str] | None = None, sys_path: Iterable[str] | None = None, trusted: bool = False,
+               isolation=None, shared_cache: str | None = None) -> Launch:
+    """How a worker for `what` starts (run_isolated's arguments of the same names), checked: a
+    denied variable in `env`, a shared cache for untrusted code, untrusted code without bwrap."""
+    from kforge.evaluate import isolation as iso
+
+    if shared_cache is not None and not trusted:
+        raise ValueError("run_isolated: a shared compile cache is for trusted code only (a candidate could plant "
+                         "a compiled kernel another candidate would then load)")
+    for name in env or {}:
+        if denied(name):
+            from kforge.redact import DENY
+
+            raise ValueError(f"run_isolated: {name!r} matches the sandbox's deny-list {DENY}")
+    if isolation is None:
+        level = iso.require(trusted, what).level
+    else:
+        level = iso.Level(isolation)
+        if level is iso.Level.BWRAP and iso.probe().level is not iso.Level.BWRAP:
+            raise iso.SandboxUnavailable(f"run_isolated: isolation=bwrap asked, but {iso.probe().reason}")
+    sys_path = tuple(os.path.abspath(p) for p in (sys.path if sys_path is None else sys_path) if p)
+    return Launch(level=level, cuda=cuda, env_allow=tuple(env_allow), env=tuple(sorted((env or {}).items())),
+                  sys_path=sys_path, ops_dir=_user_ops_dir(), shared_cache=shared_cache)
+
+
+def _supervise(worker: Worker, text: bytes, timeout_s: float, limit_mb: int) -> WorkerOutcome:
+    from kforge.evaluate import isolation as iso
+
+    proc, level, cuda = worker.proc, worker.launch.level, worker.launch.cuda
+    result_r, info_r, out_path, err_path = worker.result_r, worker.info_r, worker.out_path, worker.err_path
+    task_w, worker.task_w = worker.task_w, -1  # _send closes it
+    start = time.monotonic()
     threading.Thread(target=_send, args=(task_w, text), daemon=True).start()
     result, info = bytearray(), bytearray()
     reading = [result_r, info_r]
@@ -275,6 +368,7 @@ def _supervise(text: bytes, scratch, env: dict, timeout_s: float, limit_mb: int,
         _stop(proc, _child_pid(info))
         code = proc.wait()
     finally:
+        worker.result_r = worker.info_r = -1
         os.close(result_r)
         os.close(info_r)
     logs = {"stdout": _tail(out_path), "stderr": _tail(err_path), "pid": proc.pid,

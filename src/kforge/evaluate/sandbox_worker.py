@@ -1,7 +1,10 @@
 """The worker side of `kforge.evaluate.sandbox`: runs inside the sandboxed interpreter, loaded by
 path before anything of kforge (stdlib only: the kforge package import pulls in torch).
 
-    python -c BOOTSTRAP .../sandbox_worker.py RESULT_FD    (task JSON on stdin)
+    python -c BOOTSTRAP .../sandbox_worker.py RESULT_FD [PRELOAD]    (task JSON on stdin)
+
+PRELOAD (a spare worker, `kforge.evaluate.spares`): JSON {"modules": [...], "sys_path": [...]},
+imported before the task is read, so the task finds torch and kforge already imported.
 """
 from __future__ import annotations
 
@@ -12,9 +15,11 @@ import traceback
 from typing import Any
 
 
-def worker_main(result_fd: int) -> None:
-    """Entry point inside the worker: read the task from stdin, run it, write the result to
-    `result_fd`, `os._exit`."""
+def worker_main(result_fd: int, preload: str = "") -> None:
+    """Entry point inside the worker: import `preload`'s modules, read the task from stdin, run
+    it, write the result to `result_fd`, `os._exit`."""
+    if preload:
+        _preload(json.loads(preload))
     chunks = []
     while True:
         chunk = os.read(0, 1 << 16)
@@ -61,6 +66,19 @@ def worker_main(result_fd: int) -> None:
         data = data[os.write(result_fd, data):]
     os.close(result_fd)
     os._exit(0)  # no interpreter teardown: a poisoned CUDA context can hang or crash in it
+
+
+def _preload(spec: dict) -> None:
+    """Import what the spare's task will need. A module that fails here is left for the task's own
+    import to report, with its traceback, as a cold worker would."""
+    import importlib
+
+    sys.path.extend(p for p in spec.get("sys_path", ()) if p not in sys.path)
+    for name in spec.get("modules", ()):
+        try:
+            importlib.import_module(name)
+        except BaseException:  # noqa: BLE001 - the task reports it
+            pass
 
 
 def exception_types(exc: BaseException, limit: int = 8) -> list[str]:

@@ -58,9 +58,11 @@ class KeyOutcome:
     vendor_us: float | None = None
     recorded: list[str] = dataclasses.field(default_factory=list)  # impls with a record written here this run
     reason: str | None = None  # why nothing (or nothing but vendor) was recorded
+    calibrate_s: float = 0.0  # vendor and Inductor verified and timed here (Inductor's compile included)
 
     def to_json(self) -> dict:
         return {**self.key.to_json(), "problem": None if self.problem is None else list(self.problem),
+                "calibrate_s": round(self.calibrate_s, 3),
                 "routed": self.routed, "routed_us": self.routed_us, "vendor_us": self.vendor_us,
                 "speedup_vs_vendor": (self.vendor_us / self.routed_us if self.vendor_us and self.routed_us else None),
                 "recorded": self.recorded, "reason": self.reason}
@@ -75,6 +77,7 @@ class CandidateOutcome:
     verdict: str  # accepted, rejected, not run (time budget), duplicate
     reason: str = ""
     seconds: float = 0.0  # the whole evaluation, worker start included
+    keys: int = 0  # the keys it was verified and timed at, in one worker
     phases: dict = dataclasses.field(default_factory=dict)  # inside the worker: load, verify, time
 
     def to_json(self) -> dict:
@@ -157,7 +160,18 @@ def tune(keys: Iterable[TuneKey], *, device: str = "cpu", inductor: bool = True,
          record: bool = True, max_seconds: float | None = None, executor=None, table: ScoreTable | None = None,
          on_progress: Callable[[str], None] | None = None) -> TuneReport:
     """Calibrate, verify and time the known implementations at `keys` on `device`; see the module
-    docstring. Returns per key what the router now serves there and why a key got no record."""
+    docstring. Returns per key what the router now serves there and why a key got no record.
+    Without `executor`, one `LocalPoolExecutor` serves the whole run (its spare workers start ahead
+    of each candidate) and is closed at the end."""
+    if executor is not None:
+        return _tune(keys, device, inductor, candidates, record, max_seconds, executor, table, on_progress)
+    from kforge.evaluate.executors import LocalPoolExecutor
+
+    with LocalPoolExecutor() as own:
+        return _tune(keys, device, inductor, candidates, record, max_seconds, own, table, on_progress)
+
+
+def _tune(keys, device, inductor, candidates, record, max_seconds, executor, table, on_progress) -> TuneReport:
     from kforge.evaluate.calibrate import ImplausibleTiming, calibrate
     from kforge.evaluate.harness import TIMEOUT_S, evaluate_source
 
@@ -185,6 +199,8 @@ def tune(keys: Iterable[TuneKey], *, device: str = "cpu", inductor: bool = True,
 
     fp = str(fingerprint(torch.device(device)))
     calls = {k: _call(k, device, fp) for k in keys}
+    if candidates:
+        executor.warm_up(trusted=True)  # the first candidate is a seed: its worker imports while vendor is timed
     for (op, dtype), group in groups.items():
         spec, sources = plans[(op, dtype)]
         for k in group:
@@ -192,12 +208,15 @@ def tune(keys: Iterable[TuneKey], *, device: str = "cpu", inductor: bool = True,
                 break
             done += 1
             say(f"[{done}/{steps}] {k}: calibrating {', '.join(backends)}")
+            t0 = time.monotonic()
             try:
                 records = calibrate(spec, k.shape, dtype, device, backends=backends)
             except ImplausibleTiming as exc:  # timed twice, stalled twice: nothing of it is recorded
                 outcomes[k].reason = str(exc)
                 say(f"    {exc}")
                 continue
+            finally:
+                outcomes[k].calibrate_s = time.monotonic() - t0
             _note(outcomes[k], records, record, table)
         for source, provider, origin in sources:
             sha = sha256_of(source)
@@ -213,7 +232,7 @@ def tune(keys: Iterable[TuneKey], *, device: str = "cpu", inductor: bool = True,
                                      record=record, table=table, timeout_s=budget.worker_timeout(TIMEOUT_S))
             seconds = time.monotonic() - t0
             results.append(CandidateOutcome(op, _name(dtype), name, origin, result.verdict, result.reason, seconds,
-                                            result.phases))
+                                            len(group), result.phases))
             if result.recorded:
                 written = {r.key for r in result.records if r.impl != "vendor"}
                 for k in group:
