@@ -129,6 +129,8 @@ def test_a_resumed_run_continues_from_its_typed_state(executor):
                                    run_state.Settings(rounds=2, variants=1, top_k=1, corrective_retries=0))
     state.round, state.done, state.tried, state.attempts, state.accepted = 1, {"0:0": "a0"}, [sha], 1, 1
     state.lineages = [leader]
+    key = kforge.records.DispatchKey("rms_norm", str(fingerprint(torch.device("cpu"))), "float32,float32", SHAPE)
+    state.best = {str(key): run_state.KeyBest(2.0, 2.5, f"triton:{sha[:12]}", "a0", list(SHAPE), "float32")}
     state.feedback = [Feedback(FeedbackKind.CORRECTNESS, "error-budget: 0.5 over 0.01 at index (2, 17)")]
     state.save()
     provider = Recording()

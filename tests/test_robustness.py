@@ -42,7 +42,7 @@ def test_miss_counts_survive_a_failed_write(monkeypatch, kforge_home):
     kforge.ops.softmax(torch.randn(3, 5))
     calls = []
 
-    def broken(counts):
+    def broken(counts, layouts=None):
         calls.append(counts)
         raise OSError("disk full")
 

@@ -294,7 +294,8 @@ def test_misses_and_fallbacks_are_counted_and_flushed(fake_triton):
     assert logged("rms_norm", (6, 128))["misses"] == 2
     assert logged("rms_norm", (2, 32)) | {"first_seen": 0, "last_seen": 0} == {
         "op": "rms_norm", "dtypes": "float32,float32", "shape": [2, 32], "misses": 0, "fallbacks": 2,
-        "device": cpu_device(), "first_seen": 0, "last_seen": 0}
+        "device": cpu_device(), "first_seen": 0, "last_seen": 0,
+        "layouts": [{"contiguous": False, "aligned": 16}]}  # contiguous calls would be served: the layout missed
     assert logged("softmax", (4, 64))["misses"] == 4
     assert logged("rms_norm", (8, 64))["misses"] == 0 and logged("rms_norm", (0, 64))["misses"] == 0
 

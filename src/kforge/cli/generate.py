@@ -8,14 +8,20 @@
 Each round asks the provider for N variants (continuing the top-K lineages), checks and evaluates
 them in sandboxed workers (verification against the fp64 reference, timing with vendor in the same
 run), archives every attempt (`kforge attempts`), and records the fastest verified kernel per key
-in the score table. Prints a before/after table per key; progress goes to stderr. Providers:
+in the score table. Prints a before/after table per key; progress goes to stderr. `--max-seconds`
+covers the whole command (vendor timing of --from-misses keys, every op's run) and is checked
+before every provider call and candidate evaluation; what was done is kept. Exits 1 when a run
+failed although it ran (its provider failed on every attempt, or it accepted candidates and
+recorded nothing: the reason is printed and in --json as `failure`). Providers:
 catalog (default: seed kernels and their tunables, no key, no network), anthropic, openai (any
 OpenAI-compatible server with --base-url), command (any program reading the prompt on stdin).
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 import sys
+import time
 
 from kforge.cli import _args
 from kforge.cli._output import emit_json, number, progress, render, shape_text
@@ -51,6 +57,7 @@ def add_arguments(parser) -> None:
 
 def run(args) -> int:
     from kforge.gen import run_state, search
+    from kforge.gen.conclude import Budget
     from kforge.gen.config import config_from_args
     from kforge.gen.providers import make_provider
 
@@ -68,28 +75,41 @@ def run(args) -> int:
     settings = run_state.Settings(rounds=args.rounds, variants=args.variants, top_k=args.top_k,
                                   target_speedup=args.target_speedup, target_fraction=args.target_fraction,
                                   max_tokens=args.token_budget, max_seconds=args.max_seconds)
-    jobs = _jobs(args, device)
+    budget = Budget(time.monotonic(), args.max_seconds)
+    jobs = _jobs(args, device, budget)
     executor = _args.executor(args.executor)
-    results = []
+    results, not_run = [], []
     try:
         for op, shapes, dtypes, resume in jobs:
+            if budget.spent():
+                not_run.append(op)
+                continue
             progress(f"generate {op} on {device} with {provider.name}: shapes "
                      + (", ".join(shape_text(s) for s in shapes) if shapes else
                         "(resumed)" if resume else "(the op's smoke set)"))
-            result = search.run(op, provider, settings, device=device, dtypes=dtypes, shapes=shapes,
-                                executor=executor, resume=resume, model=config.model, record=not args.no_record,
-                                on_progress=progress)
+            left = None if args.max_seconds is None else args.max_seconds - budget.elapsed()
+            result = search.run(op, provider, dataclasses.replace(settings, max_seconds=left), device=device,
+                                dtypes=dtypes, shapes=shapes, executor=executor, resume=resume, model=config.model,
+                                record=not args.no_record, on_progress=progress)
             results.append(result)
-            progress(f"{op}: {result.status}; {result.attempts} attempts, {result.accepted} accepted "
-                     f"({result.seconds:.0f} s); run id {result.run_id}")
+            progress(f"{op}: {result.status}; {result.attempts} attempts, {result.accepted} accepted, "
+                     f"{result.recorded} record(s) written ({result.seconds:.0f} s); run id {result.run_id}")
     finally:
         executor.close()
         provider.close()
+    stopped = budget.why() if budget.spent() else None
+    failures = [f"{r.op}: {r.failure}" for r in results if r.failure]
+    if stopped and not results:
+        failures.append(f"{stopped} before any run started" + (f" ({', '.join(not_run)} not run)" if not_run else ""))
     if args.json:
-        emit_json({"device": device, "provider": provider.name, "runs": [r.to_json() for r in results]})
+        emit_json({"device": device, "provider": provider.name, "runs": [r.to_json() for r in results],
+                   "budget_stopped": stopped is not None or any(r.budget_stopped for r in results),
+                   "not_run": not_run, "failure": "; ".join(failures) or None})
     else:
-        _print(results)
-    return 0
+        _print(results, not_run, stopped)
+    for failure in failures:
+        progress(f"generate failed: {failure}")
+    return 1 if failures else 0
 
 
 def _define_from_file(path: str, name: str | None) -> str:
@@ -126,7 +146,7 @@ def _define_from_file(path: str, name: str | None) -> str:
     return name
 
 
-def _jobs(args, device: str) -> list[tuple]:
+def _jobs(args, device: str, budget) -> list[tuple]:
     """(op, shapes, dtypes, resume run id) per search run."""
     from kforge.gen import from_misses, run_state
 
@@ -146,9 +166,10 @@ def _jobs(args, device: str) -> list[tuple]:
         shapes = _args.shapes(args, get_spec(args.op))
         dtypes = [_args.dtype(d) for d in args.dtype] if args.dtype else None
         return [(args.op, shapes, dtypes, None)]
-    targets = from_misses.targets(device, args.limit, on_progress=progress)
+    targets = from_misses.targets(device, args.limit, on_progress=progress, budget=budget)
     if not targets:
-        progress("the miss log has no entries for this device: nothing to generate")
+        progress(f"{budget.why()} before any logged key was timed: nothing to generate" if budget.spent()
+                 else "the miss log has no outstanding entries for this device: nothing to generate")
         return []
     rows = [[t.op, t.dtype, shape_text(t.shape), t.calls, number(t.current_us, 1), number(t.floor_us, 2),
              number(t.saving_us / 1e3, 2), t.source] for t in targets]
@@ -167,7 +188,7 @@ def _jobs(args, device: str) -> list[tuple]:
     return [(op, shapes, dtypes, None) for op, (shapes, dtypes) in jobs.items()]
 
 
-def _print(results) -> None:
+def _print(results, not_run: list[str] = (), stopped: str | None = None) -> None:
     rows = []
     for r in results:
         for k in r.keys:
@@ -179,8 +200,15 @@ def _print(results) -> None:
     if rows:
         print(render(["op", "dtype", "shape", "before", "us", "after", "us", "vendor us", "gain"], rows,
                      right=(4, 6, 7, 8)))
+    elif any(r.accepted for r in results):
+        print("candidates were accepted, but nothing was recorded: the table is unchanged")
     else:
         print("no kernel was accepted: the table is unchanged")
     for r in results:
-        best = f"best {r.best.speedup:.2f}x vs vendor ({r.best.sha256[:12]})" if r.best else "no accepted kernel"
-        print(f"{r.op}: {r.status}; {r.attempts} attempts, {r.accepted} accepted, {best}; run {r.run_id}")
+        # A speedup only for a run that measured a recordable result (never "best 0.00x" for nothing).
+        best = (f"best {r.best.speedup:.2f}x vs vendor ({r.best.sha256[:12]})" if r.best and r.keys
+                else "nothing recorded" if r.accepted else "no accepted kernel")
+        print(f"{r.op}: {r.status}; {r.attempts} attempts, {r.accepted} accepted, {best}; run {r.run_id}"
+              + (f"\n  failed: {r.failure}" if r.failure else ""))
+    if not_run:
+        print(f"not run ({stopped}): {', '.join(not_run)}")

@@ -2,7 +2,10 @@
 
 Every call that the score table could not serve went to vendor and was counted per key: a miss
 (no record for the key) or a fallback (records exist, none could serve: domain, failure). These
-are the keys worth generating kernels for.
+are the keys worth generating kernels for. Keys the score table now serves (a record routes
+there: `kforge tune` or `kforge generate` filled them) are left out; `--all` lists them too, with
+`now_served` in `--json`. A fallback caused by the call's layout (non-contiguous, misaligned) names
+that layout.
 
 `--to-issue` renders them as a ready-to-file Kernel request (one op: the most-missed, or --op) on
 stdout, its title on stderr:
@@ -23,28 +26,46 @@ def add_arguments(parser) -> None:
     parser.add_argument("--limit", type=int, default=None, metavar="N",
                         help="only the N most-called keys (with --to-issue: the N most-called shapes)")
     parser.add_argument("--op", default=None, help="only the misses of this op")
+    parser.add_argument("--all", action="store_true",
+                        help="also the keys the score table now serves (marked; `now_served` in --json)")
     parser.add_argument("--to-issue", action="store_true",
                         help="print a Kernel request issue body for the most-missed op (or --op)")
 
 
 def run(args) -> int:
-    entries = misses.read_all()
-    if args.to_issue:
-        return _to_issue(entries, args)
+    from kforge.gen.from_misses import spec_of
+
+    logged = misses.read_all()
     if args.op is not None:
-        entries = [e for e in entries if e["op"] == args.op]
+        logged = [e for e in logged if e["op"] == args.op]
+    annotated = misses.annotate(logged, spec_of)
+    served = sum(e["now_served"] for e in annotated)
+    entries = annotated if args.all else [e for e in annotated if not e["now_served"]]
+    if args.to_issue:
+        return _to_issue([e for e in annotated if not e["now_served"]], args)
     if args.limit is not None:
         entries = entries[:max(args.limit, 0)]
     if args.json:
-        emit_json({"dir": str(paths.misses_dir()), "entries": entries})
+        emit_json({"dir": str(paths.misses_dir()), "entries": entries, "now_served": served})
         return 0
     if not entries:
-        print(f"no misses logged under {paths.misses_dir()}")
+        note = f" ({served} logged key(s) are now served by the table: --all lists them)" if served else ""
+        print(f"no outstanding misses logged under {paths.misses_dir()}{note}")
         return 0
-    print(render(["device", "op", "dtypes", "shape", "misses", "fallbacks", "last seen"],
+    print(render(["device", "op", "dtypes", "shape", "layout", "misses", "fallbacks", "last seen"]
+                 + (["now"] if args.all else []),
                  [[device_text(e["device"]), e["op"], dtypes_text(e["dtypes"]), shape_text(e["shape"]),
-                   e["misses"], e["fallbacks"], e.get("last_seen", "")] for e in entries], right=(4, 5)))
+                   layout_text(e), e["misses"], e["fallbacks"], e.get("last_seen", "")]
+                  + (["served" if e["now_served"] else "missing"] if args.all else []) for e in entries],
+                 right=(5, 6)))
     return 0
+
+
+def layout_text(entry: dict) -> str:
+    """"-" for a key whose layout did not matter; else the layouts that made it fall back."""
+    parts = [("contiguous" if x["contiguous"] else "strided") + f" align {x['aligned']}"
+             for x in entry.get("layouts", [])]
+    return ", ".join(parts) or "-"
 
 
 def _to_issue(entries: list[dict], args) -> int:

@@ -8,6 +8,7 @@ from typing import Any
 import torch
 
 from kforge.compile.rewrite import Report
+from kforge.router import misses
 
 
 @dataclasses.dataclass
@@ -72,7 +73,8 @@ def explain(model, *example_inputs, dynamic: bool | None = None, mode: str | Non
     # model, the user's own torch.compile of it included, would run eagerly.
     torch._dynamo.reset()
     try:
-        torch.compile(model, backend=backend, dynamic=dynamic)(*example_inputs, **kwargs)
+        with misses.uncounted():  # explaining a model is not serving it: its routed calls are not logged
+            torch.compile(model, backend=backend, dynamic=dynamic)(*example_inputs, **kwargs)
     finally:
         torch._dynamo.reset()
     return Explanation(reports)

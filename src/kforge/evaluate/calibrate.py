@@ -20,6 +20,10 @@ For each implementation (a backend name, or an `Implementation` built elsewhere)
        not launch overhead; p20/p50/p80 over calls. host_us: `timing.clock.HOST_CALLS` back-to-back calls
        timed on the host, queued behind a GPU sleep, one synchronize after the loop: what the
        host spends per call.
+  3. Plausibility (`evaluate.plausible`): a run whose timings show a stall (samples spread 20-fold,
+     a built-in 100x its peer or, on CUDA, 100x the roofline floor) is timed again once; if it
+     still does, calibrate raises `ImplausibleTiming` naming the op, key and numbers, and no
+     record of the key is made.
 The key comes from `router.key.call_info` on the seed-0 inputs and the fingerprint of their device,
 so CPU timings land only on CPU keys and are never mixed with GPU records.
 """
@@ -36,7 +40,10 @@ from kforge.backends import BackendName, Implementation, get_backend
 from kforge.device import fingerprint, installed_version
 # Timing, measure, time_cpu and time_cuda are re-exported: calibrate's timing API predates the timing package.
 from kforge.evaluate.timing import Timing, measure, time_cpu, time_cuda  # noqa: F401
+from kforge.evaluate import plausible
+from kforge.evaluate.plausible import ImplausibleTiming  # noqa: F401 - raised by calibrate
 from kforge.records import DispatchKey, Domain, Evidence, Record
+from kforge.router import misses
 from kforge.router.key import call_info
 from kforge.testing import compare
 
@@ -77,24 +84,13 @@ def calibrate(spec: OpSpec, shape, dtype: torch.dtype, device, backends: Iterabl
     args = spec.make_inputs(tuple(shape), dtype, device, seeds[0])
     key = call_info(spec, args, str(fingerprint(args[spec.tensor_args[0]].device))).key
 
-    passed: dict[str, tuple[Implementation, float]] = {}
-    for candidate in backends:
-        try:
-            impl = _resolve(spec, candidate, key)
-        except Exception as exc:
-            _reject(key, _name(candidate), f"could not be loaded: {type(exc).__name__}: {exc}")
-            continue
-        if impl.id in passed:
-            raise ValueError(f"calibrate: implementation {impl.id!r} given twice")
-        worst, why = verify(spec, impl.fn, tuple(shape), dtype, device, seeds)
-        if why is not None:
-            _reject(key, impl.id, why)
-            continue
-        passed[impl.id] = (impl, worst)
-    if not passed:
-        return []
-
-    timings = measure({impl_id: impl.fn for impl_id, (impl, _) in passed.items()}, args)
+    # An implementation may be a routed entry point (kforge.ops.<op>): these calls are kforge's
+    # own, never a user's misses.
+    with misses.uncounted():
+        passed = _verified(spec, backends, key, tuple(shape), dtype, device, seeds)
+        if not passed:
+            return []
+        timings = _timed(spec, {impl_id: impl.fn for impl_id, (impl, _) in passed.items()}, args, key, dtype)
     versions = {"torch": torch.__version__, "triton": installed_version("triton") or "none",
                 "kforge": kforge.__version__, "device": fingerprint(args[spec.tensor_args[0]].device).name}
     nbytes = spec.bytes_moved(key.shape, dtype)
@@ -112,6 +108,47 @@ def calibrate(spec: OpSpec, shape, dtype: torch.dtype, device, backends: Iterabl
         ))
     records.sort(key=lambda r: (r.score_us, r.impl))
     return records
+
+
+def _verified(spec: OpSpec, backends: Iterable[Candidate], key: DispatchKey, shape, dtype, device,
+              seeds) -> dict[str, tuple[Implementation, float]]:
+    """{impl id: (implementation, worst error ratio)} of the candidates correct on every seed; the
+    others are reported with `CalibrationRejected`."""
+    passed: dict[str, tuple[Implementation, float]] = {}
+    for candidate in backends:
+        try:
+            impl = _resolve(spec, candidate, key)
+        except Exception as exc:
+            _reject(key, _name(candidate), f"could not be loaded: {type(exc).__name__}: {exc}", stacklevel=4)
+            continue
+        if impl.id in passed:
+            raise ValueError(f"calibrate: implementation {impl.id!r} given twice")
+        worst, why = verify(spec, impl.fn, shape, dtype, device, seeds)
+        if why is not None:
+            _reject(key, impl.id, why, stacklevel=4)
+            continue
+        passed[impl.id] = (impl, worst)
+    return passed
+
+
+def _timed(spec: OpSpec, fns: dict[str, Callable], args: tuple, key: DispatchKey, dtype: torch.dtype) -> dict[str, Timing]:
+    """`measure(fns, args)`, timed again once when the run looks stalled; ImplausibleTiming if the
+    second run does too (see `evaluate.plausible`)."""
+    device = args[spec.tensor_args[0]].device
+    floor = None
+    if device.type == "cuda":
+        from kforge.evaluate import roofline
+
+        ceilings = roofline.ceilings(device)
+        if ceilings is not None:
+            floor = roofline.floor_us(spec.bytes_moved(key.shape, dtype), spec.flops(key.shape, dtype), ceilings)
+    timings = measure(fns, args)
+    if plausible.check(timings, floor):
+        timings = measure(fns, args)
+        found = plausible.check(timings, floor)
+        if found:
+            raise ImplausibleTiming(spec.name, key, found)
+    return timings
 
 
 def verify(spec: OpSpec, fn: Callable, shape, dtype: torch.dtype, device,
@@ -168,5 +205,5 @@ def _placeholder(key: DispatchKey, backend: BackendName) -> Record:
                   evidence=Evidence(dtypes=(key.dtypes,), shapes=(key.shape,), seeds=(0,), max_error_ratio=0.0))
 
 
-def _reject(key: DispatchKey, impl: str, reason: str) -> None:
-    warnings.warn(CalibrationRejected(key, impl, reason), stacklevel=3)
+def _reject(key: DispatchKey, impl: str, reason: str, stacklevel: int = 3) -> None:
+    warnings.warn(CalibrationRejected(key, impl, reason), stacklevel=stacklevel)

@@ -11,6 +11,8 @@
 4. back here: the worker's status (timeout, crash, killed: rejected as such), work that escaped the
    timed stream, and the roofline: a time under the floor is re-verified with new secret seeds in
    a new worker and rejected if it holds up again (nothing honest beats the device's own copy);
+   a key whose candidate or vendor timing shows a stall (`evaluate.plausible`) is timed again in
+   a new worker, and left out (in `skipped`, with the numbers) if it still does;
 5. an accepted kernel gets a verdict in the store (`KernelStore.put_verdict`, HMAC-signed with this
    KFORGE_HOME's key; the Triton backend serves no stored kernel without one), and accepted
    results become score-table records (candidate and vendor, same run, so the router
@@ -25,7 +27,7 @@ from typing import Any, Iterable, Sequence
 import torch
 
 from kforge.device import fingerprint, installed_version
-from kforge.evaluate import isolation, roofline, static
+from kforge.evaluate import isolation, plausible, roofline, static
 from kforge.evaluate.executors import Executor, LocalPoolExecutor, Task
 from kforge.evaluate.sandbox import DEFAULT_CPU_MEMORY_MB, DEFAULT_GPU_RSS_MB
 from kforge.evaluate.timing import Timing, escaped_stream
@@ -158,6 +160,10 @@ def _evaluate(spec: OpSpec, source: str, stored, impl: str, payload: dict, execu
                               check=f"worker:{outcome.status.value}", error_types=outcome.error_types), None
         return None, outcome.value
 
+    def judged() -> Evaluation:
+        failed, value = run_worker()
+        return failed if failed is not None else _judge(spec, value, stored.sha256, impl, device_t)
+
     failed, value = run_worker()
     if failed is not None:
         return failed
@@ -166,15 +172,14 @@ def _evaluate(spec: OpSpec, source: str, stored, impl: str, payload: dict, execu
     evaluation.phases = {k: v for k, v in phases.items() if isinstance(k, str) and isinstance(v, (int, float))
                          and not isinstance(v, bool)} if isinstance(phases, dict) else {}
     if evaluation.accepted and any(_beats_floor(m) for m in evaluation.measurements):
-        failed, value = run_worker()  # new secret seeds, new inputs, new process
-        if failed is not None:
-            return failed
-        evaluation = _judge(spec, value, stored.sha256, impl, device_t)
+        evaluation = judged()  # new secret seeds, new inputs, new process
         if evaluation.accepted and any(_beats_floor(m) for m in evaluation.measurements):
             m = next(m for m in evaluation.measurements if _beats_floor(m))
             return Evaluation(op, False, f"faster than the roofline floor twice ({m.candidate.p50_us:.2f} us against a "
                               f"floor of {m.roofline.floor_us:.2f} us at {m.key}): not a real result", stored.sha256,
                               impl, check="roofline", case=f"shape {m.shape} {m.dtype}")
+    if evaluation.accepted and any(_stalled(m) for m in evaluation.measurements):
+        evaluation = _without_stalls(judged(), evaluation.phases)  # timed again once, in a new worker
     if evaluation.accepted:  # the verdict the Triton backend requires before it serves this kernel
         KernelStore().put_verdict(stored.sha256, op, str(fingerprint(device_t)), {
             "provider": provider, "attempt_id": attempt_id,
@@ -184,6 +189,30 @@ def _evaluate(spec: OpSpec, source: str, stored, impl: str, payload: dict, execu
     if evaluation.accepted and record:
         (table or ScoreTable()).write(evaluation.records)
         evaluation.recorded = True
+    return evaluation
+
+
+def _stalled(m: Measurement) -> list:
+    """The implausible timings (`evaluate.plausible`) of one key's candidate and vendor."""
+    floor = m.roofline.floor_us if m.roofline is not None else None
+    return plausible.check({"candidate": m.candidate, "vendor": m.vendor}, floor)
+
+
+def _without_stalls(evaluation: Evaluation, phases: dict) -> Evaluation:
+    """A re-timed evaluation with the keys whose timings still look stalled moved to `skipped`
+    (with the numbers): no record is made of them, the others stand."""
+    evaluation.phases = phases
+    if not evaluation.accepted:
+        return evaluation
+    kept = []
+    for m in evaluation.measurements:
+        found = _stalled(m)
+        if found:
+            evaluation.skipped.append({"shape": list(m.shape), "dtype": m.dtype, "why": (
+                f"implausible timing at {m.key}, refused after one re-timing: " + "; ".join(map(str, found)))})
+        else:
+            kept.append(m)
+    evaluation.measurements = kept
     return evaluation
 
 

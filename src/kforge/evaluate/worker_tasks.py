@@ -25,6 +25,13 @@ def evaluate_stored(payload: dict[str, Any]) -> dict[str, Any]:
     """payload: op, sha256, source (the kernel's text, hashing to sha256), device, dtypes (names),
     seeds, secret_seed, verify_shapes (or None: the shapes of verify_sets, or of the spec's sets
     that fit the device), timing_shapes. Returns {"verdict": {...}, "timings": [...]}."""
+    from kforge.router import misses
+
+    with misses.uncounted():  # a reference or oracle that calls a routed op is kforge's call, not a user's
+        return _evaluate(payload)
+
+
+def _evaluate(payload: dict[str, Any]) -> dict[str, Any]:
     import torch
 
     from kforge.backends.launcher import cached_launcher

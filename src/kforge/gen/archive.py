@@ -22,7 +22,7 @@ from kforge.errors import KforgeError
 from kforge.files import atomic_write_json, read_json
 from kforge.records import check_op_name
 
-VERDICTS = ("accepted", "rejected", "error")
+VERDICTS = ("accepted", "rejected", "error", "duplicate", "not run")
 _ID = re.compile(r"[0-9]{8}T[0-9]{9}-[0-9a-f]{6}")  # Archive.new_id
 
 
@@ -50,7 +50,7 @@ class Attempt:
     response: str  # the provider's last answer
     source: str | None  # the extracted candidate source (None: no usable code)
     sha256: str | None
-    verdict: str  # accepted | rejected | error
+    verdict: str  # accepted | rejected | error | duplicate (of an attempt of the run) | not run (time budget)
     reason: str
     check: str | None
     case: str | None

@@ -17,6 +17,7 @@ from kforge.errors import UnknownNameError
 from kforge.userops.build import UntrustedCodeError, UserOpError
 from kforge.ops import get_spec
 from kforge.router import misses
+from kforge.specs import OpSpec
 
 
 @dataclasses.dataclass(frozen=True)
@@ -43,9 +44,26 @@ class Target:
                 "saving_us": self.saving_us}
 
 
+def spec_of(op: str) -> OpSpec | None:
+    """The spec of a logged op, None when this process cannot load it (a user op no longer persisted)."""
+    try:
+        return get_spec(op)  # a user op persisted under KFORGE_HOME loads here
+    except (UnknownNameError, UserOpError):
+        return None
+
+
+def outstanding(device: str | None = None, table=None) -> list[dict]:
+    """The miss log's entries (of the device whose fingerprint is `device`, or all) that the table
+    does not serve yet, most called first: the keys worth work."""
+    entries = [e for e in misses.read_all() if device is None or e.get("device") == device]
+    return misses.outstanding(entries, spec_of, table)
+
+
 def targets(device: str = "cpu", limit: int | None = None, table=None,
-            on_progress: Callable[[str], None] | None = None) -> list[Target]:
-    """The logged misses of `device`, most time to save first (at most `limit`)."""
+            on_progress: Callable[[str], None] | None = None, budget=None) -> list[Target]:
+    """The logged misses of `device` that the table does not serve yet, most time to save first
+    (at most `limit`). `budget` (a `gen.conclude.Budget`): checked before each vendor timing; once
+    it is spent the keys not yet timed are left out (most-called keys are timed first)."""
     from kforge.evaluate import roofline, timing
     from kforge.router.table import ScoreTable
 
@@ -55,12 +73,9 @@ def targets(device: str = "cpu", limit: int | None = None, table=None,
     ceilings = roofline.ceilings(dev)
     say = on_progress or (lambda message: None)
     found = []
-    for entry in misses.read_all():
-        if entry.get("device") != fp:
-            continue
-        try:
-            spec = get_spec(entry["op"])  # a user op persisted under KFORGE_HOME loads here
-        except (UnknownNameError, UserOpError):
+    for entry in outstanding(fp, table):
+        spec = spec_of(entry["op"])
+        if spec is None:
             continue
         problem = tuple(entry["shape"])
         shape = spec.shape_for(problem)
@@ -68,6 +83,10 @@ def targets(device: str = "cpu", limit: int | None = None, table=None,
         records = [r for r in table.records(fp, spec.name) if r.key.dtypes == entry["dtypes"] and r.key.shape == problem]
         if records:
             current, source = min(r.p50_us for r in records), "record"
+        elif budget is not None and budget.spent():
+            say(f"{budget.why()}: vendor not timed for {spec.name} {entry['dtypes']} {'x'.join(map(str, shape))}; "
+                "left out")
+            continue
         else:
             say(f"timing vendor for {spec.name} {entry['dtypes']} {'x'.join(map(str, shape))}")
             try:
@@ -75,7 +94,8 @@ def targets(device: str = "cpu", limit: int | None = None, table=None,
             except UntrustedCodeError:  # an op from an issue: its code runs only in sandboxed workers
                 say(f"{spec.name}: no record and its code may not run here: skipped")
                 continue
-            current, source = timing.measure({"vendor": spec.vendor}, args)["vendor"].p50_us, "vendor timed now"
+            with misses.uncounted():
+                current, source = timing.measure({"vendor": spec.vendor}, args)["vendor"].p50_us, "vendor timed now"
         floor = None
         if ceilings is not None:
             floor = roofline.floor_us(spec.bytes_moved(problem, dtype), spec.flops(problem, dtype), ceilings)

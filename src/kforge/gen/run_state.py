@@ -33,7 +33,9 @@ FIELDS: dict[str, tuple[type, ...]] = {
     "done": (dict,), "tried": (list,), "lineages": (list,), "feedback": (list,), "best": (dict,),
     "before": (dict, type(None)), "attempts": (int,), "accepted": (int,), "usage": (dict,),
     "elapsed_s": (int, float), "status": (str,), "started": (str,)}
-OPTIONAL: dict[str, tuple[type, ...]] = {"learned": (bool,)}  # absent in files of runs that never got there
+# Absent in files of runs that never got there, or written before the field existed.
+OPTIONAL: dict[str, tuple[type, ...]] = {"learned": (bool,), "evaluated": (dict,), "provider_errors": (list,),
+                                         "recorded": (int,), "unrecorded": (list,), "budget_stopped": (bool,)}
 
 
 class SearchError(KforgeError):
@@ -135,6 +137,11 @@ class RunState:
     status: str = ""  # "" while unfinished, else why it stopped
     started: str = ""  # ISO time, UTC
     learned: bool = False  # the knowledge file has this run's entries
+    evaluated: dict[str, str] = dataclasses.field(default_factory=dict)  # sha256 -> the attempt that evaluated it
+    provider_errors: list[str] = dataclasses.field(default_factory=list)  # one per attempt the provider failed
+    recorded: int = 0  # score-table records this run wrote
+    unrecorded: list[str] = dataclasses.field(default_factory=list)  # why accepted candidates wrote no record
+    budget_stopped: bool = False  # the time budget ended the run
 
     @classmethod
     def new(cls, op: str, device: str, dtypes, shapes, provider_name: str, model: str | None,
@@ -164,7 +171,9 @@ class RunState:
                 "best": {k: b.to_json() for k, b in self.best.items()},
                 "before": None if self.before is None else {k: b.to_json() for k, b in self.before.items()},
                 "attempts": self.attempts, "accepted": self.accepted, "usage": self.usage.to_json(),
-                "elapsed_s": self.elapsed_s, "status": self.status, "started": self.started, "learned": self.learned}
+                "elapsed_s": self.elapsed_s, "status": self.status, "started": self.started, "learned": self.learned,
+                "evaluated": dict(self.evaluated), "provider_errors": list(self.provider_errors),
+                "recorded": self.recorded, "unrecorded": list(self.unrecorded), "budget_stopped": self.budget_stopped}
 
     @classmethod
     def from_json(cls, data: Any, path) -> RunState:
@@ -182,7 +191,9 @@ class RunState:
                 parts[name] = read(data[name])
             except (TypeError, ValueError, AttributeError, KforgeError) as exc:
                 raise SearchError(f"{path}: field '{name}' does not hold a run's {name}: {exc}") from None
-        return cls(**parts, learned=data.get("learned", False))
+        defaults = {"learned": False, "evaluated": {}, "provider_errors": [], "recorded": 0, "unrecorded": [],
+                    "budget_stopped": False}
+        return cls(**parts, **{name: data.get(name, default) for name, default in defaults.items()})
 
     def save(self) -> None:
         atomic_write_json(state_path(self.run_id), self.to_json())

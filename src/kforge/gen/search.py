@@ -14,15 +14,16 @@ interrupted run loses nothing it proved. The state after every attempt is saved
 (`kforge.gen.run_state`); `run(..., resume=RUN_ID)` continues where it stopped.
 
 Stops at `rounds`, at the target (speedup over vendor, or fraction of the roofline on every key),
-at the token or time budget, or when the provider has nothing new to offer.
+at the token or time budget, or when the provider has nothing new to offer. The time budget is
+checked before every provider call and before every candidate's evaluation, not only between
+rounds; what was done is kept. A source this run evaluated already is archived as a duplicate, not
+evaluated again; `RunResult.failure` says why a run failed although it ran (`gen.conclude`).
 """
 from __future__ import annotations
 
 import concurrent.futures
 import dataclasses
-import datetime as _dt
 import hashlib
-import math
 import time
 from typing import Any, Callable, Sequence
 
@@ -30,14 +31,14 @@ import torch
 
 from kforge.device import fingerprint, installed_version
 from kforge.gen import extract, knowledge, prompt
-from kforge.gen.archive import Archive, Attempt
-from kforge.gen.run_state import KeyBefore, KeyBest, RunState, Settings, Variant
+from kforge.gen.archive import Archive
+from kforge.gen.conclude import NOT_RUN, Budget, conclude, failure, mark_duplicates
+from kforge.gen.run_state import KeyBefore, RunState, Settings, Variant
 from kforge.gen.types import (Completion, GenerationContext, Message, Provider, ProviderError, ProviderExhausted,
                               Role, Usage)
 from kforge.ops import get_spec
 from kforge.specs import OpSpec
 
-FEEDBACK_KEPT = 3  # failures shown to the next prompt
 
 
 @dataclasses.dataclass
@@ -52,10 +53,15 @@ class RunResult:
     keys: list[dict]  # per key: before and after (impl, p50), the winning attempt
     usage: Usage
     seconds: float
+    recorded: int = 0  # score-table records written
+    failure: str | None = None  # why the run failed (`conclude.failure`): the command exits non-zero
+    failures: list[str] = dataclasses.field(default_factory=list)  # the provider's errors, one per failed attempt
+    budget_stopped: bool = False  # the time budget ended it (what was done is kept)
 
     def to_json(self) -> dict:
         return {"run_id": self.run_id, "op": self.op, "status": self.status, "rounds_done": self.rounds_done,
-                "attempts": self.attempts, "accepted": self.accepted,
+                "attempts": self.attempts, "accepted": self.accepted, "recorded": self.recorded,
+                "failure": self.failure, "failures": self.failures, "budget_stopped": self.budget_stopped,
                 "best": None if self.best is None else {k: v for k, v in self.best.to_json().items() if k != "source"},
                 "keys": self.keys, "usage": self.usage.to_json(), "seconds": round(self.seconds, 1)}
 
@@ -87,10 +93,11 @@ def run(op: str, provider: Provider, settings: Settings = Settings(), *, device:
     executor = executor or LocalPoolExecutor()
     fp = str(fingerprint(torch.device(device)))
     started = time.monotonic() - state.elapsed_s
+    budget = Budget(started, settings.max_seconds)
     context = _PromptContext(spec, fp, device, dtypes, shapes)
     try:
         while state.round < settings.rounds and not state.status:
-            why = _should_stop(state, started)
+            why = _should_stop(state, budget)
             if why:
                 state.status = why
                 break
@@ -98,23 +105,28 @@ def run(op: str, provider: Provider, settings: Settings = Settings(), *, device:
             pending = [v for v in range(settings.variants) if f"{r}:{v}" not in state.done]
             proposals = []
             for v in pending:
+                if budget.spent():  # checked before every provider call: an LLM answer can take minutes
+                    break
                 step = f"round {r + 1}/{settings.rounds} variant {v + 1}/{settings.variants}: asking {provider.name}"
                 say(_progress_line(state, step))
                 proposals.append(_propose(provider, context, state, r, v))
-            if pending and all(p.exhausted for p in proposals):
+            if pending and proposals and all(p.exhausted for p in proposals):
                 state.status = f"the {provider.name} provider has no untried variant left"
+            mark_duplicates(proposals, state)
             say(_progress_line(state, f"round {r + 1}/{settings.rounds}: evaluating "
-                                                f"{sum(p.source is not None for p in proposals)} candidate(s)"))
+                                      f"{sum(p.source is not None and not p.duplicate for p in proposals)} candidate(s)"))
             for proposal, evaluation in _evaluate_all(proposals, spec, device, dtypes, shapes, executor, settings,
-                                                      provider.name):
-                _conclude(proposal, evaluation, state, archive, table, provider, model, r)
+                                                      provider.name, budget):
+                conclude(proposal, evaluation, state, archive, table, provider, model, r)
                 state.save()
+            if budget.spent() and not state.status:
+                state.status, state.budget_stopped = budget.why(), True
             if not state.status:
                 state.round = r + 1
             state.elapsed_s = time.monotonic() - started
             state.save()
         if not state.status:
-            state.status = _should_stop(state, started) or f"ran {settings.rounds} round(s)"
+            state.status = _should_stop(state, budget) or f"ran {settings.rounds} round(s)"
         state.elapsed_s = time.monotonic() - started
         state.save()
         _learn(state, spec, fp, provider, say)
@@ -136,6 +148,7 @@ class _Proposal:
     check: str | None = None
     problem: Any = None  # the last ExtractionError or static findings (for the next prompt's feedback)
     exhausted: bool = False  # the provider had nothing new (catalog)
+    duplicate: bool = False  # its source was evaluated before in this run (`conclude.mark_duplicates`)
 
     @property
     def usage(self) -> Usage:
@@ -200,15 +213,20 @@ def _propose(provider: Provider, ctx: _PromptContext, state: RunState, r: int, v
     return proposal
 
 
-def _evaluate_all(proposals, spec: OpSpec, device, dtypes, shapes, executor, settings, provider_name: str):
-    """(proposal, Evaluation | None) for each proposal, candidates evaluated in parallel."""
+def _evaluate_all(proposals, spec: OpSpec, device, dtypes, shapes, executor, settings, provider_name: str,
+                  budget: Budget):
+    """(proposal, Evaluation | None | NOT_RUN) for each proposal, candidates evaluated in parallel;
+    the budget is checked as each evaluation starts (NOT_RUN once it is spent)."""
     from kforge.evaluate.harness import evaluate_source
 
     def one(p: _Proposal):
-        if p.source is None:
+        if p.source is None or p.duplicate:
             return None
+        if budget.spent():
+            return NOT_RUN
         return evaluate_source(p.source, spec, device=device, dtypes=dtypes, timing_shapes=shapes,
-                               executor=executor, provider=provider_name, record=False, timeout_s=settings.timeout_s,
+                               executor=executor, provider=provider_name, record=False,
+                               timeout_s=budget.timeout(settings.timeout_s),
                                parent=None if p.parent is None else p.parent.sha256,
                                verify_shapes=settings.verify_shapes)
 
@@ -219,65 +237,8 @@ def _evaluate_all(proposals, spec: OpSpec, device, dtypes, shapes, executor, set
             yield p, f.result()
 
 
-def _conclude(p: _Proposal, evaluation, state: RunState, archive: Archive, table, provider: Provider,
-              model: str | None, r: int) -> None:
-    """Archive the attempt, update lineages, feedback and the best-per-key records."""
-    usage = p.usage
-    state.usage = state.usage + usage
-    sha = None if p.source is None else hashlib.sha256(p.source.encode()).hexdigest()
-    if sha:
-        state.tried = sorted(set(state.tried) | {sha})
-    if evaluation is None:
-        verdict, reason, check, case, measurements = "error" if p.check == "provider" else "rejected", p.error, p.check, None, []
-    else:
-        verdict, reason, check, case = evaluation.verdict, evaluation.reason, evaluation.check, evaluation.case
-        measurements = [m.to_json() for m in evaluation.measurements]
-    speedup = _geomean([m["speedup_vs_vendor"] for m in measurements]) if measurements else None
-    last = p.completions[-1] if p.completions else None
-    attempt = Attempt(
-        id=archive.new_id(), run_id=state.run_id, op=state.op, device=state.fingerprint, round=r,
-        variant=p.variant, parent=None if p.parent is None else p.parent.attempt_id,
-        parent_sha256=None if p.parent is None else p.parent.sha256, provider=provider.name,
-        model=(last.model if last else model) or provider.name, messages=[m.to_json() for m in p.messages],
-        response="" if last is None else last.text, source=p.source, sha256=sha, verdict=verdict, reason=reason or "",
-        check=check, case=case, measurements=measurements, best_speedup=speedup, usage=usage.to_json(),
-        latency_s=sum(c.latency_s for c in p.completions),
-        created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"))
-    archive.add(attempt)
-    state.done[f"{r}:{p.variant}"] = attempt.id
-    state.attempts += 1
-    if evaluation is None or not evaluation.accepted:
-        if evaluation is not None:
-            fb = prompt.feedback_from_evaluation(evaluation)
-        elif p.problem is not None:
-            fb = prompt.feedback_from_answer(p.problem)
-        else:
-            fb = None  # the provider failed: nothing for the next prompt to learn
-        if fb is not None:
-            state.feedback = (state.feedback + [fb])[-FEEDBACK_KEPT:]
-        return
-    state.accepted += 1
-    fractions = [m["roofline"]["fraction_of_ceiling"] for m in measurements if m.get("roofline")]
-    variant = Variant(sha, attempt.id, p.source, speedup or 0.0, min(fractions) if fractions else None, measurements)
-    lineages = sorted(state.lineages + [variant], key=lambda x: (-x.speedup, x.attempt_id))
-    state.lineages = lineages[:state.settings.top_k]
-    winning = []
-    for m in evaluation.measurements:
-        key = str(m.key)
-        best = state.best.get(key)
-        if best is None or m.candidate.p50_us < best.p50_us:
-            state.best[key] = KeyBest(m.candidate.p50_us, m.vendor.p50_us, evaluation.impl, attempt.id,
-                                      list(m.shape), m.dtype)
-            winning.append(m.key)
-    if winning and state.record:
-        # The harness returned every record of this evaluation; the run writes those of the keys
-        # where this variant is the best so far, tagged with the attempt the archive just gave it.
-        table.write([r if r.source_sha256 is None else dataclasses.replace(r, attempt_id=attempt.id)
-                     for r in evaluation.records if r.key in set(winning)])
-
-
 # -- helpers -------------------------------------------------------------------------------------
-def _should_stop(state: RunState, started: float) -> str:
+def _should_stop(state: RunState, budget: Budget) -> str:
     best, settings = state.leader, state.settings
     if best and settings.target_speedup is not None and best.speedup >= settings.target_speedup:
         return f"target reached: {best.speedup:.2f}x over vendor >= {settings.target_speedup}x"
@@ -287,14 +248,20 @@ def _should_stop(state: RunState, started: float) -> str:
     tokens = state.usage.input_tokens + state.usage.output_tokens
     if settings.max_tokens is not None and tokens >= settings.max_tokens:
         return f"token budget spent: {tokens} >= {settings.max_tokens}"
-    if settings.max_seconds is not None and time.monotonic() - started >= settings.max_seconds:
-        return f"time budget spent: {time.monotonic() - started:.0f} s >= {settings.max_seconds:.0f} s"
+    if budget.spent():
+        state.budget_stopped = True
+        return budget.why()
     return ""
 
 
 def _progress_line(state: RunState, what: str) -> str:
     best = state.leader
-    best_text = f"best {best.speedup:.2f}x vs vendor ({best.sha256[:12]})" if best else "no accepted kernel yet"
+    if best is None:
+        best_text = "no accepted kernel yet"
+    elif state.best:  # a speedup only where something was recorded: never "best 0.00x" for nothing
+        best_text = f"best {best.speedup:.2f}x vs vendor ({best.sha256[:12]})"
+    else:
+        best_text = "accepted, nothing recordable yet"
     usage = state.usage
     return (f"[{state.attempts} attempts, {state.accepted} accepted] {what} | {best_text}"
             + (f" | {usage.input_tokens + usage.output_tokens} tokens" if usage.input_tokens else ""))
@@ -302,11 +269,6 @@ def _progress_line(state: RunState, what: str) -> str:
 
 def _seed(run_id: str, r: int, v: int) -> int:
     return int.from_bytes(hashlib.sha256(f"{run_id}:{r}:{v}".encode()).digest()[:8], "little")
-
-
-def _geomean(values: Sequence[float]) -> float:
-    values = [v for v in values if v > 0 and math.isfinite(v)]
-    return math.exp(sum(math.log(v) for v in values) / len(values)) if values else 0.0
 
 
 def _default_dtypes(spec: OpSpec) -> list:
@@ -333,7 +295,7 @@ def _learn(state: RunState, spec: OpSpec, fp: str, provider: Provider, say: Call
     """Append what this run measured to the op's knowledge file (the best variant, scoped), and,
     when the provider can write one (`Provider.reflects`), its reflection on the run."""
     best = state.leader
-    if best is None or state.learned:
+    if best is None or state.learned or not state.best:  # nothing measured at a recordable key: nothing learned
         return
     triton_version = installed_version("triton") or "none"
     entry = knowledge.record_run(spec.name, gpu=_gpu_name(fp), dtypes=state.dtypes, shapes=state.shapes,
@@ -394,4 +356,6 @@ def _result(state: RunState) -> RunResult:
                      "after": {"impl": after[0], "p50_us": after[1]},
                      "winning_attempt": found.attempt_id if after[2] is found else None})
     return RunResult(state.run_id, state.op, state.status, state.round, state.attempts, state.accepted,
-                     state.leader, keys, state.usage, state.elapsed_s)
+                     state.leader if state.best else None, keys, state.usage, state.elapsed_s, recorded=state.recorded,
+                     failure=failure(state, state.provider), failures=list(state.provider_errors),
+                     budget_stopped=state.budget_stopped)

@@ -119,21 +119,18 @@ def sources_for(spec: OpSpec, store: KernelStore | None = None) -> list[tuple[st
     return out
 
 
-def keys_from_misses(device: str, *, limit: int | None = None, ops: Sequence[str] | None = None) -> list[TuneKey]:
-    """The keys `device`'s miss log holds (most called first, at most `limit`, of `ops` when given);
-    ops this process cannot resolve (a user op no longer persisted) are left out."""
-    from kforge.errors import UnknownNameError
-    from kforge.router import misses
-    from kforge.userops.build import UserOpError
+def keys_from_misses(device: str, *, limit: int | None = None, ops: Sequence[str] | None = None,
+                     table: ScoreTable | None = None) -> list[TuneKey]:
+    """The keys `device`'s miss log holds that the table does not serve yet (most called first, at
+    most `limit`, of `ops` when given); ops this process cannot resolve (a user op no longer
+    persisted) are left out."""
+    from kforge.gen.from_misses import outstanding, spec_of
 
     fp = str(fingerprint(torch.device(device)))
     out = []
-    for entry in misses.read_all():
-        if entry.get("device") != fp or (ops is not None and entry["op"] not in ops):
-            continue
-        try:
-            spec = get_spec(entry["op"])
-        except (UnknownNameError, UserOpError):
+    for entry in outstanding(fp, table):
+        spec = spec_of(entry["op"])
+        if spec is None or (ops is not None and entry["op"] not in ops):
             continue
         dtype = getattr(torch, entry["dtypes"].split(",")[0], None)
         if isinstance(dtype, torch.dtype):
@@ -175,7 +172,7 @@ def tune(keys: Iterable[TuneKey], *, device: str = "cpu", inductor: bool = True,
 
 
 def _tune(keys, device, inductor, candidates, record, max_seconds, executor, table, on_progress) -> TuneReport:
-    from kforge.evaluate.calibrate import calibrate
+    from kforge.evaluate.calibrate import ImplausibleTiming, calibrate
     from kforge.evaluate.harness import TIMEOUT_S, evaluate_source
 
     say = on_progress or (lambda message: None)
@@ -212,8 +209,14 @@ def _tune(keys, device, inductor, candidates, record, max_seconds, executor, tab
             done += 1
             say(f"[{done}/{steps}] {k}: calibrating {', '.join(backends)}")
             t0 = time.monotonic()
-            records = calibrate(spec, k.shape, dtype, device, backends=backends)
-            outcomes[k].calibrate_s = time.monotonic() - t0
+            try:
+                records = calibrate(spec, k.shape, dtype, device, backends=backends)
+            except ImplausibleTiming as exc:  # timed twice, stalled twice: nothing of it is recorded
+                outcomes[k].reason = str(exc)
+                say(f"    {exc}")
+                continue
+            finally:
+                outcomes[k].calibrate_s = time.monotonic() - t0
             _note(outcomes[k], records, record, table)
         for source, provider, origin in sources:
             sha = sha256_of(source)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import re
 from typing import Sequence
 
-from kforge.device import DeviceFingerprint
+from kforge.device import DeviceFingerprint, slug
 from kforge.errors import KforgeError
 from kforge.issues.form import FORM_VERSION, Goal, TargetGpu
 from kforge.issues.request import DTYPES, MAX_SHAPES, KernelRequest, known_ops
@@ -75,10 +75,24 @@ def request_from_misses(entries: Sequence[dict], op: str | None = None, limit: i
              "nothing usable.", "", "| shape | dtypes | calls | device |", "|---|---|---|---|"]
     lines += [f"| {'x'.join(map(str, shape))} | {e['dtypes']} | {_calls(e)} | {_device_name(e['device'])} |"
               for e, shape in used]
+    devices = sorted({e["device"] for e, _ in used})
+    lines += ["", f"Measured on {'this device' if len(devices) == 1 else 'these devices'} (the miss log's file "
+              "under `<KFORGE_HOME>/misses/`):"] + [f"- {_device_line(d)}" for d in devices]
     return KernelRequest(version=FORM_VERSION, op=op, new_op=op not in known_ops(), reference=None,
                          shapes=tuple(shapes), dtypes=tuple(e["dtypes"].split(",")[0] for e, _ in used),
                          gpu=gpus.pop() if len(gpus) == 1 else TargetGpu.ANY, goal=Goal.LATENCY,
                          tolerance=None, notes="\n".join(lines))
+
+
+def _device_line(device: str) -> str:
+    """"`cuda: NVIDIA H100 80GB HBM3` (sm90, torch 2.13, triton 3.5), log `<slug>.json`": what a
+    kernel for these misses must be verified on."""
+    try:
+        fp = DeviceFingerprint.parse(device)
+    except ValueError:
+        return f"`{_device_name(device)}`, log `{slug(device)}.json`"
+    return (f"`{_device_name(device)}` ({fp.capability}, torch {fp.torch}, triton {fp.triton}), "
+            f"log `{fp.slug}.json`")
 
 
 def _device_name(device: str) -> str:

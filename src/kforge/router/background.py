@@ -108,7 +108,7 @@ class Tuner:
         """Offer the keys `router` (the process's `Router`) served by vendor, with their calls."""
         try:
             with router.lock:
-                rows = [(d.key.device, name, d.key.dtypes.split(",")[0], op.spec.shape_for(d.key.shape), d.calls)
+                rows = [(d.key.device, name, d.key.dtypes.split(",")[0], op.spec.shape_for(d.key.shape), d.counted)
                         for name, op in router.ops.items() for d in op.all_decisions()
                         if d.kind.value in ("miss", "fallback") and d.key is not None]
             self.offer(rows)

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import atexit
 import collections
-import enum
 import logging
 import threading
 import time
@@ -23,6 +22,7 @@ from kforge.device import fingerprint
 from kforge.errors import KforgeInputError, KforgePinError, UnknownNameError
 from kforge.records import DispatchKey, Record
 from kforge.router import background, misses, pins
+from kforge.router.decision import COMPILED, LOGGED, PER_CALL as _PER_CALL, PINNED, Decision, Kind, Path, quiet_aware
 from kforge.router.calls import (all_contiguous, contiguous_outputs, grad_guard, grad_refusal, signature_fn,
                                  values_checked)
 from kforge.router.key import call_info, exact_indices, is_empty, nearest_shape, serving_shape
@@ -33,46 +33,6 @@ from kforge.specs import OpSpec
 log = logging.getLogger("kforge")
 
 CHECK_INTERVAL_S = 1.0
-
-
-class Kind(str, enum.Enum):
-    HIT = "hit"  # served by the best eligible table record (vendor included, if it won)
-    MISS = "miss"  # the table has no record for this key: vendor, logged for generation
-    FALLBACK = "fallback"  # records exist but none could serve (domain, failure): vendor, logged
-    PINNED = "pinned"  # forced by `kforge.use` or KFORGE_PIN
-    EMPTY = "empty"  # zero elements: nothing to compute, vendor returns the empty result
-
-
-class Decision:
-    __slots__ = ("fn", "impl", "kind", "key", "calls", "flushed", "reason", "retired")
-
-    def __init__(self, fn: Callable, impl: str, kind: Kind, key: DispatchKey | None, reason: str = ""):
-        self.fn = fn
-        self.impl = impl
-        self.kind = kind
-        self.key = key
-        self.calls = 0
-        self.flushed = 0  # calls already handed to the miss log
-        self.reason = reason
-        self.retired = False  # its counts moved to Router.retired
-
-
-class Path:
-    """The first element of a forced decision's cache key (`OpRouter.decisions`): a plain object, so
-    hashing the key per call costs a C-level identity hash (an Enum member's `__hash__` is Python)."""
-
-    __slots__ = ("name",)
-
-    def __init__(self, name: str):
-        self.name = name
-
-    def __repr__(self) -> str:
-        return f"Path.{self.name}"
-
-
-PINNED = Path("PINNED")  # `kforge.use` / KFORGE_PIN
-COMPILED = Path("COMPILED")  # chosen when a graph was compiled by the kforge backend
-_PER_CALL = object()  # a compiled decision: the compiled choice cannot serve this signature, route it
 
 
 class KforgeFallbackWarning(RuntimeWarning):
@@ -92,6 +52,7 @@ class Router:
         self.impls: dict[tuple, Implementation] = {}
         self.retired: collections.Counter = collections.Counter()  # (op, kind, impl) -> calls
         self.unflushed: dict[DispatchKey, list[int]] = {}  # key -> [misses, fallbacks]
+        self.layouts: dict[DispatchKey, set[misses.Layout]] = {}  # key -> call layouts that made it fall back
         self._atexit = False
         self._flushing = False
         self.tuner: background.Tuner | None = background.Tuner() if background.enabled() else None
@@ -128,10 +89,10 @@ class Router:
         """Keep a dropped decision's counts for stats and the miss log."""
         d.retired = True
         self.retired[(op, d.kind.value, d.impl)] += d.calls
-        if d.kind in (Kind.MISS, Kind.FALLBACK) and d.calls > d.flushed:
+        if d.kind in LOGGED and d.counted > d.flushed:
             counts = self.unflushed.setdefault(d.key, [0, 0])
-            counts[0 if d.kind is Kind.MISS else 1] += d.calls - d.flushed
-            d.flushed = d.calls
+            counts[0 if d.kind is Kind.MISS else 1] += d.counted - d.flushed
+            d.flushed = d.counted
 
     def _background_flush(self) -> None:
         try:
@@ -148,15 +109,15 @@ class Router:
             self.unflushed = {}
             for op in self.ops.values():
                 for d in op.all_decisions():
-                    if d.kind in (Kind.MISS, Kind.FALLBACK) and d.calls > d.flushed:
+                    if d.kind in LOGGED and d.counted > d.flushed:
                         m, f = counts.get(d.key, (0, 0))
-                        delta = d.calls - d.flushed
+                        delta = d.counted - d.flushed
                         counts[d.key] = (m + delta, f) if d.kind is Kind.MISS else (m, f + delta)
-                        d.flushed = d.calls
+                        d.flushed = d.counted
         if not counts:
             return []
         try:
-            return misses.merge(counts)
+            return misses.merge(counts, {k: set(self.layouts[k]) for k in counts if k in self.layouts})
         except Exception as exc:  # a full disk or a held lock must not break the user's program
             with self.lock:
                 for key, (m, f) in counts.items():
@@ -167,7 +128,10 @@ class Router:
             return []
 
     def note_miss(self, key: DispatchKey) -> None:
-        """A miss seen when a graph was compiled (no call ran): queued for the miss log."""
+        """A miss seen when a graph was compiled (no call ran): queued for the miss log, unless
+        the graph was compiled under `misses.uncounted()`."""
+        if misses.uncounted_active():
+            return
         with self.lock:
             self.unflushed.setdefault(key, [0, 0])[0] += 1
 
@@ -319,6 +283,8 @@ class OpRouter:
                 d.fn = contiguous_outputs(d.fn)
             if d is not _PER_CALL:
                 d.fn = values_checked(d.fn, spec, args)
+                if d.kind in LOGGED:
+                    quiet_aware(d)
             self.decisions[key] = d
             return d
 
@@ -349,6 +315,9 @@ class OpRouter:
             return Decision(fn, impl.id, Kind.HIT, call.key)
         if ranking.rejected or any(key == call.key for key, _ in self.router.disabled):
             reasons = "; ".join(f"{r.impl}: {why}" for r, why in ranking.rejected)
+            layout = misses.layout_blamed(spec, records, call, self.router.disabled)
+            if layout is not None:
+                self.router.layouts.setdefault(call.key, set()).add(layout)
             return Decision(spec.vendor, "vendor", Kind.FALLBACK, call.key, reasons or "switched off")
         return Decision(spec.vendor, "vendor", Kind.MISS, call.key)
 
@@ -412,7 +381,8 @@ class OpRouter:
             for s in stale:
                 self.router.retire(self.decisions.pop(s), spec.name)
             self.router.retired[(spec.name, Kind.FALLBACK.value, "vendor")] += 1
-            self.router.unflushed.setdefault(d.key, [0, 0])[1] += 1
+            if not misses.uncounted_active():
+                self.router.unflushed.setdefault(d.key, [0, 0])[1] += 1
         return spec.vendor(*args)
 
     def uncount(self, d: Decision) -> None:
@@ -437,6 +407,7 @@ def reset(table: ScoreTable | None = None) -> Router:
         ROUTER.impls.clear()
         ROUTER.retired.clear()
         ROUTER.unflushed.clear()
+        ROUTER.layouts.clear()
         ROUTER.next_check = 0.0
         for op in ROUTER.ops.values():
             op.decisions.clear()

@@ -4,21 +4,47 @@ Counting is one integer increment on the call's cached decision; the router hand
 over here when it flushes (at exit, on `kforge.flush()`, and at most every `FLUSH_INTERVAL_S`
 seconds from its periodic check), so the hot path never touches the disk. The log lives at
 `<home>/misses/<device slug>.json`; entries accumulate across processes.
+
+Calls made under `uncounted()` (kforge's own timing loops: demo, calibrate, tune, generate) are
+served and shown in `kforge.stats()` but never reach the log: a miss is a call a user made.
 """
 from __future__ import annotations
 
+import contextlib
+import contextvars
+import dataclasses
 import datetime as _dt
 import warnings
+from typing import Callable, Iterator
 from pathlib import Path
 
 from kforge import paths
 from kforge.device import slug
-from kforge.records import DispatchKey, op_name_problem
+from kforge.records import CallInfo, DispatchKey, Record, op_name_problem
 from kforge.files import atomic_write_json, file_state, lock_for, move_aside, read_json
+from kforge.router.policy import rank
+from kforge.specs import OpSpec
 
 FLUSH_INTERVAL_S = 30.0
 KIND = "kforge-miss-log"
 VERSION = 1
+
+
+# A ContextVar, not a global: each thread starts with its own (unset) value, and each asyncio task
+# with a copy of its creator's, so one thread's or task's timing loop never hides another's misses.
+_UNCOUNTED: contextvars.ContextVar[bool] = contextvars.ContextVar("kforge_uncounted", default=False)
+uncounted_active = _UNCOUNTED.get  # read by the router on the miss path only, never on a hit
+
+
+@contextlib.contextmanager
+def uncounted() -> Iterator[None]:
+    """Routed calls in this block (this thread, this task) that miss the table are served as
+    usual and counted in `kforge.stats()`, but are not written to the miss log. Nests."""
+    token = _UNCOUNTED.set(True)
+    try:
+        yield
+    finally:
+        _UNCOUNTED.reset(token)
 
 
 def _now() -> str:
@@ -40,9 +66,27 @@ def _entries(data) -> list[dict]:
     for e in entries:
         if not (isinstance(e, dict) and op_name_problem(e.get("op")) is None and isinstance(e.get("dtypes"), str)
                 and isinstance(e.get("shape"), list) and all(_count(d) for d in e["shape"])
-                and _count(e.get("misses")) and _count(e.get("fallbacks"))):
+                and _count(e.get("misses")) and _count(e.get("fallbacks")) and _layouts_ok(e.get("layouts", []))):
             raise ValueError(f"an entry is not a miss-log entry: {str(e)[:80]}")
     return entries
+
+
+def _layouts_ok(layouts) -> bool:
+    return isinstance(layouts, list) and all(
+        isinstance(x, dict) and set(x) == {"contiguous", "aligned"} and isinstance(x["contiguous"], bool)
+        and x["aligned"] in (1, 2, 4, 8, 16) and not isinstance(x["aligned"], bool) for x in layouts)
+
+
+Layout = tuple[bool, int]  # (contiguous, alignment in bytes) of a call's tensors
+
+
+def layout_blamed(spec: OpSpec, records: list[Record], call: CallInfo, disabled=frozenset()) -> Layout | None:
+    """The call's layout when it is what kept the table's records from serving it (the same call,
+    contiguous and 16-byte aligned, would be served), else None. Cold path: fallbacks only."""
+    if call.contiguous and call.aligned >= 16:
+        return None
+    plain = dataclasses.replace(call, contiguous=True, aligned=16)
+    return (call.contiguous, call.aligned) if rank(spec, records, plain, disabled).eligible else None
 
 
 def _count(value) -> bool:
@@ -64,8 +108,10 @@ def _load(path: Path) -> dict:
         return {}
 
 
-def merge(counts: dict[DispatchKey, tuple[int, int]]) -> list[Path]:
-    """Add `counts` ({key: (misses, fallbacks)}) to the on-disk logs of their devices."""
+def merge(counts: dict[DispatchKey, tuple[int, int]], layouts: dict[DispatchKey, set[Layout]] | None = None) -> list[Path]:
+    """Add `counts` ({key: (misses, fallbacks)}) to the on-disk logs of their devices; `layouts`:
+    per key, the call layouts that made it fall back (`layout_blamed`), kept in the entry."""
+    layouts = layouts or {}
     by_device: dict[str, dict] = {}
     for key, value in counts.items():
         by_device.setdefault(key.device, {})[key] = value
@@ -82,6 +128,9 @@ def merge(counts: dict[DispatchKey, tuple[int, int]]) -> list[Path]:
                 entry["misses"] += misses
                 entry["fallbacks"] += fallbacks
                 entry["last_seen"] = now
+                if layouts.get(key):
+                    seen = {(x["contiguous"], x["aligned"]) for x in entry.get("layouts", [])} | layouts[key]
+                    entry["layouts"] = [{"contiguous": c, "aligned": a} for c, a in sorted(seen)]
             atomic_write_json(path, {"kind": KIND, "version": VERSION, "device": device,
                                      "entries": sorted(entries.values(), key=lambda e: -(e["misses"] + e["fallbacks"]))})
         written.append(path)
@@ -103,3 +152,46 @@ def read_all() -> list[dict]:
             out.append({**entry, "device": device if isinstance(device, str) else "?"})
     out.sort(key=lambda e: -(e["misses"] + e["fallbacks"]))
     return out
+
+
+def served(entry: dict, spec: OpSpec, records: list[Record]) -> bool:
+    """Whether `records` (the table's, for the entry's device and op) now serve the entry's key:
+    a contiguous, aligned call of it, and every layout the entry says made it fall back, would be
+    routed to a record. Ranked as on the entry's own device (`rank(here=False)`)."""
+    key = DispatchKey(entry["op"], entry["device"], entry["dtypes"], tuple(entry["shape"]))
+    layouts = [(x["contiguous"], x["aligned"]) for x in entry.get("layouts", [])]
+    return all(rank(spec, records, CallInfo(key, contiguous, aligned, False), here=False).eligible
+               for contiguous, aligned in [(True, 16)] + layouts)
+
+
+def annotate(entries: list[dict], spec_of: Callable[[str], OpSpec | None], table=None) -> list[dict]:
+    """`entries` (from `read_all`), each with `now_served`: True when the current table routes its
+    key to a record (`served`). `spec_of(op)`: the op's spec, None for an op this process cannot
+    load (its entries stay outstanding). `table`: a `ScoreTable` (default: the layered one)."""
+    if table is None:
+        from kforge.router.table import ScoreTable
+
+        table = ScoreTable()
+    shards: dict[tuple[str, str], list[Record]] = {}
+    out = []
+    for entry in entries:
+        spec = spec_of(entry["op"])
+        now = False
+        if spec is not None:
+            where = (entry["device"], entry["op"])
+            if where not in shards:
+                try:
+                    shards[where] = table.records(*where)
+                except Exception:  # an unreadable table serves nothing: the entry stays outstanding
+                    shards[where] = []
+            now = served(entry, spec, shards[where])
+        out.append({**entry, "now_served": now})
+    return out
+
+
+def outstanding(entries: list[dict], spec_of: Callable[[str], OpSpec | None], table=None) -> list[dict]:
+    """The entries whose keys the current table still does not serve (see `annotate`): what
+    `kforge misses`, `generate --from-misses` and `tune --from-misses` work on. Entries keep their
+    order and fields (without `now_served`)."""
+    return [{k: v for k, v in e.items() if k != "now_served"}
+            for e in annotate(entries, spec_of, table) if not e["now_served"]]
