@@ -44,12 +44,14 @@ import fnmatch
 import json
 import os
 import select
-import signal
 import subprocess
 import sys
 import threading
 import time
 from typing import Any, Iterable, Mapping
+
+from kforge.evaluate.procs import (OUTPUT_TAIL, POLL_S, STOP_WAIT_S, _child_pid, _drain, _exit_code,  # noqa: F401
+                                   _exited, _send, _signal_name, _stop, _tail, _tree_rss_mb)
 
 DEFAULT_ALLOW: tuple[str, ...] = (
     "PATH", "HOME", "USER", "LOGNAME", "SHELL", "LANG", "LANGUAGE", "LC_*", "TZ", "TERM",
@@ -65,10 +67,7 @@ DEFAULT_CPU_MEMORY_MB = 4096
 DEFAULT_GPU_RSS_MB = 16384
 DEFAULT_DEVICE_MEMORY_FRACTION = 0.5
 RESULT_CAP = 16 << 20  # bytes of result JSON the coordinator reads from a worker
-OUTPUT_TAIL = 8000  # characters of the worker's stdout and stderr kept in an outcome
-POLL_S = 0.01
 RSS_EVERY_S = 0.1
-STOP_WAIT_S = 5.0  # for the sandbox's PID namespace to be torn down after its init is killed
 IN_SANDBOX = "KFORGE_IN_SANDBOX"
 WORKER_FILE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "sandbox_worker.py")
 _BOOTSTRAP = """
@@ -423,107 +422,3 @@ def _redacted(outcome: WorkerOutcome, secrets: Mapping[str, str] | None) -> Work
     data = outcome.to_json()
     fields = {name: data[name] for name in ("value", "error", "traceback", "stdout", "stderr")}
     return dataclasses.replace(outcome, **redact_data(fields, extra=secrets))
-
-
-def _send(fd: int, data: bytes) -> None:
-    try:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view):]
-    except OSError:
-        pass  # the worker died before reading its task: its outcome says so
-    finally:
-        os.close(fd)
-
-
-def _drain(fd: int, limit: int) -> bytes:
-    """What is already in the pipe (non-blocking: a process the worker forked may hold it open)."""
-    out = bytearray()
-    while len(out) < limit and select.select([fd], [], [], 0)[0]:
-        chunk = os.read(fd, 1 << 16)
-        if not chunk:
-            break
-        out += chunk
-    return bytes(out)
-
-
-def _child_pid(info: bytes) -> int | None:
-    try:
-        return int(json.loads(info.decode())["child-pid"])
-    except (ValueError, KeyError, TypeError, UnicodeDecodeError):
-        return None
-
-
-def _stop(proc: subprocess.Popen, ns_init: int | None) -> None:
-    """Kill everything the worker started. Under bwrap, killing the PID namespace's init kills the
-    whole namespace (setsid daemons included); bwrap reaps it only once the namespace is empty, so
-    its exit means nothing of the worker is left. Then the process group, for the plain case."""
-    if ns_init is not None and not _exited(proc):
-        try:
-            os.kill(ns_init, signal.SIGKILL)
-        except (ProcessLookupError, PermissionError):
-            pass
-        deadline = time.monotonic() + STOP_WAIT_S
-        while not _exited(proc) and time.monotonic() < deadline:
-            time.sleep(POLL_S)
-    try:
-        os.killpg(proc.pid, signal.SIGKILL)
-    except (ProcessLookupError, PermissionError):
-        pass
-
-
-def _exited(proc: subprocess.Popen) -> bool:
-    if hasattr(os, "waitid"):
-        # WNOWAIT leaves the worker a zombie until the group is killed, so its pid (the group id)
-        # cannot pass to another process meanwhile.
-        return os.waitid(os.P_PID, proc.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None
-    return proc.poll() is not None  # pragma: no cover - platforms without waitid
-
-
-def _exit_code(code: int, via_bwrap: bool) -> int:
-    # bwrap exits 128 + N when its command died of signal N.
-    if via_bwrap and 128 < code < 128 + 65:
-        return -(code - 128)
-    return code
-
-
-def _tree_rss_mb(root: int) -> float:
-    """Resident memory of `root` and all its descendants (a worker that forks is counted whole)."""
-    parents, rss = {}, {}
-    page = os.sysconf("SC_PAGE_SIZE")
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat") as f:
-                fields = f.read().rsplit(")", 1)[1].split()
-            parents[int(entry)] = int(fields[1])
-            rss[int(entry)] = int(fields[21]) * page
-        except (OSError, ValueError, IndexError):
-            continue
-    total, frontier = rss.get(root, 0), [root]
-    while frontier:
-        current = frontier.pop()
-        for pid, parent in parents.items():
-            if parent == current:
-                total += rss.get(pid, 0)
-                frontier.append(pid)
-    return total / 2**20
-
-
-def _tail(path: str) -> str:
-    try:
-        with open(path, "rb") as f:
-            f.seek(0, os.SEEK_END)
-            f.seek(max(0, f.tell() - OUTPUT_TAIL))
-            return f.read().decode("utf-8", "replace")
-    except OSError:
-        return ""
-
-
-def _signal_name(number: int) -> str:
-    try:
-        return f"{signal.Signals(number).name} ({number})"
-    except ValueError:
-        return str(number)
-

@@ -68,13 +68,13 @@ def worker_main(result_fd: int, preload: str = "") -> None:
     os._exit(0)  # no interpreter teardown: a poisoned CUDA context can hang or crash in it
 
 
-def _preload(spec: dict) -> None:
+def _preload(plan: dict) -> None:
     """Import what the spare's task will need. A module that fails here is left for the task's own
     import to report, with its traceback, as a cold worker would."""
     import importlib
 
-    sys.path.extend(p for p in spec.get("sys_path", ()) if p not in sys.path)
-    for name in spec.get("modules", ()):
+    sys.path.extend(p for p in plan.get("sys_path", ()) if p not in sys.path)
+    for name in plan.get("modules", ()):
         try:
             importlib.import_module(name)
         except BaseException:  # noqa: BLE001 - the task reports it
