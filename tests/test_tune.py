@@ -94,7 +94,7 @@ def test_the_time_budget_stops_between_candidates_and_keeps_what_was_done(monkey
     assert report.stopped.startswith("time budget spent: 200 s >= 150 s")
     assert {tuple(k.problem) for k in report.keys} == {(3, 40), (2, 77)}
     for k in report.keys:  # the calibrations done before the budget ran out stay recorded and routed
-        assert k.recorded == ["vendor"] and k.routed == "vendor"
+        assert k.recorded == ["vendor"] and k.routed == "vendor", k.reason
         assert set(records_at("softmax", k.problem)) == {"vendor"}
 
 

@@ -8,7 +8,10 @@ would have been served (or have lost) on the strength of a number nothing can re
 each sized so that honest timings sit one to two orders of magnitude inside it:
   - SPREAD (every implementation): p80 > `SPREAD_LIMIT` x p20. The samples of one timing run
     disagree 20-fold: part of the run stalled. An honest run's p80/p20 is near 1 on CUDA events
-    and graph replays; CPU batches drift with the machine's load, by a few times, never 20.
+    and graph replays. CPU batches drift with the machine's load: on a 2-core runner shared by
+    the test workers and their sandboxes a tiny op's p80/p20 passed 20 (test_tune failed once
+    under that load, alone it passes), so CPU wall timings get `SPREAD_LIMIT_CPU` (100x; the
+    stalls this rule is for were 1000x and more).
   - PEERS (built-in implementations: vendor, inductor): p50 > `PEER_LIMIT` x the fastest other
     implementation's p50 at the same key in the same run. Vendor and Inductor compute the same op
     with mature code; 100x between them is a stall (5390 us against 5 us is 1078x). A candidate
@@ -27,6 +30,7 @@ from typing import Mapping
 from kforge.evaluate.timing import Timing
 
 SPREAD_LIMIT = 20.0
+SPREAD_LIMIT_CPU = 100.0
 PEER_LIMIT = 100.0
 FLOOR_LIMIT = 100.0
 LAUNCH_US = 5.0  # a launch-bound CUDA kernel's device time with the L2 flushed: a few microseconds
@@ -66,8 +70,9 @@ def check(timings: Mapping[str, Timing], floor_us: float | None = None) -> list[
 
 
 def _why(impl: str, t: Timing, timings: Mapping[str, Timing], floor_us: float | None) -> str:
-    if t.p20_us > 0 and t.p80_us > SPREAD_LIMIT * t.p20_us:
-        return f"its samples spread {t.p80_us / t.p20_us:.0f}x (p80/p20 > {SPREAD_LIMIT:g}): the run stalled"
+    limit = SPREAD_LIMIT_CPU if t.kind == "cpu_wall" else SPREAD_LIMIT
+    if t.p20_us > 0 and t.p80_us > limit * t.p20_us:
+        return f"its samples spread {t.p80_us / t.p20_us:.0f}x (p80/p20 > {limit:g}): the run stalled"
     if not _builtin(impl):
         return ""
     peers = [(other, o.p50_us) for other, o in timings.items() if other != impl and o.p50_us > 0]
