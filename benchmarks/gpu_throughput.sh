@@ -4,14 +4,7 @@
 #   env: KEYS (--key arguments), UNSEEN (benchmarks/unseen.py arguments, empty skips)
 #   carry: .deb (bubblewrap_*.deb and lib/ with libselinux, libcap, libpcre2), .whl (platformdirs)
 set -uo pipefail
-export PYTHONUNBUFFERED=1 PYTHONPATH="$PWD/src"
-OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
-python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site .whl/*.whl \
-  && export PYTHONPATH="$PYTHONPATH:/tmp/site"
-mkdir -p /tmp/bw/bin && dpkg -x .deb/bubblewrap_*.deb /tmp/bw/root
-printf '#!/bin/sh\nLD_LIBRARY_PATH=%s exec %s "$@"\n' "$PWD/.deb/lib" /tmp/bw/root/usr/bin/bwrap > /tmp/bw/bin/bwrap
-chmod +x /tmp/bw/bin/bwrap; export PATH="/tmp/bw/bin:$PATH"
-nvidia-smi --query-gpu=name,driver_version --format=csv,noheader
+source benchmarks/gpu_setup.sh
 KFORGE_HOME=/tmp/kforge-doctor python3 -m kforge doctor 2>&1 | grep -i -A1 isolation | head -2
 python3 benchmarks/throughput.py $KEYS --out "$OUT/throughput.json" --timeout ${TUNE_TIMEOUT:-300}
 if [ -n "${UNSEEN:-}" ]; then

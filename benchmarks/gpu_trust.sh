@@ -6,14 +6,8 @@
 #        GPU_TESTS (pytest node ids to run first), TESTS_TIMEOUT (s), SHARD (K/N of the corpus), ONLY (corpus names), ADV_TIMEOUT (s)
 #   carry: .deb (bubblewrap_*.deb and lib/ with libselinux, libcap, libpcre2 from a Debian 12 host), .whl (platformdirs)
 set -uo pipefail
-export PYTHONUNBUFFERED=1 KFORGE_HOME=/tmp/kforge-home PYTHONPATH="$PWD/src"
-OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
-python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site .whl/*.whl \
-  && export PYTHONPATH="$PYTHONPATH:/tmp/site"
-mkdir -p /tmp/bw/bin && dpkg -x .deb/bubblewrap_*.deb /tmp/bw/root
-printf '#!/bin/sh\nLD_LIBRARY_PATH=%s exec %s "$@"\n' "$PWD/.deb/lib" /tmp/bw/root/usr/bin/bwrap > /tmp/bw/bin/bwrap
-chmod +x /tmp/bw/bin/bwrap; export PATH="/tmp/bw/bin:$PATH"
-nvidia-smi --query-gpu=name,driver_version --format=csv,noheader
+export KFORGE_HOME=/tmp/kforge-home
+source benchmarks/gpu_setup.sh
 bwrap --ro-bind / / --dev /dev --unshare-all --die-with-parent true && echo "bwrap runs"
 python3 -m kforge.cli.main doctor 2>&1 | grep -i -A4 isolation | head -8
 [ "${ISO_N:-8}" != 0 ] && timeout 150 python3 benchmarks/isolation_cost.py --device cuda --n ${ISO_N:-8} --out "$OUT/isolation-cost-gpu.json" 2>&1 | tail -8

@@ -4,14 +4,8 @@
 #   env: GPU_TESTS (pytest args, empty skips), TUNE_KEYS (--key arguments, empty skips), UNSEEN (unseen.py arguments, empty skips)
 #   carry: .deb (bubblewrap_*.deb and lib/), .whl (pure-Python wheels the image lacks)
 set -uo pipefail
-export PYTHONUNBUFFERED=1 KFORGE_HOME=/tmp/kforge-home PYTHONPATH="$PWD/src"
-OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
-python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site .whl/*.whl \
-  && export PYTHONPATH="$PYTHONPATH:/tmp/site"
-mkdir -p /tmp/bw/bin && dpkg -x .deb/bubblewrap_*.deb /tmp/bw/root
-printf '#!/bin/sh\nLD_LIBRARY_PATH=%s exec %s "$@"\n' "$PWD/.deb/lib" /tmp/bw/root/usr/bin/bwrap > /tmp/bw/bin/bwrap
-chmod +x /tmp/bw/bin/bwrap; export PATH="/tmp/bw/bin:$PATH"
-nvidia-smi --query-gpu=name,driver_version --format=csv,noheader
+export KFORGE_HOME=/tmp/kforge-home
+source benchmarks/gpu_setup.sh
 python3 -m kforge.cli.main doctor 2>&1 | grep -i -A2 isolation | head -4
 [ -n "${GPU_TESTS:-}" ] && timeout ${TESTS_TIMEOUT:-150} python3 -m pytest -q -p no:cacheprovider $GPU_TESTS 2>&1 | tail -15
 if [ -n "${TUNE_KEYS:-}" ]; then
