@@ -244,4 +244,7 @@ def spare_probe(payload):
             f.write("compiled")
     if payload.get("peek"):
         found["peek_visible"] = os.path.exists(payload["peek"])
+    if payload.get("list_after"):  # what of the scratch dirs is visible once others started beside it
+        time.sleep(payload["list_after"]["seconds"])
+        found["listed"] = sorted(os.listdir(payload["list_after"]["dir"]))
     return found

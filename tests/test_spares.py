@@ -144,3 +144,31 @@ def test_warm_up_starts_a_spare_the_first_matching_task_takes():
         (first,) = pool.map([Task("sandbox_tasks:returns", {}, 30, trusted=True)])
         assert first.ok and pool.spares.taken == 1
     assert pool.spares.idle() == 0  # closed with the pool
+
+
+def test_a_spare_warmed_for_trusted_code_is_never_given_to_untrusted_code():
+    """Its launch mounts the seeds' shared compile cache: an untrusted task starts its own worker."""
+    with LocalPoolExecutor([], workers=1, warm=True) as pool:
+        pool.warm_up(trusted=True)
+        time.sleep(0.2)
+        (other,) = pool.map([Task("sandbox_tasks:spare_probe", {}, 30)])
+        assert other.ok and pool.spares.taken == 0
+    assert "trusted-workers" not in other.value["triton_cache"]
+
+
+@pytest.mark.skipif(isolation.probe().level is not isolation.Level.BWRAP, reason="needs bwrap")
+def test_a_running_task_cannot_see_the_spare_started_beside_it():
+    """The next task's spare starts while this task runs; under bwrap this task sees its own scratch
+    dir in the sandbox base and nothing of the spare's."""
+    base = isolation.scratch_base()
+    spares = Spares(preload=())
+    try:
+        out = run_isolated("sandbox_tasks:spare_probe", {"list_after": {"seconds": 0.5, "dir": base}},
+                           timeout_s=30, spares=spares)
+        assert spares.idle() == 1
+        (spare,) = [w for ws in spares._idle.values() for w in ws]
+    finally:
+        spares.close()
+    assert out.ok, out.error
+    assert os.path.basename(spare.scratch.root) not in out.value["listed"]
+    assert len(out.value["listed"]) == 1  # its own

@@ -168,7 +168,7 @@ class LocalPoolExecutor(Executor):
                                     env=None if slot is None else {"CUDA_VISIBLE_DEVICES": slot},
                                     device_memory_mb=task.device_memory_mb, secrets=task.secrets,
                                     trusted=task.trusted, spares=self.spares,
-                                    shared_cache=_shared_cache() if task.trusted and self.share_cache else None)
+                                    shared_cache=self._cache_for(task.trusted))
             except SandboxUnavailable:
                 raise  # the machine's set-up, not the task: the caller says what to install
             except Exception as exc:  # the coordinator's side failed (no process could start, ...)
@@ -187,9 +187,13 @@ class LocalPoolExecutor(Executor):
                 self.spares.refill(launch_for("a warm-up worker", cuda=slot is not None, env_allow=self.env_allow,
                                               env=None if slot is None else {"CUDA_VISIBLE_DEVICES": slot},
                                               sys_path=list(sys.path), trusted=trusted,
-                                              shared_cache=_shared_cache() if trusted and self.share_cache else None))
+                                              shared_cache=self._cache_for(trusted)))
             except SandboxUnavailable:
                 return  # the first task says why, as without a spare
+
+    def _cache_for(self, trusted: bool) -> str | None:
+        """The compile cache a task's worker shares with others: trusted code only."""
+        return _shared_cache() if trusted and self.share_cache else None
 
     def close(self) -> None:
         self._pool.shutdown(wait=True)
@@ -199,9 +203,9 @@ class LocalPoolExecutor(Executor):
 
 def _warm(warm: bool | None, gpus: bool) -> bool:
     """`warm` when given; else KFORGE_WARM_WORKERS when set; else on for GPU slots only."""
-    env = os.environ.get(WARM_ENV, "").strip().lower()
     if warm is not None:
         return warm
+    env = os.environ.get(WARM_ENV, "").strip().lower()
     if env in ("0", "false", "no", "1", "true", "yes"):
         return env in ("1", "true", "yes")
     return gpus
