@@ -211,10 +211,19 @@ def test_demo_routes_and_verifies_without_compiling(kforge_home, capsys):
     logged = json.loads(out)["entries"]
     # One real call per dtype at the shape with no record; the demo's timing loops are not logged,
     # and generate has since recorded the key (vendor, at least), so it is no longer outstanding.
+    # The one exception is by design: a key whose timing stalled twice on a loaded machine
+    # (`evaluate.plausible`) gets no record, the run names it with why, and the call after
+    # generate is a second miss (seen once on a 2-core CI runner).
+    (run,) = result["generated"]
+    stalled = {k["dtype"] for k in run["unrecorded_keys"] if "implausible timing" in k["why"]}
+    assert {k["dtype"] for k in run["unrecorded_keys"]} == stalled, (run["unrecorded_keys"], proc.stderr)
     assert sorted((e["op"], tuple(e["shape"]), e["dtypes"], e["misses"], e["now_served"]) for e in logged) == [
-        ("softmax", (8, 1000), "bfloat16", 1, True), ("softmax", (8, 1000), "float32", 1, True)]
+        ("softmax", (8, 1000), d, 2 if d in stalled else 1, d not in stalled) for d in ("bfloat16", "float32")
+    ], proc.stderr
+    after = {r["dtypes"]: r for r in result["routes"] if r["case"] == "after generate"}
+    assert all((after[d]["kind"] == "miss") == (d in stalled) and after[d]["verified"] for d in after)
     rc, out, _ = run_main(capsys, "misses", "--json")
-    assert json.loads(out)["entries"] == []
+    assert sorted(e["dtypes"] for e in json.loads(out)["entries"]) == sorted(stalled)
     assert "calibrated softmax" in proc.stderr  # progress on stderr, JSON alone on stdout
 
 

@@ -43,9 +43,9 @@ class FakeHarness:
     """Stands in for `harness.evaluate_source`: counts the sources it is given and accepts each,
     with a record at KEY unless `records=False`; `sleep_s` per evaluation."""
 
-    def __init__(self, records: bool = True, sleep_s: float = 0.0):
+    def __init__(self, records: bool = True, sleep_s: float = 0.0, stalled: tuple[int, ...] | None = None):
         self.sources: list[str] = []
-        self.records, self.sleep_s = records, sleep_s
+        self.records, self.sleep_s, self.stalled = records, sleep_s, stalled
 
     def __call__(self, source, spec, **kwargs):
         self.sources.append(source)
@@ -53,9 +53,13 @@ class FakeHarness:
         m = Measurement(SHAPE, "float32", KEY, timing(2.0), timing(3.0), None)
         impl = f"triton:fake{len(self.sources)}"
         records = [make_record(problem=SHAPE, impl=impl, p50=2.0), make_record(problem=SHAPE, impl="vendor", p50=3.0)]
-        return Evaluation("rms_norm", True, "", sha256="f" * 64, impl=impl, measurements=[m],
-                          evidence=Evidence(("float32,float32",), (SHAPE,), (0,), 0.1),
-                          records=records if self.records else [])
+        evaluation = Evaluation("rms_norm", True, "", sha256="f" * 64, impl=impl, measurements=[m],
+                                evidence=Evidence(("float32,float32",), (SHAPE,), (0,), 0.1),
+                                records=records if self.records else [])
+        if self.stalled:  # as the harness reports a key whose timing stalled twice (`_without_stalls`)
+            evaluation.skipped.append({"shape": list(self.stalled), "dtype": "float32",
+                                       "why": "implausible timing at ..., refused after one re-timing: stalled"})
+        return evaluation
 
 
 @pytest.fixture
@@ -186,6 +190,29 @@ def test_a_run_that_recorded_its_result_succeeds_and_reports_what_it_wrote(capsy
     assert rc == 0 and run_json["failure"] is None and run_json["recorded"] == 2
     assert run_json["best"]["speedup"] == pytest.approx(1.5)
     assert {r.impl for r in ScoreTable().records(cpu_device(), "rms_norm")} == {"triton:fake1", "vendor"}
+
+
+def test_a_key_left_unrecorded_is_named_with_why_in_the_json_and_the_table(capsys, fake_harness):
+    """A requested key whose timing was refused (a stall) gets no record; the run says which key
+    and why instead of listing only the keys it recorded."""
+    fake_harness(stalled=(8, 64))
+    rc, data, _ = generate(capsys, "--shape", "8x64", "--provider", "catalog", "--rounds", "1", "--variants", "1")
+    (run_json,) = data["runs"]
+    assert rc == 0 and [k["shape"] for k in run_json["keys"]] == [list(SHAPE)]
+    assert run_json["unrecorded_keys"] == [{"dtype": "float32", "shape": [8, 64], "why": (
+        "implausible timing at ..., refused after one re-timing: stalled")}]
+    assert {r.key.shape for r in ScoreTable().records(cpu_device(), "rms_norm")} == {SHAPE}
+    rc = main(["generate", "rms_norm", "--shape", "4x64", "--shape", "8x64", "--dtype", "fp32", "--device", "cpu",
+               "--provider", "catalog", "--rounds", "1", "--variants", "1"])
+    assert "not recorded: float32 8x64: implausible timing" in capsys.readouterr().out
+
+
+def test_a_key_no_candidate_reached_is_named_as_unrecorded(capsys, fake_harness):
+    fake_harness(records=False)
+    rc, data, _ = generate(capsys, "--provider", "catalog", "--rounds", "1", "--variants", "1")
+    (run_json,) = data["runs"]
+    assert run_json["unrecorded_keys"] == [{"dtype": "float32", "shape": list(SHAPE),
+                                            "why": "no accepted candidate's result there was recordable"}]
 
 
 # -- the time budget -------------------------------------------------------------------------------------

@@ -156,7 +156,9 @@ def generate_for_misses(specs, device, variants: int) -> list[dict]:
             result = search.run(name, CatalogProvider(), run_state.Settings(rounds=1, variants=variants, top_k=1),
                                 device=str(device), dtypes=dtypes, shapes=shapes, executor=executor)
             progress(f"generated {name}: {result.accepted}/{result.attempts} candidates accepted, "
-                     f"{len(result.keys)} key(s) recorded ({time.perf_counter() - t0:.1f} s, run {result.run_id})")
+                     f"{len(result.keys)} key(s) recorded ({time.perf_counter() - t0:.1f} s, run {result.run_id})"
+                     + "".join(f"; not recorded: {k['dtype']} {shape_text(k['shape'])}: {k['why']}"
+                               for k in result.unrecorded_keys))
             runs.append(result.to_json())
     return runs
 
@@ -251,6 +253,9 @@ def print_result(result: dict, fp) -> None:
                                 f"{_short(k['kernel']['impl'])} {number(k['kernel']['p50_us'], 1)} us vs vendor "
                                 f"{number(k['vendor_p50_us'], 1)} us in the same run: {verdict}", WIDTH,
                                 subsequent_indent="  "))
+        for k in run.get("unrecorded_keys", []):
+            print(textwrap.fill(f"generated {run['op']} {k['dtype']} {shape_text(k['shape'])}: not recorded: "
+                                f"{k['why']}", WIDTH, subsequent_indent="  "))
     bad = [r for r in result["routes"] if not r["verified"]]
     print(f"\n{len(result['routes']) - len(bad)}/{len(result['routes'])} routed results match the reference; "
           f"{len(result['records'])} records written; {result['seconds']} s.\n"

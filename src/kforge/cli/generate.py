@@ -210,5 +210,7 @@ def _print(results, not_run: list[str] = (), stopped: str | None = None) -> None
                 else "nothing recorded" if r.accepted else "no accepted kernel")
         print(f"{r.op}: {r.status}; {r.attempts} attempts, {r.accepted} accepted, {best}; run {r.run_id}"
               + (f"\n  failed: {r.failure}" if r.failure else ""))
+        for k in r.unrecorded_keys:
+            print(f"  not recorded: {k['dtype']} {shape_text(k['shape'])}: {k['why']}")
     if not_run:
         print(f"not run ({stopped}): {', '.join(not_run)}")

@@ -18,7 +18,7 @@ from typing import Any, Sequence
 
 from kforge.gen import prompt
 from kforge.gen.archive import Archive, Attempt
-from kforge.gen.run_state import KeyBest, RunState, Variant
+from kforge.gen.run_state import KeyBest, RunState, Variant, key_label
 from kforge.gen.types import Provider
 from kforge.store import sha256_of
 
@@ -127,6 +127,8 @@ def _accepted(p, evaluation, state: RunState, table, attempt_id: str, sha: str, 
     variant = Variant(sha, attempt_id, p.source, speedup or 0.0, min(fractions) if fractions else None, measurements)
     lineages = sorted(state.lineages + [variant], key=lambda x: (-x.speedup, x.attempt_id))
     state.lineages = lineages[:state.settings.top_k]
+    for s in evaluation.skipped:  # keys whose timing was refused (a stall): no record there, and why
+        state.skipped[key_label(s.get("dtype"), s.get("shape") or ())] = str(s.get("why"))
     if not evaluation.records:
         state.unrecorded = (state.unrecorded + [f"attempt {attempt_id}: {unrecorded_reason(evaluation)}"])[-5:]
     winning = []

@@ -35,7 +35,13 @@ FIELDS: dict[str, tuple[type, ...]] = {
     "elapsed_s": (int, float), "status": (str,), "started": (str,)}
 # Absent in files of runs that never got there, or written before the field existed.
 OPTIONAL: dict[str, tuple[type, ...]] = {"learned": (bool,), "evaluated": (dict,), "provider_errors": (list,),
-                                         "recorded": (int,), "unrecorded": (list,), "budget_stopped": (bool,)}
+                                         "recorded": (int,), "unrecorded": (list,), "budget_stopped": (bool,),
+                                         "skipped": (dict,)}
+
+
+def key_label(dtype: str, shape) -> str:
+    """The (dtype, shape) of a requested key as text: "float32 8x1000"."""
+    return f"{dtype} {'x'.join(str(int(n)) for n in shape)}"
 
 
 class SearchError(KforgeError):
@@ -142,6 +148,8 @@ class RunState:
     recorded: int = 0  # score-table records this run wrote
     unrecorded: list[str] = dataclasses.field(default_factory=list)  # why accepted candidates wrote no record
     budget_stopped: bool = False  # the time budget ended the run
+    # "dtype shape" (`key_label`) -> why an accepted candidate's timing there was not recorded (the last one)
+    skipped: dict[str, str] = dataclasses.field(default_factory=dict)
 
     @classmethod
     def new(cls, op: str, device: str, dtypes, shapes, provider_name: str, model: str | None,
@@ -155,6 +163,20 @@ class RunState:
     @property
     def torch_dtypes(self) -> list[torch.dtype]:
         return [getattr(torch, d) for d in self.dtypes]
+
+    def unrecorded_keys(self) -> list[dict]:
+        """The requested (dtype, shape) keys with no recorded result, each with why (the run's own
+        account: a stalled timing, no accepted candidate, the budget)."""
+        done = {key_label(b.dtype, b.shape) for b in self.best.values()}
+        out = []
+        for dtype in self.dtypes:
+            for shape in self.shapes:
+                label = key_label(dtype, shape)
+                if label not in done:
+                    why = self.skipped.get(label) or ("no candidate was accepted" if not self.accepted else
+                                                      "no accepted candidate's result there was recordable")
+                    out.append({"dtype": dtype, "shape": list(shape), "why": why})
+        return out
 
     @property
     def leader(self) -> Variant | None:
@@ -173,7 +195,8 @@ class RunState:
                 "attempts": self.attempts, "accepted": self.accepted, "usage": self.usage.to_json(),
                 "elapsed_s": self.elapsed_s, "status": self.status, "started": self.started, "learned": self.learned,
                 "evaluated": dict(self.evaluated), "provider_errors": list(self.provider_errors),
-                "recorded": self.recorded, "unrecorded": list(self.unrecorded), "budget_stopped": self.budget_stopped}
+                "recorded": self.recorded, "unrecorded": list(self.unrecorded), "budget_stopped": self.budget_stopped,
+                "skipped": dict(self.skipped)}
 
     @classmethod
     def from_json(cls, data: Any, path) -> RunState:
@@ -192,7 +215,7 @@ class RunState:
             except (TypeError, ValueError, AttributeError, KforgeError) as exc:
                 raise SearchError(f"{path}: field '{name}' does not hold a run's {name}: {exc}") from None
         defaults = {"learned": False, "evaluated": {}, "provider_errors": [], "recorded": 0, "unrecorded": [],
-                    "budget_stopped": False}
+                    "budget_stopped": False, "skipped": {}}
         return cls(**parts, **{name: data.get(name, default) for name, default in defaults.items()})
 
     def save(self) -> None:

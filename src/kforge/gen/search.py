@@ -57,13 +57,15 @@ class RunResult:
     failure: str | None = None  # why the run failed (`conclude.failure`): the command exits non-zero
     failures: list[str] = dataclasses.field(default_factory=list)  # the provider's errors, one per failed attempt
     budget_stopped: bool = False  # the time budget ended it (what was done is kept)
+    unrecorded_keys: list[dict] = dataclasses.field(default_factory=list)  # requested keys left unrecorded, and why
 
     def to_json(self) -> dict:
         return {"run_id": self.run_id, "op": self.op, "status": self.status, "rounds_done": self.rounds_done,
                 "attempts": self.attempts, "accepted": self.accepted, "recorded": self.recorded,
                 "failure": self.failure, "failures": self.failures, "budget_stopped": self.budget_stopped,
                 "best": None if self.best is None else {k: v for k, v in self.best.to_json().items() if k != "source"},
-                "keys": self.keys, "usage": self.usage.to_json(), "seconds": round(self.seconds, 1)}
+                "keys": self.keys, "unrecorded_keys": self.unrecorded_keys, "usage": self.usage.to_json(),
+                "seconds": round(self.seconds, 1)}
 
 
 # -- the loop ------------------------------------------------------------------------------------
@@ -358,4 +360,4 @@ def _result(state: RunState) -> RunResult:
     return RunResult(state.run_id, state.op, state.status, state.round, state.attempts, state.accepted,
                      state.leader if state.best else None, keys, state.usage, state.elapsed_s, recorded=state.recorded,
                      failure=failure(state, state.provider), failures=list(state.provider_errors),
-                     budget_stopped=state.budget_stopped)
+                     budget_stopped=state.budget_stopped, unrecorded_keys=state.unrecorded_keys())
