@@ -172,3 +172,29 @@ def accept_kernel(sha: str, op: str, device: str | None = None) -> None:
 
     device = device or str(fingerprint("cuda" if torch.cuda.is_available() else "cpu"))
     KernelStore().put_verdict(sha, op, device, {"provider": "test", "attempt_id": None, "evidence": None})
+
+
+def _fill(t: torch.Tensor):
+    """What the gaps of a relaid-out tensor hold: NaN, or the largest value of an integer dtype."""
+    return float("nan") if t.is_floating_point() else torch.iinfo(t.dtype).max
+
+
+def relayout(layout: str, t: torch.Tensor) -> torch.Tensor:
+    """A view of `t`'s values (for `expanded`, of its first row) in `layout`. Memory that the view
+    skips holds NaN, so an implementation that reads it shows. 1-D tensors (weights) only take
+    the layouts that make sense for a vector."""
+    if layout == "misaligned":  # storage offset of one element: 2-byte aligned for bf16
+        buf = torch.full((t.numel() + 1,), _fill(t), dtype=t.dtype, device=t.device)
+        buf[1:] = t.reshape(-1)
+        return buf[1:].view(t.shape)
+    if layout == "strided_last_dim":
+        return torch.stack([t, torch.full_like(t, _fill(t))], dim=-1)[..., 0]  # last-dim stride 2
+    if t.dim() < 2:
+        return t
+    if layout == "sliced_rows":
+        return torch.stack([t, torch.full_like(t, _fill(t))], dim=-2).flatten(-3, -2)[..., ::2, :]  # row stride 2*hidden
+    if layout == "expanded":
+        return t[..., :1, :].expand(t.shape)  # row stride 0
+    if layout == "transposed":
+        return t.transpose(-1, -2).contiguous().transpose(-1, -2)  # last-dim stride = rows
+    raise ValueError(layout)

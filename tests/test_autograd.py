@@ -1,6 +1,8 @@
 """Gradients through `kforge.ops.<op>` (eager: the vendor's own autograd) and `torch.ops.kforge.<op>`
-(the registered backward, a vjp of the reference) against the reference's gradients: gradcheck in
-fp64, and in fp32 a comparison with the reference's autograd against an fp64 oracle. Every output
+(the registered backward, a vjp of the reference): gradcheck in fp64 for both (finite differences
+of the forward, which no backward shares); in fp32 the vendor's autograd against the reference's
+autograd in fp64 (the registered backward is that reference's vjp, so only gradcheck can judge it);
+with scalars by keyword, the registered backward against torch's own functional ops. Every output
 of an op carries a cotangent, fused_add_rms_norm's two included, together and one at a time.
 """
 from __future__ import annotations
@@ -9,6 +11,7 @@ import math
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 import kforge
 from kforge.ops import SPECS
@@ -106,11 +109,13 @@ def _assert_grads_close(op, what, got, oracle, low):
         assert err <= budget, f"{op} {what} grad of input {n}: error {err:.3g} > budget {budget:.3g} (scale {scale:.3g})"
 
 
-@pytest.mark.parametrize("entry", ENTRIES)
 @pytest.mark.parametrize("op", list(SPECS))
-def test_fp32_grads_match_reference_autograd(op, entry):
+def test_fp32_vendor_grads_match_reference_autograd(op):
+    """Eager calls that need gradients are the vendor's (its own autograd). torch.ops' registered
+    backward is the reference's vjp: compared with the reference's autograd it would agree with
+    itself, so it is gradcheck's above."""
     spec = SPECS[op]
-    fn = entry_point(op, entry)
+    fn = entry_point(op, "eager")
     for n, shape in enumerate(fp32_shapes(spec)):
         args = spec.make_inputs(shape, torch.float32, "cpu", n)
         for wanted in _wanted_sets(spec, args):
@@ -126,10 +131,24 @@ def _scalar_args(spec) -> list[int]:
     return [i for i in range(len(spec.arg_names)) if i not in spec.tensor_args]
 
 
+def _norm(x, weight, eps):
+    return F.rms_norm(x, (x.shape[-1],), weight, eps)
+
+
+# torch's own spelling of each op with an eps: autograd through ATen's kernels, not the reference's.
+FUNCTIONAL = {
+    "rms_norm": _norm,
+    "fused_add_rms_norm": lambda x, residual, weight, eps: (_norm(x + residual, weight, eps), x + residual),
+    "layer_norm": lambda x, weight, bias, eps: F.layer_norm(x, (x.shape[-1],), weight, bias, eps),
+}
+
+
 @pytest.mark.parametrize("op", [op for op, spec in SPECS.items() if "eps" in spec.arg_names])
 def test_torch_ops_backward_with_scalars_by_keyword(op):
     """The registered backward sees the call's scalars however they were passed (here by keyword,
-    with a non-default value), not the schema defaults."""
+    with a non-default value), not the schema defaults: gradcheck, and the gradients of torch's
+    functional op at that eps."""
+    assert op in FUNCTIONAL, f"{op} takes an eps: add its torch functional spelling to FUNCTIONAL"
     spec = SPECS[op]
     scalars = _scalar_args(spec)
     args = spec.make_inputs(spec.shape_sets["smoke"][0], torch.float64, "cpu", 0)
@@ -138,9 +157,12 @@ def test_torch_ops_backward_with_scalars_by_keyword(op):
     fn = getattr(torch.ops.kforge, op)
     assert torch.autograd.gradcheck(lambda *t: fn(*t, **kwargs), tensors)
     got = input_grads(lambda *t: fn(*t, **kwargs), tensors, range(len(tensors)), seed=0)
-    want = input_grads(lambda *t: spec.reference(*t, **kwargs), tensors, range(len(tensors)), seed=0)
+    want = input_grads(lambda *t: FUNCTIONAL[op](*t, **kwargs), tensors, range(len(tensors)), seed=0)
+    defaults = {name: spec.defaults[name] for name in kwargs}
+    default = input_grads(lambda *t: FUNCTIONAL[op](*t, **defaults), tensors, range(len(tensors)), seed=0)
+    assert not all(torch.allclose(w, d) for w, d in zip(want, default)), "eps 0.25 should move the gradients"
     for g, w in zip(got, want):
-        torch.testing.assert_close(g, w)
+        torch.testing.assert_close(g, w, rtol=1e-10, atol=1e-12)
 
 
 @pytest.mark.parametrize("entry", ENTRIES)

@@ -66,10 +66,11 @@ def test_honest_two_output_candidate_is_accepted():
 
 
 @pytest.mark.parametrize("spec", [RMS, SOFTMAX, FUSED], ids=lambda s: s.name)
-def test_the_reference_and_vendor_are_accepted(spec):
-    for fn in (spec.reference, spec.vendor):
-        verdict = verify(spec, fn, dtypes=(torch.float32, torch.bfloat16), secret_seed=5)
-        assert verdict.accepted, verdict.reason
+def test_the_vendor_is_accepted(spec):
+    """Every trial (layouts, special values, magnitudes, replays) on an implementation that is not
+    the reference. The reference itself would pass by construction: the budget is twice its own error."""
+    verdict = verify(spec, spec.vendor, dtypes=(torch.float32, torch.bfloat16), secret_seed=5)
+    assert verdict.accepted, verdict.reason
 
 
 # -- each check, one forward each ---------------------------------------------------------------------

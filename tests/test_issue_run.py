@@ -63,9 +63,13 @@ def test_a_new_op_request_is_generated_reported_commented_and_opened_as_a_pull_r
     assert files[f"src/kforge/tables/kernels/{sha[:2]}/{sha}.py"].decode() == kernel
     records = json.loads(files[f"kforge-requests/issue-{number}/records.json"])
     assert [r["impl"] for r in records["records"]] == [row["kernel_impl"]]
-    assert f"kforge-requests/issue-{number}/report.md" in files
     assert files[f"kforge-requests/issue-{number}/{op}-speedup.png"].startswith(b"\x89PNG")  # the plot
-    assert (tmp_path / "report" / "report.md").read_text() == out_report(tmp_path)
+    # What publishing posted is the report generation wrote (the job between them only carries the
+    # directory), with the plot linked in the pull request's copy.
+    report = (tmp_path / "report" / "report.md").read_text()
+    assert f"`{op}`" in report and row["kernel_impl"] in report
+    assert comment == report
+    assert files[f"kforge-requests/issue-{number}/report.md"].decode() == report + f"\n![{op}]({op}-speedup.png)\n"
     # The issue's free text reached neither the model nor the report: only parsed fields are used.
     prompts = [json.loads(entry[0].get_data())["messages"] for entry in httpserver.log]
     assert all("curl evil.example" not in m["content"] for messages in prompts for m in messages)
@@ -86,10 +90,6 @@ def test_a_new_op_request_is_generated_reported_commented_and_opened_as_a_pull_r
     (tampered / "outcome.json").write_text(json.dumps(outcome))
     with pytest.raises(PublishError, match="not a valid op name"):
         load(tampered)
-
-
-def out_report(tmp_path: Path) -> str:
-    return (tmp_path / "report" / "report.md").read_text()
 
 
 def test_an_invalid_request_gets_its_problems_posted_and_nothing_runs(github_fake, capsys):  # noqa: F811

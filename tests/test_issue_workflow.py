@@ -12,6 +12,7 @@ it lets through, not by how it reads.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 from pathlib import Path
@@ -430,11 +431,16 @@ def cli(capsys, *argv):
     return rc, out, err
 
 
+def sha256_prefix(path: Path) -> str:
+    """The approval hash by its definition: sha256 of the file's UTF-8 bytes, line ends as LF, 12 digits."""
+    return hashlib.sha256(path.read_bytes().removeprefix(b"\xef\xbb\xbf").replace(b"\r\n", b"\n")).hexdigest()[:12]
+
+
 def test_parse_shows_the_hash_and_the_approval_that_runs_exactly_this_body(capsys, tmp_path):
     from kforge.issues.approval import body_hash
 
-    digest = body_hash(BODY.read_text())
-    assert len(digest) == 12 and body_hash(BODY.read_text().replace("\n", "\r\n")) == digest
+    digest = sha256_prefix(BODY)
+    assert body_hash(BODY.read_text()) == digest and body_hash(BODY.read_text().replace("\n", "\r\n")) == digest
     rc, out, _ = cli(capsys, "issue", "parse", "--body-file", str(BODY), "--markdown")
     assert rc == 0 and f"    /kforge {digest}\n" in out and "edited request needs a new approval" in out
     rc, out, _ = cli(capsys, "issue", "parse", "--body-file", str(BODY), "--json")
@@ -445,7 +451,7 @@ def test_parse_shows_the_hash_and_the_approval_that_runs_exactly_this_body(capsy
     edited = tmp_path / "edited.md"
     edited.write_text(BODY.read_text().replace("4096x4096", "8192x8192"))
     rc, out, _ = cli(capsys, "issue", "parse", "--body-file", str(edited), "--approval", f"/kforge {digest}")
-    assert rc == 1 and f"the approval is for body {digest}, but the body is now {body_hash(edited.read_text())}" in out
+    assert rc == 1 and f"the approval is for body {digest}, but the body is now {sha256_prefix(edited)}" in out
 
 
 @pytest.mark.parametrize("comment, message", [

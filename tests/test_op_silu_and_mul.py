@@ -1,32 +1,24 @@
 """silu_and_mul's own cases; the generic tests (test_ops, test_bad_input, test_autograd,
-test_catalog_provider) cover what every op shares.
+test_catalog_provider, test_seeds) cover what every op shares.
 
 - the reference against a hand-written fp64 SwiGLU, rounded once, special values included;
-- the vendor (`F.silu(a) * b` at x's dtype, two roundings) within the error budget on every CPU
-  shape, the long row and several seeds, per dtype;
 - the shape convention: an op shape is y's, (..., d), x is (..., 2d); problem, fake and bytes;
-- an odd last dim refused naming 'x', through both entry points;
-- the catalog seeds through the harness (sandboxed worker, interpreter) on tiny shapes: odd d,
-  zero rows, several column blocks; then with their tunables set so that the paths the CPU sets
-  never reach run: unrolled steps over partial chunks, multi-row tiles, several tiles per program.
+- an odd last dim refused naming 'x', through both entry points.
+The vendor within the budget, the seeds through the router, the harness and their forced loop
+paths are the grids' (test_ops, test_seeds).
 """
 from __future__ import annotations
 
 import pytest
 import torch
 
-from helpers import load_with_tunables
 
 import kforge
 from kforge.catalog import seeds
 from kforge.errors import KforgeInputError
-from kforge.evaluate import harness
-from kforge.evaluate.cases import LONG_ROW
-from kforge.evaluate.correctness import verify
-from kforge.evaluate.executors import LocalPoolExecutor
-from kforge.specs.silu_and_mul import SPEC, fake, make_inputs, problem, reference, vendor
+from kforge.specs.silu_and_mul import SPEC, fake, make_inputs, problem, reference
 from kforge.store import KernelStore
-from kforge.testing import assert_matches_reference, compare
+from kforge.testing import assert_matches_reference
 
 DTYPES = (torch.bfloat16, torch.float16, torch.float32, torch.float64)
 CPU_SETS = ("smoke", "odd", "edge")
@@ -76,21 +68,6 @@ def test_reference_special_values():
         assert_matches_reference(SPEC, (x,), candidate.forward(x))
 
 
-# -- the vendor --------------------------------------------------------------------------------------
-@pytest.mark.parametrize("dtype", DTYPES, ids=dtype_id)
-def test_vendor_is_within_the_budget_everywhere(dtype):
-    worst = 0.0
-    for shape in SPEC.shapes(*CPU_SETS) + (LONG_ROW, (64, 4096)):
-        for seed in range(3):
-            args = make_inputs(shape, dtype, "cpu", seed)
-            result = compare(SPEC, args, vendor(*args))
-            assert result.ok, f"{shape} seed {seed}: {result.message}"
-            worst = max(worst, result.worst_ratio)
-    # Two roundings against the reference's one: measured 0.40 (bf16), 0.42 (fp16), 0.18 (fp32)
-    # of the budget; fp64 is the oracle's own computation.
-    assert worst <= (0.0 if dtype == torch.float64 else 0.6), worst
-
-
 # -- shapes and sizes --------------------------------------------------------------------------------
 def test_an_op_shape_is_the_outputs_and_x_is_twice_as_wide():
     (x,) = make_inputs((2, 3, 5), torch.bfloat16, "cpu", 0)
@@ -122,52 +99,3 @@ def test_an_odd_last_dim_is_refused_naming_x(shape, entry):
     assert (info.value.op, info.value.arg) == ("silu_and_mul", "x")
     x = torch.randn(3, 6)
     torch.testing.assert_close(fn(x), swiglu_fp64(x).float())  # the next valid call is served
-
-
-# -- the catalog seeds -------------------------------------------------------------------------------
-# Odd d (the up half at an odd offset), zero rows, rank 3, and d over several column blocks of
-# either seed (BLOCK 1024 and 2048 as shipped).
-TINY = ((3, 17), (0, 8), (2, 3, 40), (2, 4500))
-
-
-@pytest.mark.parametrize("path", seeds(SPEC), ids=lambda p: p.stem)
-def test_the_seeds_pass_the_harness(path):
-    # bf16 (upcast on load, the path fp16 and fp32 share; test_triton_backend runs those on the CPU
-    # sets); fp64, the other accumulation type, runs in the forced-path test below.
-    result = harness.evaluate_source(path.read_text(), SPEC.name, dtypes=[torch.bfloat16],
-                                     verify_shapes=TINY, timing_shapes=[(3, 17)], executor=LocalPoolExecutor(workers=1))
-    assert result.accepted, result.reason
-    assert {"bfloat16"} <= set(result.evidence.dtypes)
-    assert {(6, 40), (2, 4500), (3, 17)} <= set(result.evidence.shapes)
-
-
-# name of the seed -> (tunables set outside their search space, the kernel's name, a check on its
-# launches at the shape below): 37 rows of 300 in 64-column blocks.
-FORCED = {
-    "silu_and_mul_tiled": (
-        # A grid of any size keeps STEPS: 4 unrolled blocks, the second chunk of each row partial
-        # (300 = 256 + 44) and its last steps wholly masked; 32-row tiles, the second group partial.
-        {"BLOCK": 64, "MIN_PROGRAMS": 1},
-        "_silu_and_mul_tile",
-        lambda grid, kw: kw["STEPS"] == 4 and kw["ROWS"] == 32 and grid == (2 * 2,)),
-    "silu_and_mul_persistent": (
-        # 3 programs for 2 row groups x 5 column blocks: each program loops over 3 or 4 tiles.
-        {"BLOCK": 64, "PROGRAMS": 3},
-        "_silu_and_mul_strided",
-        lambda grid, kw: kw["ROWS"] == 32 and grid == (3,)),
-}
-FORCED_SHAPE = (37, 300)
-
-
-@pytest.mark.parametrize("path", seeds(SPEC), ids=lambda p: p.stem)
-def test_the_seeds_loop_paths_are_right(path):
-    changes, kernel_name, launched_as_meant = FORCED[path.stem]
-    source = path.read_text()
-    candidate, recorder = load_with_tunables(source, SPEC, changes, kernel_name)
-    verdict = verify(SPEC, candidate.forward, dtypes=[torch.float32, torch.bfloat16, torch.float64],
-                     shapes=[FORCED_SHAPE],
-                     domain=candidate.domain, secret_seed=11, secret_shapes=0,
-                     replay=False)  # the path's numbers; the harness test runs every trial
-    assert verdict.accepted, verdict.reason
-    grid, kwargs = recorder.launches[0]
-    assert launched_as_meant(grid, kwargs), (grid, kwargs)

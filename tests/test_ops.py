@@ -1,10 +1,12 @@
 """Contract tests over every registered op (`kforge.ops.SPECS`), derived from the op's spec alone.
 
 - the grid: op x dtype x CPU-sized shape set x entry point x seed, values against the reference
-  through the one shared `kforge.testing.assert_matches_reference`;
+  through the one shared `kforge.testing.assert_matches_reference` (on a CPU every call is the
+  vendor's: the catalog's seed kernels have their own grid, tests/test_seeds.py);
 - `torch.library.opcheck` (schema, fake tensor, autograd registration, aot dispatch);
+- the vendor within the budget with room to spare, up to the long row and a decode-sized shape;
 - `torch.compile(fullgraph=True)` through both entry points: the graph holds `kforge::<op>`, the
-  compiled call goes through the kforge router, and it matches eager;
+  compiled call goes through the kforge router, and it matches the reference;
 - odd layouts (sliced, expanded, transposed, strided last dim, misaligned, one element, zero rows):
   served with the reference's values and the contiguous outputs the fake promises.
 Adding an op to the registry adds it to every test here.
@@ -20,7 +22,9 @@ from torch._subclasses.fake_tensor import FakeTensorMode
 
 import kforge
 from kforge.ops import SPECS as _ALL, is_builtin
-from kforge.testing import assert_matches_reference
+from helpers import relayout
+from kforge.evaluate.cases import LONG_ROW
+from kforge.testing import assert_matches_reference, compare
 
 # The built-in ops (user ops that other tests define in this process have their own tests).
 SPECS = {name: spec for name, spec in _ALL.items() if is_builtin(name)}
@@ -89,6 +93,36 @@ def test_matches_reference(op, dtype, shape, entry, seed):
         assert torch.equal(t, b), f"{op}: an input was written; kforge ops are functional"
 
 
+# -- the vendor's room in the budget ---------------------------------------------------------------
+# Of the budget, the vendor's worst error on any op, dtype and shape below: measured at most 0.42
+# (softmax in fp64, against the fp64 oracle: sums in another order; 0.38 silu_and_mul in fp16), and
+# 0.62 for cross_entropy in fp32 at (4, 32000). A vendor near 1 would leave generated kernels no
+# room, and mean the budget rule or the reference moved.
+VENDOR_HEADROOM = 0.8
+
+
+def _vendor_shapes(spec) -> tuple:
+    """The CPU sets, the long row for row ops (where fp16 accumulation shows) and the decode set's
+    smallest shape (a real model's size, quick to draw on a CPU)."""
+    extra = (LONG_ROW,) if spec.problem_dims[:1] == ("rows",) else ()
+    decode = spec.shape_sets.get("decode", ())
+    return spec.shapes(*CPU_SETS) + extra + ((min(decode, key=math.prod),) if decode else ())
+
+
+@pytest.mark.parametrize("op, dtype", [pytest.param(op, dtype, id=f"{op}-{dtype_id(dtype)}")
+                                       for op, spec in SPECS.items() for dtype in spec.dtypes])
+def test_vendor_is_within_the_budget_with_room_to_spare(op, dtype):
+    spec = SPECS[op]
+    worst = 0.0
+    for shape in _vendor_shapes(spec):
+        for seed in range(3 if math.prod(shape) < 1 << 16 else 1):
+            args = spec.make_inputs(shape, dtype, "cpu", seed)
+            result = compare(spec, args, spec.vendor(*args))
+            assert result.ok, f"{shape_id(shape)} seed {seed}: {result.message}"
+            worst = max(worst, result.worst_ratio)
+    assert worst <= VENDOR_HEADROOM, f"the vendor used {worst:.2f} of the budget"
+
+
 # -- opcheck ---------------------------------------------------------------------------------------
 def _opcheck_cases(spec):  # (dtype, shape, requires_grad, scalars by keyword)
     return ((torch.float32, spec.shape_sets["smoke"][0], True, False),
@@ -124,10 +158,8 @@ def test_opcheck_of_the_overload_compiled_graphs_call(op):
                      for a in spec.make_inputs(shape, dtype, "cpu", 0))
         result = torch.library.opcheck(overload, (*args, "vendor"))
         assert set(result.values()) == {"SUCCESS"}, f"{op} {dtype_id(dtype)} {shape}: {result}"
-        want = spec.vendor(*args)
-        got = overload(*args, "vendor")
-        for g, w in zip(got if isinstance(got, tuple) else (got,), want if isinstance(want, tuple) else (want,)):
-            torch.testing.assert_close(g, w)
+        args = tuple(a.detach() if isinstance(a, torch.Tensor) else a for a in args)
+        assert_matches_reference(spec, args, overload(*args, "vendor"))
 
 
 # -- torch.compile ---------------------------------------------------------------------------------
@@ -175,44 +207,14 @@ def test_torch_compile_fullgraph_matches_eager(op, entry):
         got, got_post = compiled(*args)
         # The op survived Inductor (not decomposed or inlined): its kernel, the router, ran.
         assert _calls(op) == calls + 1, f"{op}: the compiled call did not go through the kforge router"
-        want, want_post = model(*args)
         assert_matches_reference(spec, (args[0] * 2.0, *args[1:]), got)
-        torch.testing.assert_close(got, want, rtol=0, atol=0)  # same router, same implementation
-        torch.testing.assert_close(got_post, want_post)
+        # Inductor's code after the op reads the op's own output buffer: + 1.0 rounds the same eagerly.
+        torch.testing.assert_close(got_post, tuple(o + 1.0 for o in outputs(got)), rtol=0, atol=0)
     assert backend.frame_count == len(shapes), "one graph per static shape"
     assert packet in _graph_ops(backend.graphs), f"dynamo graph lacks kforge::{op}: {_graph_ops(backend.graphs)}"
 
 
 # -- odd layouts -----------------------------------------------------------------------------------
-NAN = float("nan")
-
-
-def _fill(t: torch.Tensor):
-    """What the gaps of a relaid-out tensor hold: NaN, or the largest value of an integer dtype."""
-    return NAN if t.is_floating_point() else torch.iinfo(t.dtype).max
-
-
-def _relayout(layout: str, t: torch.Tensor) -> torch.Tensor:
-    """A view of `t`'s values (for `expanded`, of its first row) in `layout`. Memory that the view
-    skips holds NaN, so an implementation that reads it shows. 1-D tensors (weights) only take
-    the layouts that make sense for a vector."""
-    if layout == "misaligned":  # storage offset of one element: 2-byte aligned for bf16
-        buf = torch.full((t.numel() + 1,), _fill(t), dtype=t.dtype)
-        buf[1:] = t.reshape(-1)
-        return buf[1:].view(t.shape)
-    if layout == "strided_last_dim":
-        return torch.stack([t, torch.full_like(t, _fill(t))], dim=-1)[..., 0]  # last-dim stride 2
-    if t.dim() < 2:
-        return t
-    if layout == "sliced_rows":
-        return torch.stack([t, torch.full_like(t, _fill(t))], dim=-2).flatten(-3, -2)[..., ::2, :]  # row stride 2*hidden
-    if layout == "expanded":
-        return t[..., :1, :].expand(t.shape)  # row stride 0
-    if layout == "transposed":
-        return t.transpose(-1, -2).contiguous().transpose(-1, -2)  # last-dim stride = rows
-    raise ValueError(layout)
-
-
 VIEW_LAYOUTS = ("sliced_rows", "expanded", "transposed", "strided_last_dim", "misaligned")
 SMALL_SHAPES = ("smallest", "zero_size")  # from each op's "edge" set
 
@@ -228,7 +230,7 @@ def _layout_args(spec, layout: str, dtype: torch.dtype) -> tuple:
     if layout in SMALL_SHAPES:
         return spec.make_inputs(_small_shape(spec, layout), dtype, "cpu", 0)
     args = spec.make_inputs(spec.shape_sets["smoke"][0], dtype, "cpu", 0)
-    return tuple(_relayout(layout, a) if isinstance(a, torch.Tensor) else a for a in args)
+    return tuple(relayout(layout, a) if isinstance(a, torch.Tensor) else a for a in args)
 
 
 def _fake_outputs(op: str, args: tuple) -> tuple:

@@ -456,10 +456,9 @@ def test_many_threads_on_a_cold_cache(fake_triton, monkeypatch):
     allowed = []  # the exact outputs a correct route may return: vendor's or the reference's
     for op, args in inputs:
         spec = SPECS[op]
-        outs = [spec.vendor(*args), spec.reference(*args)]
+        outs = [spec.vendor(*args), spec.reference(*args)]  # what vendor and test-ok serve
         outs = [tuple(o.contiguous() for o in out) if isinstance(out, tuple) else out.contiguous() for out in outs]
-        for out in outs:
-            assert_matches_reference(spec, args, out)
+        assert_matches_reference(spec, args, outs[0])  # the reference is right by definition
         allowed.append(outs)
     late = make_record("softmax", (2, 64), impl="triton:test-ok-late", dtype=torch.bfloat16)
 

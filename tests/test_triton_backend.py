@@ -1,6 +1,6 @@
 """The Triton backend, on the GPU when there is one, else on CPU tensors in Triton's interpreter
-(conftest.py sets TRITON_INTERPRET=1 when no GPU is usable): every seed kernel of the catalog
-matches the reference, a stored kernel with a record is routed to, a kernel edited on disk is
+(conftest.py sets TRITON_INTERPRET=1 when no GPU is usable): seed kernels' special values and
+domains (test_seeds runs every seed over the CPU sets), a stored kernel with a record is routed to, a kernel edited on disk is
 refused with vendor service and a warning that says why, and a record is never used outside its
 domain or beyond its kernel's DOMAIN."""
 from __future__ import annotations
@@ -60,20 +60,7 @@ def by_impl(op: str) -> dict:
 
 
 # -- seed kernels ----------------------------------------------------------------------------------
-@pytest.mark.parametrize("dtype", DTYPES, ids=str)
-@pytest.mark.parametrize("op, path", SEED_FILES, ids=SEED_IDS)
-def test_seed_kernel_matches_the_reference(op, path, dtype):
-    spec = kforge.ops.SPECS[op]
-    _, candidate = store_seed(op, path)
-    for shape in spec.shapes("smoke", "odd", "edge"):
-        for seed in (0, 1):
-            args = spec.make_inputs(shape, dtype, DEVICE, seed)
-            out = candidate.forward(*args)
-            assert_matches_reference(spec, args, out)
-            outs = out if isinstance(out, tuple) else (out,)
-            assert all(o.is_contiguous() for o in outs)
-
-
+# Every seed at the CPU sets and every dtype, through the router: tests/test_seeds.py.
 @pytest.mark.parametrize("op", ["rms_norm", "fused_add_rms_norm"])
 def test_norm_seeds_take_a_weight_of_another_float_dtype(op):
     """Their DOMAIN claims every (x, weight) pair of half and single precision."""
