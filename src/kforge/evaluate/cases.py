@@ -18,6 +18,7 @@ from typing import Any, Sequence
 import torch
 
 from kforge.specs import Magnitude, OpSpec
+from kforge.specs.spec import generator
 
 Shape = tuple[int, ...]
 
@@ -218,8 +219,8 @@ def inject_special(args: tuple, index: int, seed: int) -> None:
 
 def perturb(x: torch.Tensor, seed: int) -> None:
     """In place, `x` contiguous: change one element in every PERTURB_EVERY (at least one)."""
-    gen = torch.Generator(device="cpu").manual_seed(seed)
+    gen = generator(seed, x.device)  # on the GPU its own: a host randperm of a prefill input took seconds
     count = max(1, x.numel() // PERTURB_EVERY)
-    where = torch.randperm(x.numel(), generator=gen)[:count].to(x.device)
-    values = torch.randn(count, generator=gen, dtype=torch.float32) * 2 + 3  # clearly new values
+    where = torch.randperm(x.numel(), generator=gen, device=gen.device)[:count].to(x.device)
+    values = torch.randn(count, generator=gen, device=gen.device, dtype=torch.float32) * 2 + 3  # clearly new values
     x.view(-1)[where] = values.to(device=x.device, dtype=x.dtype)

@@ -66,13 +66,14 @@ def make_inputs(shape, dtype, device, seed):
     (rounded up, none of a single row) set to ignore_index -100 as padding is."""
     *lead, vocab = shape
     rows = prod(lead)
-    gen = generator(seed)
-    x = torch.randn((rows, vocab), generator=gen, dtype=torch.float32) * 2.0
-    target = torch.randint(0, max(vocab, 1), (rows,), generator=gen)
+    gen = generator(seed, device)
+    on = gen.device
+    x = torch.randn((rows, vocab), generator=gen, device=on, dtype=torch.float32) * 2.0
+    target = torch.randint(0, max(vocab, 1), (rows,), generator=gen, device=on)
     if rows and vocab:
-        x[torch.arange(rows), target] += math.log(vocab)
+        x[torch.arange(rows, device=on), target] += math.log(vocab)
     if rows > 1:
-        target[torch.randperm(rows, generator=gen)[:math.ceil(rows / 20)]] = -100
+        target[torch.randperm(rows, generator=gen, device=on)[:math.ceil(rows / 20)]] = -100
     return (x.view(shape).to(device=device, dtype=dtype), target.view(lead).to(device), -100)
 
 

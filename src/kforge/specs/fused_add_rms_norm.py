@@ -36,7 +36,7 @@ def fake(x, residual, weight, eps: float = 1e-6):
 
 
 def make_inputs(shape, dtype, device, seed):
-    gen = generator(seed)
+    gen = generator(seed, device)
     x = randn(shape, dtype, device, gen)
     residual = randn(shape, dtype, device, gen)
     weight = randn((shape[-1],), dtype, device, gen, scale=0.2, shift=1.0)  # (hidden,)

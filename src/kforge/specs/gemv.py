@@ -49,7 +49,7 @@ def make_inputs(shape, dtype, device, seed):
     """x of shape (..., k) from `shape` = (..., k, n), N(0, 1) like a normed hidden state, and a
     weight (n, k) of N(0, 1/k) like a trained linear layer's, so outputs are O(1) at every k."""
     *lead, k, n = shape
-    gen = generator(seed)
+    gen = generator(seed, device)
     x = randn((*lead, k), dtype, device, gen)
     weight = randn((n, k), dtype, device, gen, scale=1.0 / math.sqrt(max(k, 1)))  # (n, k)
     return (x, weight)

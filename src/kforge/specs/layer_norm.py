@@ -40,7 +40,7 @@ def fake(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, eps: float =
 
 
 def make_inputs(shape, dtype, device, seed):
-    gen = generator(seed)
+    gen = generator(seed, device)
     # A residual stream does not average zero: the shift makes a kernel that skips the mean fail.
     x = randn(shape, dtype, device, gen, shift=0.5)
     weight = randn((shape[-1],), dtype, device, gen, scale=0.2, shift=1.0)  # (hidden,)

@@ -40,7 +40,7 @@ def fake(x: torch.Tensor, weight: torch.Tensor, eps: float = 1e-6) -> torch.Tens
 
 
 def make_inputs(shape, dtype, device, seed):
-    gen = generator(seed)
+    gen = generator(seed, device)
     x = randn(shape, dtype, device, gen)
     weight = randn((shape[-1],), dtype, device, gen, scale=0.2, shift=1.0)  # (hidden,)
     return (x, weight, 1e-6)

@@ -131,11 +131,11 @@ def make_inputs(shape, dtype, device, seed):
         shape = (shape[0], 1, 1, shape[1])
     tokens, heads, kv_heads, head_size = shape
     rot_dim, is_neox, base = rope_config(head_size)
-    gen = generator(seed)
+    gen = generator(seed, device)
     query = randn((tokens, heads, head_size), dtype, device, gen)
     key = randn((tokens, kv_heads, head_size), dtype, device, gen)
     max_position = max_positions(tokens)
-    positions = torch.randint(0, max_position, (tokens,), generator=gen).to(device)  # (tokens,) int64
+    positions = torch.randint(0, max_position, (tokens,), generator=gen, device=gen.device).to(device)  # (tokens,) int64
     cache = cos_sin_table(max_position, rot_dim, base).to(device=device, dtype=accumulate_dtype(dtype))
     return (query, key, positions, cache, is_neox)
 

@@ -47,7 +47,7 @@ def make_inputs(shape, dtype, device, seed):
     """x of shape (..., 2d) for the output shape `shape` = (..., d), N(0, 1) like the gate and up
     projections of a trained MLP (silu's curved region is where its error shows)."""
     *lead, d = shape
-    return (randn((*lead, 2 * d), dtype, device, generator(seed)),)
+    return (randn((*lead, 2 * d), dtype, device, generator(seed, device)),)
 
 
 def check(args) -> None:

@@ -30,7 +30,7 @@ def fake(x: torch.Tensor) -> torch.Tensor:
 
 def make_inputs(shape, dtype, device, seed):
     # Logits spread like an attention or router score row: N(0, 2^2).
-    return (randn(shape, dtype, device, generator(seed), scale=2.0),)
+    return (randn(shape, dtype, device, generator(seed, device), scale=2.0),)
 
 
 def check(args) -> None:

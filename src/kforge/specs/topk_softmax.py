@@ -71,7 +71,7 @@ def routing(experts: int) -> tuple[int, bool]:
 def make_inputs(shape, dtype, device, seed):
     """x of `shape` (..., experts), N(0, 1) logits as a trained gate gives (bf16 has ties among
     them at a few hundred experts); k and renormalize from `routing(experts)`."""
-    x = randn(shape, dtype, device, generator(seed))
+    x = randn(shape, dtype, device, generator(seed, device))
     k, renormalize = routing(shape[-1])
     return (x, k, renormalize)
 
