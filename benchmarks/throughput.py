@@ -62,11 +62,17 @@ def main() -> int:
     parser.add_argument("--device", default="cuda")
     parser.add_argument("--timeout", type=float, default=400)
     parser.add_argument("--out", required=True)
+    parser.add_argument("--regimes", default=",".join(r[0] for r in REGIMES),
+                        help="which regimes to run, comma-separated (default: all; spares+cache needs spares first)")
     args = parser.parse_args()
+    wanted = set(args.regimes.split(","))
+    unknown = wanted - {r[0] for r in REGIMES}
+    if unknown:
+        parser.error(f"unknown regime(s) {', '.join(sorted(unknown))}; valid: {', '.join(r[0] for r in REGIMES)}")
     out = {"environment": environment(), "keys": args.key, "regimes": {}}
     homes = {}
-    for name, warm, home_kind in REGIMES:
-        home = homes.get("last") if home_kind == "reuse" else tempfile.mkdtemp(prefix=f"kforge-{name}-")
+    for name, warm, home_kind in (r for r in REGIMES if r[0] in wanted):
+        home = homes.get("last") if home_kind == "reuse" and "last" in homes else tempfile.mkdtemp(prefix=f"kforge-{name}-")
         homes["last"] = home
         report, wall, log = run_tune(args.key, args.device, warm, home, args.timeout)
         out["regimes"][name] = {**summarize(report, wall), "log_tail": log[-1500:]}
