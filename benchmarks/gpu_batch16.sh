@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Issue 16 on the GPU machine, one device call: throughput on KEYS (regimes REGIMES), then
 # `kforge tune` over MODELS' shape sets at TOKENS with a time budget, its table and kernel store
-# archived under $OUT/run/ for benchmarks/bundle_table.py.
+# archived as $OUT/run.tgz (table/, kernels/) for benchmarks/bundle_table.py.
 #   env: KEYS (--key arguments, empty skips), REGIMES, MODELS (--model arguments, empty skips),
 #        TOKENS, TUNE_SECONDS; carry: .deb, .whl (see gpu_setup.sh)
 set -uo pipefail
@@ -15,7 +15,7 @@ if [ -n "${MODELS:-}" ]; then
     --max-seconds "${TUNE_SECONDS:-300}" > "$OUT/tune-models.json" 2> "$OUT/tune-models.log"
   echo "tune exit $?"; grep -E "Elapsed|Maximum resident" "$OUT/tune-models.log"
   grep -E "^\[" "$OUT/tune-models.log" | tail -5
-  mkdir -p "$OUT/run" && cp -r "$KFORGE_HOME"/table "$OUT/run/tables"; cp -r "$KFORGE_HOME"/kernels "$OUT/run/" 2>/dev/null
-  ls -R "$OUT/run" | head -20
+  tar czf "$OUT/run.tgz" -C "$KFORGE_HOME" table kernels  # $OUT brings back only shallow folders
+  ls -la "$OUT/run.tgz"
 fi
 true

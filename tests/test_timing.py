@@ -186,3 +186,18 @@ def test_every_timed_cuda_call_is_compared_bitwise():
         torch.testing.assert_close(c.out, torch.softmax(c.args[0], dim=-1), rtol=0, atol=0)
     with pytest.raises(timing.OutputChanged, match="candidate: .* timed calls returned other bits"):
         timing.time_together({"candidate": tires}, make_args, exact=("candidate",), reps=1000)
+
+
+def test_a_host_loop_blocked_by_a_full_launch_queue_is_retried_with_fewer_calls():
+    from kforge.evaluate.timing.clock import next_attempt
+
+    # rotary_embedding's vendor on the H200: 270 us a call issued freely, 23 ms a call in a loop of
+    # 100 behind the sleep (the queue of ~1000 launches filled with its 17 a call): fewer calls,
+    # and a sleep sized for them, not the blocked loop.
+    calls, pad = next_attempt(100, 55_000.0, 23_000.0, 270.0)
+    assert calls == 25 and pad == 2 * 270.0 * 25 + 1000.0
+    assert next_attempt(25, pad, 23_000.0, 270.0)[0] == 6
+    assert next_attempt(6, pad, 23_000.0, 270.0)[0] == 5  # never below five calls
+    assert next_attempt(5, 1000.0, 23_000.0, 270.0) == (5, 4000.0)  # then only the sleep grows
+    # A host merely slower than the sleep (not blocked): the same calls behind a longer sleep.
+    assert next_attempt(100, 3000.0, 300.0, 270.0) == (100, 12000.0)

@@ -9,7 +9,7 @@ import torch
 
 from kforge.evaluate.timing.result import TimingError
 
-HOST_CALLS = 100  # well under the CUDA launch queue's depth (~1000), so launches never block
+HOST_CALLS = 100  # under the CUDA launch queue's depth (~1000) for calls of up to ~10 kernels; fewer when it fills
 WALL_TARGET_US = 2000.0  # length of the synchronized loop behind wall_us
 
 
@@ -49,7 +49,7 @@ def host_cost(fn: Callable, args: tuple, *, calls: int = HOST_CALLS, device: tor
         per_call_us = (clock() - start) / 10 * 1e6
         torch.cuda.synchronize()
         pad_us = 2 * per_call_us * calls + 1000.0
-        for _ in range(4):
+        for _ in range(6):
             torch.cuda._sleep(sleep_cycles(device, pad_us))
             slept = torch.cuda.Event()
             slept.record()
@@ -61,8 +61,20 @@ def host_cost(fn: Callable, args: tuple, *, calls: int = HOST_CALLS, device: tor
             torch.cuda.synchronize()
             if covered:
                 break
-            pad_us *= 4
+            calls, pad_us = next_attempt(calls, pad_us, elapsed / calls * 1e6, per_call_us)
         return elapsed / calls * 1e6
+
+
+def next_attempt(calls: int, pad_us: float, loop_per_call_us: float, free_per_call_us: float) -> tuple[int, float]:
+    """(calls, sleep us) for the next try of a loop the sleep did not cover. A loop slower per call
+    than the same calls issued freely (`free_per_call_us`, no sleep ahead) was blocked: the launch
+    queue filled behind the sleep (a call of many kernels: 100 calls of rotary_embedding's vendor,
+    17 launches each, measured 23 ms a call where it costs 0.27 ms), so fewer calls; otherwise the
+    host was just slower than the sleep: a longer sleep."""
+    if loop_per_call_us > 2 * free_per_call_us and calls > 5:
+        calls = max(calls // 4, 5)
+        return calls, 2 * free_per_call_us * calls + 1000.0
+    return calls, pad_us * 4
 
 
 def event_time_us(fn: Callable, args: tuple, pad_cycles: int, calls: int = 5) -> float:
