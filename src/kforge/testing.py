@@ -19,6 +19,7 @@ import torch
 from kforge.specs import OpSpec, OutputMismatch
 
 REF_FACTOR = 2.0
+CHUNK = 1 << 24  # elements compared at a time (a chunk's fp64 temporaries: 128 MB each)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -69,37 +70,13 @@ def compare(spec: OpSpec, args: tuple, out, *, oracle=None, at_dtype=None, scale
                               f"expected {tuple(low.shape)} {low.dtype} on {low.device}")
         if o.numel() == 0:
             continue
-        # In fp64 on the output's own device: copying prefill-sized outputs to the host cost ~6 s
-        # per case on the H100 host.
-        got = o.detach().to(torch.float64)
-        want = ref.detach().to(o.device, torch.float64)
-        lowp = low.detach().to(o.device, torch.float64)
-        nonfinite = ~torch.isfinite(want)
-        bad_special = (torch.isnan(got) != torch.isnan(want)) | (torch.isinf(got) != torch.isinf(want))
-        bad_special |= torch.isinf(want) & (got != want)
-        if bad_special.any():
-            idx = tuple(int(i) for i in bad_special.nonzero()[0])
-            return Comparison(False, float("inf"), float("inf"),
-                              f"{where}: non-finite mismatch at {idx}: got {got[idx].item()}, expected {want[idx].item()}",
-                              n, idx)
-        finite = ~nonfinite
         tol = spec.tolerance(o.dtype, problem)
         if scale != 1.0:
             tol = dataclasses.replace(tol, atol=tol.atol * scale)
-        magnitude = want.abs().where(finite, torch.zeros_like(want)) + tol.atol
-        ref_err = float(((lowp - want).abs() / magnitude)[finite].max()) if finite.any() else 0.0
-        err = torch.where(finite, (got - want).abs(), torch.zeros_like(got))
-        allowed = REF_FACTOR * ref_err * magnitude + tol.atol + tol.rtol * (magnitude - tol.atol)
-        ratio = err / allowed
-        max_ratio = float(ratio.max())
-        worst_err = max(worst_err, float(err.max()))
-        worst_ratio = max(worst_ratio, max_ratio)
-        if max_ratio > 1.0:
-            idx = tuple(int(i) for i in (ratio > 1.0).nonzero()[0])
-            return Comparison(False, worst_err, worst_ratio,
-                              f"{where}: error {float(err[idx]):.3g} over budget {float(allowed[idx]):.3g} at index {idx}: "
-                              f"got {got[idx].item():.6g}, expected {want[idx].item():.6g} "
-                              f"(reference at {o.dtype} errs up to {ref_err:.3g} relative)", n, idx)
+        failed, err_n, ratio_n = _compare_one(where, n, o, ref, low, tol)
+        if failed is not None:
+            return failed
+        worst_err, worst_ratio = max(worst_err, err_n), max(worst_ratio, ratio_n)
     return Comparison(True, worst_err, worst_ratio, "")
 
 
@@ -109,3 +86,53 @@ def assert_matches_reference(spec: OpSpec, args: tuple, out, **kwargs) -> Compar
     if not result.ok:
         raise AssertionError(result.message)
     return result
+
+
+def _chunks(o: torch.Tensor, ref: torch.Tensor, low: torch.Tensor):
+    """(start, o, ref, low) over flat slices of CHUNK elements: views, except a non-contiguous
+    output (copied once at its own dtype)."""
+    flat = [t.detach().reshape(-1) for t in (o, ref, low)]
+    for start in range(0, flat[0].numel(), CHUNK):
+        yield (start, *(t[start:start + CHUNK] for t in flat))
+
+
+def _compare_one(where: str, n: int, o: torch.Tensor, ref: torch.Tensor, low: torch.Tensor, tol):
+    """(failure or None, max error, max ratio) of output n, in fp64 on the output's own device
+    (copying prefill-sized outputs to the host cost ~6 s per case on the H100 host), a chunk at a
+    time: the whole output at once held ~10 fp64 copies of it, a prefill key's verification 34x
+    its input's bytes (an H200 worker ran out of its 70 GB cap on silu_and_mul 16384x29568)."""
+    def at(flat: int) -> tuple[int, ...]:
+        return tuple(int(i) for i in torch.unravel_index(torch.tensor(flat), o.shape)) if o.dim() else ()
+
+    ref_err = 0.0  # pass 1: non-finite placement, and the reference's own error at the dtype
+    for start, got, want, lowp in _chunks(o, ref, low):
+        got, want, lowp = (t.to(o.device, torch.float64) for t in (got, want, lowp))
+        bad_special = (torch.isnan(got) != torch.isnan(want)) | (torch.isinf(got) != torch.isinf(want))
+        bad_special |= torch.isinf(want) & (got != want)
+        if bad_special.any():
+            k = int(bad_special.nonzero()[0])
+            return Comparison(False, float("inf"), float("inf"), f"{where}: non-finite mismatch at {at(start + k)}: "
+                              f"got {got[k].item()}, expected {want[k].item()}", n, at(start + k)), 0.0, 0.0
+        finite = torch.isfinite(want)
+        if finite.any():
+            magnitude = want.abs() + tol.atol
+            ref_err = max(ref_err, float(((lowp - want).abs() / magnitude)[finite].max()))
+    worst_err, worst_ratio = 0.0, 0.0  # pass 2: every element against its budget
+    for start, got, want, _ in _chunks(o, ref, low):
+        got, want = (t.to(o.device, torch.float64) for t in (got, want))
+        finite = torch.isfinite(want)
+        magnitude = want.abs().where(finite, torch.zeros_like(want)) + tol.atol
+        err = torch.where(finite, (got - want).abs(), torch.zeros_like(got))
+        allowed = REF_FACTOR * ref_err * magnitude + tol.atol + tol.rtol * (magnitude - tol.atol)
+        ratio = err / allowed
+        max_ratio = float(ratio.max())
+        worst_err = max(worst_err, float(err.max()))
+        worst_ratio = max(worst_ratio, max_ratio)
+        if max_ratio > 1.0:
+            k = int((ratio > 1.0).nonzero()[0])
+            idx = at(start + k)
+            return Comparison(False, worst_err, worst_ratio,
+                              f"{where}: error {float(err[k]):.3g} over budget {float(allowed[k]):.3g} at index {idx}: "
+                              f"got {got[k].item():.6g}, expected {want[k].item():.6g} "
+                              f"(reference at {o.dtype} errs up to {ref_err:.3g} relative)", n, idx), 0.0, 0.0
+    return None, worst_err, worst_ratio

@@ -20,6 +20,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 # Ops whose result memory is uninitialised, by overload packet name.
 _EMPTY = frozenset({"empty", "empty_like", "new_empty", "empty_strided", "new_empty_strided", "empty_permuted"})
 _RESIZE = frozenset({"resize_", "resize_as_"})
+FILL_CHUNK = 1 << 24  # elements of garbage drawn at a time
 GARBAGE_SPREAD = 3.0  # garbage is N(0, 3^2): the spread of real activations, nothing a kernel can tell apart
 
 
@@ -33,8 +34,17 @@ def _fill(t: torch.Tensor, poison: Poison, gen: torch.Generator | None) -> None:
         return
     if poison == Poison.NAN:
         t.fill_(float("nan") if t.is_floating_point() else torch.iinfo(t.dtype).max)
-    elif t.is_floating_point():
-        t.copy_(torch.randn(t.shape, generator=gen, device=gen.device, dtype=torch.float32) * GARBAGE_SPREAD)
+    else:  # a chunk at a time: a whole prefill-sized block's fp32 draw held two more copies of it
+        flat = t.view(-1) if t.is_contiguous() else None
+        if flat is None:
+            _fill_chunk(t, gen)
+        for start in range(0, t.numel() if flat is not None else 0, FILL_CHUNK):
+            _fill_chunk(flat[start:start + FILL_CHUNK], gen)
+
+
+def _fill_chunk(t: torch.Tensor, gen: torch.Generator | None) -> None:
+    if t.is_floating_point():
+        t.copy_(torch.randn(t.shape, generator=gen, device=gen.device, dtype=torch.float32).mul_(GARBAGE_SPREAD))
     else:
         t.copy_(torch.randint(0, 1 << 10, t.shape, generator=gen, device=gen.device))
 
