@@ -98,6 +98,53 @@ def test_the_time_budget_stops_between_candidates_and_keeps_what_was_done(monkey
         assert set(records_at("softmax", k.problem)) == {"vendor"}
 
 
+def test_a_candidate_cut_short_by_the_budget_is_not_finished_not_rejected(monkeypatch):
+    clock = FakeClock()
+    monkeypatch.setattr(tune.time, "monotonic", clock)
+
+    def killed_at_the_budget(source, spec, **kwargs):
+        clock.now += kwargs["timeout_s"]
+        return harness.Evaluation(spec.name, False, f"worker timeout: no result after {kwargs['timeout_s']} s")
+
+    monkeypatch.setattr(harness, "evaluate_source", killed_at_the_budget)
+    keys = [tune.TuneKey("softmax", torch.float32, (3, 40))]
+    report = tune.tune(keys, device="cpu", inductor=False, max_seconds=150)
+    first, *rest = report.candidates
+    assert first.verdict == "not finished" and first.reason.startswith("time budget spent while it ran")
+    assert all(c.verdict == "not run" for c in rest)
+
+
+def test_a_key_too_big_for_device_memory_is_named_and_the_run_goes_on(monkeypatch):
+    """The reference's fp64 copies of a prefill key (cross_entropy 16384x256000: 31 GiB at once)
+    ran an H200 out of memory and the run died with a traceback; now that key alone is left out,
+    also of the candidates' workers, and the others are tuned."""
+    from kforge.evaluate import calibrate as calibrate_module
+
+    big, small = (7, 96), (3, 40)
+    real = calibrate_module.calibrate
+
+    def calibrate(spec, shape, dtype, device, **kwargs):
+        if tuple(shape) == big:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 31.25 GiB.\nmore detail")
+        return real(spec, shape, dtype, device, **kwargs)
+
+    seen = []
+
+    def evaluate(source, spec, **kwargs):
+        seen.append([tuple(s) for s in kwargs["timing_shapes"]])
+        return harness.Evaluation(spec.name, False, "fake: wrong")
+
+    monkeypatch.setattr(calibrate_module, "calibrate", calibrate)
+    monkeypatch.setattr(harness, "evaluate_source", evaluate)
+    keys = [tune.TuneKey("softmax", torch.float32, s) for s in (big, small)]
+    report = tune.tune(keys, device="cpu", inductor=False)
+    outcome = {tuple(k.problem): k for k in report.keys}
+    assert outcome[big].reason.startswith("out of device memory verifying vendor here (OutOfMemoryError: "
+                                          "CUDA out of memory. Tried to allocate 31.25 GiB.)")
+    assert outcome[big].recorded == [] and outcome[small].recorded == ["vendor"]
+    assert seen and all(shapes == [small] for shapes in seen)  # no worker is sent to the key that cannot fit
+
+
 def test_a_spent_budget_runs_nothing_and_the_command_says_why(capsys):
     rc, out, err = run_main(capsys, "tune", "softmax", "--shape", "3x40", "--dtype", "fp32", "--device", "cpu",
                             "--max-seconds", "0", "--json")

@@ -74,7 +74,7 @@ class CandidateOutcome:
     dtype: str
     impl: str
     origin: str  # "catalog:<file>" or "store"
-    verdict: str  # accepted, rejected, not run (time budget), duplicate
+    verdict: str  # accepted, rejected, not run or not finished (time budget), duplicate
     reason: str = ""
     seconds: float = 0.0  # the whole evaluation, worker start included
     keys: int = 0  # the keys it was verified and timed at, in one worker
@@ -126,6 +126,7 @@ def keys_from_misses(device: str, *, limit: int | None = None, ops: Sequence[str
     persisted) are left out."""
     from kforge.gen.from_misses import outstanding, spec_of
 
+    too_big: set[TuneKey] = set()
     fp = str(fingerprint(torch.device(device)))
     out = []
     for entry in outstanding(fp, table):
@@ -197,6 +198,7 @@ def _tune(keys, device, inductor, candidates, record, max_seconds, executor, tab
             stopped = f"time budget spent: {budget.elapsed():.0f} s >= {max_seconds:.0f} s"
         return stopped is not None
 
+    too_big: set[TuneKey] = set()
     fp = str(fingerprint(torch.device(device)))
     calls = {k: _call(k, device, fp) for k in keys}
     if candidates:
@@ -215,10 +217,17 @@ def _tune(keys, device, inductor, candidates, record, max_seconds, executor, tab
                 outcomes[k].reason = str(exc)
                 say(f"    {exc}")
                 continue
+            except torch.OutOfMemoryError as exc:  # the reference's fp64 copies do not fit: this key only
+                too_big.add(k)
+                outcomes[k].reason = f"out of device memory verifying vendor here ({_first_line(exc)})"
+                say(f"    {outcomes[k].reason}; left out of this run")
+                _release_cache(device)
+                continue
             finally:
                 outcomes[k].calibrate_s = time.monotonic() - t0
             _note(outcomes[k], records, record, table)
-        for source, provider, origin in sources:
+        group = [k for k in group if k not in too_big]  # a worker would run out of memory there too
+        for source, provider, origin in sources if group else ():
             sha = sha256_of(source)
             name = f"triton:{sha[:12]}"
             if stop_now():
@@ -231,19 +240,31 @@ def _tune(keys, device, inductor, candidates, record, max_seconds, executor, tab
                                      verify_sets=VERIFY_SETS, executor=executor, provider=provider,
                                      record=record, table=table, timeout_s=budget.worker_timeout(TIMEOUT_S))
             seconds = time.monotonic() - t0
-            results.append(CandidateOutcome(op, _name(dtype), name, origin, result.verdict, result.reason, seconds,
+            verdict, reason = result.verdict, result.reason
+            if not result.accepted and budget.spent() and "timeout" in reason:  # cut short, not judged
+                verdict, reason = "not finished", f"time budget spent while it ran ({reason})"
+            results.append(CandidateOutcome(op, _name(dtype), name, origin, verdict, reason, seconds,
                                             len(group), result.phases))
             if result.recorded:
                 written = {r.key for r in result.records if r.impl != "vendor"}
                 for k in group:
                     if calls[k].key in written:
                         outcomes[k].recorded.append(name)
-            say(f"    {result.verdict}{'' if result.accepted else ': ' + result.reason} ({seconds:.1f} s)")
+            say(f"    {verdict}{'' if result.accepted else ': ' + reason} ({seconds:.1f} s)")
     for k, outcome in outcomes.items():
         _routed(outcome, calls[k], table)
         if not outcome.recorded and outcome.reason is None:
             outcome.reason = stopped or "no implementation passed verification at this key"
     return TuneReport(str(device), list(outcomes.values()), results, budget.elapsed(), stopped)
+
+
+def _first_line(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"[:200]
+
+
+def _release_cache(device: str) -> None:
+    if torch.device(device).type == "cuda":
+        torch.cuda.empty_cache()
 
 
 def _name(dtype: torch.dtype) -> str:
