@@ -225,6 +225,7 @@ def _tune(keys, device, inductor, candidates, record, max_seconds, executor, tab
                 continue
             finally:
                 outcomes[k].calibrate_s = time.monotonic() - t0
+                _release_cache(device)  # what this process keeps cached, a worker on the GPU cannot have
             _note(outcomes[k], records, record, table)
         group = [k for k in group if k not in too_big]  # a worker would run out of memory there too
         for source, provider, origin in sources if group else ():
