@@ -221,7 +221,6 @@ def _tune(keys, device, inductor, candidates, record, max_seconds, executor, tab
                 too_big.add(k)
                 outcomes[k].reason = f"out of device memory verifying vendor here ({_first_line(exc)})"
                 say(f"    {outcomes[k].reason}; left out of this run")
-                _release_cache(device)
                 continue
             finally:
                 outcomes[k].calibrate_s = time.monotonic() - t0
