@@ -145,6 +145,43 @@ def test_a_key_too_big_for_device_memory_is_named_and_the_run_goes_on(monkeypatc
     assert seen and all(shapes == [small] for shapes in seen)  # no worker is sent to the key that cannot fit
 
 
+def test_a_worker_out_of_device_memory_is_run_again_at_the_smaller_half_of_the_keys(monkeypatch):
+    """cross_entropy's seeds were rejected at all 26 keys of 20 models because the verifier's fp64
+    copies of the 16384-token keys did not fit a worker's cap; the smaller keys are now verified
+    again without them."""
+    sizes = [(2, 40), (3, 40), (5, 40), (64, 40), (128, 40)]
+    calls = []
+
+    def evaluate(source, spec, **kwargs):
+        shapes = [tuple(s) for s in kwargs["timing_shapes"]]
+        calls.append(shapes)
+        if max(r for r, _ in shapes) >= 64:
+            return harness.Evaluation(spec.name, False, "worker killed: over its device-memory cap: OutOfMemoryError")
+        return harness.Evaluation(spec.name, True, "")
+
+    monkeypatch.setattr(harness, "evaluate_source", evaluate)
+    keys = [tune.TuneKey("softmax", torch.float32, s) for s in reversed(sizes)]
+    report = tune.tune(keys, device="cpu", inductor=False)
+    first = report.candidates[0]
+    assert calls[0] == list(reversed(sizes)) and calls[1] == sizes[:2]  # the smaller half, by size
+    assert first.verdict == "accepted" and first.keys == 2
+    assert first.reason == ("verified at the 2 smallest of 5 keys: the worker ran out of device memory "
+                            "verifying the larger ones")
+
+
+def test_a_rejection_that_is_not_out_of_memory_is_not_retried(monkeypatch):
+    calls = []
+
+    def evaluate(source, spec, **kwargs):
+        calls.append(kwargs["timing_shapes"])
+        return harness.Evaluation(spec.name, False, "(3, 40): error over budget")
+
+    monkeypatch.setattr(harness, "evaluate_source", evaluate)
+    keys = [tune.TuneKey("softmax", torch.float32, s) for s in ((3, 40), (64, 40))]
+    report = tune.tune(keys, device="cpu", inductor=False)
+    assert len(calls) == len(report.candidates) and all(c.verdict == "rejected" for c in report.candidates)
+
+
 def test_a_spent_budget_runs_nothing_and_the_command_says_why(capsys):
     rc, out, err = run_main(capsys, "tune", "softmax", "--shape", "3x40", "--dtype", "fp32", "--device", "cpu",
                             "--max-seconds", "0", "--json")

@@ -66,6 +66,7 @@ DEFAULT_ALLOW: tuple[str, ...] = (
 DEFAULT_CPU_MEMORY_MB = 4096
 DEFAULT_GPU_RSS_MB = 16384
 DEFAULT_DEVICE_MEMORY_FRACTION = 0.5
+DEVICE_MEMORY_CAP = "its device-memory cap"  # in a killed CUDA worker's error: "over its device-memory cap: ..."
 RESULT_CAP = 16 << 20  # bytes of result JSON the coordinator reads from a worker
 RSS_EVERY_S = 0.1
 IN_SANDBOX = "KFORGE_IN_SANDBOX"
@@ -388,7 +389,7 @@ def _supervise(worker: Worker, text: bytes, timeout_s: float, limit_mb: int) -> 
     if problem:
         return WorkerOutcome(Status.CRASHED, error=f"the worker's result is malformed ({problem}): discarded", **logs)
     if parsed.get("memory"):
-        what = "its device-memory cap" if cuda else f"the {limit_mb} MB memory limit"
+        what = DEVICE_MEMORY_CAP if cuda else f"the {limit_mb} MB memory limit"
         return WorkerOutcome(Status.KILLED, error=f"over {what}: {parsed['error']}",
                              traceback=parsed.get("traceback"), **logs)
     return WorkerOutcome(Status(parsed["status"]), value=parsed.get("value"), error=parsed.get("error"),

@@ -15,6 +15,7 @@ harness's workers run it; this process writes the table.
 from __future__ import annotations
 
 import dataclasses
+import math
 import time
 from typing import Callable, Iterable, Sequence
 
@@ -22,6 +23,7 @@ import torch
 
 from kforge.catalog import seeds
 from kforge.device import fingerprint
+from kforge.evaluate.sandbox import DEVICE_MEMORY_CAP
 from kforge.ops import get_spec
 from kforge.records import CallInfo, Record
 from kforge.router.key import call_info
@@ -31,6 +33,7 @@ from kforge.specs import OpSpec
 from kforge.store import KernelStore, sha256_of
 
 VERIFY_SETS = ("smoke", "odd", "edge")  # verified besides the tuned keys themselves (and secret shapes)
+OUT_OF_DEVICE_MEMORY = f"over {DEVICE_MEMORY_CAP}"
 MIN_WORKER_S = 30.0  # a candidate started near the budget's end still gets this long
 
 
@@ -235,19 +238,29 @@ def _tune(keys, device, inductor, candidates, record, max_seconds, executor, tab
                 continue
             done += 1
             say(f"[{done}/{steps}] {op} {_name(dtype)}: {name} ({origin}) at {len(group)} key(s) in a sandboxed worker")
-            t0 = time.monotonic()
-            result = evaluate_source(source, spec, device=device, dtypes=[dtype], timing_shapes=[k.shape for k in group],
-                                     verify_sets=VERIFY_SETS, executor=executor, provider=provider,
-                                     record=record, table=table, timeout_s=budget.worker_timeout(TIMEOUT_S))
+            t0, here = time.monotonic(), group
+            while True:
+                result = evaluate_source(source, spec, device=device, dtypes=[dtype], timing_shapes=[k.shape for k in here],
+                                         verify_sets=VERIFY_SETS, executor=executor, provider=provider,
+                                         record=record, table=table, timeout_s=budget.worker_timeout(TIMEOUT_S))
+                if result.accepted or OUT_OF_DEVICE_MEMORY not in result.reason or len(here) < 2 or stop_now():
+                    break
+                # The verifier's copies of the biggest keys did not fit the worker's cap (cross_entropy
+                # at 16384 tokens): again at the smaller half; the others stay unrecorded for it.
+                here = sorted(here, key=lambda k: (math.prod(k.shape), k.shape))[:len(here) // 2]
+                say(f"    a worker ran {OUT_OF_DEVICE_MEMORY}: again at the {len(here)} smallest key(s)")
             seconds = time.monotonic() - t0
             verdict, reason = result.verdict, result.reason
             if not result.accepted and budget.spent() and "timeout" in reason:  # cut short, not judged
                 verdict, reason = "not finished", f"time budget spent while it ran ({reason})"
+            elif result.accepted and len(here) < len(group):
+                reason = f"verified at the {len(here)} smallest of {len(group)} keys: the worker ran out of " \
+                         f"device memory verifying the larger ones"
             results.append(CandidateOutcome(op, _name(dtype), name, origin, verdict, reason, seconds,
-                                            len(group), result.phases))
+                                            len(here), result.phases))
             if result.recorded:
                 written = {r.key for r in result.records if r.impl != "vendor"}
-                for k in group:
+                for k in here:
                     if calls[k].key in written:
                         outcomes[k].recorded.append(name)
             say(f"    {verdict}{'' if result.accepted else ': ' + reason} ({seconds:.1f} s)")
