@@ -40,6 +40,17 @@ def _kernel_source(sha: str, run_dirs: list[Path]) -> tuple[str, str, str | None
     return None
 
 
+def _compact(payload: dict) -> str:
+    """The shard as JSON with one record (and one pooled evidence) per line: readable diffs, and
+    none of the one-number-per-line bulk that made the gemv shard 13.6 MB."""
+    head = {k: v for k, v in payload.items() if k not in ("records", "evidence_pool")}
+    parts = [json.dumps(head, sort_keys=True)[:-1]]
+    for name in ("evidence_pool", "records"):
+        lines = [json.dumps(r, sort_keys=True, separators=(",", ":")) for r in payload[name]]
+        parts.append(f'"{name}": [\n' + ",\n".join(lines) + "\n]")
+    return ", ".join(parts) + "}\n"
+
+
 def bundle(run_dirs: list[Path]) -> int:
     target = paths.BUNDLED_TABLE_DIR
     bundled_store = BundledKernels(target / "kernels")
@@ -64,8 +75,7 @@ def bundle(run_dirs: list[Path]) -> int:
             merged.update({r.ident: r for r in kept})
             data = json.loads(shard.read_text())
             out.parent.mkdir(parents=True, exist_ok=True)
-            out.write_text(json.dumps(shard_payload(data.get("device"), data.get("op"), merged.values()),
-                                      indent=1, sort_keys=True) + "\n")
+            out.write_text(_compact(shard_payload(data.get("device"), data.get("op"), merged.values())))
             print(f"{out.relative_to(target.parent)}: {len(kept)} records from {shard} ({skipped} unreadable)")
     for line in dropped:
         print(f"dropped {line}", file=sys.stderr)

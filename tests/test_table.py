@@ -377,3 +377,43 @@ def test_the_shipped_tables_parse_and_their_records_are_verified_measurements():
             if r.impl.startswith("triton:"):  # the kernel the record names ships with the table, intact
                 kernel = BundledKernels(kforge.paths.BUNDLED_TABLE_DIR / "kernels").get(r.source_sha256)
                 assert r.impl == kernel.impl_id and kernel.op == data["op"]
+
+
+def test_shared_evidence_is_written_once_and_read_back_as_it_was():
+    from kforge.records import Evidence
+    from kforge.router.table import shard_payload
+
+    shared = Evidence(dtypes=("float32,float32",), shapes=tuple((r, 64) for r in range(1, 300)), seeds=(0, 1),
+                      max_error_ratio=0.25)
+    records = [make_record(problem=(r, 64), impl="triton:abc", evidence=shared) for r in (1, 2, 3)]
+    records += [make_record(problem=(r, 64), impl="vendor") for r in (1, 2)]  # evidence of their own
+    payload = shard_payload(None, "rms_norm", records)
+    assert len(payload["evidence_pool"]) == 3 and {row["evidence"] for row in payload["records"]} == {0, 1, 2}
+    back, skipped = parse_table(json.dumps(payload), "pooled")
+    assert skipped == 0
+    assert sorted(back, key=lambda r: (r.impl, r.key.shape)) == sorted(records, key=lambda r: (r.impl, r.key.shape))
+    inline = {**payload, "records": [dict(row, evidence=payload["evidence_pool"][row["evidence"]])
+                                     for row in payload["records"]]}
+    del inline["evidence_pool"]  # the form tables were written in before: still read
+    assert sorted(parse_table(json.dumps(inline), "inline")[0], key=lambda r: (r.impl, r.key.shape)) == \
+        sorted(back, key=lambda r: (r.impl, r.key.shape))
+
+
+@pytest.mark.parametrize("ref", [3, -1, True, 2**70])
+def test_a_record_naming_a_missing_pool_entry_is_skipped_not_served(ref):
+    from kforge.router.table import shard_payload
+
+    payload = shard_payload(None, "rms_norm", [make_record(problem=(4, 64)), make_record(problem=(5, 64))])
+    payload["records"][0]["evidence"] = ref
+    with pytest.raises(Exception, match="invalid record"):
+        parse_table(json.dumps(payload), "hostile", strict=True)
+    kept, skipped = parse_table(json.dumps(payload), "hostile")
+    assert skipped == 1 and [r.key.shape for r in kept] == [(5, 64)]
+
+
+def test_an_evidence_pool_that_is_not_a_list_is_not_a_table():
+    from kforge.errors import TableError
+
+    with pytest.raises(TableError, match="evidence_pool must be a list"):
+        parse_table(json.dumps({"schema_version": SCHEMA_VERSION, "kind": "kforge-score-table",
+                                "evidence_pool": {"0": {}}, "records": []}), "hostile")

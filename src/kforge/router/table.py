@@ -16,6 +16,8 @@ until then. Either way routing carries on with the remaining layers, vendor at w
 """
 from __future__ import annotations
 
+import json
+
 import threading
 import warnings
 from pathlib import Path
@@ -55,10 +57,13 @@ def parse_table(text: str | bytes, source: str, *, strict: bool = False) -> tupl
     version = data.get("schema_version")
     if version != SCHEMA_VERSION:
         raise ForeignVersion(f"{source}: schema_version {version!r:.40}, this kforge reads {SCHEMA_VERSION}")
+    pool = data.get("evidence_pool", [])
+    if not isinstance(pool, list):
+        raise TableError(f"{source}: evidence_pool must be a list")
     records, invalid = [], []
     for index, raw in enumerate(data["records"]):
         try:
-            records.append(Record.from_json(raw))
+            records.append(Record.from_json(_with_evidence(raw, pool)))
         except (KeyError, TypeError, ValueError, AttributeError, OverflowError) as exc:
             invalid.append((index, raw, exc))
     if strict and invalid:
@@ -66,6 +71,16 @@ def parse_table(text: str | bytes, source: str, *, strict: bool = False) -> tupl
         more = f"; and {len(invalid) - 10} more" if len(invalid) > 10 else ""
         raise TableError(f"{source}: {len(invalid)} invalid record(s): " + "; ".join(shown) + more)
     return records, len(invalid)
+
+
+def _with_evidence(raw, pool: list):
+    """`raw` with its evidence taken from the pool where it names an entry (shard_payload)."""
+    if not isinstance(raw, dict) or isinstance(raw.get("evidence"), bool) or not isinstance(raw.get("evidence"), int):
+        return raw
+    ref = raw["evidence"]
+    if not 0 <= ref < len(pool):
+        raise ValueError(f"evidence: names entry {ref} of an evidence_pool of {len(pool)}")
+    return {**raw, "evidence": pool[ref]}
 
 
 def _op_of(raw) -> str:
@@ -78,8 +93,21 @@ class ForeignVersion(TableError):
 
 
 def shard_payload(device: str | None, op: str | None, records: Iterable[Record]) -> dict:
+    """A table file's JSON. Each distinct evidence is written once, in "evidence_pool", and a record
+    names its entry by index: every record of one evaluation carries the same evidence (a gemv
+    seed's lists 288 shapes), which inline made the H200 gemv shard 6.3 MB and slow to read.
+    parse_table reads both forms."""
     ordered = sorted(records, key=lambda r: (r.key.op, r.key.device, r.key.dtypes, r.key.shape, r.impl))
-    payload = {"schema_version": SCHEMA_VERSION, "kind": KIND, "records": [r.to_json() for r in ordered]}
+    pool, index, rows = [], {}, []
+    for r in ordered:
+        row = r.to_json()
+        text = json.dumps(row["evidence"], sort_keys=True)
+        if text not in index:
+            index[text] = len(pool)
+            pool.append(row["evidence"])
+        row["evidence"] = index[text]
+        rows.append(row)
+    payload = {"schema_version": SCHEMA_VERSION, "kind": KIND, "evidence_pool": pool, "records": rows}
     if device is not None:
         payload["device"] = device
     if op is not None:
