@@ -16,9 +16,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from torch.overrides import TorchFunctionMode
 
 from kforge import shapes
+from kforge.specs import meta_inputs
 from kforge.errors import KforgeError, UnknownNameError
 from kforge.shapes import BUILTIN_SPECS, Key, ModelsFileError, UnknownModelError
 
@@ -173,22 +173,6 @@ def test_bad_arguments_are_named():
 
 
 # -- every key is a call the spec accepts ---------------------------------------------------------
-_DRAWS = {torch.randn: torch.float32, torch.randint: torch.int64, torch.randperm: torch.int64}
-
-
-class _NoDraws(TorchFunctionMode):
-    """Random draws as empty meta tensors of their size and dtype: under `torch.device("meta")`
-    a draw would be decomposed into meta ops one by one (~1 ms each); the values do not matter
-    to `check` and `problem`."""
-
-    def __torch_function__(self, func, types, args=(), kwargs=None):
-        kwargs = kwargs or {}
-        if func in _DRAWS:
-            size = (args[0],) if func is torch.randperm else args[-1] if func is torch.randint else args[0]
-            return torch.empty(size, dtype=kwargs.get("dtype") or _DRAWS[func], device="meta")
-        return func(*args, **kwargs)
-
-
 def test_every_model_s_keys_pass_the_spec_s_checks():
     """Every model's problems at a decode and a prefill count (1 and 16384: each op's every rule),
     built by the op's make_inputs on the meta device: its check accepts them and its problem is the
@@ -199,15 +183,14 @@ def test_every_model_s_keys_pass_the_spec_s_checks():
         for op, found in shapes.keys(m, tokens=[1, 16384]).items():
             assert found == [Key(tuple(BUILTIN_SPECS[op].shape_for(p)), BF16) for p in problems[op]]
             wanted.setdefault(op, {}).update(dict.fromkeys(zip(problems[op], found)))
-    with torch.device("meta"), _NoDraws():
-        for op, pairs in wanted.items():
-            spec = BUILTIN_SPECS[op]
-            for problem, key in pairs:
-                args = spec.make_inputs(key.shape, key.dtype, "meta", 0)
-                assert all(a.device.type == "meta" for a in args if isinstance(a, torch.Tensor))
-                spec.check(args)
-                assert args[spec.tensor_args[0]].dtype == key.dtype
-                assert tuple(spec.problem(args)) == problem, (op, key)
+    for op, pairs in wanted.items():
+        spec = BUILTIN_SPECS[op]
+        for problem, key in pairs:
+            args = meta_inputs(spec, key.shape, key.dtype)
+            assert all(a.device.type == "meta" for a in args if isinstance(a, torch.Tensor))
+            spec.check(args)
+            assert args[spec.tensor_args[0]].dtype == key.dtype
+            assert tuple(spec.problem(args)) == problem, (op, key)
 
 
 def test_token_counts_scale_only_the_first_dim():

@@ -8,7 +8,7 @@ the type every `spec` parameter carries.
 from __future__ import annotations
 
 from kforge.specs.spec import (FLOAT_DTYPES, Magnitude, OpSpec, OutputMismatch, Problem, Shape, Tolerance,
-                               resolution_floor, to_dtype)
+                               meta_inputs, resolution_floor, to_dtype)
 
 __all__ = ["FLOAT_DTYPES", "Magnitude", "OpSpec", "OutputMismatch", "Problem", "Shape", "Tolerance",
-           "resolution_floor", "to_dtype"]
+           "meta_inputs", "resolution_floor", "to_dtype"]

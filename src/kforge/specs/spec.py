@@ -249,6 +249,29 @@ def generator(seed: int, device: Any = None) -> torch.Generator:
     return torch.Generator(device="cpu").manual_seed(seed)
 
 
+_DRAWS = {torch.randn: torch.float32, torch.randint: torch.int64, torch.randperm: torch.int64}
+
+
+class _NoDraws(torch.overrides.TorchFunctionMode):
+    """Random draws as empty meta tensors of their size and dtype (the values do not matter to
+    `check` and `problem`): a draw under `torch.device("meta")` is decomposed into meta ops one by
+    one (~1 ms each), and one on a generator's device allocates the whole input."""
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func in _DRAWS:
+            size = (args[0],) if func is torch.randperm else args[-1] if func is torch.randint else args[0]
+            return torch.empty(size, dtype=kwargs.get("dtype") or _DRAWS[func], device="meta")
+        return func(*args, **kwargs)
+
+
+def meta_inputs(spec: "OpSpec", shape: Shape, dtype: torch.dtype) -> tuple:
+    """`spec.make_inputs(shape, dtype)` on the meta device, with no memory and no draws: a call's
+    metadata (its dispatch key, layout, checks) at any size, a 16384 x 262208 logits included."""
+    with torch.device("meta"), _NoDraws():
+        return spec.make_inputs(tuple(shape), dtype, "meta", 0)
+
+
 def randn(shape: Shape, dtype: torch.dtype, device: Any, gen: torch.Generator, scale: float = 1.0, shift: float = 0.0):
     x = torch.randn(shape, generator=gen, device=gen.device, dtype=torch.float32) * scale + shift
     return x.to(device=device, dtype=dtype)
