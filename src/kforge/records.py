@@ -11,7 +11,8 @@ import math
 import re
 from typing import Any, Mapping
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: shards pool their evidence (router.table.shard_payload); 1 is still read
+READABLE_SCHEMA_VERSIONS = (1, 2)  # a kforge of version 1 sets a version-2 shard aside, never rewrites it
 
 Problem = tuple[int, ...]
 

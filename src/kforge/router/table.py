@@ -26,7 +26,7 @@ from typing import Iterable, Iterator
 from kforge import paths
 from kforge.device import slug
 from kforge.errors import TableError
-from kforge.records import SCHEMA_VERSION, Record, check_op_name
+from kforge.records import READABLE_SCHEMA_VERSIONS, SCHEMA_VERSION, Record, check_op_name
 from kforge.files import MAX_JSON_BYTES, CorruptFile, atomic_write_json, file_state, loads_json, lock_for, move_aside
 
 KIND = "kforge-score-table"
@@ -55,8 +55,9 @@ def parse_table(text: str | bytes, source: str, *, strict: bool = False) -> tupl
     if not isinstance(data, dict) or data.get("kind", KIND) != KIND or not isinstance(data.get("records"), list):
         raise TableError(f"{source}: not a kforge score table")
     version = data.get("schema_version")
-    if version != SCHEMA_VERSION:
-        raise ForeignVersion(f"{source}: schema_version {version!r:.40}, this kforge reads {SCHEMA_VERSION}")
+    if version not in READABLE_SCHEMA_VERSIONS or isinstance(version, bool):
+        raise ForeignVersion(f"{source}: schema_version {version!r:.40}, this kforge reads "
+                             f"{' and '.join(map(str, READABLE_SCHEMA_VERSIONS))}")
     pool = data.get("evidence_pool", [])
     if not isinstance(pool, list):
         raise TableError(f"{source}: evidence_pool must be a list")
