@@ -4,6 +4,7 @@ import time
 import warnings
 
 import torch
+from torch.profiler import ProfilerActivity, profile
 
 from kforge.ops import get_spec
 
@@ -27,7 +28,6 @@ for name, fn in (("vendor", spec.vendor), ("reference", spec.reference)):
     host = (time.perf_counter() - t) / 50 * 1e6
     torch.cuda.synchronize()
     print(f"{name}: host {host:.1f} us/call, with sync {(time.perf_counter() - t) / 50 * 1e6:.1f}")
-from torch.profiler import ProfilerActivity, profile
 with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as p:
     spec.vendor(*args)
     torch.cuda.synchronize()

@@ -138,11 +138,16 @@ def _op_table(rows: list[dict]) -> str:
         if row["chosen"] == "vendor" and not any(r["impl"] == "vendor" for r in row["records"]):
             table_rows.append(["", "", "->", "vendor (fallback)", "", "", "", "", "", "", ""])
     # ceil: the fraction of the device's measured copy ceiling; by: the provider; note: why passed over
-    text = render(["dtypes", "shape", "", "impl", "p50 us", "host us", "GB/s", "ceil", "layer", "by", "note"],
-                  table_rows, right=(4, 5, 6, 7))
+    header = ["dtypes", "shape", "", "impl", "p50 us", "host us", "GB/s", "ceil", "layer", "by", "note"]
+    right, above = (4, 5, 6, 7), []
+    signatures = {row["dtypes"] for row in rows}
+    if len(signatures) == 1:  # one signature (rotary's is four dtypes long): said once, above the table
+        above = [f"dtypes {dtypes_text(signatures.pop())}"]
+        header, table_rows, right = header[1:], [r[1:] for r in table_rows], tuple(i - 1 for i in right)
+    text = render(header, table_rows, right=right)
     wrapped = [textwrap.fill(n, WIDTH, initial_indent=f"[{i}] ", subsequent_indent="    ")
                for i, n in enumerate(notes, 1)]
-    return "\n".join([text, *wrapped])
+    return "\n".join([*above, text, *wrapped])
 
 
 def export_table(args, records: list[Record]) -> int:

@@ -129,7 +129,6 @@ def keys_from_misses(device: str, *, limit: int | None = None, ops: Sequence[str
     persisted) are left out."""
     from kforge.gen.from_misses import outstanding, spec_of
 
-    too_big: set[TuneKey] = set()
     fp = str(fingerprint(torch.device(device)))
     out = []
     for entry in outstanding(fp, table):

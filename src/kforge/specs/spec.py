@@ -265,7 +265,7 @@ class _NoDraws(torch.overrides.TorchFunctionMode):
         return func(*args, **kwargs)
 
 
-def meta_inputs(spec: "OpSpec", shape: Shape, dtype: torch.dtype) -> tuple:
+def meta_inputs(spec: OpSpec, shape: Shape, dtype: torch.dtype) -> tuple:
     """`spec.make_inputs(shape, dtype)` on the meta device, with no memory and no draws: a call's
     metadata (its dispatch key, layout, checks) at any size, a 16384 x 262208 logits included."""
     with torch.device("meta"), _NoDraws():
