@@ -16,7 +16,9 @@ def too_wide(text: str) -> list[str]:
     return [line for line in text.splitlines() if len(line) > WIDTH]
 
 
-@pytest.mark.parametrize("argv", [("table",), ("doctor",), ("misses",), ("attempts", "list")])
+@pytest.mark.parametrize("argv", [("table",), ("doctor",), ("misses",), ("attempts", "list"),
+                                  ("tune", "topk_softmax", "--shape", "3x40", "--dtype", "fp32", "--device", "cpu",
+                                   "--no-inductor", "--no-candidates")])
 def test_a_command_fits_100_columns(capsys, monkeypatch, argv):
     monkeypatch.delenv("KFORGE_BUNDLED_TABLE")  # the shipped table: every op, two GPUs
     home = tempfile.mkdtemp(prefix="kf")  # a home as short as a user's (~/.local/share/kforge): paths fit
@@ -26,6 +28,18 @@ def test_a_command_fits_100_columns(capsys, monkeypatch, argv):
     assert out.strip()
     shutil.rmtree(home, ignore_errors=True)
     assert too_wide(out) == [], "\n".join(too_wide(out))
+
+
+def test_wrap_keeps_short_lines_and_never_splits_a_word():
+    from kforge.cli._output import wrap
+
+    run_id = "20261204T182046-rotary_embedding-4757d4"
+    text = wrap("  kept  as it is\n" + "word " * 30 + run_id + " " + "x" * 120)
+    lines = text.splitlines()
+    assert lines[0] == "  kept  as it is"
+    assert all(len(line) <= WIDTH for line in lines[1:-1]) and lines[-1] == "    " + "x" * 120
+    assert run_id in text.split() and all(line.startswith("    ") for line in lines[2:])
+    assert " ".join(text.split()) == " ".join(("  kept  as it is\n" + "word " * 30 + run_id + " " + "x" * 120).split())
 
 
 def test_every_help_fits_100_columns(capsys, monkeypatch):

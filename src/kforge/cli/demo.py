@@ -30,7 +30,8 @@ import kforge
 from kforge import paths
 from kforge.backends import get_backend
 from kforge.cli import _args
-from kforge.cli._output import WIDTH, device_text, dtypes_text, emit_json, number, progress, render, shape_text
+from kforge.cli._output import (WIDTH, device_text, dtypes_text, emit_json, number, progress, render, shape_text,
+                                wrap)
 from kforge.device import fingerprint
 from kforge.errors import KforgeError
 from kforge.evaluate.calibrate import CalibrationRejected, ImplausibleTiming, calibrate, measure
@@ -105,7 +106,7 @@ def run(args) -> int:
         os.environ.setdefault("TRITON_INTERPRET", "1")
     backends = [get_backend(name.strip()).name for name in args.backends.split(",") if name.strip()]
     fp = fingerprint(device)
-    progress(_wrap(f"kforge demo on {fp.kind}: {fp.name} (torch {fp.torch}, triton {fp.triton}); "
+    progress(wrap(f"kforge demo on {fp.kind}: {fp.name} (torch {fp.torch}, triton {fp.triton}); "
                    f"records go to {paths.user_table_dir()}"))
 
     records, rejected = [], []
@@ -121,11 +122,11 @@ def run(args) -> int:
                         found = []
                         rejected.append({"key": str(exc.key), "impl": ", ".join(f.impl for f in exc.found),
                                          "reason": str(exc)})
-                        progress(_wrap(f"  {exc}"))
+                        progress(wrap(f"  {exc}"))
                 for w in caught:
                     if isinstance(w.message, CalibrationRejected):
                         rejected.append({"key": str(w.message.key), "impl": w.message.impl, "reason": w.message.reason})
-                        progress(_wrap(f"  rejected {w.message.impl}: {w.message.reason}"))
+                        progress(wrap(f"  rejected {w.message.impl}: {w.message.reason}"))
                     else:
                         warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
                 records.extend(found)
@@ -192,10 +193,6 @@ def add_stats(a: dict, b: dict) -> dict:
     return {"ops": ops, "disabled": sorted({*a["disabled"], *b["disabled"]})}
 
 
-def _wrap(text: str) -> str:
-    return textwrap.fill(text, WIDTH, subsequent_indent="    ", break_long_words=True, break_on_hyphens=False)
-
-
 def generate_for_misses(specs, device, variants: int) -> list[dict]:
     """`kforge generate --from-misses` for the demo's ops: one catalog round per op over the keys
     its miss log holds, each candidate verified at those keys (and the secret shapes near them,
@@ -209,7 +206,7 @@ def generate_for_misses(specs, device, variants: int) -> list[dict]:
 
     names = {spec.name for spec in specs}
     targets = [t for t in from_misses.targets(str(device)) if t.op in names]
-    progress(_wrap(f"generate --from-misses --provider catalog: {len(targets)} missed key(s), "
+    progress(wrap(f"generate --from-misses --provider catalog: {len(targets)} missed key(s), "
                    f"{variants} variant(s) per op, candidates verified at those keys in sandboxed workers"))
     with LocalPoolExecutor() as executor:
         def one(name: str) -> dict:
@@ -220,7 +217,7 @@ def generate_for_misses(specs, device, variants: int) -> list[dict]:
             t0 = time.perf_counter()
             result = search.run(name, CatalogProvider(), settings, device=str(device), dtypes=dtypes, shapes=shapes,
                                 executor=executor)
-            progress(_wrap(f"generated {name}: {result.accepted}/{result.attempts} candidates accepted, "
+            progress(wrap(f"generated {name}: {result.accepted}/{result.attempts} candidates accepted, "
                            f"{len(result.keys)} key(s) recorded ({time.perf_counter() - t0:.1f} s, run {result.run_id})"
                            + "".join(f"; not recorded: {k['dtype']} {shape_text(k['shape'])}: {k['why']}"
                                      for k in result.unrecorded_keys)))
@@ -373,23 +370,23 @@ def print_result(result: dict, fp) -> None:
                    ", ".join(f"{_short(i)} {n}" for i, n in sorted(s["by_impl"].items()))]
                   for op, s in stats["ops"].items()], right=(1, 2, 3, 4)))
     if stats["disabled"]:
-        print(_wrap("switched off: " + "; ".join(stats["disabled"])))
+        print(wrap("switched off: " + "; ".join(stats["disabled"])))
     for rej in result["rejected"]:
-        print(_wrap(f"rejected in calibration: {rej['impl']} for {rej['key']}: {rej['reason']}"))
+        print(wrap(f"rejected in calibration: {rej['impl']} for {rej['key']}: {rej['reason']}"))
     for run in result.get("generated", []):
         for k in run["keys"]:
             after = k["after"]
             verdict = ("a generated kernel is now the fastest record" if after["impl"].startswith("triton:")
                        else "vendor stays the fastest record (on a CPU, Triton runs in its interpreter)")
-            print(_wrap(f"generated {run['op']} {k['dtype']} {shape_text(k['shape'])}: best kernel "
+            print(wrap(f"generated {run['op']} {k['dtype']} {shape_text(k['shape'])}: best kernel "
                         f"{_short(k['kernel']['impl'])} {number(k['kernel']['p50_us'], 1)} us vs vendor "
                         f"{number(k['vendor_p50_us'], 1)} us in the same run: {verdict}"))
         for k in run.get("unrecorded_keys", []):
-            print(_wrap(f"generated {run['op']} {k['dtype']} {shape_text(k['shape'])}: not recorded: {k['why']}"))
+            print(wrap(f"generated {run['op']} {k['dtype']} {shape_text(k['shape'])}: not recorded: {k['why']}"))
     bad = [r for r in result["routes"] if not r["verified"]]
     ops = sorted({r["op"] for r in result["routes"]})
     print(f"\n{len(result['routes']) - len(bad)}/{len(result['routes'])} routed results of {len(ops)} ops match "
           f"the reference; {len(result['records'])} records written; {result['seconds']} s.")
     for r in bad:
-        print(_wrap(f"WRONG: {r['op']} {r['dtypes']} {shape_text(r['shape'])}: {r['error']}"))
+        print(wrap(f"WRONG: {r['op']} {r['dtypes']} {shape_text(r['shape'])}: {r['error']}"))
     print("\n" + next_steps(fp.kind == "cpu"))

@@ -161,11 +161,10 @@ def _run(args) -> int:
     a pull request with the accepted kernels, their table records and the report. Exit 1 when
     the request is invalid."""
     import os
-    import textwrap
     from pathlib import Path
 
     from kforge.cli import _args
-    from kforge.cli._output import WIDTH, progress
+    from kforge.cli._output import wrapped_progress
     from kforge.gen import run_state
     from kforge.gen.config import config_from_args
     from kforge.gen.providers import make_provider
@@ -208,8 +207,7 @@ def _run(args) -> int:
     executor = _args.executor(args.executor)
     try:
         outcome = run_request(request, provider, settings, device=device, executor=executor, out_dir=out,
-                              on_progress=lambda message: progress(textwrap.fill(
-                                  message, WIDTH, subsequent_indent="    ", break_on_hyphens=False)))
+                              on_progress=wrapped_progress)
     except KforgeError as exc:  # the new op did not build: its reason (redacted) goes where a report would
         text = redact(f"kforge could not run this request: {exc}\n")
         out.mkdir(parents=True, exist_ok=True)
