@@ -44,6 +44,21 @@ def test_local_pool_runs_one_task_per_gpu_at_a_time_across_gpus():
     assert elapsed < 4 * 0.4  # concurrent across the two GPUs
 
 
+def test_concurrent_maps_share_the_pools_gpus():
+    """Two searches mapping on one pool from two threads at once (the demo runs its ops' searches
+    so): each task gets a GPU of its own, not the first GPU of each map's own view of the pool."""
+    import concurrent.futures
+
+    def one(index: int) -> list:
+        return pool.map([Task("sandbox_tasks:device_span", {"seconds": 0.5, "index": index}, 30)])
+
+    with LocalPoolExecutor(devices=[0, "cuda:1"]) as pool, concurrent.futures.ThreadPoolExecutor(2) as threads:
+        spans = [o.value for f in [threads.submit(one, 0), threads.submit(one, 1)] for o in f.result()]
+    assert sorted(s["index"] for s in spans) == [0, 1]
+    (a, b) = sorted(spans, key=lambda s: s["start"])
+    assert a["device"] != b["device"] or a["end"] <= b["start"], spans
+
+
 def test_local_pool_maps_indices_through_the_parents_visible_devices(monkeypatch):
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "5,7")
     with LocalPoolExecutor(devices=[1]) as pool:

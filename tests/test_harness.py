@@ -54,6 +54,20 @@ def test_a_good_candidate_is_accepted_recorded_and_served(op, path, pool):
     assert kforge.stats()["ops"][op]["by_impl"] == {result.impl: 1}
 
 
+@pytest.mark.parametrize("op, shape, long_row", [("softmax", (8, 200), True), ("gemv", (8, 100, 64), False)])
+def test_given_verify_shapes_keep_the_long_row_of_a_row_op_only(op, shape, long_row, pool):
+    """The long row (2, 16384) checks fp16 accumulation along a row op's row; a gemv given shapes
+    is verified without it (made as gemv's inputs, it is k = 2 with 16384 outputs)."""
+    spec = SPECS[op]
+    result = harness.evaluate_source(seeds(spec)[0].read_text(), op, dtypes=[F32], timing_shapes=[shape],
+                                     verify_shapes=[shape], executor=pool, record=False)
+    assert result.accepted, result.reason
+    problem = tuple(spec.problem(spec.make_inputs(shape, F32, "meta", 0)))
+    long_problem = tuple(spec.problem(spec.make_inputs((2, 16384), F32, "meta", 0)))
+    assert problem in result.evidence.shapes
+    assert (long_problem in result.evidence.shapes) is long_row, result.evidence.shapes
+
+
 def test_a_static_cheat_is_rejected_before_anything_runs(pool):
     source = (TESTS / "adversarial" / "kills_process.py").read_text()
     result = harness.evaluate_source(source, "softmax", dtypes=[F32], executor=pool)

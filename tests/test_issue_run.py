@@ -43,8 +43,13 @@ def test_a_new_op_request_is_generated_reported_commented_and_opened_as_a_pull_r
     rc = main(["issue", "run", "--repo", "octo/kernels", "--issue", str(number), "--provider", "openai",
                "--base-url", base_url, "--max-retries", "0", "--rounds", "1", "--variants", "1", "--device", "cpu",
                "--out", str(tmp_path / "report"), "--json"])
-    out = json.loads(capsys.readouterr().out)
+    printed = capsys.readouterr()
+    out = json.loads(printed.out)
     assert rc == 0 and out["accepted"] == 1
+    # An H100 request run on this CPU says so, before the run (progress) and in the report.
+    assert out["on_target"] is False and out["where_ran"].startswith("Ran on a CPU (")
+    assert "not on the requested H100" in out["where_ran"] and "CPU wall times" in out["where_ran"]
+    assert "not on the requested H100" in printed.err
     assert not github_fake.state["octo/kernels"].comments and not github_fake.state["octo/kernels"].pulls
     # ... and another job, with the token, posts what is in the directory.
     rc = main(["issue", "publish", "--dir", str(tmp_path / "report"), "--repo", "octo/kernels", "--issue", str(number),
@@ -57,6 +62,7 @@ def test_a_new_op_request_is_generated_reported_commented_and_opened_as_a_pull_r
     repo = github_fake.state["octo/kernels"]
     (comment,) = repo.comments[number]
     assert f"## kforge: `{op}` (new op)" in comment and row["kernel_impl"] in comment
+    assert out["where_ran"] in comment
     (pull,) = repo.pulls
     files = repo.files(pull["head"]["ref"])
     sha = row["source_sha256"]
@@ -119,3 +125,20 @@ def test_posting_needs_the_issue(tmp_path):
     with pytest.raises(KforgeError, match="need the issue"):  # no body file: it would be read from GitHub
         issue._run(type("A", (), {"repo": "octo/kernels", "issue": None, "comment": False, "pr": False,
                                   "body_file": None})())
+
+
+@pytest.mark.parametrize("gpu, device, on_target, says", [
+    ("H100", "cuda|NVIDIA H100 80GB HBM3|sm90|torch2.11|triton3.6", True, "Ran on NVIDIA H100 80GB HBM3, the requested H100."),
+    ("H200", "cuda|NVIDIA H100 80GB HBM3|sm90|torch2.11|triton3.6", False, "not on the requested H200: the kernels"),
+    ("any", "cuda|NVIDIA A100-SXM4-80GB|sm80|torch2.11|triton3.6", True, "Ran on NVIDIA A100-SXM4-80GB."),
+    ("any", "cpu|AMD EPYC|x86_64|torch2.13|triton3.9", False, "Ran on a CPU (AMD EPYC), not on a GPU"),
+    ("A100", "cpu|AMD EPYC|x86_64|torch2.13|triton3.9", False, "speed on an A100; run the request on an A100 runner"),
+])
+def test_the_report_says_where_the_request_ran(gpu, device, on_target, says):
+    from kforge.issues.form import TargetGpu
+    from kforge.issues.report import Outcome, markdown
+
+    request, _ = parse_request(request_body("where_op"))
+    outcome = Outcome(dataclasses.replace(request, gpu=TargetGpu(gpu)), "run-1", "ran 1 round(s)", 1, 1, device, [])
+    assert outcome.on_target is on_target
+    assert says in outcome.to_json()["where_ran"] and says in markdown(outcome)

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import sys
+import textwrap
 from typing import Any, Iterable, Sequence
 
 from kforge.device import DeviceFingerprint
@@ -21,6 +22,19 @@ def emit_json(payload: Any) -> None:
 
 def progress(message: str) -> None:
     print(redact(message), file=sys.stderr, flush=True)
+
+
+def wrap(text: str, indent: str = "    ") -> str:
+    """`text` with each line longer than WIDTH wrapped, its continuation lines indented by `indent`;
+    shorter lines are kept as they are. A word longer than a line (a path, an id) is never split."""
+    return "\n".join(line if len(line) <= WIDTH else
+                     textwrap.fill(line, WIDTH, subsequent_indent=indent, break_long_words=False,
+                                   break_on_hyphens=False) for line in text.split("\n"))
+
+
+def wrapped_progress(message: str) -> None:
+    """`progress` for the messages of a library loop (generate's search, tune) in a terminal."""
+    progress(wrap(message))
 
 
 def render(headers: Sequence[str], rows: Iterable[Sequence[Any]], right: Iterable[int] = ()) -> str:

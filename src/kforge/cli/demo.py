@@ -1,34 +1,39 @@
 """kforge demo: calibrate, record, route and verify on whatever device this machine has.
 
-For each op, dtype (bf16, fp32) and a few shapes: prove the vendor and inductor implementations
-correct against the fp64 reference and time them (`kforge.evaluate.calibrate`), write the records
-to the user score table, then call `kforge.ops.<op>` for real on those shapes, on one unseen shape
-(served by the nearest measured shape) and on one shape with no record at all (a miss: vendor,
-logged). Then the offline loop on those misses: `kforge generate --from-misses` with the catalog
-provider (no key, no network) proposes Triton kernels, verifies them in sandboxed workers, times
-them against vendor and records the fastest; the missed shapes are called again and are now
-served from the table (on a CPU, where Triton runs in its interpreter, vendor honestly stays the
-fastest: the new records lose the ranking, and the demo says so). Every routed result is checked
-with `kforge.testing.assert_matches_reference`.
-Prints the routing table and `kforge.stats()`; progress goes to stderr. Exits 1 if any routed
-result is wrong. On a CPU the timings are CPU timings, keyed to the CPU's fingerprint.
+For each of the nine built-in ops, dtype (bf16, fp32) and the op's demo shapes (`SHAPES`, two per
+op): prove the vendor and inductor implementations correct against the fp64 reference and time them
+(`kforge.evaluate.calibrate`), write the records to the user score table, then call
+`kforge.ops.<op>` for real on those shapes, on one unseen shape (served by the nearest measured
+shape) and on one shape with no record at all (a miss: vendor, logged). Then the offline loop on
+those misses: `kforge generate --from-misses` with the catalog provider (no key, no network)
+proposes a Triton kernel per op, verifies it at the missed keys in a sandboxed worker, times it
+against vendor and records the fastest; the missed shapes are called again and are now served from
+the table (on a CPU, where Triton runs in its interpreter, vendor honestly stays the fastest: the
+new records lose the ranking, and the demo says so). Every routed result is checked with
+`kforge.testing.assert_matches_reference`. About 75 s on a 2-core CPU.
+Prints the routing table, the cost per call, `kforge.stats()` over the whole demo and the next
+steps; progress goes to stderr. Exits 1 if any routed result is wrong. On a CPU the timings are
+CPU timings, keyed to the CPU's fingerprint.
 """
 from __future__ import annotations
 
+import concurrent.futures
 import os
 import textwrap
 import time
 import warnings
+from dataclasses import dataclass
 
 import torch
 
-from kforge.specs import OpSpec
 import kforge
 from kforge import paths
 from kforge.backends import get_backend
 from kforge.cli import _args
-from kforge.cli._output import WIDTH, device_text, dtypes_text, emit_json, number, progress, render, shape_text
+from kforge.cli._output import (WIDTH, device_text, dtypes_text, emit_json, number, progress, render, shape_text,
+                                wrap)
 from kforge.device import fingerprint
+from kforge.errors import KforgeError
 from kforge.evaluate.calibrate import CalibrationRejected, ImplausibleTiming, calibrate, measure
 from kforge.ops import ENTRIES, get_spec
 from kforge.records import CallInfo
@@ -36,48 +41,78 @@ from kforge.router import misses
 from kforge.router.key import call_info
 from kforge.router.policy import rank
 from kforge.router.table import ScoreTable
+from kforge.specs import OpSpec
 from kforge.testing import assert_matches_reference
 
 HELP = "the main job: calibrate vendor and inductor, write the table, route real calls, verify"
 
 DTYPES = (torch.bfloat16, torch.float32)
-# Input shapes; the router keys on the problem (rows, last dim), so (2, 12, 4096) is 24x4096.
-MEASURED = ((32, 4096), (1, 4096), (256, 1024))
-QUICK = MEASURED[:1]
-UNSEEN = (2, 12, 4096)  # problem 24x4096: no record, served by the nearest measured 32x4096 (fewer rows than verified)
-NO_RECORD = (8, 1000)  # no record with a last dim of 1000: a miss, served by vendor and logged
 VERIFY_SEED = 7  # routed calls use inputs that calibration never saw
 
 
+@dataclass(frozen=True)
+class DemoShapes:
+    """An op's shapes in the demo, as its spec's `make_inputs` takes them. `measured`: calibrated
+    and recorded (`--quick`: the first only). `unseen`: no record, within the nearest-shape rule of
+    the first measured shape (fewer rows, the same exact dims). `no_record`: an exact dim (or, for
+    an op without one, a distance) no record reaches: a miss, served by vendor and logged."""
+    measured: tuple[tuple[int, ...], ...]
+    unseen: tuple[int, ...]
+    no_record: tuple[int, ...]
+
+
+# (rows, last dim) ops: the router keys on the problem (rows, last dim), so (2, 12, 4096) is
+# 24x4096. Two measured shapes per op, and small misses (generation verifies its kernels in Triton's
+# interpreter on a CPU, at a cost that grows with the key: 27 s for gemv at 8x500x512, 14 s at
+# 8x100x64), keep all nine within two minutes on a 2-core CPU.
+ROWS = DemoShapes(measured=((32, 4096), (256, 1024)), unseen=(2, 12, 4096), no_record=(8, 200))
+SHAPES = {
+    "rms_norm": ROWS, "fused_add_rms_norm": ROWS, "layer_norm": ROWS, "softmax": ROWS,
+    # y's (rows, d); x is (rows, 2d). No exact dim: 8x200 is a miss by distance (1024 / 200 > 4).
+    "silu_and_mul": ROWS,
+    "cross_entropy": ROWS,  # (rows, vocab): the loss of 24 rows over a vocabulary of 4096
+    # (tokens, experts): k and renormalize follow from the expert count (64: Qwen 1.5 MoE's 60 is
+    # the miss, 8: Mixtral's).
+    "topk_softmax": DemoShapes(measured=((32, 64), (256, 8)), unseen=(2, 12, 64), no_record=(8, 60)),
+    # (tokens, heads, kv_heads, head_size): Llama-style GQA heads of 128; 4 heads of 64 are the miss.
+    "rotary_embedding": DemoShapes(measured=((32, 8, 2, 128), (1, 8, 2, 128)), unseen=(24, 8, 2, 128),
+                                   no_record=(8, 4, 1, 64)),
+    # (m, k, n): a 512x512 weight at 8 rows and one (decode); a 100x64 one is the miss.
+    "gemv": DemoShapes(measured=((8, 512, 512), (1, 512, 512)), unseen=(2, 3, 512, 512), no_record=(8, 100, 64)),
+}
+
+
 def add_arguments(parser) -> None:
-    parser.add_argument("--ops", default=",".join(("rms_norm", "fused_add_rms_norm", "softmax")),
-                        help="comma-separated ops (default: %(default)s)")
-    parser.add_argument("--quick", action="store_true", help=f"calibrate one shape per op and dtype instead of {len(MEASURED)}")
+    parser.add_argument("--ops", default=",".join(SHAPES), help="comma-separated ops (default: all nine)")
+    parser.add_argument("--quick", action="store_true", help="calibrate one shape per op and dtype instead of two")
     parser.add_argument("--backends", default="vendor,inductor",
                         help="comma-separated backends to calibrate (default: %(default)s)")
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available, else cpu)")
     parser.add_argument("--no-generate", action="store_true", help="skip generating kernels for the misses")
     _args.add_sandbox_argument(parser)
-    parser.add_argument("--variants", type=int, default=2,
+    parser.add_argument("--variants", type=int, default=1,
                         help="catalog variants per op when generating for the misses (default: %(default)s)")
 
 
 def run(args) -> int:
     started = time.perf_counter()
     specs = [get_spec(name.strip()) for name in args.ops.split(",") if name.strip()]
+    for spec in specs:
+        if spec.name not in SHAPES:
+            raise KforgeError(f"--ops: the demo has shapes for {', '.join(SHAPES)}, not {spec.name!r} "
+                              f"(try `kforge tune {spec.name}` or `kforge generate {spec.name}`)")
     device = torch.device(_args.device(args.device))
     if device.type == "cpu":  # Triton kernels run on CPU tensors only in its interpreter; set before triton loads
         os.environ.setdefault("TRITON_INTERPRET", "1")
     backends = [get_backend(name.strip()).name for name in args.backends.split(",") if name.strip()]
-    shapes = QUICK if args.quick else MEASURED
     fp = fingerprint(device)
-    progress(f"kforge demo on {fp.kind}: {fp.name} (torch {fp.torch}, triton {fp.triton}); "
-             f"records go to {paths.user_table_dir()}")
+    progress(wrap(f"kforge demo on {fp.kind}: {fp.name} (torch {fp.torch}, triton {fp.triton}); "
+                   f"records go to {paths.user_table_dir()}"))
 
     records, rejected = [], []
     for spec in specs:
         for dtype in DTYPES:
-            for shape in shapes:
+            for shape in measured(spec, args.quick):
                 t0 = time.perf_counter()
                 with warnings.catch_warnings(record=True) as caught:
                     warnings.simplefilter("always", CalibrationRejected)
@@ -87,11 +122,11 @@ def run(args) -> int:
                         found = []
                         rejected.append({"key": str(exc.key), "impl": ", ".join(f.impl for f in exc.found),
                                          "reason": str(exc)})
-                        progress(f"  {exc}")
+                        progress(wrap(f"  {exc}"))
                 for w in caught:
                     if isinstance(w.message, CalibrationRejected):
                         rejected.append({"key": str(w.message.key), "impl": w.message.impl, "reason": w.message.reason})
-                        progress(f"  rejected {w.message.impl}: {w.message.reason}")
+                        progress(wrap(f"  rejected {w.message.impl}: {w.message.reason}"))
                     else:
                         warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
                 records.extend(found)
@@ -106,27 +141,32 @@ def run(args) -> int:
     table = ScoreTable()
     routes = []
     for spec in specs:
+        shapes = SHAPES[spec.name]
+        cases = ([(s, "measured") for s in measured(spec, args.quick)]
+                 + [(shapes.unseen, "unseen"), (shapes.no_record, "no record")])
         for dtype in DTYPES:
-            for shape, label in [(s, "measured") for s in shapes] + [(UNSEEN, "unseen"), (NO_RECORD, "no record")]:
+            for shape, label in cases:
                 r = route_one(spec, shape, dtype, device, table)
                 routes.append({"case": label, **r})
                 progress(f"routed {spec.name} {dtypes_text(r['dtypes'])} {shape_text(shape)} ({label}): "
-                         f"{r['kind']} -> {r['impl']}, {'verified' if r['verified'] else 'WRONG: ' + r['error']}")
+                         f"{r['kind']} -> {_short(r['impl'])}, {'verified' if r['verified'] else 'WRONG'}")
     kforge.flush()
     generated, rerouted = [], []
+    calls = kforge.stats()  # kforge.reset() below forgets the counts: the demo's stats add both parts
     if not args.no_generate:
         generated = generate_for_misses(specs, device, args.variants)
         kforge.reset()  # the table changed under this process
         table = ScoreTable()
         for spec in specs:
             for dtype in DTYPES:
-                r = route_one(spec, NO_RECORD, dtype, device, table)
+                r = route_one(spec, SHAPES[spec.name].no_record, dtype, device, table)
                 rerouted.append({"case": "after generate", **r})
-                progress(f"routed {spec.name} {dtypes_text(r['dtypes'])} {shape_text(NO_RECORD)} (after generate): "
-                         f"{r['kind']} -> {r['impl']}, {'verified' if r['verified'] else 'WRONG: ' + r['error']}")
+                progress(f"routed {spec.name} {dtypes_text(r['dtypes'])} {shape_text(r['shape'])} (after generate): "
+                         f"{r['kind']} -> {_short(r['impl'])}, {'verified' if r['verified'] else 'WRONG'}")
+        calls = add_stats(calls, kforge.stats())
     result = {"device": str(fp), "table_shards": [str(p) for p in written],
               "records": [r.to_json() for r in records], "rejected": rejected, "routes": routes + rerouted,
-              "generated": generated, "stats": kforge.stats(), "seconds": round(time.perf_counter() - started, 1)}
+              "generated": generated, "stats": calls, "seconds": round(time.perf_counter() - started, 1)}
     ok = all(r["verified"] for r in routes + rerouted)
     if args.json:
         emit_json(result)
@@ -135,32 +175,61 @@ def run(args) -> int:
     return 0 if ok else 1
 
 
+def measured(spec: OpSpec, quick: bool) -> tuple[tuple[int, ...], ...]:
+    shapes = SHAPES[spec.name].measured
+    return shapes[:1] if quick else shapes
+
+
+def add_stats(a: dict, b: dict) -> dict:
+    """Two `kforge.stats()` results added, op by op and implementation by implementation."""
+    ops = {}
+    for name in dict.fromkeys([*a["ops"], *b["ops"]]):
+        x, y = a["ops"].get(name, {}), b["ops"].get(name, {})
+        row = {k: x.get(k, 0) + y.get(k, 0) for k in dict.fromkeys([*x, *y]) if k != "by_impl"}
+        by_impl = dict(x.get("by_impl", {}))
+        for impl, n in y.get("by_impl", {}).items():
+            by_impl[impl] = by_impl.get(impl, 0) + n
+        ops[name] = {**row, "by_impl": by_impl}
+    return {"ops": ops, "disabled": sorted({*a["disabled"], *b["disabled"]})}
+
+
 def generate_for_misses(specs, device, variants: int) -> list[dict]:
     """`kforge generate --from-misses` for the demo's ops: one catalog round per op over the keys
-    its miss log holds; returns each run's JSON."""
+    its miss log holds, each candidate verified at those keys (and the secret shapes near them,
+    the long row, every layout and seed) rather than at the op's whole shape sets, which is what
+    `kforge generate` does: 2-3x less time in Triton's interpreter (cross_entropy: 4.7 s instead
+    of 11 s on a 2-core CPU), and on a GPU fewer kernels to compile. The records' evidence says
+    where they were verified; the router serves them no further. Returns each run's JSON."""
     from kforge.evaluate.executors import LocalPoolExecutor
     from kforge.gen import from_misses, run_state, search
     from kforge.gen.providers.catalog import CatalogProvider
 
     names = {spec.name for spec in specs}
     targets = [t for t in from_misses.targets(str(device)) if t.op in names]
-    progress(f"generate --from-misses --provider catalog: {len(targets)} missed key(s), "
-             f"{variants} variant(s) per op, candidates verified in sandboxed workers")
-    runs = []
+    progress(wrap(f"generate --from-misses --provider catalog: {len(targets)} missed key(s), "
+                   f"{variants} variant(s) per op, candidates verified at those keys in sandboxed workers"))
     with LocalPoolExecutor() as executor:
-        for name in sorted({t.op for t in targets}):
+        def one(name: str) -> dict:
             mine = [t for t in targets if t.op == name]
             shapes = sorted({t.shape for t in mine})
             dtypes = [getattr(torch, d) for d in sorted({t.dtype for t in mine})]
+            settings = run_state.Settings(rounds=1, variants=variants, top_k=1, verify_shapes=tuple(shapes))
             t0 = time.perf_counter()
-            result = search.run(name, CatalogProvider(), run_state.Settings(rounds=1, variants=variants, top_k=1),
-                                device=str(device), dtypes=dtypes, shapes=shapes, executor=executor)
-            progress(f"generated {name}: {result.accepted}/{result.attempts} candidates accepted, "
-                     f"{len(result.keys)} key(s) recorded ({time.perf_counter() - t0:.1f} s, run {result.run_id})"
-                     + "".join(f"; not recorded: {k['dtype']} {shape_text(k['shape'])}: {k['why']}"
-                               for k in result.unrecorded_keys))
-            runs.append(result.to_json())
-    return runs
+            result = search.run(name, CatalogProvider(), settings, device=str(device), dtypes=dtypes, shapes=shapes,
+                                executor=executor)
+            progress(wrap(f"generated {name}: {result.accepted}/{result.attempts} candidates accepted, "
+                           f"{len(result.keys)} key(s) recorded ({time.perf_counter() - t0:.1f} s, run {result.run_id})"
+                           + "".join(f"; not recorded: {k['dtype']} {shape_text(k['shape'])}: {k['why']}"
+                                     for k in result.unrecorded_keys)))
+            return result.to_json()
+
+        # One search per op, on GPUs as many at once as the pool has GPUs (its slots are shared: a
+        # GPU still runs one task at a time). On a CPU one at a time: two searches' workers timed
+        # side by side on 2 cores recorded vendor at 5-16 ms a call where it costs 4-12 us (its
+        # batches lost the core mid-sample), for 43 s instead of 48 s.
+        at_once = len(executor.slots) if device.type == "cuda" else 1
+        with concurrent.futures.ThreadPoolExecutor(at_once, thread_name_prefix="kforge-demo") as threads:
+            return list(threads.map(one, sorted({t.op for t in targets})))
 
 
 def route_one(spec: OpSpec, shape, dtype, device, table: ScoreTable) -> dict:
@@ -192,10 +261,22 @@ def route_one(spec: OpSpec, shape, dtype, device, table: ScoreTable) -> dict:
         now = measure({"kforge": entry, "vendor": spec.vendor}, args)
     speedup = score["vendor"] / score[impl] if "vendor" in score and impl in score else None
     return {"op": spec.name, "dtypes": key.dtypes, "shape": list(shape), "problem": list(key.shape),
-            "kind": kind, "from_shape": None if ranking.shape is None else list(ranking.shape), "impl": impl,
+            "kind": kind, "from_shape": None if ranking.shape is None else list(ranking.shape),
+            "from_input_shape": _input_shape(spec, ranking.shape, dtype), "impl": impl,
             "p50_us": p50, "score_us": score, "now_kforge_us": max(now["kforge"].p50_us, now["kforge"].host_us),
             "now_vendor_us": max(now["vendor"].p50_us, now["vendor"].host_us), "speedup_vs_vendor": speedup,
             "verified": verified, "max_error_ratio": worst, "error": error}
+
+
+def _input_shape(spec: OpSpec, problem, dtype) -> list[int] | None:
+    """The demo's measured input shape whose problem is `problem` (the router's key: topk_softmax's
+    32x64 is the problem 32x64x6x0, with k and renormalize), or None."""
+    if problem is None:
+        return None
+    for shape in SHAPES[spec.name].measured:
+        if tuple(spec.problem(spec.make_inputs(shape, dtype, "meta", 0))) == tuple(problem):
+            return list(shape)
+    return None
 
 
 def _backend(impl: str) -> str:
@@ -208,57 +289,104 @@ def _short(impl: str) -> str:
     return f"{backend}:{ident[:8]}" if ident else impl
 
 
+# What a user does next: (command, what it does). Printed wrapped to the 100 columns of the output.
+NEXT_STEPS = (
+    ("kforge table", "what the router now chooses for every key, and why not the others"),
+    ("kforge misses", "the calls the table had nothing for, most-called first"),
+    ("kforge tune --model llama-3.1-8b --tokens 1,16,512",
+     "fill the table for a model on this device: vendor, Inductor and the catalog's kernels verified and "
+     "timed at every key of its forward (models: kforge.shapes; --ops, --max-seconds)"),
+    ("kforge generate rms_norm --shape 16x4096 --dtype bf16 --provider anthropic --rounds 3",
+     "new kernels written by a model (ANTHROPIC_API_KEY), verified and recorded the same way"),
+    ('model = torch.compile(model, backend="kforge")',
+     "in Python: the model's norms, gates, rotary, MoE router and loss routed by this table; "
+     "kforge.explain(model, *inputs) says what was rewritten and why not elsewhere"),
+    ("kforge misses --to-issue > body.md",
+     "once your own program has run: request a kernel for the op it missed most, as a Kernel request "
+     "issue body to file on GitHub (`kforge issue parse --body-file body.md` checks it)"),
+)
+COMMAND_COLUMN = 32
+
+
+def next_steps(cpu: bool) -> str:
+    """The NEXT_STEPS block; on a CPU with what a GPU would change."""
+    pad, lines = " " * COMMAND_COLUMN, ["Next steps"]
+    for command, what in NEXT_STEPS:
+        head = f"  {command}"
+        if len(head) < COMMAND_COLUMN - 1:  # the explanation starts on the command's line
+            lines += textwrap.wrap(what, WIDTH, initial_indent=head.ljust(COMMAND_COLUMN), subsequent_indent=pad,
+                                   break_on_hyphens=False)
+        else:
+            lines += [head, *textwrap.wrap(what, WIDTH, initial_indent=pad, subsequent_indent=pad,
+                                           break_on_hyphens=False)]
+    if cpu:
+        lines += textwrap.wrap(
+            "On a GPU the same demo times CUDA kernels (events, CUDA graphs) and records them under the GPU's "
+            "fingerprint; there generated Triton kernels can beat vendor and then serve the calls "
+            "(docs/getting-started-gpu.md).", WIDTH, break_on_hyphens=False)
+    return "\n".join(lines)
+
+
+
 def print_result(result: dict, fp) -> None:
-    # One column per backend (its best record), not per kernel: a run with many kernels stays narrow.
+    # Two tables of at most 100 columns: how each call was routed, then what it costs. One cost
+    # column per backend (its best record), not per kernel: a run with many kernels stays narrow.
     backends = sorted({_backend(i) for r in result["routes"] for i in r["score_us"]},
                       key=lambda b: ("vendor", "inductor", "triton").index(b) if b in ("vendor", "inductor", "triton")
                       else 3)
-    rows = []
+    routing, costs = [], []
     for r in result["routes"]:
         if r["kind"] == "hit" and r["from_shape"] != r["problem"]:
-            route = f"near {shape_text(r['from_shape'])}"
+            route = f"near {shape_text(r['from_input_shape'] or r['from_shape'])}"
         else:
-            route = r["kind"]
+            route = r["kind"] if r["case"] != "after generate" else f"{r['kind']} after gen"
+        # The primary input's dtype: a whole signature (rotary's "bf16,bf16,int64,fp32") is in --json.
+        case = [r["op"], dtypes_text(r["dtypes"].split(",")[0]), shape_text(r["shape"])]
+        routing.append([*case, route, _short(r["impl"]),
+                        "-" if r["speedup_vs_vendor"] is None else f"{r['speedup_vs_vendor']:.2f}x",
+                        f"ok {r['max_error_ratio']:.2f}" if r["verified"] else "WRONG"])
         best = {b: min((us for i, us in r["score_us"].items() if _backend(i) == b), default=None) for b in backends}
-        rows.append([r["op"], dtypes_text(r["dtypes"]), shape_text(r["shape"]), route, _short(r["impl"]),
-                     *(number(best[b]) for b in backends), number(r["now_kforge_us"]), number(r["now_vendor_us"]),
-                     "-" if r["speedup_vs_vendor"] is None else f"{r['speedup_vs_vendor']:.2f}x",
-                     f"ok {r['max_error_ratio']:.2f}" if r["verified"] else "WRONG"])
+        costs.append([*case, *(number(best[b]) for b in backends), number(r["now_kforge_us"]),
+                      number(r["now_vendor_us"])])
     timing = "CUDA events" if fp.kind == "cuda" else "CPU wall time"
-    print(f"\nrouting table on {device_text(str(fp))} ({timing}, microseconds per call)")
-    print(render(["op", "dtype", "shape", "route", "chosen", *backends, "now kf", "now vnd", "speedup", "check"], rows,
-                 right=tuple(range(5, 5 + len(backends) + 3))))
-    print("\nroute: hit = measured shape; near = unseen shape served by the nearest measured one;\n"
-          "miss = no record, vendor serves it and the miss log counts it.\n"
-          "vendor / inductor / triton: cost per call in the records the router chose from, the best of each\n"
-          "backend (p50, or the host time per call where that is slower); now kf / now vnd: this call timed\n"
-          "again the same way, through kforge.ops.<op> and as the bare vendor function; speedup: table vendor\n"
-          "/ table chosen; check: worst error / budget against the reference.")
-    print("\nkforge.stats() (calls in this process, timing loops included)")
+    print(f"\nrouting table on {device_text(str(fp))}")
+    print(render(["op", "dtype", "shape", "route", "chosen", "speedup", "check"], routing, right=(5,)))
+    print(textwrap.fill(
+        "route: hit = measured shape; near = unseen shape served by the nearest measured one; miss = no "
+        "record, vendor serves it and the miss log counts it; after gen = the missed shape called again "
+        "after generate. speedup: the table's vendor cost / the chosen "
+        "one's. check: the worst error / its budget against the fp64 reference.", WIDTH))
+    print(f"\ncost per call ({timing}, microseconds)")
+    print(render(["op", "dtype", "shape", *backends, "now kf", "now vnd"], costs,
+                 right=tuple(range(3, 3 + len(backends) + 2))))
+    print(textwrap.fill(
+        f"{' / '.join(backends)}: cost per call in the records the router chose from, the best of each backend "
+        "(p50, or the host time per call where that is slower); now kf / now vnd: the call timed again the "
+        "same way, through kforge.ops.<op> and as the bare vendor function.", WIDTH))
+    print("\nkforge.stats() over the whole demo (its timing loops included)")
     stats = result["stats"]
     print(render(["op", "calls", "hit", "miss", "fallback", "by implementation"],
                  [[op, s["calls"], s["hit"], s["miss"], s["fallback"],
-                   ", ".join(f"{i} {n}" for i, n in sorted(s["by_impl"].items()))] for op, s in stats["ops"].items()],
-                 right=(1, 2, 3, 4)))
+                   ", ".join(f"{_short(i)} {n}" for i, n in sorted(s["by_impl"].items()))]
+                  for op, s in stats["ops"].items()], right=(1, 2, 3, 4)))
     if stats["disabled"]:
-        print("switched off: " + "; ".join(stats["disabled"]))
+        print(wrap("switched off: " + "; ".join(stats["disabled"])))
     for rej in result["rejected"]:
-        print(f"rejected in calibration: {rej['impl']} for {rej['key']}: {rej['reason']}")
+        print(wrap(f"rejected in calibration: {rej['impl']} for {rej['key']}: {rej['reason']}"))
     for run in result.get("generated", []):
         for k in run["keys"]:
             after = k["after"]
             verdict = ("a generated kernel is now the fastest record" if after["impl"].startswith("triton:")
                        else "vendor stays the fastest record (on a CPU, Triton runs in its interpreter)")
-            print(textwrap.fill(f"generated {run['op']} {k['dtype']} {shape_text(k['shape'])}: best kernel "
-                                f"{_short(k['kernel']['impl'])} {number(k['kernel']['p50_us'], 1)} us vs vendor "
-                                f"{number(k['vendor_p50_us'], 1)} us in the same run: {verdict}", WIDTH,
-                                subsequent_indent="  "))
+            print(wrap(f"generated {run['op']} {k['dtype']} {shape_text(k['shape'])}: best kernel "
+                        f"{_short(k['kernel']['impl'])} {number(k['kernel']['p50_us'], 1)} us vs vendor "
+                        f"{number(k['vendor_p50_us'], 1)} us in the same run: {verdict}"))
         for k in run.get("unrecorded_keys", []):
-            print(textwrap.fill(f"generated {run['op']} {k['dtype']} {shape_text(k['shape'])}: not recorded: "
-                                f"{k['why']}", WIDTH, subsequent_indent="  "))
+            print(wrap(f"generated {run['op']} {k['dtype']} {shape_text(k['shape'])}: not recorded: {k['why']}"))
     bad = [r for r in result["routes"] if not r["verified"]]
-    print(f"\n{len(result['routes']) - len(bad)}/{len(result['routes'])} routed results match the reference; "
-          f"{len(result['records'])} records written; {result['seconds']} s.\n"
-          "Next: `kforge table`, `kforge misses`.")
+    ops = sorted({r["op"] for r in result["routes"]})
+    print(f"\n{len(result['routes']) - len(bad)}/{len(result['routes'])} routed results of {len(ops)} ops match "
+          f"the reference; {len(result['records'])} records written; {result['seconds']} s.")
     for r in bad:
-        print(f"WRONG: {r['op']} {r['dtypes']} {shape_text(r['shape'])}: {r['error']}")
+        print(wrap(f"WRONG: {r['op']} {r['dtypes']} {shape_text(r['shape'])}: {r['error']}"))
+    print("\n" + next_steps(fp.kind == "cpu"))

@@ -13,7 +13,7 @@ import os
 from pathlib import Path
 
 from kforge.cli import _args
-from kforge.cli._output import dtypes_text, emit_json, number, progress, render, shape_text
+from kforge.cli._output import dtypes_text, emit_json, number, progress, render, shape_text, wrap
 from kforge.errors import KforgeError
 
 HELP = "verify and time one candidate kernel file (exit 0 accepted, 1 rejected)"
@@ -64,7 +64,7 @@ def report(result, no_record: bool = False) -> str:
         lines = [f"REJECTED {result.impl or ''} ({result.check}): {result.reason}".replace("  ", " ")]
         if result.case:
             lines.append(f"failing case: {result.case}")
-        return "\n".join(lines)
+        return wrap("\n".join(lines))
     ev = result.evidence
     head = (f"ACCEPTED {result.impl} for {result.op}: verified on {len(ev.shapes)} problems x {len(ev.dtypes)} dtype "
             f"signatures x {len(ev.seeds)} seeds, worst error {ev.max_error_ratio:.2f} of the budget")
@@ -80,4 +80,4 @@ def report(result, no_record: bool = False) -> str:
     tail = [f"skipped (outside DOMAIN): {s['shape']} {s['dtype']}: {s['why']}" for s in result.skipped]
     written = (f"{len(result.records)} records written to the score table" if result.records else
                "nothing recorded (--no-record)" if no_record else f"nothing recorded: {not_recorded(result)}")
-    return "\n".join([head, table, *tail, written])
+    return wrap("\n".join([head, table, *tail, written]))

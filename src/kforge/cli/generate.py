@@ -24,7 +24,7 @@ import sys
 import time
 
 from kforge.cli import _args
-from kforge.cli._output import emit_json, number, progress, render, shape_text
+from kforge.cli._output import dtypes_text, emit_json, number, progress, render, shape_text, wrap, wrapped_progress
 from kforge.errors import KforgeError
 
 HELP = "generate, verify, time and record kernels for an op (or for the logged misses)"
@@ -90,10 +90,10 @@ def run(args) -> int:
             left = None if args.max_seconds is None else args.max_seconds - budget.elapsed()
             result = search.run(op, provider, dataclasses.replace(settings, max_seconds=left), device=device,
                                 dtypes=dtypes, shapes=shapes, executor=executor, resume=resume, model=config.model,
-                                record=not args.no_record, on_progress=progress)
+                                record=not args.no_record, on_progress=wrapped_progress)
             results.append(result)
-            progress(f"{op}: {result.status}; {result.attempts} attempts, {result.accepted} accepted, "
-                     f"{result.recorded} record(s) written ({result.seconds:.0f} s); run id {result.run_id}")
+            progress(wrap(f"{op}: {result.status}; {result.attempts} attempts, {result.accepted} accepted, "
+                          f"{result.recorded} record(s) written ({result.seconds:.0f} s); run id {result.run_id}"))
     finally:
         executor.close()
         provider.close()
@@ -194,7 +194,7 @@ def _print(results, not_run: list[str] = (), stopped: str | None = None) -> None
         for k in r.keys:
             before, after = k["before"], k["after"]
             gain = (before["p50_us"] / after["p50_us"]) if before.get("p50_us") and after["p50_us"] else None
-            rows.append([r.op, k["dtype"], shape_text(k["shape"]), before["impl"], number(before.get("p50_us"), 2),
+            rows.append([r.op, dtypes_text(k["dtype"]), shape_text(k["shape"]), before["impl"], number(before.get("p50_us"), 2),
                          after["impl"], number(after["p50_us"], 2), number(k["vendor_p50_us"], 2),
                          "-" if gain is None else f"{gain:.2f}x"])
     if rows:
@@ -208,9 +208,9 @@ def _print(results, not_run: list[str] = (), stopped: str | None = None) -> None
         # A speedup only for a run that measured a recordable result (never "best 0.00x" for nothing).
         best = (f"best {r.best.speedup:.2f}x vs vendor ({r.best.sha256[:12]})" if r.best and r.keys
                 else "nothing recorded" if r.accepted else "no accepted kernel")
-        print(f"{r.op}: {r.status}; {r.attempts} attempts, {r.accepted} accepted, {best}; run {r.run_id}"
-              + (f"\n  failed: {r.failure}" if r.failure else ""))
+        print(wrap(f"{r.op}: {r.status}; {r.attempts} attempts, {r.accepted} accepted, {best}; run {r.run_id}"
+                   + (f"\n  failed: {r.failure}" if r.failure else "")))
         for k in r.unrecorded_keys:
-            print(f"  not recorded: {k['dtype']} {shape_text(k['shape'])}: {k['why']}")
+            print(wrap(f"  not recorded: {k['dtype']} {shape_text(k['shape'])}: {k['why']}"))
     if not_run:
         print(f"not run ({stopped}): {', '.join(not_run)}")

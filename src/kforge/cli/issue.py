@@ -164,7 +164,7 @@ def _run(args) -> int:
     from pathlib import Path
 
     from kforge.cli import _args
-    from kforge.cli._output import progress
+    from kforge.cli._output import wrapped_progress
     from kforge.gen import run_state
     from kforge.gen.config import config_from_args
     from kforge.gen.providers import make_provider
@@ -207,7 +207,7 @@ def _run(args) -> int:
     executor = _args.executor(args.executor)
     try:
         outcome = run_request(request, provider, settings, device=device, executor=executor, out_dir=out,
-                              on_progress=progress)
+                              on_progress=wrapped_progress)
     except KforgeError as exc:  # the new op did not build: its reason (redacted) goes where a report would
         text = redact(f"kforge could not run this request: {exc}\n")
         out.mkdir(parents=True, exist_ok=True)

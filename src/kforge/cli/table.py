@@ -119,35 +119,43 @@ def run(args) -> int:
     return 0
 
 
+RECORD_COLUMNS = ["", "impl", "p50 us", "host us", "GB/s", "ceil", "layer", "by", "note"]
+
+
 def _op_table(rows: list[dict]) -> str:
     """One op on one device: a line per record, the chosen one marked "->"; why the router passes
-    a record over is a numbered note under the table (the table stays within 100 columns)."""
-    table_rows, notes = [], []
+    a record over is a numbered note under the table. Keys go in the first two columns; where those
+    would take the table past 100 columns (rotary's "bf16,bf16,int64,fp32" at 16384x32x8x128x128x1),
+    each key is a line of its own above its records instead."""
+    groups, notes = [], []  # (dtypes, shape, the key's record rows)
     for row in rows:
-        first = True
+        lines = []
         for rec in row["records"]:
             note = row["rejected"].get(rec["impl"], "")
             if note and note not in notes:
                 notes.append(note)
-            table_rows.append([
-                dtypes_text(row["dtypes"]) if first else "", shape_text(row["shape"]) if first else "",
-                "->" if rec["impl"] == row["chosen"] else "", rec["impl"], number(rec["time_us"]["p50"]),
-                number(rec["host_us"]), number(rec["gbps"]), number(rec["ceiling_fraction"], 2), rec["layer"],
-                rec["provider"], f"[{notes.index(note) + 1}]" if note else ""])
-            first = False
+            lines.append(["->" if rec["impl"] == row["chosen"] else "", rec["impl"], number(rec["time_us"]["p50"]),
+                          number(rec["host_us"]), number(rec["gbps"]), number(rec["ceiling_fraction"], 2),
+                          rec["layer"], rec["provider"], f"[{notes.index(note) + 1}]" if note else ""])
         if row["chosen"] == "vendor" and not any(r["impl"] == "vendor" for r in row["records"]):
-            table_rows.append(["", "", "->", "vendor (fallback)", "", "", "", "", "", "", ""])
+            lines.append(["->", "vendor (fallback)", "", "", "", "", "", "", ""])
+        groups.append((dtypes_text(row["dtypes"]), shape_text(row["shape"]), lines))
     # ceil: the fraction of the device's measured copy ceiling; by: the provider; note: why passed over
-    header = ["dtypes", "shape", "", "impl", "p50 us", "host us", "GB/s", "ceil", "layer", "by", "note"]
-    right, above = (4, 5, 6, 7), []
-    signatures = {row["dtypes"] for row in rows}
-    if len(signatures) == 1:  # one signature (rotary's is four dtypes long): said once, above the table
-        above = [f"dtypes {dtypes_text(signatures.pop())}"]
-        header, table_rows, right = header[1:], [r[1:] for r in table_rows], tuple(i - 1 for i in right)
-    text = render(header, table_rows, right=right)
+    text = render(["dtypes", "shape", *RECORD_COLUMNS],
+                  [[dt if i == 0 else "", sh if i == 0 else "", *line] for dt, sh, lines in groups
+                   for i, line in enumerate(lines)], right=(4, 5, 6, 7))
+    if max(map(len, text.splitlines())) > WIDTH:
+        table = ["  " + line for line in render(RECORD_COLUMNS, [line for _, _, lines in groups for line in lines],
+                                                 right=(2, 3, 4, 5)).splitlines()]
+        out, at = ["dtypes  shape", *table[:2]], 2
+        for dt, sh, lines in groups:
+            out.append(f"{dt}  {sh}")
+            out += table[at:at + len(lines)]
+            at += len(lines)
+        text = "\n".join(out)
     wrapped = [textwrap.fill(n, WIDTH, initial_indent=f"[{i}] ", subsequent_indent="    ")
                for i, n in enumerate(notes, 1)]
-    return "\n".join([*above, text, *wrapped])
+    return "\n".join([text, *wrapped])
 
 
 def export_table(args, records: list[Record]) -> int:

@@ -15,7 +15,7 @@ from __future__ import annotations
 import os
 
 from kforge.cli import _args
-from kforge.cli._output import emit_json, number, progress, render, shape_text
+from kforge.cli._output import emit_json, number, progress, render, shape_text, wrap, wrapped_progress
 from kforge.errors import KforgeError
 
 HELP = "verify and time the known implementations of ops at new keys (given, missed, or a model's) and record them"
@@ -124,7 +124,7 @@ def run(args) -> int:
     with _args.executor(args.executor) as executor:  # closing it stops its spare workers
         report = tune.tune(keys, device=device, inductor=not args.no_inductor, candidates=not args.no_candidates,
                            record=not args.no_record, max_seconds=args.max_seconds, executor=executor,
-                           on_progress=progress)
+                           on_progress=wrapped_progress)
     failed = report.missing if not args.no_record else []
     if args.json:
         emit_json(report.to_json())
@@ -143,10 +143,10 @@ def _print(report) -> None:
     print(render(["op", "dtype", "shape", "routed", "us", "vendor us", "vs vendor", "records"], rows,
                  right=(4, 5, 6, 7)))
     accepted = sum(c.verdict == "accepted" for c in report.candidates)
-    print(f"{len(report.keys)} key(s), {len(report.candidates)} candidate(s) ({accepted} accepted) "
-          f"in {report.seconds:.0f} s" + (f"; stopped: {report.stopped}" if report.stopped else ""))
+    print(wrap(f"{len(report.keys)} key(s), {len(report.candidates)} candidate(s) ({accepted} accepted) "
+               f"in {report.seconds:.0f} s" + (f"; stopped: {report.stopped}" if report.stopped else "")))
     for c in report.candidates:
         if c.verdict not in ("accepted",):
-            print(f"  {c.impl} ({c.origin}, {c.dtype}): {c.verdict}{': ' + c.reason if c.reason else ''}")
+            print(wrap(f"  {c.impl} ({c.origin}, {c.dtype}): {c.verdict}{': ' + c.reason if c.reason else ''}"))
     for k in report.missing:
-        print(f"  no record at {k.key}: {k.reason}")
+        print(wrap(f"  no record at {k.key}: {k.reason}"))

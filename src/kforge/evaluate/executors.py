@@ -153,11 +153,14 @@ class LocalPoolExecutor(Executor):
         self.spares = Spares(limit=2 * len(self.slots)) if _warm(warm, bool(gpus)) else None
         self.share_cache = share_cache
         self._pool = concurrent.futures.ThreadPoolExecutor(len(self.slots), thread_name_prefix="kforge-pool")
+        # The free slots, shared by every map() in flight: searches run from several threads (the
+        # demo runs one per op at once) never put two tasks on one GPU.
+        self._free: queue.Queue = queue.Queue()
+        for slot in self.slots:
+            self._free.put(slot)
 
     def map(self, tasks: Sequence[Task]) -> list[WorkerOutcome]:
-        free: queue.Queue = queue.Queue()
-        for slot in self.slots:
-            free.put(slot)
+        free = self._free
         sys_path = list(sys.path)
 
         def run(task: Task) -> WorkerOutcome:

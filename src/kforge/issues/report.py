@@ -6,6 +6,8 @@ import dataclasses
 from pathlib import Path
 from typing import Any
 
+from kforge.device import DeviceFingerprint
+from kforge.issues.form import TargetGpu
 from kforge.issues.request import KernelRequest
 
 
@@ -45,10 +47,48 @@ class Outcome:
     plot: Path | None = None
     records: list = dataclasses.field(default_factory=list)  # the accepted kernels' table records
 
+    @property
+    def on_target(self) -> bool:
+        """Whether the run's device is the GPU the request names (any GPU for "any")."""
+        return on_target(self.request.gpu, self.device)
+
     def to_json(self) -> dict[str, Any]:
         return {"request": self.request.to_json(), "run_id": self.run_id, "status": self.status,
                 "attempts": self.attempts, "accepted": self.accepted, "device": self.device,
+                "on_target": self.on_target, "where_ran": where_ran(self.request.gpu, self.device),
                 "rows": [dataclasses.asdict(r) for r in self.rows], "plot": str(self.plot) if self.plot else None}
+
+
+def on_target(gpu: TargetGpu, device: str) -> bool:
+    """Whether `device` (a fingerprint string) is a GPU of the requested model."""
+    fp = _parse(device)
+    if fp is None or fp.kind != "cuda":
+        return False
+    return gpu is TargetGpu.ANY or gpu.value.lower() in fp.name.lower()
+
+
+def where_ran(gpu: TargetGpu, device: str) -> str:
+    """One sentence for the report and the command's output: the device the run used and, when it
+    is not the requested GPU, what its numbers do and do not say."""
+    fp = _parse(device)
+    name = device if fp is None else fp.name
+    wanted = "a GPU" if gpu is TargetGpu.ANY else f"the requested {gpu.value}"
+    target = "a GPU" if gpu is TargetGpu.ANY else f"an {gpu.value}"  # H100, H200, A100: "an"
+    if on_target(gpu, device):
+        return f"Ran on {name}" + ("" if gpu is TargetGpu.ANY else f", the requested {gpu.value}") + "."
+    if fp is not None and fp.kind == "cpu":
+        return (f"Ran on a CPU ({name}), not on {wanted}: the kernels were verified in Triton's interpreter "
+                f"and the times are CPU wall times, which say nothing about their speed on {target}; run the "
+                f"request on {target} runner for that.")
+    return (f"Ran on {name}, not on {wanted}: the kernels are verified there too, but the times are "
+            f"that GPU's and may rank kernels differently on {target}.")
+
+
+def _parse(device: str) -> DeviceFingerprint | None:
+    try:
+        return DeviceFingerprint.parse(device)
+    except ValueError:
+        return None
 
 
 def _us(v: float | None) -> str:
@@ -67,7 +107,7 @@ def markdown(outcome: Outcome) -> str:
              "",
              f"Run `{outcome.run_id}` on `{outcome.device}`: {outcome.status}; {outcome.attempts} attempts, "
              f"{outcome.accepted} accepted. Goal: {getattr(r.goal, 'value', r.goal)}; target GPU: "
-             f"{getattr(r.gpu, 'value', r.gpu)}.", "",
+             f"{getattr(r.gpu, 'value', r.gpu)}.", "", where_ran(r.gpu, outcome.device), "",
              "| dtype | shape | before (us) | vendor (us) | torch.compile (us) | kernel (us) | vs vendor "
              "| vs compile | roofline | served now | kernel provenance |",
              "|---|---|---|---|---|---|---|---|---|---|---|"]

@@ -15,7 +15,7 @@ from typing import Callable
 import torch
 
 from kforge.device import fingerprint
-from kforge.issues.report import Outcome, Row, markdown, plot
+from kforge.issues.report import Outcome, Row, markdown, on_target, plot, where_ran
 from kforge.issues.request import KernelRequest
 from kforge.ops import get_spec, is_builtin
 from kforge.router.table import ScoreTable
@@ -52,11 +52,13 @@ def run_request(request: KernelRequest, provider, settings, *, device: str = "cp
     op = ensure_op(request)
     spec = get_spec(op)
     dtypes = [getattr(torch, d) for d in request.dtypes]
+    fp = str(fingerprint(torch.device(device)))
     say(f"issue request: {op} at {', '.join('x'.join(map(str, s)) for s in request.shapes)} "
-        f"({', '.join(request.dtypes)}) on {device}")
+        f"({', '.join(request.dtypes)}) on {device}, for {request.gpu.value}")
+    if not on_target(request.gpu, fp):
+        say(where_ran(request.gpu, fp))
     result = search.run(op, provider, settings, device=device, dtypes=dtypes, shapes=list(request.shapes),
                         executor=executor, on_progress=say)
-    fp = str(fingerprint(torch.device(device)))
     records = ScoreTable().records(fp, op)
     rows, accepted_records = [], []
     for k in result.keys:

@@ -330,7 +330,8 @@ class CatalogProvider(Provider):
                                 "use an LLM provider (anthropic, openai or command) to write one")
         options = self._seed_options(context.op) if from_seeds else self._mutants(parent)
         of = f"the {context.op} seeds" if from_seeds else f"parent {sha256(parent)[:12]}"
-        remaining = self._untried(options, context, parent)
+        # A round without a parent takes the variant-th option: only the first variant + 1 need probing.
+        remaining = self._untried(options, context, parent, need=context.variant + 1 if from_seeds else None)
         # Variants without a parent all share one list, so variant v is its rank there; a parent's
         # variants may be spread over several lineages (every K-th variant), so wrap instead.
         if not remaining or (from_seeds and context.variant >= len(remaining)):
@@ -360,11 +361,15 @@ class CatalogProvider(Provider):
             f"{n} = {v!r} (was {'?' if old[n] is _UNKNOWN else repr(old[n])})" for n, v in sorted(c.items())), len(c))
                 for c in _change_sets(parent)]
 
-    def _untried(self, options: list[_Option], context: GenerationContext, parent: str | None) -> list[_Option]:
+    def _untried(self, options: list[_Option], context: GenerationContext, parent: str | None,
+                 need: int | None = None) -> list[_Option]:
         """`options` minus the tried ones (by hash) and, with shapes to probe, minus those that
         launch what the parent or a tried option launches. Of options that launch the same, one
         is kept, at the place of the first: the one with the fewest changes (no change made for
-        nothing at these shapes, which could still cost at others)."""
+        nothing at these shapes, which could still cost at others). With `need`, only the first
+        `need` of the list are exact (the rest may be missing): probing stops once no later
+        option could change them (a probe runs the static check and forward on meta tensors,
+        ~40 ms: the rms_norm seeds and their mutants cost 3 s, most of a catalog proposal)."""
         tried = set(context.exclude) | ({sha256(parent)} if parent else set())
         fresh = [o for o in options if sha256(o.source) not in tried]
         if not context.shapes:
@@ -376,6 +381,10 @@ class CatalogProvider(Provider):
         seen.discard(None)
         kept: dict[Any, _Option] = {}  # signature -> representative, in order of first appearance
         for i, option in enumerate(fresh):
+            if need is not None and len(kept) >= need:
+                first = list(kept.values())[:need]
+                if option.changes >= max(o.changes for o in first):
+                    continue  # a new signature lands after the first `need`; a same one would not replace
             launched = probe(option.source)
             if not launched.fits:
                 continue  # its DOMAIN excludes every shape asked for: nothing would be timed
