@@ -248,7 +248,7 @@ def test_demo_routes_and_verifies_without_compiling(kforge_home, capsys):
     assert "kforge misses --to-issue" in text  # a kernel requested by issue
 
 
-def test_bench_is_tune_and_takes_named_shape_sets_and_can_calibrate_the_baselines_alone(capsys):
+def test_bench_is_tune_and_takes_named_shape_sets_and_can_calibrate_the_baselines_alone(capsys, steady_calibrate):
     import torch
 
     from kforge.ops import get_spec

@@ -20,7 +20,6 @@ from kforge.evaluate import harness
 from kforge.gen import tune
 from kforge.router import background, dispatch
 from kforge.router.table import ScoreTable
-from helpers import make_record
 
 CPU = str(fingerprint("cpu"))
 UNNAMED = (5, 203)  # in no shape set of rms_norm
@@ -67,20 +66,6 @@ def test_a_missed_shape_is_tuned_to_a_verified_record_at_exactly_that_key_and_th
 
     dispatch.reset()  # as a new process: decisions re-made from the table
     assert kind_of_next_call("rms_norm", args) == {"hit": 1, "miss": 0, "fallback": 0}
-
-
-@pytest.fixture
-def steady_calibrate(monkeypatch):
-    """Vendor's calibration as one fixed record per key: the tests using it are about candidates and
-    the budget, and a real timing on a loaded 2-core runner is now and then refused as a stall (by
-    design: `evaluate.plausible`), which left a key unrecorded in a fresh clone's run."""
-    from kforge.evaluate import calibrate as calibrate_module
-
-    def calibrate(spec, shape, dtype, device, **kwargs):
-        problem = tuple(spec.problem(spec.make_inputs(tuple(shape), dtype, "cpu", 0)))
-        return [make_record(spec.name, problem, impl="vendor", dtype=dtype)]
-
-    monkeypatch.setattr(calibrate_module, "calibrate", calibrate)
 
 
 class FakeClock:
