@@ -105,3 +105,10 @@ def test_ray_executor_evaluates_a_batch_with_a_crash():
                                             Status.ERROR]
     assert [o.value["echo"]["i"] for o in outcomes if o.ok] == [0, 2, 3]
     assert outcomes[1].exit_code == -11 and outcomes[5].error == "ValueError: bad"
+
+
+def test_tasks_that_time_themselves_run_side_by_side_only_on_separate_gpus():
+    with LocalPoolExecutor(devices=[0, "cuda:1"], warm=False) as gpus, LocalPoolExecutor(workers=3) as cpus:
+        assert gpus.timing_slots() == 2  # kforge tune runs a candidate per GPU at once
+        assert cpus.timing_slots() == 1  # CPU slots share the cores a timing needs alone
+    assert InProcessExecutor().timing_slots() == 1

@@ -182,6 +182,51 @@ def test_a_rejection_that_is_not_out_of_memory_is_not_retried(monkeypatch, stead
     assert len(calls) == len(report.candidates) and all(c.verdict == "rejected" for c in report.candidates)
 
 
+class TwoGpus:
+    """An executor that says it has two GPUs (the harness is faked: nothing runs on it)."""
+
+    def timing_slots(self) -> int:
+        return 2
+
+    def warm_up(self, trusted=False):
+        pass
+
+
+def test_candidates_run_one_per_gpu_at_once_after_every_calibration(monkeypatch, steady_calibrate):
+    import threading
+
+    from kforge.evaluate import calibrate as calibrate_module
+
+    running, most, lock, order = [0], [0], threading.Lock(), []
+    both = threading.Barrier(2, timeout=10)  # two candidates must be in flight together to pass it
+    fixed = calibrate_module.calibrate
+
+    def calibrate(spec, shape, dtype, device, **kwargs):
+        order.append(("calibrate", spec.name))
+        return fixed(spec, shape, dtype, device, **kwargs)
+
+    def evaluate(source, spec, **kwargs):
+        with lock:
+            running[0] += 1
+            most[0] = max(most[0], running[0])
+            order.append(("candidate", spec.name))
+        both.wait()
+        with lock:
+            running[0] -= 1
+        return harness.Evaluation(spec.name, False, "fake: wrong")
+
+    monkeypatch.setattr(calibrate_module, "calibrate", calibrate)
+    monkeypatch.setattr(harness, "evaluate_source", evaluate)
+    keys = [tune.TuneKey("softmax", torch.float32, (3, 40)), tune.TuneKey("rms_norm", torch.float32, (3, 40))]
+    report = tune.tune(keys, device="cpu", inductor=False, executor=TwoGpus())
+    seeds = len(tune.sources_for(kforge.ops.get_spec("softmax"))) + len(tune.sources_for(kforge.ops.get_spec("rms_norm")))
+    assert len(report.candidates) == seeds and most[0] == 2  # never more than the GPUs, and both busy
+    assert seeds % 2 == 0  # the barrier pairs them up
+    first_candidate = next(i for i, (kind, _) in enumerate(order) if kind == "candidate")
+    assert all(kind == "calibrate" for kind, _ in order[:first_candidate]) and first_candidate == 2
+    assert [c.op for c in report.candidates] == sorted((c.op for c in report.candidates), key=["softmax", "rms_norm"].index)
+
+
 def test_a_spent_budget_runs_nothing_and_the_command_says_why(capsys):
     rc, out, err = run_main(capsys, "tune", "softmax", "--shape", "3x40", "--dtype", "fp32", "--device", "cpu",
                             "--max-seconds", "0", "--json")

@@ -8,14 +8,19 @@ For the keys of one op (grouped by dtype) it runs, in this order, each step reco
      earlier runs found), each through the full harness in a sandboxed worker that verifies it at
      all the group's keys (exactly those keys, plus the op's smoke, odd and edge sets and secret
      shapes) and times it there with vendor in the same run.
-Sources are deduplicated by content hash. `max_seconds` is honoured between steps: what is done is
+Where the executor has several GPUs (`Executor.timing_slots`), every group is calibrated first and
+then the candidates run one per GPU at once; elsewhere each group's candidates follow its
+calibrations, one at a time. A worker over its device-memory cap is run again at the smaller half
+of the keys. Sources are deduplicated by content hash. `max_seconds` is honoured between steps: what is done is
 kept (written to the table), the rest reported as not run. Generated code never runs here: the
 harness's workers run it; this process writes the table.
 """
 from __future__ import annotations
 
+import concurrent.futures
 import dataclasses
 import math
+import threading
 import time
 from typing import Callable, Iterable, Sequence
 
@@ -203,6 +208,49 @@ def _tune(keys, device, inductor, candidates, record, max_seconds, executor, tab
     too_big: set[TuneKey] = set()
     fp = str(fingerprint(torch.device(device)))
     calls = {k: _call(k, device, fp) for k in keys}
+    lock = threading.Lock()  # candidates run from several threads where the executor has several GPUs
+    slots = executor.timing_slots() if candidates else 1
+    deferred: list[tuple] = []
+
+    def step(message: str) -> None:
+        nonlocal done
+        with lock:
+            done += 1
+            say(f"[{done}/{steps}] {message}")
+
+    def run_candidate(op, dtype, spec, group, source, provider, origin) -> CandidateOutcome:
+        name = f"triton:{sha256_of(source)[:12]}"
+        with lock:
+            if stop_now():
+                return CandidateOutcome(op, _name(dtype), name, origin, "not run", stopped)
+        step(f"{op} {_name(dtype)}: {name} ({origin}) at {len(group)} key(s) in a sandboxed worker")
+        t0, here = time.monotonic(), group
+        while True:
+            result = evaluate_source(source, spec, device=device, dtypes=[dtype], timing_shapes=[k.shape for k in here],
+                                     verify_sets=VERIFY_SETS, executor=executor, provider=provider,
+                                     record=record, table=table, timeout_s=budget.worker_timeout(TIMEOUT_S))
+            if result.accepted or OUT_OF_DEVICE_MEMORY not in result.reason or len(here) < 2 or budget.spent():
+                break
+            # The verifier's copies of the biggest keys did not fit the worker's cap (cross_entropy
+            # at 16384 tokens): again at the smaller half; the others stay unrecorded for it.
+            here = sorted(here, key=lambda k: (math.prod(k.shape), k.shape))[:len(here) // 2]
+            say(f"    a worker ran {OUT_OF_DEVICE_MEMORY}: again at the {len(here)} smallest key(s)")
+        seconds = time.monotonic() - t0
+        verdict, reason = result.verdict, result.reason
+        if not result.accepted and budget.spent() and "timeout" in reason:  # cut short, not judged
+            verdict, reason = "not finished", f"time budget spent while it ran ({reason})"
+        elif result.accepted and len(here) < len(group):
+            reason = f"verified at the {len(here)} smallest of {len(group)} keys: the worker ran out of " \
+                     f"device memory verifying the larger ones"
+        with lock:
+            if result.recorded:
+                written = {r.key for r in result.records if r.impl != "vendor"}
+                for k in here:
+                    if calls[k].key in written:
+                        outcomes[k].recorded.append(name)
+            say(f"    {name} {verdict}{'' if result.accepted else ': ' + reason} ({seconds:.1f} s)")
+        return CandidateOutcome(op, _name(dtype), name, origin, verdict, reason, seconds, len(here), result.phases)
+
     if candidates:
         executor.warm_up(trusted=True)  # the first candidate is a seed: its worker imports while vendor is timed
     for (op, dtype), group in groups.items():
@@ -210,8 +258,7 @@ def _tune(keys, device, inductor, candidates, record, max_seconds, executor, tab
         for k in group:
             if stop_now():
                 break
-            done += 1
-            say(f"[{done}/{steps}] {k}: calibrating {', '.join(backends)}")
+            step(f"{k}: calibrating {', '.join(backends)}")
             t0 = time.monotonic()
             try:
                 records = calibrate(spec, k.shape, dtype, device, backends=backends)
@@ -229,40 +276,14 @@ def _tune(keys, device, inductor, candidates, record, max_seconds, executor, tab
                 _release_cache(device)  # what this process keeps cached, a worker on the GPU cannot have
             _note(outcomes[k], records, record, table)
         group = [k for k in group if k not in too_big]  # a worker would run out of memory there too
-        for source, provider, origin in sources if group else ():
-            sha = sha256_of(source)
-            name = f"triton:{sha[:12]}"
-            if stop_now():
-                results.append(CandidateOutcome(op, _name(dtype), name, origin, "not run", stopped))
-                continue
-            done += 1
-            say(f"[{done}/{steps}] {op} {_name(dtype)}: {name} ({origin}) at {len(group)} key(s) in a sandboxed worker")
-            t0, here = time.monotonic(), group
-            while True:
-                result = evaluate_source(source, spec, device=device, dtypes=[dtype], timing_shapes=[k.shape for k in here],
-                                         verify_sets=VERIFY_SETS, executor=executor, provider=provider,
-                                         record=record, table=table, timeout_s=budget.worker_timeout(TIMEOUT_S))
-                if result.accepted or OUT_OF_DEVICE_MEMORY not in result.reason or len(here) < 2 or stop_now():
-                    break
-                # The verifier's copies of the biggest keys did not fit the worker's cap (cross_entropy
-                # at 16384 tokens): again at the smaller half; the others stay unrecorded for it.
-                here = sorted(here, key=lambda k: (math.prod(k.shape), k.shape))[:len(here) // 2]
-                say(f"    a worker ran {OUT_OF_DEVICE_MEMORY}: again at the {len(here)} smallest key(s)")
-            seconds = time.monotonic() - t0
-            verdict, reason = result.verdict, result.reason
-            if not result.accepted and budget.spent() and "timeout" in reason:  # cut short, not judged
-                verdict, reason = "not finished", f"time budget spent while it ran ({reason})"
-            elif result.accepted and len(here) < len(group):
-                reason = f"verified at the {len(here)} smallest of {len(group)} keys: the worker ran out of " \
-                         f"device memory verifying the larger ones"
-            results.append(CandidateOutcome(op, _name(dtype), name, origin, verdict, reason, seconds,
-                                            len(here), result.phases))
-            if result.recorded:
-                written = {r.key for r in result.records if r.impl != "vendor"}
-                for k in here:
-                    if calls[k].key in written:
-                        outcomes[k].recorded.append(name)
-            say(f"    {verdict}{'' if result.accepted else ': ' + reason} ({seconds:.1f} s)")
+        jobs = [(op, dtype, spec, group, *source) for source in sources] if group else []
+        if slots > 1:  # after every calibration: the coordinator times on a GPU the workers use
+            deferred += jobs
+        else:
+            results += [run_candidate(*job) for job in jobs]
+    if deferred:  # one candidate per GPU at a time (the executor hands each task a free GPU)
+        with concurrent.futures.ThreadPoolExecutor(slots, thread_name_prefix="kforge-tune") as pool:
+            results += list(pool.map(lambda job: run_candidate(*job), deferred))
     for k, outcome in outcomes.items():
         _routed(outcome, calls[k], table)
         if not outcome.recorded and outcome.reason is None:
