@@ -18,12 +18,11 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import subprocess
 import sys
 from pathlib import Path
 
-import torch
 
+from common import environment
 from kforge import paths, shapes
 from kforge.ops import SPECS
 from kforge.router.key import call_info
@@ -96,13 +95,8 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     device_dir = paths.BUNDLED_TABLE_DIR / args.device_dir
     others = [m.name for m in shapes.models() if m.name not in TUNED_MODELS]
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
-    dirty = bool(subprocess.run(["git", "status", "--porcelain", "--", "src"], capture_output=True, text=True).stdout)
-    result = {"environment": {"command": "python " + " ".join(["benchmarks/table_coverage.py", *(argv or sys.argv[1:])]),
-                              "kforge_commit": commit, "tree": "dirty (src)" if dirty else "clean",
-                              "table": str(device_dir.relative_to(paths.BUNDLED_TABLE_DIR.parent)),
-                              "torch": torch.__version__, "note": "routing read on the CPU; the records were "
-                              "measured on the table's GPU"},
+    result = {"environment": {**environment(), "table": str(device_dir.relative_to(paths.BUNDLED_TABLE_DIR.parent)),
+                              "note": "routing read on the CPU; the records were measured on the table's GPU"},
               "groups": {}}
     for name, models, tokens in (("tuned models, tuned tokens", list(TUNED_MODELS), TUNED_TOKENS),
                                  ("tuned models, other tokens", list(TUNED_MODELS), OTHER_TOKENS),

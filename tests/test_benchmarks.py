@@ -71,3 +71,38 @@ def test_every_benchmark_imports_without_a_gpu():
     done = subprocess.run([sys.executable, "-c", code, *MODULES], cwd=BENCHMARKS, env=env, capture_output=True,
                           text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
+
+
+def test_a_run_names_the_code_it_ran_clean_or_dirty(tmp_path):
+    """Every benchmark JSON's environment: the package's digest always, and where git can say,
+    whether the tree was clean and, if not, a hash of its diff (issue 20: three JSONs named a
+    commit whose tree lacked the ops they measured)."""
+    sys.path.insert(0, str(BENCHMARKS))
+    try:
+        from common import tree_state
+    finally:
+        sys.path.remove(str(BENCHMARKS))
+    pkg = tmp_path / "src" / "kforge"
+    pkg.mkdir(parents=True)
+    (pkg / "a.py").write_text("x = 1\n")
+    (pkg / "__pycache__").mkdir()
+    (pkg / "__pycache__" / "a.pyc").write_bytes(b"cache")
+    git = ["git", "-c", "user.name=t", "-c", "user.email=t@t", "-C", str(tmp_path)]
+    subprocess.run([*git, "init", "-q"], check=True)
+    (tmp_path / ".gitignore").write_text("__pycache__/\n")
+    subprocess.run([*git, "add", "-A"], check=True)
+    subprocess.run([*git, "commit", "-qm", "one"], check=True)
+    clean = tree_state(tmp_path)
+    assert clean["tree"] == "clean" and "diff_sha256" not in clean
+    (pkg / "__pycache__" / "a.pyc").write_bytes(b"other cache")
+    assert tree_state(tmp_path)["src_sha256"] == clean["src_sha256"]  # caches are not code
+    (pkg / "a.py").write_text("x = 2\n")
+    dirty = tree_state(tmp_path)
+    assert dirty["tree"] == "dirty" and dirty["src_sha256"] != clean["src_sha256"]
+    (pkg / "a.py").write_text("x = 3\n")
+    assert tree_state(tmp_path)["diff_sha256"] != dirty["diff_sha256"]
+    (pkg / "a.py").write_text("x = 1\n")
+    (pkg / "new.py").write_text("")  # an untracked file is a dirty tree too
+    assert tree_state(tmp_path)["tree"] == "dirty"
+    (tmp_path / ".git").rename(tmp_path / "no-git")  # the device's copy may have no usable .git
+    assert set(tree_state(tmp_path)) == {"src_sha256"}
