@@ -218,7 +218,8 @@ def _tune(keys, device, inductor, candidates, record, max_seconds, executor, tab
             done += 1
             say(f"[{done}/{steps}] {message}")
 
-    def run_candidate(op, dtype, spec, group, source, provider, origin) -> CandidateOutcome:
+    def run_candidate(op: str, dtype: torch.dtype, spec: OpSpec, group: list[TuneKey], source: str, provider: str,
+                      origin: str) -> CandidateOutcome:
         name = f"triton:{sha256_of(source)[:12]}"
         with lock:
             if stop_now():
