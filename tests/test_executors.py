@@ -112,3 +112,36 @@ def test_tasks_that_time_themselves_run_side_by_side_only_on_separate_gpus():
         assert gpus.timing_slots() == 2  # kforge tune runs a candidate per GPU at once
         assert cpus.timing_slots() == 1  # CPU slots share the cores a timing needs alone
     assert InProcessExecutor().timing_slots() == 1
+
+
+def _lossy(marker: str, lose: int):
+    """A Ray task body whose Ray worker dies (as on a lost node) on its first `lose` attempts, then
+    runs the task as RayExecutor does; defined in a function so Ray ships it by value."""
+    def body(task, cuda, env_allow, sys_path):
+        import os
+
+        from kforge.evaluate.executors import _ray_task
+
+        with open(marker, "a") as f:
+            f.write("x")
+        if os.path.getsize(marker) <= lose:
+            os._exit(1)
+        return _ray_task(task, cuda, env_allow, sys_path)
+    return body
+
+
+def test_a_ray_worker_lost_mid_task_is_run_again_elsewhere_and_its_attempt_returns_nothing(tmp_path):
+    ray = pytest.importorskip("ray")
+    ex = RayExecutor(num_cpus=2, retries=2)
+    try:
+        once, always = str(tmp_path / "once"), str(tmp_path / "always")
+        ex._remote = ray.remote(max_retries=ex.retries, num_cpus=1)(_lossy(once, 1))
+        (outcome,) = ex.map([Task("sandbox_tasks:returns", {"i": 7}, 30)])
+        ex._remote = ray.remote(max_retries=ex.retries, num_cpus=1)(_lossy(always, 99))
+        (lost,) = ex.map([Task("sandbox_tasks:returns", {"i": 8}, 30)])
+    finally:
+        ex.close()
+    assert outcome.ok and outcome.value["echo"]["i"] == 7  # one outcome: the lost attempt left none
+    assert open(once).read() == "xx"  # lost once, run once more
+    assert lost.status == Status.CRASHED and lost.error.startswith("ray: ")  # retries spent: a crash, no value
+    assert lost.value is None and open(always).read() == "xxx"  # the first run and two retries

@@ -11,7 +11,9 @@ timeout) and return one `WorkerOutcome` per task, in order, whatever the tasks d
   the catalog's seeds share one Triton/Inductor cache (`paths.worker_cache_dir`).
 - `RayExecutor`: a Ray task per kforge task (`num_gpus` on a cluster with GPUs, `num_cpus=1`
   otherwise); the Ray task itself runs `sandbox.run_isolated`, so a candidate's crash costs its
-  sandbox process, never the Ray worker. Ray is imported only here (the `kforge[ray]` extra).
+  sandbox process, never the Ray worker. A Ray worker lost mid-task (its process or node died) is
+  retried by Ray elsewhere (`retries`); a candidate's own crash is an outcome, never retried. Ray is
+  imported only here (the `kforge[ray]` extra).
 Whatever the executor, the caller is the single coordinator: it alone gathers outcomes and writes
 the score table; workers only return JSON data.
 """
@@ -235,11 +237,13 @@ class RayExecutor(Executor):
     address: a running cluster ("auto", "ray://host:10001"); None starts (or joins the already
     initialised) local Ray. num_gpus_per_task: GPUs each task claims when the cluster has GPUs
     (Ray sets CUDA_VISIBLE_DEVICES for it); on a cluster without GPUs each task claims one CPU.
-    init_kwargs: passed to `ray.init` (e.g. num_cpus=2). kforge must be importable on every node
-    (same install, or a runtime_env). A Ray instance this executor started is shut down by close()."""
+    init_kwargs: passed to `ray.init` (e.g. num_cpus=2). retries: how often Ray runs a task again
+    when the Ray worker running it is lost (not when the candidate fails: that is its outcome);
+    a lost attempt returns nothing, so nothing of it is recorded. kforge must be importable on every
+    node (same install, or a runtime_env). A Ray instance this executor started is shut down by close()."""
 
     def __init__(self, address: str | None = None, num_gpus_per_task: float = 1, *, env_allow=DEFAULT_ALLOW,
-                 **init_kwargs):
+                 retries: int = 2, **init_kwargs):
         try:
             import ray
         except ImportError as exc:
@@ -254,7 +258,8 @@ class RayExecutor(Executor):
         gpus = ray.cluster_resources().get("GPU", 0)
         self.num_gpus = num_gpus_per_task if gpus > 0 else 0
         resources = {"num_gpus": self.num_gpus} if self.num_gpus else {"num_cpus": 1}
-        self._remote = ray.remote(max_retries=0, **resources)(_ray_task)
+        self.retries = retries
+        self._remote = ray.remote(max_retries=retries, **resources)(_ray_task)
         self.env_allow = tuple(env_allow)
 
     def timing_slots(self) -> int:
