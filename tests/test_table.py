@@ -419,3 +419,16 @@ def test_an_evidence_pool_that_is_not_a_list_is_not_a_table():
     with pytest.raises(TableError, match="evidence_pool must be a list"):
         parse_table(json.dumps({"schema_version": SCHEMA_VERSION, "kind": "kforge-score-table",
                                 "evidence_pool": {"0": {}}, "records": []}), "hostile")
+
+
+def test_a_pool_entry_is_checked_as_strictly_as_inline_evidence():
+    """An entry equal in value to a valid one but with a float for a dim is refused, and so are the
+    records naming it; the valid entry's record is kept (each entry checked once per file)."""
+    from kforge.router.table import shard_payload
+
+    payload = shard_payload(None, "rms_norm", [make_record(problem=(4, 64)), make_record(problem=(5, 64))])
+    good = payload["evidence_pool"][payload["records"][0]["evidence"]]
+    payload["evidence_pool"].append(dict(good, shapes=[[4.0, 64]]))
+    payload["records"][1]["evidence"] = len(payload["evidence_pool"]) - 1
+    kept, skipped = parse_table(json.dumps(payload), "hostile")
+    assert skipped == 1 and [r.key.shape for r in kept] == [(4, 64)]

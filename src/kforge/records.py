@@ -179,39 +179,12 @@ class Evidence:
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> "Evidence":
         data = _mapping(data, "evidence")
-        memo = _evidence_memo_key(data)
-        if memo is not None and (seen := _EVIDENCE_MEMO.get(memo)) is not None:
-            return seen
-        evidence = cls._parse(data)
-        if memo is not None and len(_EVIDENCE_MEMO) < EVIDENCE_MEMO_SIZE:
-            _EVIDENCE_MEMO[memo] = evidence
-        return evidence
-
-    @classmethod
-    def _parse(cls, data: Mapping[str, Any]) -> "Evidence":
         return cls(dtypes=[_text(d, "evidence.dtypes") for d in _sequence(_get(data, "dtypes", "evidence"),
                                                                           "evidence.dtypes")],
                    shapes=[_shape(s, "evidence.shapes") for s in _sequence(_get(data, "shapes", "evidence"),
                                                                            "evidence.shapes")],
                    seeds=[_int(s, "evidence.seeds") for s in _sequence(_get(data, "seeds", "evidence"), "evidence.seeds")],
                    max_error_ratio=_number(_get(data, "max_error_ratio", "evidence"), "evidence.max_error_ratio"))
-
-
-# Every record of one evaluation carries the same evidence (a gemv seed's: 288 shapes), and checking
-# each number of each copy made the H200 gemv shard (819 records) take 0.7 s to read; equal evidence
-# is checked once and shared (Evidence is frozen). A hit is equal in value to what was checked.
-EVIDENCE_MEMO_SIZE = 4096
-_EVIDENCE_MEMO: dict[tuple, Evidence] = {}
-
-
-def _evidence_memo_key(data: Mapping[str, Any]) -> tuple | None:
-    try:
-        key = (tuple(data["dtypes"]), tuple(map(tuple, data["shapes"])), tuple(data["seeds"]),
-               data["max_error_ratio"])
-        hash(key)
-    except (KeyError, TypeError):
-        return None  # malformed: the full parse names the field
-    return key
 
 
 TIMING_KINDS = ("cuda_events", "cuda_graph", "cpu_wall")
@@ -277,9 +250,11 @@ class Record:
         }
 
     @classmethod
-    def from_json(cls, data: Mapping[str, Any]) -> "Record":
+    def from_json(cls, data: Mapping[str, Any], evidence: Evidence | None = None) -> "Record":
         """The record `to_json` wrote. Every field is checked for its type (a table file may come
-        from anywhere: `kforge table --import`, KFORGE_TABLE): RecordError names the first wrong one."""
+        from anywhere: `kforge table --import`, KFORGE_TABLE): RecordError names the first wrong one.
+        evidence: already parsed (a table's pooled entry, checked once for all its records), in
+        place of the record's own."""
         data = _mapping(data, "record")
         device = _get(data, "device")
         problem = device_problem(device)
@@ -303,7 +278,7 @@ class Record:
             timing=_text(_get(data, "timing"), "timing"), gbps=_number(data.get("gbps"), "gbps", optional=True),
             tflops=_number(data.get("tflops"), "tflops", optional=True),
             ceiling_fraction=_number(data.get("ceiling_fraction"), "ceiling_fraction", optional=True),
-            evidence=Evidence.from_json(_get(data, "evidence")), domain=Domain.from_json(data.get("domain", {})),
+            evidence=evidence or Evidence.from_json(_get(data, "evidence")), domain=Domain.from_json(data.get("domain", {})),
             source_sha256=source_sha256, provider=_text(data.get("provider", "builtin"), "provider"),
             attempt_id=None if data.get("attempt_id") is None else _text(data["attempt_id"], "attempt_id"),
             versions=versions, timestamp=_text(data.get("timestamp", ""), "timestamp"),

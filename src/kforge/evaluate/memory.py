@@ -34,11 +34,11 @@ def _fill(t: torch.Tensor, poison: Poison, gen: torch.Generator | None) -> None:
         return
     if poison == Poison.NAN:
         t.fill_(float("nan") if t.is_floating_point() else torch.iinfo(t.dtype).max)
+    elif not t.is_contiguous():
+        _fill_chunk(t, gen)
     else:  # a chunk at a time: a whole prefill-sized block's fp32 draw held two more copies of it
-        flat = t.view(-1) if t.is_contiguous() else None
-        if flat is None:
-            _fill_chunk(t, gen)
-        for start in range(0, t.numel() if flat is not None else 0, FILL_CHUNK):
+        flat = t.view(-1)
+        for start in range(0, t.numel(), FILL_CHUNK):
             _fill_chunk(flat[start:start + FILL_CHUNK], gen)
 
 
