@@ -1,12 +1,16 @@
 #!/usr/bin/env bash
 # Issue 16 on the GPU machine, in one device call: bubblewrap from a carried .deb, the CUDA tests,
 # `kforge tune` at keys of unseen shapes (per-candidate phases in its JSON), then benchmarks/unseen.py.
-#   env: GPU_TESTS (pytest args, empty skips), TUNE_KEYS (--key arguments, empty skips), UNSEEN (unseen.py arguments, empty skips)
+#   env: DEMO (1: `kforge demo --device cuda` timed, its JSON and log kept), GPU_TESTS (pytest args, empty skips), TUNE_KEYS (--key arguments, empty skips), UNSEEN (unseen.py arguments, empty skips)
 #   carry: .deb (bubblewrap_*.deb and lib/), .whl (pure-Python wheels the image lacks)
 set -uo pipefail
 export KFORGE_HOME=/tmp/kforge-home
 source benchmarks/gpu_setup.sh
 python3 -m kforge.cli.main doctor 2>&1 | grep -i -A2 isolation | head -4
+if [ -n "${DEMO:-}" ]; then
+  KFORGE_HOME=/tmp/kforge-demo /usr/bin/time -v python3 -m kforge demo --device cuda --json > "$OUT/demo.json" 2> "$OUT/demo.log"
+  echo "demo exit $?"; grep -E "Elapsed|Maximum resident" "$OUT/demo.log"; tail -5 "$OUT/demo.log"
+fi
 [ -n "${GPU_TESTS:-}" ] && timeout ${TESTS_TIMEOUT:-150} python3 -m pytest -q -p no:cacheprovider $GPU_TESTS 2>&1 | tail -15
 if [ -n "${TUNE_KEYS:-}" ]; then
   /usr/bin/time -v python3 -m kforge tune $TUNE_KEYS --device cuda --json ${TUNE_ARGS:-} > "$OUT/tune-keys.json" 2> "$OUT/tune-keys.log"
