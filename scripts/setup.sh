@@ -116,4 +116,9 @@ else
     "$PY" -m pip install -e "$target" >&2
     echo "$digest $mode $ROOT" > "$stamp"
 fi
+# The native call key (kforge/router/native): one g++ command, ~15 s, once per Python, torch and
+# source version. Without a compiler kforge uses its Python key (~1 us more per call; doctor says so).
+if ! "$PY" -m kforge.router.native build >&2; then
+    say "WARNING: kforge's native call key was not built (see above); kforge works without it, slower per call"
+fi
 say "ready: $VENV/bin/kforge (kforge $("$PY" -c 'from importlib.metadata import version; print(version("kforge"))'))"

@@ -62,6 +62,11 @@ if [ "$1" = "-m" ] && [ "$2" = "pip" ]; then
     printf '%s\n' "$@" "" >> "$PIP_LOG"
     exit 0
 fi
+if [ "$1" = "-m" ] && [ "$2" = "kforge.router.native" ]; then
+    echo "native $3" >> "$PIP_LOG.native"
+    [ "${FAKE_NATIVE_FAILS:-0}" = 1 ] && { echo "g++ failed" >&2; exit 1; }
+    exit 0
+fi
 case "$2" in
     *'find_spec("torch")'*) [ "$FAKE_HAS_TORCH" = 1 ]; exit $? ;;
     *'version("torch")'*) echo 2.13.0 ;;
@@ -123,3 +128,12 @@ def test_a_cpu_torch_already_in_the_venv_on_a_gpu_machine_is_kept_with_a_warning
     assert "pip uninstall -y torch && bash scripts/setup.sh" in run.stderr
     run, calls = set_up(tmp_path / "cuda", GPU_LIST, FAKE_HAS_TORCH="1", FAKE_CPU_BUILD="False")  # a CUDA build: no warning
     assert run.returncode == 0 and "WARNING: the venv's torch" not in run.stderr
+
+
+@pytest.mark.parametrize("fails", [False, True])
+def test_the_native_call_key_is_built_and_a_failed_build_only_warns(tmp_path, fails):
+    run, calls = set_up(tmp_path, None, FAKE_NATIVE_FAILS="1" if fails else "0")
+    assert run.returncode == 0, run.stderr  # kforge works without it: the set-up goes on
+    assert (tmp_path / "pip.log.native").read_text() == "native build\n"
+    assert ("native call key was not built" in run.stderr) is fails
+    assert run.stderr.rstrip().splitlines()[-1].startswith("setup: ready:")

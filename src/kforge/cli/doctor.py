@@ -22,6 +22,7 @@ from kforge.cli._output import WIDTH, emit_json, render
 from kforge.device import fingerprint, installed_version
 from kforge.errors import TableError
 from kforge.evaluate import isolation
+from kforge.router import native
 from kforge.router import misses
 from kforge.router.table import ForeignVersion, Layer, default_layers, parse_table
 
@@ -68,6 +69,11 @@ def layer_report(layer: Layer) -> dict:
             "set_aside": sorted(str(p) for p in aside if not p.name.endswith(".lock")), "files": files}
 
 
+def native_report() -> dict:
+    module = native.load()
+    return {"loaded": module is not None, "path": module.__file__ if module else None, "why_not": native.why_not()}
+
+
 def report() -> dict:
     entries = misses.read_all()
     interpret = os.environ.get("TRITON_INTERPRET")
@@ -88,6 +94,7 @@ def report() -> dict:
                       "reason": "not in this kforge yet" if name not in BACKENDS else BACKENDS[name].available()}
                      for name in BackendName],
         "isolation": isolation.probe().to_json(),
+        "native_key": native_report(),
         "provider_keys": {name: "set" if os.environ.get(name) else "unset" for name in PROVIDER_KEYS},
     }
 
@@ -127,6 +134,13 @@ def run(args) -> int:
     for b in r["backends"]:
         state = "available" if b["available"] else "unavailable: " + str(b["reason"])
         print(textwrap.fill(f"{b['name']:<9} {state}", WIDTH, initial_indent="  ", subsequent_indent=" " * 12))
+    nk = r["native_key"]
+    print("\ncall key")
+    hint = "; build it: python -m kforge.router.native build" if "not built" in str(nk["why_not"]) else ""
+    print(textwrap.fill(f"native ({nk['path']})" if nk["loaded"] else
+                        f"WARNING: Python key: the native one is {nk['why_not']}{hint}. Each routed call "
+                        "costs ~1 us more on a slow host", WIDTH,
+                        initial_indent="  ", subsequent_indent="    "))
     print("\nworker isolation")
     print(textwrap.fill(isolation.probe().describe(), WIDTH, initial_indent="  ", subsequent_indent="    "))
     print("\nprovider keys")

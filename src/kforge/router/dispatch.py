@@ -21,7 +21,7 @@ from kforge.backends import BACKENDS, BackendName, Implementation, vendor_implem
 from kforge.device import fingerprint
 from kforge.errors import KforgeInputError, KforgePinError, UnknownNameError
 from kforge.records import DispatchKey, Record
-from kforge.router import background, misses, pins
+from kforge.router import background, misses, native, pins
 from kforge.router.decision import COMPILED, LOGGED, PER_CALL as _PER_CALL, PINNED, Decision, Kind, Path, quiet_aware
 from kforge.router.calls import (all_contiguous, contiguous_outputs, grad_guard, grad_refusal, signature_fn,
                                  values_checked)
@@ -164,7 +164,7 @@ class OpRouter:
     def __init__(self, router: Router, spec: OpSpec):
         self.router = router
         self.spec = spec
-        self.signature = signature_fn(spec)
+        self.signature, self._native_key, self._kinds, self._python_key = _signature(spec)
         self.decisions: dict[tuple, Decision] = {}
         self.vendor = vendor_implementation(spec)
         self._monotonic = time.monotonic
@@ -178,7 +178,7 @@ class OpRouter:
         """The hot path, as a closure over locals: attribute lookups cost ~40 ns each here.
         `decisions` is only ever cleared in place, never replaced, so binding it is safe."""
         router, spec, signature, decisions = self.router, self.spec, self.signature, self.decisions
-        name = spec.name
+        name, native_key, kinds, python_key = spec.name, self._native_key, self._kinds, self._python_key
         pin_state, monotonic, decide, failed, uncount = pins.STATE, time.monotonic, self.decide, self.failed, self.uncount
 
         def route(args: tuple):
@@ -190,12 +190,13 @@ class OpRouter:
                 if impl is not None:
                     return self.call_pinned(args, impl)
             try:
-                d = decisions.get(signature(args))
+                key = python_key(args) if native_key is None else (native_key(args, kinds) or python_key(args))
+                d = decisions.get(key)
             except (AttributeError, TypeError):  # a tensor argument that is not one, an unhashable scalar
                 spec.check(args)  # names the op and the argument
                 raise
             if d is None:
-                d = decide(args, signature(args))
+                d = decide(args, key)
             d.calls += 1
             try:
                 return d.fn(*args)
@@ -392,6 +393,24 @@ class OpRouter:
                 self.router.retired[(self.spec.name, d.kind.value, d.impl)] -= 1
             else:
                 d.calls -= 1
+
+
+def _signature(spec: OpSpec) -> tuple[Callable[[tuple], Any], Callable | None, tuple[bool, ...], Callable]:
+    """The op's call key: `(signature, native key or None, kinds, Python key)`. With the native key built
+    (`router.native`), `signature` is it, with the Python key (`calls.signature_fn`) for the calls
+    it does not describe; without it, the Python key alone. Both never share a cache entry: native
+    keys are bytes, Python keys tuples."""
+    python_key = signature_fn(spec)
+    module = native.load()
+    if module is None:
+        return python_key, None, (), python_key
+    native_key = module.key
+    kinds = tuple(i in spec.tensor_args for i in range(len(spec.arg_names)))
+
+    def signature(args: tuple):
+        return native_key(args, kinds) or python_key(args)
+
+    return signature, native_key, kinds, python_key
 
 
 ROUTER = Router()
