@@ -198,3 +198,35 @@ def test_doctor_says_which_key_serves(monkeypatch):
 
         report = json.loads(done.stdout)["native_key"]
         assert report["loaded"] and report["path"] == NATIVE.__file__ and report["why_not"] is None
+
+
+def test_misses_pay_for_the_quiet_count_only_while_an_uncounted_block_is_open():
+    import threading
+
+    from kforge.router import misses
+
+    x = torch.randn(3, 8)
+    kforge.ops.softmax(x)  # a miss: its decision is made outside any block
+    route = dispatch.ROUTER.ops["softmax"]
+    d = route.decisions[route.signature((x,))]
+    assert d.fn is d.plain  # no check of the block on the miss path
+    inside, outside = threading.Event(), threading.Event()
+
+    def other_thread():  # calls outside any block of its own while the main thread is in one
+        inside.wait()
+        for _ in range(3):
+            kforge.ops.softmax(x)
+        outside.set()
+
+    t = threading.Thread(target=other_thread)
+    t.start()
+    with misses.uncounted():
+        assert d.fn is d.checked
+        for _ in range(2):
+            kforge.ops.softmax(x)
+        inside.set()
+        outside.wait()
+    t.join()
+    assert d.fn is d.plain
+    kforge.ops.softmax(x)
+    assert (d.calls, d.quiet, d.counted) == (7, 2, 5)  # the other thread's 3 and the 2 outside are logged

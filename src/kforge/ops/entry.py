@@ -8,8 +8,6 @@ the registered op is called instead, so graphs and modes see `kforge::<name>`.
 """
 from __future__ import annotations
 
-import torch
-
 from kforge.ops import library
 from kforge.router.dispatch import ROUTER, OpRouter
 from kforge.specs import OpSpec
@@ -37,23 +35,7 @@ def register_op(spec: OpSpec):
 
 
 def _make_entry(spec: OpSpec, router: OpRouter, overload):
-    route = router.route
-    n_args = len(spec.arg_names)
-    first, tensors = spec.tensor_args[0], spec.tensor_args
-    bind, check = spec.bind, spec.check
-    plain = torch.Tensor
-    is_compiling = torch.compiler.is_compiling
-    dispatch_modes = torch._C._len_torch_dispatch_stack
-
-    def entry(*args, **kwargs):
-        if kwargs or len(args) != n_args:
-            args = bind(args, kwargs)
-        if type(args[first]) is not plain or is_compiling() or dispatch_modes():
-            if not all(isinstance(args[i], plain) for i in tensors):
-                check(args)  # a list, a float: refused as kforge refuses it, not by the dispatcher's schema
-            return overload(*args)
-        return route(args)
-
+    entry = router.eager_entry(spec.bind, overload)  # the hot path, written out in the router
     entry.__name__ = entry.__qualname__ = spec.name
     entry.__module__ = "kforge.ops"
     entry.__doc__ = f"kforge.ops.{spec.schema}\n\n{spec.description}.\n\nRouted per call; see `kforge table`."

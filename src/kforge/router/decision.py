@@ -22,7 +22,7 @@ LOGGED = (Kind.MISS, Kind.FALLBACK)  # the kinds the miss log counts
 
 
 class Decision:
-    __slots__ = ("fn", "impl", "kind", "key", "calls", "quiet", "flushed", "reason", "retired")
+    __slots__ = ("fn", "impl", "kind", "key", "calls", "quiet", "flushed", "reason", "retired", "plain", "checked")
 
     def __init__(self, fn: Callable, impl: str, kind: Kind, key: DispatchKey | None, reason: str = ""):
         self.fn = fn
@@ -34,6 +34,7 @@ class Decision:
         self.flushed = 0  # counted calls already handed to the miss log
         self.reason = reason
         self.retired = False  # its counts moved to Router.retired
+        self.plain = self.checked = None  # a logged decision's fn without and with the quiet count
 
     @property
     def counted(self) -> int:
@@ -42,10 +43,11 @@ class Decision:
 
 
 def quiet_aware(d: Decision) -> None:
-    """Wrap a logged decision's function so that a call under `misses.uncounted()` is counted on
-    `d.quiet`. Only MISS and FALLBACK decisions get this wrapper: a hit never pays for it. Counted
-    after the call returns, so a call that raises (and may be taken back by `uncount`) never makes
-    `quiet` exceed `calls`."""
+    """Give a logged decision a second function that counts a call under `misses.uncounted()` on
+    `d.quiet`, served (`d.fn`) only while some `uncounted()` block is open in the process
+    (`set_quiet`): a miss outside them pays nothing for the check, and only MISS and FALLBACK
+    decisions have it. Counted after the call returns, so a call that raises (and may be taken back
+    by `uncount`) never makes `quiet` exceed `calls`. Call with the router's lock held."""
     fn, active = d.fn, misses.uncounted_active
 
     def call(*args):
@@ -54,7 +56,15 @@ def quiet_aware(d: Decision) -> None:
             d.quiet += 1
         return out
 
-    d.fn = call
+    d.plain, d.checked = fn, call
+    d.fn = call if misses.quiet_anywhere() else fn
+
+
+def set_quiet(decisions, on: bool) -> None:
+    """Serve the logged `decisions` with (on) or without the quiet count; under the router's lock."""
+    for d in decisions:
+        if d.checked is not None:
+            d.fn = d.checked if on else d.plain
 
 
 class Path:

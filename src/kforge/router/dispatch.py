@@ -21,10 +21,10 @@ from kforge.backends import BACKENDS, BackendName, Implementation, vendor_implem
 from kforge.device import fingerprint
 from kforge.errors import KforgeInputError, KforgePinError, UnknownNameError
 from kforge.records import DispatchKey, Record
-from kforge.router import background, misses, native, pins
-from kforge.router.decision import COMPILED, LOGGED, PER_CALL as _PER_CALL, PINNED, Decision, Kind, Path, quiet_aware
-from kforge.router.calls import (all_contiguous, contiguous_outputs, grad_guard, grad_refusal, signature_fn,
-                                 values_checked)
+from kforge.router import background, hotpath, misses, pins
+from kforge.router.decision import (COMPILED, LOGGED, PER_CALL as _PER_CALL, PINNED, Decision, Kind, Path,
+                                    quiet_aware, set_quiet)
+from kforge.router.calls import all_contiguous, contiguous_outputs, grad_guard, grad_refusal, values_checked
 from kforge.router.key import call_info, exact_indices, is_empty, nearest_shape, serving_shape
 from kforge.router.policy import rank, rejects
 from kforge.router.table import ScoreTable, TableWarning
@@ -56,6 +56,13 @@ class Router:
         self._atexit = False
         self._flushing = False
         self.tuner: background.Tuner | None = background.Tuner() if background.enabled() else None
+        misses.quiet_listeners.append(self._quiet)
+
+    def _quiet(self, on: bool) -> None:
+        """An `uncounted()` block opened in a process that had none (on), or the last one closed."""
+        with self.lock:
+            for op in self.ops.values():
+                set_quiet(op.all_decisions(), on)
 
     def periodic(self, now: float) -> None:
         if not self._atexit:
@@ -164,7 +171,7 @@ class OpRouter:
     def __init__(self, router: Router, spec: OpSpec):
         self.router = router
         self.spec = spec
-        self.signature, self._native_key, self._kinds, self._python_key = _signature(spec)
+        self.signature, self._native_key, self._kinds, self._python_key = hotpath.signature(spec)
         self.decisions: dict[tuple, Decision] = {}
         self.vendor = vendor_implementation(spec)
         self._monotonic = time.monotonic
@@ -175,38 +182,11 @@ class OpRouter:
         return self.route(args)
 
     def _make_route(self) -> Callable[[tuple], Any]:
-        """The hot path, as a closure over locals: attribute lookups cost ~40 ns each here.
-        `decisions` is only ever cleared in place, never replaced, so binding it is safe."""
-        router, spec, signature, decisions = self.router, self.spec, self.signature, self.decisions
-        name, native_key, kinds, python_key = spec.name, self._native_key, self._kinds, self._python_key
-        pin_state, monotonic, decide, failed, uncount = pins.STATE, time.monotonic, self.decide, self.failed, self.uncount
+        return hotpath.make(self)
 
-        def route(args: tuple):
-            now = monotonic()
-            if now >= router.next_check:
-                router.periodic(now)
-            if pin_state.active:
-                impl = pin_state.lookup(name)
-                if impl is not None:
-                    return self.call_pinned(args, impl)
-            try:
-                key = python_key(args) if native_key is None else (native_key(args, kinds) or python_key(args))
-                d = decisions.get(key)
-            except (AttributeError, TypeError):  # a tensor argument that is not one, an unhashable scalar
-                spec.check(args)  # names the op and the argument
-                raise
-            if d is None:
-                d = decide(args, key)
-            d.calls += 1
-            try:
-                return d.fn(*args)
-            except KforgeInputError:  # values refused by the spec's `check_values`: not a failure
-                uncount(d)
-                raise
-            except Exception as exc:
-                return failed(d, args, exc)
-
-        return route
+    def eager_entry(self, bind: Callable, overload: Callable) -> Callable[..., Any]:
+        """`kforge.ops.<name>`: see `hotpath.make`."""
+        return hotpath.make(self, (bind, overload))
 
     def call_pinned(self, args: tuple, impl_id: str):
         """A call while `impl_id` is pinned for this op: it serves or the call raises (no fallback)."""
@@ -393,24 +373,6 @@ class OpRouter:
                 self.router.retired[(self.spec.name, d.kind.value, d.impl)] -= 1
             else:
                 d.calls -= 1
-
-
-def _signature(spec: OpSpec) -> tuple[Callable[[tuple], Any], Callable | None, tuple[bool, ...], Callable]:
-    """The op's call key: `(signature, native key or None, kinds, Python key)`. With the native key built
-    (`router.native`), `signature` is it, with the Python key (`calls.signature_fn`) for the calls
-    it does not describe; without it, the Python key alone. Both never share a cache entry: native
-    keys are bytes, Python keys tuples."""
-    python_key = signature_fn(spec)
-    module = native.load()
-    if module is None:
-        return python_key, None, (), python_key
-    native_key = module.key
-    kinds = tuple(i in spec.tensor_args for i in range(len(spec.arg_names)))
-
-    def signature(args: tuple):
-        return native_key(args, kinds) or python_key(args)
-
-    return signature, native_key, kinds, python_key
 
 
 ROUTER = Router()

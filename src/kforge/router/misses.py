@@ -14,6 +14,7 @@ import contextlib
 import contextvars
 import dataclasses
 import datetime as _dt
+import threading
 import warnings
 from typing import Callable, Iterator
 from pathlib import Path
@@ -36,15 +37,37 @@ _UNCOUNTED: contextvars.ContextVar[bool] = contextvars.ContextVar("kforge_uncoun
 uncounted_active = _UNCOUNTED.get  # read by the router on the miss path only, never on a hit
 
 
+# How many `uncounted()` blocks are open in any thread or task, and who hears when that count
+# leaves or returns to zero: the router wraps its logged decisions' functions with the check of
+# `uncounted_active` only while some block is open, so a miss outside them pays nothing for it.
+_OPEN = [0]
+_OPEN_LOCK = threading.Lock()
+quiet_listeners: list[Callable[[bool], None]] = []
+
+
+def quiet_anywhere() -> bool:
+    return _OPEN[0] > 0
+
+
+def _opened(delta: int) -> None:
+    with _OPEN_LOCK:
+        _OPEN[0] += delta
+        if _OPEN[0] == (1 if delta > 0 else 0):
+            for listener in quiet_listeners:
+                listener(delta > 0)
+
+
 @contextlib.contextmanager
 def uncounted() -> Iterator[None]:
     """Routed calls in this block (this thread, this task) that miss the table are served as
     usual and counted in `kforge.stats()`, but are not written to the miss log. Nests."""
+    _opened(1)  # before the flag: a call in the block must find the checking functions in place
     token = _UNCOUNTED.set(True)
     try:
         yield
     finally:
         _UNCOUNTED.reset(token)
+        _opened(-1)
 
 
 def _now() -> str:
