@@ -1,0 +1,48 @@
+"""`kforge demo`'s account of its own time (phases); the demo end to end is in test_cli.py."""
+from __future__ import annotations
+
+import json
+
+from kforge.cli._demo_report import print_result, time_text
+from kforge.cli._output import wrap
+from kforge.device import DeviceFingerprint
+
+# Vendor only, one op, no generation: a few seconds on a CPU.
+QUICK = ("demo", "--quick", "--ops", "rms_norm", "--backends", "vendor", "--no-generate", "--device", "cpu")
+
+def run_main(capsys, *argv: str) -> tuple[int, str, str]:
+    from kforge.cli.main import main
+
+    capsys.readouterr()
+    rc = main(list(argv))
+    out, err = capsys.readouterr()
+    return rc, out, err
+
+
+def test_the_result_says_how_long_each_phase_took(kforge_home, capsys):
+    rc, out, err = run_main(capsys, *QUICK, "--json")
+    assert rc == 0, err
+    result = json.loads(out)
+    phases = result["phases"]
+    assert list(phases) == ["startup", "calibrate", "route"]  # in order; no generate with --no-generate
+    assert all(s > 0 for s in phases.values()), phases
+    assert sum(phases.values()) <= result["seconds"] + 0.05  # "seconds" is rounded to 0.1
+    assert phases["calibrate"] > phases["startup"]  # calibration times two keys; startup parses flags
+    assert result["generate_seconds"] == {}
+    before = result["process_start_seconds"]  # pytest's process: it started before this test
+    assert before is None or before > 0
+
+    print_result(result, DeviceFingerprint.parse(result["device"]))
+    last = capsys.readouterr().out.rstrip().split("\n\n")[-1]  # the last paragraph, wrapped to 100 columns
+    assert last == wrap(time_text(result)) and max(len(line) for line in last.splitlines()) <= 100
+    assert last.startswith(f"time: {result['seconds']} s in the demo: startup ")
+    assert all(f"{name} {seconds:.1f} s" in last for name, seconds in phases.items())
+
+
+def test_the_time_line_names_each_ops_generate_run():
+    result = {"seconds": 50.2, "phases": {"startup": 0.5, "calibrate": 20.0, "route": 9.7, "generate": 15.0,
+                                          "reroute": 5.0},
+              "generate_seconds": {"gemv": 8.04, "softmax": 6.96}, "process_start_seconds": 4.25}
+    assert time_text(result) == (
+        "time: 50.2 s in the demo: startup 0.5 s, calibrate 20.0 s, route 9.7 s, generate 15.0 s "
+        "(gemv 8.0, softmax 7.0), reroute 5.0 s; 4.2 s before it (Python, torch and kforge imports)")
