@@ -1,14 +1,27 @@
-"""`kforge demo`'s account of its own time (phases); the demo end to end is in test_cli.py."""
+"""`kforge demo`'s account of its own time (phases) and its output kept free of torch's notes; the
+demo end to end is in test_cli.py."""
 from __future__ import annotations
 
 import json
+import warnings
 
+import pytest
+
+from kforge.cli import demo
 from kforge.cli._demo_report import print_result, time_text
 from kforge.cli._output import wrap
 from kforge.device import DeviceFingerprint
 
 # Vendor only, one op, no generation: a few seconds on a CPU.
 QUICK = ("demo", "--quick", "--ops", "rms_norm", "--backends", "vendor", "--no-generate", "--device", "cpu")
+
+# The texts of torch 2.11's two notes as an H200 demo printed them (this torch may not emit them).
+ONLINE_SOFTMAX = ("\nOnline softmax is disabled on the fly since Inductor decides to\nsplit the reduction. Cut an "
+                  "issue to PyTorch if this is an\nimportant use case and you want to speed it up with online\n"
+                  "softmax.\n")
+TF32 = ("TensorFloat32 tensor cores for float32 matrix multiplication available but not enabled. Consider setting "
+        "`torch.set_float32_matmul_precision('high')` for better performance.")
+
 
 def run_main(capsys, *argv: str) -> tuple[int, str, str]:
     from kforge.cli.main import main
@@ -46,3 +59,39 @@ def test_the_time_line_names_each_ops_generate_run():
     assert time_text(result) == (
         "time: 50.2 s in the demo: startup 0.5 s, calibrate 20.0 s, route 9.7 s, generate 15.0 s "
         "(gemv 8.0, softmax 7.0), reroute 5.0 s; 4.2 s before it (Python, torch and kforge imports)")
+
+
+def test_torchs_notes_stay_out_of_the_demo_and_kforges_warnings_do_not(kforge_home, capsys, monkeypatch):
+    """The two notes torch's Inductor printed 8 times in one H200 demo are dropped, inside calibration
+    (whose capture re-emits what it does not handle) and outside it; a kforge warning and torch's
+    other warnings still reach the user; outside the demo the notes are shown as before."""
+    calibrate, route_one = demo.calibrate, demo.route_one
+
+    def noisy(fn):
+        def call(*args, **kwargs):
+            warnings.warn(ONLINE_SOFTMAX, UserWarning)
+            warnings.warn(TF32, UserWarning)
+            warnings.warn("kforge: the user's own warning", UserWarning)
+            warnings.warn("torch: TypedStorage is deprecated", UserWarning)
+            return fn(*args, **kwargs)
+        return call
+
+    monkeypatch.setattr(demo, "calibrate", noisy(calibrate))
+    monkeypatch.setattr(demo, "route_one", noisy(route_one))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        rc, _, err = run_main(capsys, *QUICK, "--json")
+    assert rc == 0, err
+    texts = [str(w.message) for w in caught]
+    assert not [t for t in texts if "Online softmax" in t or "TensorFloat32" in t], texts
+    # Two calibrated keys, six routed calls: each passes its warnings on.
+    assert texts.count("kforge: the user's own warning") == 8
+    assert texts.count("torch: TypedStorage is deprecated") == 8
+
+    with pytest.warns(UserWarning, match="Online softmax"):  # the demo's filter left with it
+        warnings.warn(ONLINE_SOFTMAX, UserWarning)
+    with demo.torch_notes_hidden(), warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", DeprecationWarning)  # a later filter of another category
+        warnings.warn(TF32, UserWarning)
+        warnings.warn(ONLINE_SOFTMAX.replace("Online", "Offline"), UserWarning)
+    assert [str(w.message) for w in caught] == [ONLINE_SOFTMAX.replace("Online", "Offline")]
