@@ -95,3 +95,36 @@ def test_torchs_notes_stay_out_of_the_demo_and_kforges_warnings_do_not(kforge_ho
         warnings.warn(TF32, UserWarning)
         warnings.warn(ONLINE_SOFTMAX.replace("Online", "Offline"), UserWarning)
     assert [str(w.message) for w in caught] == [ONLINE_SOFTMAX.replace("Online", "Offline")]
+
+
+def test_the_executor_warms_a_spare_before_calibration_and_the_first_search_takes_it(kforge_home, capsys,
+                                                                                    monkeypatch):
+    """On GPU slots (here CPU slots with KFORGE_WARM_WORKERS=1, the same code path) the spare's
+    imports overlap calibration: it is idle when calibration starts, and the first op's search
+    runs its candidate in it instead of starting a worker."""
+    from kforge.evaluate import executors
+
+    monkeypatch.setenv(executors.WARM_ENV, "1")
+    pools, idle_at_calibration = [], []
+
+    class Pool(executors.LocalPoolExecutor):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            pools.append(self)
+
+    calibrate = demo.calibrate
+
+    def calibrating(*args, **kwargs):
+        idle_at_calibration.append(pools[0].spares.idle() if pools else None)
+        return calibrate(*args, **kwargs)
+
+    monkeypatch.setattr(executors, "LocalPoolExecutor", Pool)
+    monkeypatch.setattr(demo, "calibrate", calibrating)
+    rc, out, err = run_main(capsys, "demo", "--quick", "--ops", "softmax", "--backends", "vendor", "--device", "cpu",
+                            "--json")
+    assert rc == 0, err
+    (pool,) = pools
+    assert idle_at_calibration[0] == 1  # started ahead of calibration, waiting
+    assert pool.spares.taken >= 1 and pool.spares.idle() == 0  # taken by the search; the rest closed
+    (run,) = json.loads(out)["generated"]
+    assert run["accepted"] == 1

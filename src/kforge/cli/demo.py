@@ -96,11 +96,11 @@ def add_arguments(parser) -> None:
 
 
 def run(args) -> int:
-    with torch_notes_hidden():
-        return _run(args, Phases())
+    with torch_notes_hidden(), contextlib.ExitStack() as closing:
+        return _run(args, Phases(), closing)
 
 
-def _run(args, phases: "Phases") -> int:
+def _run(args, phases: "Phases", closing: contextlib.ExitStack) -> int:
     specs = [get_spec(name.strip()) for name in args.ops.split(",") if name.strip()]
     for spec in specs:
         if spec.name not in SHAPES:
@@ -113,6 +113,17 @@ def _run(args, phases: "Phases") -> int:
     fp = fingerprint(device)
     progress(wrap(f"kforge demo on {fp.kind}: {fp.name} (torch {fp.torch}, triton {fp.triton}); "
                    f"records go to {paths.user_table_dir()}"))
+    executor = None
+    if not args.no_generate:
+        from kforge.evaluate.executors import LocalPoolExecutor
+
+        # Started before calibration, after TRITON_INTERPRET is set (a worker's environment is read
+        # at its start): on GPU slots a spare worker per GPU then does its Python, torch and Triton
+        # imports (~5 s on the H200 host, `spares`; its first search took 18.8 s, the others 8-15 s)
+        # while the GPU calibrates. CPU slots start none (`LocalPoolExecutor`'s `warm`): its
+        # imports would share the cores with calibration's timings.
+        executor = closing.enter_context(LocalPoolExecutor())
+        executor.warm_up(trusted=True)  # the catalog's seeds are kforge's own code
     phases.end("startup")
 
     records, rejected = [], []
@@ -162,7 +173,8 @@ def _run(args, phases: "Phases") -> int:
     generated, rerouted = [], []
     calls = kforge.stats()  # kforge.reset() below forgets the counts: the demo's stats add both parts
     if not args.no_generate:
-        generated = generate_for_misses(specs, device, args.variants)
+        generated = generate_for_misses(specs, device, args.variants, executor)
+        closing.close()  # the executor and its idle spares
         phases.end("generate")
         kforge.reset()  # the table changed under this process
         table = ScoreTable()
@@ -251,14 +263,14 @@ def add_stats(a: dict, b: dict) -> dict:
     return {"ops": ops, "disabled": sorted({*a["disabled"], *b["disabled"]})}
 
 
-def generate_for_misses(specs, device, variants: int) -> list[dict]:
+def generate_for_misses(specs, device, variants: int, executor) -> list[dict]:
     """`kforge generate --from-misses` for the demo's ops: one catalog round per op over the keys
     its miss log holds, each candidate verified at those keys (and the secret shapes near them,
     the long row, every layout and seed) rather than at the op's whole shape sets, which is what
     `kforge generate` does: 2-3x less time in Triton's interpreter (cross_entropy: 4.7 s instead
     of 11 s on a 2-core CPU), and on a GPU fewer kernels to compile. The records' evidence says
-    where they were verified; the router serves them no further. Returns each run's JSON."""
-    from kforge.evaluate.executors import LocalPoolExecutor
+    where they were verified; the router serves them no further. `executor`: the demo's
+    `LocalPoolExecutor` (its caller closes it). Returns each run's JSON."""
     from kforge.gen import from_misses, run_state, search
     from kforge.gen.providers.catalog import CatalogProvider
 
@@ -266,29 +278,29 @@ def generate_for_misses(specs, device, variants: int) -> list[dict]:
     targets = [t for t in from_misses.targets(str(device)) if t.op in names]
     progress(wrap(f"generate --from-misses --provider catalog: {len(targets)} missed key(s), "
                    f"{variants} variant(s) per op, candidates verified at those keys in sandboxed workers"))
-    with LocalPoolExecutor() as executor:
-        def one(name: str) -> dict:
-            mine = [t for t in targets if t.op == name]
-            shapes = sorted({t.shape for t in mine})
-            dtypes = [getattr(torch, d) for d in sorted({t.dtype for t in mine})]
-            settings = run_state.Settings(rounds=1, variants=variants, top_k=1, verify_shapes=tuple(shapes))
-            t0 = time.perf_counter()
-            result = search.run(name, CatalogProvider(), settings, device=str(device), dtypes=dtypes, shapes=shapes,
-                                executor=executor)
-            seconds = time.perf_counter() - t0
-            progress(wrap(f"generated {name}: {result.accepted}/{result.attempts} candidates accepted, "
-                           f"{len(result.keys)} key(s) recorded ({seconds:.1f} s, run {result.run_id})"
-                           + "".join(f"; not recorded: {k['dtype']} {shape_text(k['shape'])}: {k['why']}"
-                                     for k in result.unrecorded_keys)))
-            return {**result.to_json(), "wall_seconds": round(seconds, 2)}
 
-        # One search per op, on GPUs as many at once as the pool has GPUs (its slots are shared: a
-        # GPU still runs one task at a time). On a CPU one at a time: two searches' workers timed
-        # side by side on 2 cores recorded vendor at 5-16 ms a call where it costs 4-12 us (its
-        # batches lost the core mid-sample), for 43 s instead of 48 s.
-        at_once = len(executor.slots) if device.type == "cuda" else 1
-        with concurrent.futures.ThreadPoolExecutor(at_once, thread_name_prefix="kforge-demo") as threads:
-            return list(threads.map(one, sorted({t.op for t in targets})))
+    def one(name: str) -> dict:
+        mine = [t for t in targets if t.op == name]
+        shapes = sorted({t.shape for t in mine})
+        dtypes = [getattr(torch, d) for d in sorted({t.dtype for t in mine})]
+        settings = run_state.Settings(rounds=1, variants=variants, top_k=1, verify_shapes=tuple(shapes))
+        t0 = time.perf_counter()
+        result = search.run(name, CatalogProvider(), settings, device=str(device), dtypes=dtypes, shapes=shapes,
+                            executor=executor)
+        seconds = time.perf_counter() - t0
+        progress(wrap(f"generated {name}: {result.accepted}/{result.attempts} candidates accepted, "
+                       f"{len(result.keys)} key(s) recorded ({seconds:.1f} s, run {result.run_id})"
+                       + "".join(f"; not recorded: {k['dtype']} {shape_text(k['shape'])}: {k['why']}"
+                                 for k in result.unrecorded_keys)))
+        return {**result.to_json(), "wall_seconds": round(seconds, 2)}
+
+    # One search per op, on GPUs as many at once as the pool has GPUs (its slots are shared: a
+    # GPU still runs one task at a time). On a CPU one at a time: two searches' workers timed
+    # side by side on 2 cores recorded vendor at 5-16 ms a call where it costs 4-12 us (its
+    # batches lost the core mid-sample), for 43 s instead of 48 s.
+    at_once = len(executor.slots) if device.type == "cuda" else 1
+    with concurrent.futures.ThreadPoolExecutor(at_once, thread_name_prefix="kforge-demo") as threads:
+        return list(threads.map(one, sorted({t.op for t in targets})))
 
 
 def route_one(spec: OpSpec, shape, dtype, device, table: ScoreTable) -> dict:
