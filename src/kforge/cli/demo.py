@@ -13,8 +13,8 @@ new records lose the ranking, and the demo says so). Every routed result is chec
 `kforge.testing.assert_matches_reference`. About 75 s on a 2-core CPU.
 Prints the routing table, the cost per call, `kforge.stats()` over the whole demo, the next steps
 and where the time went (seconds per phase and per op's generate run; `--json`: "phases",
-"generate_seconds"); progress goes to stderr. Exits 1 if any routed result is wrong. On a CPU the timings are
-CPU timings, keyed to the CPU's fingerprint.
+"generate_seconds"); progress goes to stderr. Exits 1 if any routed result is wrong. On a CPU the
+timings are CPU timings, keyed to the CPU's fingerprint.
 """
 from __future__ import annotations
 
