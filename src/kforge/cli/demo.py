@@ -11,15 +11,16 @@ against vendor and records the fastest; the missed shapes are called again and a
 the table (on a CPU, where Triton runs in its interpreter, vendor honestly stays the fastest: the
 new records lose the ranking, and the demo says so). Every routed result is checked with
 `kforge.testing.assert_matches_reference`. About 75 s on a 2-core CPU.
-Prints the routing table, the cost per call, `kforge.stats()` over the whole demo and the next
-steps; progress goes to stderr. Exits 1 if any routed result is wrong. On a CPU the timings are
-CPU timings, keyed to the CPU's fingerprint.
+Prints the routing table, the cost per call, `kforge.stats()` over the whole demo, the next steps
+and where the time went (seconds per phase and per op's generate run; `--json`: "phases",
+"generate_seconds"); progress goes to stderr. Exits 1 if any routed result is wrong. On a CPU the
+timings are CPU timings, keyed to the CPU's fingerprint.
 """
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import os
-import textwrap
 import time
 import warnings
 from dataclasses import dataclass
@@ -30,8 +31,8 @@ import kforge
 from kforge import paths
 from kforge.backends import get_backend
 from kforge.cli import _args
-from kforge.cli._output import (WIDTH, device_text, dtypes_text, emit_json, number, progress, render, shape_text,
-                                wrap)
+from kforge.cli._demo_report import short_impl, print_result
+from kforge.cli._output import dtypes_text, emit_json, progress, shape_text, wrap
 from kforge.device import fingerprint
 from kforge.errors import KforgeError
 from kforge.evaluate.calibrate import CalibrationRejected, ImplausibleTiming, calibrate, measure
@@ -95,7 +96,11 @@ def add_arguments(parser) -> None:
 
 
 def run(args) -> int:
-    started = time.perf_counter()
+    with torch_notes_hidden(), contextlib.ExitStack() as closing:
+        return _run(args, Phases(), closing)
+
+
+def _run(args, phases: "Phases", closing: contextlib.ExitStack) -> int:
     specs = [get_spec(name.strip()) for name in args.ops.split(",") if name.strip()]
     for spec in specs:
         if spec.name not in SHAPES:
@@ -108,6 +113,18 @@ def run(args) -> int:
     fp = fingerprint(device)
     progress(wrap(f"kforge demo on {fp.kind}: {fp.name} (torch {fp.torch}, triton {fp.triton}); "
                    f"records go to {paths.user_table_dir()}"))
+    executor = None
+    if not args.no_generate:
+        from kforge.evaluate.executors import LocalPoolExecutor
+
+        # Started before calibration, after TRITON_INTERPRET is set (a worker's environment is read
+        # at its start): on GPU slots a spare worker per GPU then does its Python, torch and Triton
+        # imports (~5 s on the H200 host, `spares`; its first search took 18.8 s, the others 8-15 s)
+        # while the GPU calibrates. CPU slots start none (`LocalPoolExecutor`'s `warm`): its
+        # imports would share the cores with calibration's timings.
+        executor = closing.enter_context(LocalPoolExecutor())
+        executor.warm_up(trusted=True)  # the catalog's seeds are kforge's own code
+    phases.end("startup")
 
     records, rejected = [], []
     for spec in specs:
@@ -137,6 +154,7 @@ def run(args) -> int:
     written = ScoreTable().write(records)
     kforge.reset()  # re-read the table this process just wrote
     progress(f"wrote {len(records)} records into {len(written)} shard(s)")
+    phases.end("calibrate")
 
     table = ScoreTable()
     routes = []
@@ -149,12 +167,15 @@ def run(args) -> int:
                 r = route_one(spec, shape, dtype, device, table)
                 routes.append({"case": label, **r})
                 progress(f"routed {spec.name} {dtypes_text(r['dtypes'])} {shape_text(shape)} ({label}): "
-                         f"{r['kind']} -> {_short(r['impl'])}, {'verified' if r['verified'] else 'WRONG'}")
+                         f"{r['kind']} -> {short_impl(r['impl'])}, {'verified' if r['verified'] else 'WRONG'}")
     kforge.flush()
+    phases.end("route")
     generated, rerouted = [], []
     calls = kforge.stats()  # kforge.reset() below forgets the counts: the demo's stats add both parts
     if not args.no_generate:
-        generated = generate_for_misses(specs, device, args.variants)
+        generated = generate_for_misses(specs, device, args.variants, executor)
+        closing.close()  # the executor and its idle spares
+        phases.end("generate")
         kforge.reset()  # the table changed under this process
         table = ScoreTable()
         for spec in specs:
@@ -162,17 +183,66 @@ def run(args) -> int:
                 r = route_one(spec, SHAPES[spec.name].no_record, dtype, device, table)
                 rerouted.append({"case": "after generate", **r})
                 progress(f"routed {spec.name} {dtypes_text(r['dtypes'])} {shape_text(r['shape'])} (after generate): "
-                         f"{r['kind']} -> {_short(r['impl'])}, {'verified' if r['verified'] else 'WRONG'}")
+                         f"{r['kind']} -> {short_impl(r['impl'])}, {'verified' if r['verified'] else 'WRONG'}")
         calls = add_stats(calls, kforge.stats())
+        phases.end("reroute")
     result = {"device": str(fp), "table_shards": [str(p) for p in written],
               "records": [r.to_json() for r in records], "rejected": rejected, "routes": routes + rerouted,
-              "generated": generated, "stats": calls, "seconds": round(time.perf_counter() - started, 1)}
+              "generated": generated, "stats": calls, "phases": dict(phases.seconds),
+              "generate_seconds": {g["op"]: g["wall_seconds"] for g in generated},
+              "process_start_seconds": phases.before, "seconds": round(phases.total(), 1)}
     ok = all(r["verified"] for r in routes + rerouted)
     if args.json:
         emit_json(result)
     else:
         print_result(result, fp)
     return 0 if ok else 1
+
+
+class Phases:
+    """Wall seconds of the demo's phases, each from the end of the one before (`end`), so they add
+    up to at most the whole; `before`: seconds from this process's start to the demo's (Python,
+    torch and kforge imports), or None where /proc cannot say."""
+
+    def __init__(self) -> None:
+        self.started = self._last = time.perf_counter()
+        self.before = _process_age()
+        self.seconds: dict[str, float] = {}
+
+    def end(self, name: str) -> None:
+        now = time.perf_counter()
+        self.seconds[name] = round(now - self._last, 3)
+        self._last = now
+
+    def total(self) -> float:
+        return time.perf_counter() - self.started
+
+
+def _process_age() -> float | None:
+    try:
+        with open("/proc/self/stat") as f:  # field 22, starttime, in clock ticks after boot
+            start_ticks = int(f.read().rsplit(")", 1)[1].split()[19])
+        with open("/proc/uptime") as f:
+            uptime = float(f.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        return None
+    return round(max(0.0, uptime - start_ticks / os.sysconf("SC_CLK_TCK")), 2)
+
+
+# torch's notes on its own choices, not on the user's program: an H200 demo printed them 8 times
+# (each calibration's warning capture re-arms "once per location"). Matched by message; kforge's
+# own warnings, and torch's others, pass.
+TORCH_NOTES = (r"\s*Online softmax is disabled on the fly",
+               r"TensorFloat32 tensor cores for float32 matrix multiplication available but not enabled")
+
+
+@contextlib.contextmanager
+def torch_notes_hidden():
+    """Within: the UserWarnings of TORCH_NOTES are ignored; everything else as it was."""
+    with warnings.catch_warnings():
+        for message in TORCH_NOTES:
+            warnings.filterwarnings("ignore", message=message, category=UserWarning)
+        yield
 
 
 def measured(spec: OpSpec, quick: bool) -> tuple[tuple[int, ...], ...]:
@@ -193,14 +263,14 @@ def add_stats(a: dict, b: dict) -> dict:
     return {"ops": ops, "disabled": sorted({*a["disabled"], *b["disabled"]})}
 
 
-def generate_for_misses(specs, device, variants: int) -> list[dict]:
+def generate_for_misses(specs, device, variants: int, executor) -> list[dict]:
     """`kforge generate --from-misses` for the demo's ops: one catalog round per op over the keys
     its miss log holds, each candidate verified at those keys (and the secret shapes near them,
     the long row, every layout and seed) rather than at the op's whole shape sets, which is what
     `kforge generate` does: 2-3x less time in Triton's interpreter (cross_entropy: 4.7 s instead
     of 11 s on a 2-core CPU), and on a GPU fewer kernels to compile. The records' evidence says
-    where they were verified; the router serves them no further. Returns each run's JSON."""
-    from kforge.evaluate.executors import LocalPoolExecutor
+    where they were verified; the router serves them no further. `executor`: the demo's
+    `LocalPoolExecutor` (its caller closes it). Returns each run's JSON."""
     from kforge.gen import from_misses, run_state, search
     from kforge.gen.providers.catalog import CatalogProvider
 
@@ -208,28 +278,29 @@ def generate_for_misses(specs, device, variants: int) -> list[dict]:
     targets = [t for t in from_misses.targets(str(device)) if t.op in names]
     progress(wrap(f"generate --from-misses --provider catalog: {len(targets)} missed key(s), "
                    f"{variants} variant(s) per op, candidates verified at those keys in sandboxed workers"))
-    with LocalPoolExecutor() as executor:
-        def one(name: str) -> dict:
-            mine = [t for t in targets if t.op == name]
-            shapes = sorted({t.shape for t in mine})
-            dtypes = [getattr(torch, d) for d in sorted({t.dtype for t in mine})]
-            settings = run_state.Settings(rounds=1, variants=variants, top_k=1, verify_shapes=tuple(shapes))
-            t0 = time.perf_counter()
-            result = search.run(name, CatalogProvider(), settings, device=str(device), dtypes=dtypes, shapes=shapes,
-                                executor=executor)
-            progress(wrap(f"generated {name}: {result.accepted}/{result.attempts} candidates accepted, "
-                           f"{len(result.keys)} key(s) recorded ({time.perf_counter() - t0:.1f} s, run {result.run_id})"
-                           + "".join(f"; not recorded: {k['dtype']} {shape_text(k['shape'])}: {k['why']}"
-                                     for k in result.unrecorded_keys)))
-            return result.to_json()
 
-        # One search per op, on GPUs as many at once as the pool has GPUs (its slots are shared: a
-        # GPU still runs one task at a time). On a CPU one at a time: two searches' workers timed
-        # side by side on 2 cores recorded vendor at 5-16 ms a call where it costs 4-12 us (its
-        # batches lost the core mid-sample), for 43 s instead of 48 s.
-        at_once = len(executor.slots) if device.type == "cuda" else 1
-        with concurrent.futures.ThreadPoolExecutor(at_once, thread_name_prefix="kforge-demo") as threads:
-            return list(threads.map(one, sorted({t.op for t in targets})))
+    def one(name: str) -> dict:
+        mine = [t for t in targets if t.op == name]
+        shapes = sorted({t.shape for t in mine})
+        dtypes = [getattr(torch, d) for d in sorted({t.dtype for t in mine})]
+        settings = run_state.Settings(rounds=1, variants=variants, top_k=1, verify_shapes=tuple(shapes))
+        t0 = time.perf_counter()
+        result = search.run(name, CatalogProvider(), settings, device=str(device), dtypes=dtypes, shapes=shapes,
+                            executor=executor)
+        seconds = time.perf_counter() - t0
+        progress(wrap(f"generated {name}: {result.accepted}/{result.attempts} candidates accepted, "
+                       f"{len(result.keys)} key(s) recorded ({seconds:.1f} s, run {result.run_id})"
+                       + "".join(f"; not recorded: {k['dtype']} {shape_text(k['shape'])}: {k['why']}"
+                                 for k in result.unrecorded_keys)))
+        return {**result.to_json(), "wall_seconds": round(seconds, 2)}
+
+    # One search per op, on GPUs as many at once as the pool has GPUs (its slots are shared: a
+    # GPU still runs one task at a time). On a CPU one at a time: two searches' workers timed
+    # side by side on 2 cores recorded vendor at 5-16 ms a call where it costs 4-12 us (its
+    # batches lost the core mid-sample), for 43 s instead of 48 s.
+    at_once = len(executor.slots) if device.type == "cuda" else 1
+    with concurrent.futures.ThreadPoolExecutor(at_once, thread_name_prefix="kforge-demo") as threads:
+        return list(threads.map(one, sorted({t.op for t in targets})))
 
 
 def route_one(spec: OpSpec, shape, dtype, device, table: ScoreTable) -> dict:
@@ -277,116 +348,3 @@ def _input_shape(spec: OpSpec, problem, dtype) -> list[int] | None:
         if tuple(spec.problem(spec.make_inputs(shape, dtype, "meta", 0))) == tuple(problem):
             return list(shape)
     return None
-
-
-def _backend(impl: str) -> str:
-    return impl.split(":", 1)[0]
-
-
-def _short(impl: str) -> str:
-    """"triton:<12 hex>" -> "triton:<8 hex>": the table fits 100 columns (JSON keeps the whole id)."""
-    backend, _, ident = impl.partition(":")
-    return f"{backend}:{ident[:8]}" if ident else impl
-
-
-# What a user does next: (command, what it does). Printed wrapped to the 100 columns of the output.
-NEXT_STEPS = (
-    ("kforge table", "what the router now chooses for every key, and why not the others"),
-    ("kforge misses", "the calls the table had nothing for, most-called first"),
-    ("kforge tune --model llama-3.1-8b --tokens 1,16,512",
-     "fill the table for a model on this device: vendor, Inductor and the catalog's kernels verified and "
-     "timed at every key of its forward (models: kforge.shapes; --ops, --max-seconds)"),
-    ("kforge generate rms_norm --shape 16x4096 --dtype bf16 --provider anthropic --rounds 3",
-     "new kernels written by a model (ANTHROPIC_API_KEY), verified and recorded the same way"),
-    ('model = torch.compile(model, backend="kforge")',
-     "in Python: the model's norms, gates, rotary, MoE router and loss routed by this table; "
-     "kforge.explain(model, *inputs) says what was rewritten and why not elsewhere"),
-    ("kforge misses --to-issue > body.md",
-     "once your own program has run: request a kernel for the op it missed most, as a Kernel request "
-     "issue body to file on GitHub (`kforge issue parse --body-file body.md` checks it)"),
-)
-COMMAND_COLUMN = 32
-
-
-def next_steps(cpu: bool) -> str:
-    """The NEXT_STEPS block; on a CPU with what a GPU would change."""
-    pad, lines = " " * COMMAND_COLUMN, ["Next steps"]
-    for command, what in NEXT_STEPS:
-        head = f"  {command}"
-        if len(head) < COMMAND_COLUMN - 1:  # the explanation starts on the command's line
-            lines += textwrap.wrap(what, WIDTH, initial_indent=head.ljust(COMMAND_COLUMN), subsequent_indent=pad,
-                                   break_on_hyphens=False)
-        else:
-            lines += [head, *textwrap.wrap(what, WIDTH, initial_indent=pad, subsequent_indent=pad,
-                                           break_on_hyphens=False)]
-    if cpu:
-        lines += textwrap.wrap(
-            "On a GPU the same demo times CUDA kernels (events, CUDA graphs) and records them under the GPU's "
-            "fingerprint; there generated Triton kernels can beat vendor and then serve the calls "
-            "(docs/getting-started-gpu.md).", WIDTH, break_on_hyphens=False)
-    return "\n".join(lines)
-
-
-
-def print_result(result: dict, fp) -> None:
-    # Two tables of at most 100 columns: how each call was routed, then what it costs. One cost
-    # column per backend (its best record), not per kernel: a run with many kernels stays narrow.
-    backends = sorted({_backend(i) for r in result["routes"] for i in r["score_us"]},
-                      key=lambda b: ("vendor", "inductor", "triton").index(b) if b in ("vendor", "inductor", "triton")
-                      else 3)
-    routing, costs = [], []
-    for r in result["routes"]:
-        if r["kind"] == "hit" and r["from_shape"] != r["problem"]:
-            route = f"near {shape_text(r['from_input_shape'] or r['from_shape'])}"
-        else:
-            route = r["kind"] if r["case"] != "after generate" else f"{r['kind']} after gen"
-        # The primary input's dtype: a whole signature (rotary's "bf16,bf16,int64,fp32") is in --json.
-        case = [r["op"], dtypes_text(r["dtypes"].split(",")[0]), shape_text(r["shape"])]
-        routing.append([*case, route, _short(r["impl"]),
-                        "-" if r["speedup_vs_vendor"] is None else f"{r['speedup_vs_vendor']:.2f}x",
-                        f"ok {r['max_error_ratio']:.2f}" if r["verified"] else "WRONG"])
-        best = {b: min((us for i, us in r["score_us"].items() if _backend(i) == b), default=None) for b in backends}
-        costs.append([*case, *(number(best[b]) for b in backends), number(r["now_kforge_us"]),
-                      number(r["now_vendor_us"])])
-    timing = "CUDA events" if fp.kind == "cuda" else "CPU wall time"
-    print(f"\nrouting table on {device_text(str(fp))}")
-    print(render(["op", "dtype", "shape", "route", "chosen", "speedup", "check"], routing, right=(5,)))
-    print(textwrap.fill(
-        "route: hit = measured shape; near = unseen shape served by the nearest measured one; miss = no "
-        "record, vendor serves it and the miss log counts it; after gen = the missed shape called again "
-        "after generate. speedup: the table's vendor cost / the chosen "
-        "one's. check: the worst error / its budget against the fp64 reference.", WIDTH))
-    print(f"\ncost per call ({timing}, microseconds)")
-    print(render(["op", "dtype", "shape", *backends, "now kf", "now vnd"], costs,
-                 right=tuple(range(3, 3 + len(backends) + 2))))
-    print(textwrap.fill(
-        f"{' / '.join(backends)}: cost per call in the records the router chose from, the best of each backend "
-        "(p50, or the host time per call where that is slower); now kf / now vnd: the call timed again the "
-        "same way, through kforge.ops.<op> and as the bare vendor function.", WIDTH))
-    print("\nkforge.stats() over the whole demo (its timing loops included)")
-    stats = result["stats"]
-    print(render(["op", "calls", "hit", "miss", "fallback", "by implementation"],
-                 [[op, s["calls"], s["hit"], s["miss"], s["fallback"],
-                   ", ".join(f"{_short(i)} {n}" for i, n in sorted(s["by_impl"].items()))]
-                  for op, s in stats["ops"].items()], right=(1, 2, 3, 4)))
-    if stats["disabled"]:
-        print(wrap("switched off: " + "; ".join(stats["disabled"])))
-    for rej in result["rejected"]:
-        print(wrap(f"rejected in calibration: {rej['impl']} for {rej['key']}: {rej['reason']}"))
-    for run in result.get("generated", []):
-        for k in run["keys"]:
-            after = k["after"]
-            verdict = ("a generated kernel is now the fastest record" if after["impl"].startswith("triton:")
-                       else "vendor stays the fastest record (on a CPU, Triton runs in its interpreter)")
-            print(wrap(f"generated {run['op']} {k['dtype']} {shape_text(k['shape'])}: best kernel "
-                        f"{_short(k['kernel']['impl'])} {number(k['kernel']['p50_us'], 1)} us vs vendor "
-                        f"{number(k['vendor_p50_us'], 1)} us in the same run: {verdict}"))
-        for k in run.get("unrecorded_keys", []):
-            print(wrap(f"generated {run['op']} {k['dtype']} {shape_text(k['shape'])}: not recorded: {k['why']}"))
-    bad = [r for r in result["routes"] if not r["verified"]]
-    ops = sorted({r["op"] for r in result["routes"]})
-    print(f"\n{len(result['routes']) - len(bad)}/{len(result['routes'])} routed results of {len(ops)} ops match "
-          f"the reference; {len(result['records'])} records written; {result['seconds']} s.")
-    for r in bad:
-        print(wrap(f"WRONG: {r['op']} {r['dtypes']} {shape_text(r['shape'])}: {r['error']}"))
-    print("\n" + next_steps(fp.kind == "cpu"))
