@@ -230,3 +230,17 @@ def test_misses_pay_for_the_quiet_count_only_while_an_uncounted_block_is_open():
     assert d.fn is d.plain
     kforge.ops.softmax(x)
     assert (d.calls, d.quiet, d.counted) == (7, 2, 5)  # the other thread's 3 and the 2 outside are logged
+
+
+@needs_native
+def test_the_native_lookup_is_the_key_and_a_dict_lookup():
+    x, w = torch.randn(4, 64), torch.randn(64)
+    kinds = (True, True, False)
+    decisions = {NATIVE.key((x, w, 1e-6), kinds): "decision"}
+    assert NATIVE.lookup((torch.randn(4, 64), w, 1e-6), kinds, decisions) == "decision"
+    assert NATIVE.lookup((x, w, 2e-6), kinds, decisions) is None  # another key
+    assert NATIVE.lookup((x, w, "1e-6"), kinds, decisions) is None  # a call the key does not describe
+    with pytest.raises(TypeError, match="argument 1 is a float, not a tensor"):
+        NATIVE.lookup((x, 1.0, 1e-6), kinds, decisions)
+    with pytest.raises(TypeError, match="decisions: dict"):
+        NATIVE.lookup((x, w, 1e-6), kinds, list(decisions))

@@ -27,6 +27,7 @@ def make(op: "OpRouter", eager: tuple | None = None) -> Callable[..., Any]:
     a tensor subclass, a dispatch mode) handed to `overload`."""
     router, spec, decisions = op.router, op.spec, op.decisions
     name, native_key, kinds, python_key = spec.name, op._native_key, op._kinds, op._python_key
+    lookup = None if native_key is None else native.load().lookup  # key and dict lookup in one C call
     pin_state, monotonic, decide, failed, uncount = pins.STATE, time.monotonic, op.decide, op.failed, op.uncount
     check, call_pinned = spec.check, op.call_pinned
 
@@ -39,8 +40,10 @@ def make(op: "OpRouter", eager: tuple | None = None) -> Callable[..., Any]:
             if impl is not None:
                 return call_pinned(args, impl)
         try:
-            key = python_key(args) if native_key is None else (native_key(args, kinds) or python_key(args))
-            d = decisions.get(key)
+            d = None if lookup is None else lookup(args, kinds, decisions)
+            if d is None:  # a miss of the cache, or a call the native key does not describe
+                key = (None if native_key is None else native_key(args, kinds)) or python_key(args)
+                d = decisions.get(key)
         except (AttributeError, TypeError):  # a tensor argument that is not one, an unhashable scalar
             check(args)  # names the op and the argument
             raise
@@ -76,8 +79,10 @@ def make(op: "OpRouter", eager: tuple | None = None) -> Callable[..., Any]:
             if impl is not None:
                 return call_pinned(args, impl)
         try:
-            key = python_key(args) if native_key is None else (native_key(args, kinds) or python_key(args))
-            d = decisions.get(key)
+            d = None if lookup is None else lookup(args, kinds, decisions)
+            if d is None:
+                key = (None if native_key is None else native_key(args, kinds)) or python_key(args)
+                d = decisions.get(key)
         except (AttributeError, TypeError):
             check(args)
             raise

@@ -12,6 +12,7 @@
 //   None: a call this key does not describe (a tensor subclass with Python dispatch, a sparse or
 //   symbolic-shaped tensor, a scalar of another type, too many dims); the caller uses the Python key.
 //   TypeError: a non-tensor where a tensor must be (the caller then names the argument).
+// lookup(args, kinds, decisions) -> decisions.get(key(args, kinds)), None where key is None.
 #include <Python.h>
 #include <torch/csrc/autograd/python_variable.h>
 #include <ATen/core/Tensor.h>
@@ -68,20 +69,17 @@ bool put_scalar(PyObject* o, int64_t* buf, int& k) {
   return true;
 }
 
-PyObject* key(PyObject*, PyObject* const* argv, Py_ssize_t argc) {
-  if (argc != 2 || !PyTuple_Check(argv[0]) || !PyTuple_Check(argv[1])) {
-    PyErr_SetString(PyExc_TypeError, "key(args: tuple, kinds: tuple)");
-    return nullptr;
+// The key's bytes into buf (k words); 0: done, 1: a call the key does not describe, -1: an error set.
+int fill(PyObject* args, PyObject* kinds, int64_t* buf, int& k) {
+  if (!PyTuple_Check(args) || !PyTuple_Check(kinds)) {
+    PyErr_SetString(PyExc_TypeError, "args and kinds must be tuples");
+    return -1;
   }
-  PyObject* args = argv[0];
-  PyObject* kinds = argv[1];
   Py_ssize_t n = PyTuple_GET_SIZE(kinds);
   if (PyTuple_GET_SIZE(args) != n) {
     PyErr_Format(PyExc_TypeError, "expected %zd arguments, got %zd", n, PyTuple_GET_SIZE(args));
-    return nullptr;
+    return -1;
   }
-  int64_t buf[kWords];
-  int k = 0;
   try {
     for (Py_ssize_t i = 0; i < n; ++i) {
       PyObject* o = PyTuple_GET_ITEM(args, i);
@@ -89,23 +87,62 @@ PyObject* key(PyObject*, PyObject* const* argv, Py_ssize_t argc) {
       if (PyTuple_GET_ITEM(kinds, i) == Py_True) {
         if (!THPVariable_Check(o)) {
           PyErr_Format(PyExc_TypeError, "argument %zd is a %s, not a tensor", i, Py_TYPE(o)->tp_name);
-          return nullptr;
+          return -1;
         }
         ok = put_tensor(THPVariable_Unpack(o), buf, k);
       } else {
         ok = put_scalar(o, buf, k);
       }
-      if (!ok) Py_RETURN_NONE;
+      if (!ok) return 1;
     }
   } catch (const std::exception&) {  // a tensor whose metadata cannot be read here: the Python key decides
+    return 1;
+  }
+  return 0;
+}
+
+PyObject* key(PyObject*, PyObject* const* argv, Py_ssize_t argc) {
+  if (argc != 2) {
+    PyErr_SetString(PyExc_TypeError, "key(args: tuple, kinds: tuple)");
+    return nullptr;
+  }
+  int64_t buf[kWords];
+  int k = 0;
+  int state = fill(argv[0], argv[1], buf, k);
+  if (state < 0) return nullptr;
+  if (state > 0) Py_RETURN_NONE;
+  return PyBytes_FromStringAndSize(reinterpret_cast<const char*>(buf), static_cast<Py_ssize_t>(k) * 8);
+}
+
+// lookup(args, kinds, decisions: dict) -> the value under key(args, kinds), or None where there is
+// none or the key does not describe the call: the hot path's key and dict lookup in one call.
+PyObject* lookup(PyObject*, PyObject* const* argv, Py_ssize_t argc) {
+  if (argc != 3 || !PyDict_CheckExact(argv[2])) {
+    PyErr_SetString(PyExc_TypeError, "lookup(args: tuple, kinds: tuple, decisions: dict)");
+    return nullptr;
+  }
+  int64_t buf[kWords];
+  int k = 0;
+  int state = fill(argv[0], argv[1], buf, k);
+  if (state < 0) return nullptr;
+  if (state > 0) Py_RETURN_NONE;
+  PyObject* bytes = PyBytes_FromStringAndSize(reinterpret_cast<const char*>(buf), static_cast<Py_ssize_t>(k) * 8);
+  if (bytes == nullptr) return nullptr;
+  PyObject* found = PyDict_GetItemWithError(argv[2], bytes);  // borrowed
+  Py_DECREF(bytes);
+  if (found == nullptr) {
+    if (PyErr_Occurred()) return nullptr;
     Py_RETURN_NONE;
   }
-  return PyBytes_FromStringAndSize(reinterpret_cast<const char*>(buf), static_cast<Py_ssize_t>(k) * 8);
+  Py_INCREF(found);
+  return found;
 }
 
 PyMethodDef methods[] = {
     {"key", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)(void)>(key)), METH_FASTCALL,
      "key(args, kinds) -> bytes | None: the decision-cache key of a call (see fastkey.cpp)"},
+    {"lookup", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)(void)>(lookup)), METH_FASTCALL,
+     "lookup(args, kinds, decisions) -> the decision under key(args, kinds), or None"},
     {nullptr, nullptr, 0, nullptr}};
 
 PyModuleDef module = {PyModuleDef_HEAD_INIT, "kforge_fastkey", "kforge's native call key", -1, methods};
