@@ -1,12 +1,16 @@
 #!/usr/bin/env bash
 # Issue 16 on the GPU machine, in one device call: bubblewrap from a carried .deb, the CUDA tests,
 # `kforge tune` at keys of unseen shapes (per-candidate phases in its JSON), then benchmarks/unseen.py.
-#   env: DISPATCH (1: benchmarks/dispatch_overhead.py on cuda, bf16), DEMO (1: `kforge demo --device cuda` timed, its JSON and log kept), GPU_TESTS (pytest args, empty skips), TUNE_KEYS (--key arguments, empty skips), UNSEEN (unseen.py arguments, empty skips)
+#   env: PROBE (1: benchmarks/probes/vendor_host.py), DISPATCH (1: benchmarks/dispatch_overhead.py on cuda, bf16), DEMO (1: `kforge demo --device cuda` timed, its JSON and log kept), GPU_TESTS (pytest args, empty skips), TUNE_KEYS (--key arguments, empty skips), UNSEEN (unseen.py arguments, empty skips)
 #   carry: .deb (bubblewrap_*.deb and lib/), .whl (pure-Python wheels the image lacks)
 set -uo pipefail
 export KFORGE_HOME=/tmp/kforge-home
 source benchmarks/gpu_setup.sh
 python3 -m kforge.cli.main doctor 2>&1 | grep -i -A2 isolation | head -4
+if [ -n "${PROBE:-}" ]; then
+  timeout 120 python3 benchmarks/probes/vendor_host.py 2>&1 | tail -14
+  cp benchmarks/results/h200/vendor-host.json "$OUT"/ 2>/dev/null
+fi
 if [ -n "${DISPATCH:-}" ]; then
   timeout ${DISPATCH_TIMEOUT:-240} python3 benchmarks/dispatch_overhead.py --device cuda --dtype bfloat16 --number 5000 --repeat 7 \
     --out dispatch_overhead-cuda.json 2>&1 | tail -14

@@ -46,6 +46,15 @@ def flush() -> list:
     return _ROUTER.flush()
 
 
+def graphed(fn, *example_inputs, warmup: int = 3, check: bool = True):
+    """`fn(*example_inputs)` (a decode step built from kforge ops) captured into one CUDA graph:
+    returns a callable that checks its arguments against the captured ones, copies them in and
+    replays (`kforge.graphs`)."""
+    from kforge.graphs import graphed as _graphed
+
+    return _graphed(fn, *example_inputs, warmup=warmup, check=check)
+
+
 def explain(model, *example_inputs, **kwargs):
     """What `torch.compile(model, backend="kforge")` rewrites in `model` for these inputs, where,
     and why other candidate patterns were left alone (`kforge.compile.explain`)."""
