@@ -7,20 +7,20 @@ set -uo pipefail
 export KFORGE_HOME=/tmp/kforge-home
 source benchmarks/gpu_setup.sh
 python3 -m kforge.cli.main doctor 2>&1 | grep -i -A2 isolation | head -4
-if [ -n "${PROBE:-}" ]; then
-  timeout 120 python3 benchmarks/probes/vendor_host.py 2>&1 | tail -14
-  cp benchmarks/results/h200/vendor-host.json "$OUT"/ 2>/dev/null
-fi
-if [ -n "${DISPATCH:-}" ]; then
-  timeout ${DISPATCH_TIMEOUT:-240} python3 benchmarks/dispatch_overhead.py --device cuda --dtype bfloat16 --number 5000 --repeat 7 \
-    --out dispatch_overhead-cuda.json 2>&1 | tail -14
-  cp benchmarks/results/dispatch_overhead-cuda.json "$OUT"/ 2>/dev/null
-fi
 if [ -n "${DEMO:-}" ]; then
   KFORGE_HOME=/tmp/kforge-demo /usr/bin/time -v python3 -m kforge demo --device cuda --json > "$OUT/demo.json" 2> "$OUT/demo.log"
   echo "demo exit $?"; grep -E "Elapsed|Maximum resident" "$OUT/demo.log"; tail -5 "$OUT/demo.log"
 fi
 [ -n "${GPU_TESTS:-}" ] && timeout ${TESTS_TIMEOUT:-150} python3 -m pytest -q -p no:cacheprovider $GPU_TESTS 2>&1 | tail -15
+if [ -n "${PROBE:-}" ]; then
+  timeout 120 python3 benchmarks/probes/vendor_host.py 2>&1 | tail -14
+  cp benchmarks/results/h200/vendor-host.json "$OUT"/ 2>/dev/null
+fi
+if [ -n "${DISPATCH:-}" ]; then
+  timeout ${DISPATCH_TIMEOUT:-240} python3 benchmarks/dispatch_overhead.py --device cuda --dtype bfloat16 --number ${DISPATCH_NUMBER:-5000} --repeat 7 \
+    --out dispatch_overhead-cuda.json 2>&1 | tail -14
+  cp benchmarks/results/dispatch_overhead-cuda.json "$OUT"/ 2>/dev/null
+fi
 if [ -n "${TUNE_KEYS:-}" ]; then
   /usr/bin/time -v python3 -m kforge tune $TUNE_KEYS --device cuda --json ${TUNE_ARGS:-} > "$OUT/tune-keys.json" 2> "$OUT/tune-keys.log"
   echo "tune exit $?"; grep -E "^\[|accepted|rejected|Elapsed|Maximum resident" "$OUT/tune-keys.log" | tail -40
