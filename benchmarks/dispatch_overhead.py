@@ -4,6 +4,9 @@ For each op, on a small input (its first smoke shape; `--dtype`), per call (medi
 repeats of the mean of `--number` calls, microseconds):
   direct    the implementation the call is served by, called directly (vendor here: kforge's
             vendor function, what a miss serves and what a vendor record serves)
+  served    the decision's function as the router calls it: `direct` plus what the op's contract
+            adds per call (on a CPU, the index range checks of cross_entropy's target and
+            rotary_embedding's positions: `check_values`; nothing on a GPU)
   public    the natural PyTorch spelling of the op (F.rms_norm, torch.softmax, ...), where one exists
   hit       kforge.ops.<op> on a key the table has a record for (a vendor record from
             `kforge.evaluate.calibrate`, so the served function is `direct`'s)
@@ -12,9 +15,9 @@ repeats of the mean of `--number` calls, microseconds):
   torch_ops torch.ops.kforge.<op> (through the torch dispatcher)
   lookup    the routing lookup alone: the call key and the decision-cache lookup
   graph     (CUDA) one replay of a CUDA graph that captured `hit` against one of `direct`'s
-Then overhead = hit - direct and miss - direct. The same measured with the Python key (a child
-process with KFORGE_NATIVE=0), so the native key's gain is in the same run. Goals (issue 18):
-overhead <= 1.0 us, lookup <= 0.3 us.
+Then overhead = hit - direct and miss - direct, and routing = hit - served (the router alone). The
+same measured with the Python key (a child process with KFORGE_NATIVE=0), so the native key's gain
+is in the same run. Goals (issue 18): overhead <= 1.0 us, lookup <= 0.3 us.
 
     python benchmarks/dispatch_overhead.py [--device cpu|cuda] [--number 20000] [--repeat 15]
 """
@@ -115,6 +118,7 @@ def measure(args) -> list[dict]:
         row = {"op": name, "shape": list(shape), "key": "native" if native.load() else "python",
                "hit_kind": hit.kind.value, "hit_impl": hit.impl, "miss_kind": miss.kind.value,
                "direct_us": m(lambda: spec.vendor(*hit_args)),
+               "served_us": m(lambda: hit.fn(*hit_args)),
                "hit_us": m(lambda: entry(*hit_args)),
                "miss_direct_us": m(lambda: spec.vendor(*miss_args)),
                "miss_us": m(lambda: entry(*miss_args)),
@@ -128,6 +132,7 @@ def measure(args) -> list[dict]:
             row["graph_hit_us"] = graph_replay_us(lambda: entry(*hit_args), args.number // 10, args.repeat)
             row["graph_direct_us"] = graph_replay_us(lambda: spec.vendor(*hit_args), args.number // 10, args.repeat)
         row["hit_overhead_us"] = row["hit_us"] - row["direct_us"]
+        row["routing_us"] = row["hit_us"] - row["served_us"]  # the router alone, without the contract's checks
         row["miss_overhead_us"] = row["miss_us"] - row["miss_direct_us"]
         row["pinned_overhead_us"] = row["pinned_us"] - row["direct_us"]
         row["meets_overhead_goal"] = max(row["hit_overhead_us"], row["miss_overhead_us"]) <= GOAL_OVERHEAD_US
