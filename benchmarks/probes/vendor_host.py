@@ -2,9 +2,11 @@
 rotary_embedding vendor took 168-336 us per call on the H200 host where its device time is ~3 us).
 
 For each op at its first decode shape (bf16, cuda): the vendor function and the routed
-`kforge.ops.<op>` run once under `torch.cuda.set_sync_debug_mode("error")` (a synchronizing CUDA
-call raises there, naming itself), then host microseconds per call (median of 7 batches of 200);
-for rotary_embedding also its pieces. JSON to benchmarks/results/<gpu-dir>/vendor-host.json.
+`kforge.ops.<op>` (after three calls: a Triton decision's second call records its launches and
+compares a replay with them, which synchronizes once) run once under
+`torch.cuda.set_sync_debug_mode("error")` (a synchronizing CUDA call raises there), then host
+microseconds per call (median of 7 batches of 200); for rotary_embedding also its pieces. JSON to
+benchmarks/results/<gpu-dir>/vendor-host.json.
 
     python benchmarks/probes/vendor_host.py [--gpu-dir h200]
 """
@@ -60,7 +62,8 @@ def main() -> int:
         shape = spec.shape_sets["decode"][0]
         a = spec.make_inputs(shape, torch.bfloat16, "cuda", 0)
         entry = kforge.ops.ENTRIES[name]
-        entry(*a)
+        for _ in range(3):  # a Triton decision records (and verifies, synchronizing) on its 2nd call
+            entry(*a)
         row = {"op": name, "shape": list(shape), "vendor_sync": syncs(lambda: spec.vendor(*a)),
                "kforge_sync": syncs(lambda: entry(*a)), "vendor_host_us": host_us(lambda: spec.vendor(*a)),
                "kforge_host_us": host_us(lambda: entry(*a))}

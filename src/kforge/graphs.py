@@ -24,6 +24,9 @@ import torch
 from kforge.errors import KforgeError, KforgeInputError
 
 NAME = "graphed"
+# A Triton decision's second call records its launches and verifies the replay (a synchronizing
+# compare, `backends.launcher`); from the third on it replays. Capture only ever sees the replay.
+MIN_WARMUP = 3
 
 
 class GraphCaptureError(KforgeError, RuntimeError):
@@ -52,7 +55,7 @@ def graphed(fn: Callable, *example_inputs, warmup: int = 3, check: bool = True) 
     side = torch.cuda.Stream(device)
     side.wait_stream(torch.cuda.current_stream(device))
     with torch.cuda.stream(side):
-        for _ in range(max(1, warmup)):
+        for _ in range(max(MIN_WARMUP, warmup)):
             fn(*static)
     torch.cuda.current_stream(device).wait_stream(side)
     torch.cuda.synchronize(device)
