@@ -49,8 +49,8 @@ def flush() -> list:
 def graphed(fn, *example_inputs, warmup: int = 3, check: bool = True):
     """`fn(*example_inputs)` (a decode step built from kforge ops) captured into one CUDA graph:
     returns a callable that checks its arguments against the captured ones, copies them in and
-    replays (`kforge.graphs`)."""
-    from kforge.graphs import graphed as _graphed
+    replays (`kforge.router.graphs`)."""
+    from kforge.router.graphs import graphed as _graphed
 
     return _graphed(fn, *example_inputs, warmup=warmup, check=check)
 

@@ -29,6 +29,7 @@ through the kernels' own `run` with rebuilt tensors, which tests the plan on CPU
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import threading
@@ -128,7 +129,8 @@ class LaunchState:
             try:
                 plan = _plan(args, self.tensor_args, out, launches)
                 replay, poisoned = _compile(plan, self.forward, len(args))
-                _verify(poisoned(*args), out)
+                with _own_sync(device):
+                    _verify(poisoned(*args), out)
             except NotReplayable as exc:
                 self.mode, self.reason, self.current = "forward", str(exc), self.forward
                 return out
@@ -137,6 +139,22 @@ class LaunchState:
             return out
         finally:
             self.lock.release()
+
+
+@contextlib.contextmanager
+def _own_sync(device: torch.device):
+    """The verification's compare is kforge's one synchronizing step per decision, not the caller's:
+    under `torch.cuda.set_sync_debug_mode("error")` (a user hunting syncs in their own code) it
+    would raise, and the router would take that for a kernel failure and switch the kernel off."""
+    if device.type != "cuda":
+        yield
+        return
+    mode = torch.cuda.get_sync_debug_mode()
+    torch.cuda.set_sync_debug_mode(0)
+    try:
+        yield
+    finally:
+        torch.cuda.set_sync_debug_mode(mode)
 
 
 # -- recording -----------------------------------------------------------------------------------

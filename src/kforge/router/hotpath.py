@@ -3,7 +3,7 @@ call key (`signature`): the native key (`router.native`) where built, else the P
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING, Any, Callable
+from typing import Any, Callable
 
 import torch
 
@@ -12,12 +12,8 @@ from kforge.router import native, pins
 from kforge.router.calls import signature_fn
 from kforge.specs import OpSpec
 
-if TYPE_CHECKING:
-    from kforge.router.dispatch import OpRouter
-
-
-def make(op: "OpRouter", eager: tuple | None = None) -> Callable[..., Any]:
-    """The hot path, as a closure over locals: attribute lookups cost ~40 ns each here.
+def make(op, eager: tuple | None = None) -> Callable[..., Any]:
+    """The hot path of `op` (a `dispatch.OpRouter`), as a closure over locals: attribute lookups cost ~40 ns each here.
     `decisions` is only ever cleared in place, never replaced, so binding it is safe.
 
     `route(args)` without `eager`; with `eager = (bind, overload)`, the eager entry point

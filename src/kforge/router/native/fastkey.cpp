@@ -101,17 +101,23 @@ int fill(PyObject* args, PyObject* kinds, int64_t* buf, int& k) {
   return 0;
 }
 
+// The key of (args, kinds) as a new bytes object, a new reference to None (a call the key does not
+// describe), or nullptr with an error set.
+PyObject* make_key(PyObject* args, PyObject* kinds) {
+  int64_t buf[kWords];
+  int k = 0;
+  int state = fill(args, kinds, buf, k);
+  if (state < 0) return nullptr;
+  if (state > 0) Py_RETURN_NONE;
+  return PyBytes_FromStringAndSize(reinterpret_cast<const char*>(buf), static_cast<Py_ssize_t>(k) * 8);
+}
+
 PyObject* key(PyObject*, PyObject* const* argv, Py_ssize_t argc) {
   if (argc != 2) {
     PyErr_SetString(PyExc_TypeError, "key(args: tuple, kinds: tuple)");
     return nullptr;
   }
-  int64_t buf[kWords];
-  int k = 0;
-  int state = fill(argv[0], argv[1], buf, k);
-  if (state < 0) return nullptr;
-  if (state > 0) Py_RETURN_NONE;
-  return PyBytes_FromStringAndSize(reinterpret_cast<const char*>(buf), static_cast<Py_ssize_t>(k) * 8);
+  return make_key(argv[0], argv[1]);
 }
 
 // lookup(args, kinds, decisions: dict) -> the value under key(args, kinds), or None where there is
@@ -121,13 +127,8 @@ PyObject* lookup(PyObject*, PyObject* const* argv, Py_ssize_t argc) {
     PyErr_SetString(PyExc_TypeError, "lookup(args: tuple, kinds: tuple, decisions: dict)");
     return nullptr;
   }
-  int64_t buf[kWords];
-  int k = 0;
-  int state = fill(argv[0], argv[1], buf, k);
-  if (state < 0) return nullptr;
-  if (state > 0) Py_RETURN_NONE;
-  PyObject* bytes = PyBytes_FromStringAndSize(reinterpret_cast<const char*>(buf), static_cast<Py_ssize_t>(k) * 8);
-  if (bytes == nullptr) return nullptr;
+  PyObject* bytes = make_key(argv[0], argv[1]);
+  if (bytes == nullptr || bytes == Py_None) return bytes;
   PyObject* found = PyDict_GetItemWithError(argv[2], bytes);  // borrowed
   Py_DECREF(bytes);
   if (found == nullptr) {
