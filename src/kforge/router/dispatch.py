@@ -1,9 +1,10 @@
 """The hot path: route one call of a kforge op to an implementation.
 
-Per call, once the call's signature has been seen: build the signature (shapes, dtypes, devices,
-contiguity, address alignment, requires_grad, scalar arguments), one dict lookup, one counter
-increment, the implementation's call. Everything else (argument checks, table reads, ranking,
-loading) happens once per distinct signature under a lock. Every `CHECK_INTERVAL_S` a call also
+Per call, once the call's signature has been seen (`hotpath`): the call key (shapes, dtypes,
+devices, contiguity, address alignment, requires_grad, scalar arguments; read in one C call where
+`router.native` is built) and the dict lookup, one counter increment, the implementation's call.
+Everything else (argument checks, table reads, ranking, loading) happens once per distinct
+signature under a lock. Every `CHECK_INTERVAL_S` a call also
 checks whether a table file changed (then decisions are dropped and re-made) and whether the miss
 counts are due to be flushed to disk.
 """
