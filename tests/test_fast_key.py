@@ -244,3 +244,14 @@ def test_the_native_lookup_is_the_key_and_a_dict_lookup():
         NATIVE.lookup((x, 1.0, 1e-6), kinds, decisions)
     with pytest.raises(TypeError, match="decisions: dict"):
         NATIVE.lookup((x, w, 1e-6), kinds, list(decisions))
+
+
+@needs_native
+def test_keys_past_the_native_buffer_are_left_to_the_python_key():
+    # 128 words: a call whose tensors have more dims than fit is one the native key does not describe.
+    deep = torch.zeros((1,) * 60 + (2,))
+    kinds = (True, True, False)
+    assert NATIVE.key((deep, deep, 1e-6), kinds) is None
+    assert NATIVE.key((deep, torch.zeros(2), 1e-6), kinds) is not None  # 65 + 5 + 2 words fit
+    out = kforge.ops.softmax(deep)  # routed through the Python key where the native one declines
+    torch.testing.assert_close(out, torch.softmax(deep, -1))
