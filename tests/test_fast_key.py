@@ -255,3 +255,21 @@ def test_keys_past_the_native_buffer_are_left_to_the_python_key():
     assert NATIVE.key((deep, torch.zeros(2), 1e-6), kinds) is not None  # 65 + 5 + 2 words fit
     out = kforge.ops.softmax(deep)  # routed through the Python key where the native one declines
     torch.testing.assert_close(out, torch.softmax(deep, -1))
+
+
+@pytest.mark.parametrize("make, kind", [
+    (lambda t: t.to_sparse(), "sparse_coo"), (lambda t: t.to_sparse_csr(), "sparse_csr"),
+    (lambda t: torch.nested.nested_tensor([t[0], t[1]]), "nested"),
+])
+@pytest.mark.parametrize("position", [0, 1])
+def test_a_tensor_that_is_not_dense_is_refused_by_name(make, kind, position):
+    x, w = torch.randn(4, 64), torch.randn(64)
+    if position == 1 and kind != "sparse_coo":
+        pytest.skip("a 1-d weight has no CSR or nested form")
+    args = [x, w, 1e-6]
+    args[position] = make(args[position])
+    name = ("x", "weight")[position]
+    with pytest.raises(KforgeInputError, match=f"kforge.rms_norm: argument '{name}' is a {kind} tensor"):
+        kforge.ops.rms_norm(*args)
+    with pytest.raises(KforgeInputError, match=f"argument '{name}' is a {kind} tensor"):
+        dispatch.ROUTER.ops["rms_norm"].route(tuple(args))

@@ -7,7 +7,7 @@ from typing import Callable
 
 import torch
 
-from kforge.errors import KforgePinError
+from kforge.errors import KforgeInputError, KforgePinError
 from kforge.specs import OpSpec
 
 
@@ -41,6 +41,19 @@ def signature_fn(spec: OpSpec) -> Callable[[tuple], tuple]:
         return (t.shape, t.dtype, t.device, t.is_contiguous(), t.data_ptr() & 15, t.requires_grad)
 
     return lambda a: tuple(part(a[i]) if i in tensors else (a[i], a[i].__class__) for i in range(len(a)))
+
+
+def refuse(spec: OpSpec, args: tuple) -> None:
+    """A call whose key could not be read: a tensor that is not dense (sparse, mkldnn, nested: its
+    metadata raises when read) is refused by name, then the spec's own check names a bad argument.
+    Returns only when neither applies (the caller re-raises what the key raised)."""
+    for i in spec.tensor_args:  # first: the spec's check reads shapes, which a nested tensor has not
+        t = args[i] if i < len(args) else None
+        if isinstance(t, torch.Tensor) and (t.layout != torch.strided or t.is_nested):
+            kind = "nested" if t.is_nested else str(t.layout).removeprefix("torch.")
+            raise KforgeInputError(spec.name, spec.arg_names[i], f"is a {kind} tensor; kforge.{spec.name} takes dense "
+                                   "(strided) tensors: pass .to_dense()")
+    spec.check(args)
 
 
 def contiguous_outputs(fn: Callable) -> Callable:

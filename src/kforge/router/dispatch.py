@@ -25,7 +25,7 @@ from kforge.records import DispatchKey, Record
 from kforge.router import background, hotpath, misses, pins
 from kforge.router.decision import (COMPILED, LOGGED, PER_CALL as _PER_CALL, PINNED, Decision, Kind, Path,
                                     quiet_aware, set_quiet)
-from kforge.router.calls import all_contiguous, contiguous_outputs, grad_guard, grad_refusal, values_checked
+from kforge.router.calls import all_contiguous, contiguous_outputs, grad_guard, grad_refusal, refuse, values_checked
 from kforge.router.key import call_info, exact_indices, is_empty, nearest_shape, serving_shape
 from kforge.router.policy import rank, rejects
 from kforge.router.table import ScoreTable, TableWarning
@@ -194,8 +194,8 @@ class OpRouter:
         try:  # the lookup hashes the key: a bad argument fails here, named by the spec's check
             key = (PINNED, self.signature(args), impl_id)
             d = self.decisions.get(key)
-        except (AttributeError, TypeError):
-            self.spec.check(args)
+        except (AttributeError, TypeError, RuntimeError):
+            refuse(self.spec, args)
             raise
         if d is None:
             d = self.decide(args, key, impl_id)
@@ -218,8 +218,8 @@ class OpRouter:
         try:  # as in call_pinned: no second hash of the key on this hot path
             key = (COMPILED, self.signature(args), impl_id)
             d = self.decisions.get(key)
-        except (AttributeError, TypeError):
-            self.spec.check(args)
+        except (AttributeError, TypeError, RuntimeError):
+            refuse(self.spec, args)
             raise
         if d is None:
             d = self.decide(args, key, impl_id)

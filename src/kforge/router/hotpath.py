@@ -9,7 +9,7 @@ import torch
 
 from kforge.errors import KforgeInputError
 from kforge.router import native, pins
-from kforge.router.calls import signature_fn
+from kforge.router.calls import refuse, signature_fn
 from kforge.specs import OpSpec
 
 def make(op, eager: tuple | None = None) -> Callable[..., Any]:
@@ -40,8 +40,8 @@ def make(op, eager: tuple | None = None) -> Callable[..., Any]:
             if d is None:  # a miss of the cache, or a call the native key does not describe
                 key = (None if native_key is None else native_key(args, kinds)) or python_key(args)
                 d = decisions.get(key)
-        except (AttributeError, TypeError):  # a tensor argument that is not one, an unhashable scalar
-            check(args)  # names the op and the argument
+        except (AttributeError, TypeError, RuntimeError):  # not a tensor, an unhashable scalar, a sparse tensor
+            refuse(spec, args)  # names the op and the argument
             raise
         if d is None:
             d = decide(args, key)
@@ -79,8 +79,8 @@ def make(op, eager: tuple | None = None) -> Callable[..., Any]:
             if d is None:
                 key = (None if native_key is None else native_key(args, kinds)) or python_key(args)
                 d = decisions.get(key)
-        except (AttributeError, TypeError):
-            check(args)
+        except (AttributeError, TypeError, RuntimeError):
+            refuse(spec, args)
             raise
         if d is None:
             d = decide(args, key)

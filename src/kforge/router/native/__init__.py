@@ -9,6 +9,12 @@ weighed first: `torch._C._dynamo.guards.TensorGuards` is unused by Dynamo since 
 documented signature, ignored sizes in our probes and crashed the process when built without its
 keyword arguments; Dynamo's guard managers are internal to its frame evaluation.
 
+What it reads is the tensors' C++ metadata: a `torch.Tensor` subclass that overrides `shape` or
+`is_contiguous` in Python (without Python dispatch) is keyed by what its storage really is, where
+the Python key would read the override (the same kernels serve the same memory either way).
+Tensors it cannot describe (Python dispatch, sparse, nested, symbolic sizes) and scalars other
+than None, bool, float and 64-bit int go to the Python key.
+
 Nothing here compiles at import: a missing or stale build means the Python key (same decisions,
 slower), and `kforge doctor` says so. The build is one g++ command against the running torch's
 headers and libraries (no ninja), into `KFORGE_NATIVE_DIR` or the user cache dir, under a tag of the
