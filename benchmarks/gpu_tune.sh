@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Issue 16 on the GPU machine, in one device call: bubblewrap from a carried .deb, the CUDA tests,
 # `kforge tune` at keys of unseen shapes (per-candidate phases in its JSON), then benchmarks/unseen.py.
-#   env: PROBE (1: benchmarks/probes/vendor_host.py), DISPATCH (1: benchmarks/dispatch_overhead.py on cuda, bf16), DEMO (1: `kforge demo --device cuda` timed, its JSON and log kept), GPU_TESTS (pytest args, empty skips), TUNE_KEYS (--key arguments, empty skips), UNSEEN (unseen.py arguments, empty skips)
+#   env: DECODE (benchmarks/decode.py arguments, empty skips), PROBE (1: benchmarks/probes/vendor_host.py), DISPATCH (1: benchmarks/dispatch_overhead.py on cuda, bf16), DEMO (1: `kforge demo --device cuda` timed, its JSON and log kept), GPU_TESTS (pytest args, empty skips), TUNE_KEYS (--key arguments, empty skips), UNSEEN (unseen.py arguments, empty skips)
 #   carry: .deb (bubblewrap_*.deb and lib/), .whl (pure-Python wheels the image lacks)
 set -uo pipefail
 export KFORGE_HOME=/tmp/kforge-home
@@ -24,6 +24,10 @@ fi
 if [ -n "${TUNE_KEYS:-}" ]; then
   /usr/bin/time -v python3 -m kforge tune $TUNE_KEYS --device cuda --json ${TUNE_ARGS:-} > "$OUT/tune-keys.json" 2> "$OUT/tune-keys.log"
   echo "tune exit $?"; grep -E "^\[|accepted|rejected|Elapsed|Maximum resident" "$OUT/tune-keys.log" | tail -40
+fi
+if [ -n "${DECODE:-}" ]; then
+  timeout ${DECODE_TIMEOUT:-540} python3 benchmarks/decode.py $DECODE --out "$OUT/decode-partial.json" 2>&1 | tail -30
+  cp benchmarks/results/h200/decode*.json "$OUT"/ 2>/dev/null
 fi
 if [ -n "${UNSEEN:-}" ]; then
   timeout ${UNSEEN_TIMEOUT:-400} python3 benchmarks/unseen.py $UNSEEN 2>&1 | tail -70
