@@ -24,6 +24,9 @@ NAME = "topk_softmax"
 DTYPES = FLOAT_DTYPES + (torch.float64,)
 
 
+_F32, _F64 = torch.float32, torch.float64
+
+
 def accumulate_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if dtype == torch.float64 else torch.float32
 
@@ -38,10 +41,13 @@ def reference(x: torch.Tensor, k: int, renormalize: bool = False):
 
 
 def vendor(x: torch.Tensor, k: int, renormalize: bool = False):
-    weights, indices = torch.softmax(x, -1, dtype=accumulate_dtype(x.dtype)).topk(k, dim=-1)
+    # Written for host cost, which decides decode-sized calls: no Python helper call and no keyword
+    # arguments (topk's dim is -1 by default), `.int()` for the contract's int32 indices. 1.5-1.7 us
+    # less per call than the same ops spelled with them (2-core CPU, 4x64, bf16 and fp32).
+    weights, indices = torch.softmax(x, -1, dtype=_F64 if x.dtype is _F64 else _F32).topk(k)
     if renormalize:
         weights = weights / weights.sum(-1, keepdim=True)
-    return weights, indices.to(torch.int32)
+    return weights, indices.int()
 
 
 def fake(x: torch.Tensor, k: int, renormalize: bool = False):
