@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from unseen import model_keys, vs_best  # noqa: E402
+from unseen import prepare, timed_line, vs_best  # noqa: E402
 
 MODELS = ("llama-3.1-8b", "qwen2.5-7b", "gemma-2-9b", "mixtral-8x7b")  # dense and MoE, tuned and not
 GOAL_SHARE = 0.95
@@ -42,11 +42,8 @@ def summarize(rows: list[dict]) -> dict:
 
 
 def run(argv: list[str]) -> int:
-    import torch
-
     import kforge
     from common import environment, write_json
-    from kforge.evaluate import roofline
     from ops import bench_one
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -59,16 +56,10 @@ def run(argv: list[str]) -> int:
     parser.add_argument("--max-seconds", type=float, default=480.0,
                         help="stop between keys after this long; the keys left are counted as not measured")
     args = parser.parse_args(argv)
-    if not torch.cuda.is_available():
-        print("benchmarks/decode.py times GPU calls: no CUDA device here (use --report)", file=sys.stderr)
+    prepared = prepare("decode.py", args)
+    if prepared is None:
         return 2
-    ceilings = roofline.ceilings("cuda")
-    l2_bytes = torch.cuda.get_device_properties(0).L2_cache_size
-    keys = model_keys(args.models, args.tokens, args.ops)
-    print(f"{len(keys)} keys of {len(args.models)} model(s)", file=sys.stderr, flush=True)
-    for name in ("cache_size_limit", "recompile_limit", "accumulated_cache_size_limit", "accumulated_recompile_limit"):
-        if hasattr(torch._dynamo.config, name):
-            setattr(torch._dynamo.config, name, 4096)
+    ceilings, l2_bytes, keys = prepared
     compiled: dict = {}
     rows = []
     path = None
@@ -88,8 +79,7 @@ def run(argv: list[str]) -> int:
         if args.out:
             Path(args.out).write_text(json.dumps(payload, indent=1, sort_keys=True) + "\n")
         path = write_json(args.name, payload, args.gpu_dir)
-        print(f"{op} {'x'.join(map(str, shape))} [{row['routed_impl']}] "
-              + "  ".join(f"{n} {v['call_us']:.1f}" for n, v in row["impls"].items()), file=sys.stderr, flush=True)
+        print(timed_line(model, op, shape, row), file=sys.stderr, flush=True)
     print(json.dumps(summarize(rows), indent=1))
     print(f"wrote {path}", file=sys.stderr)
     return 0

@@ -57,6 +57,30 @@ def vs_best(row: dict) -> float | None:
     return best / impls["kforge"]["call_us"] if best and "kforge" in impls else None
 
 
+def prepare(script: str, args):
+    """For a run over models' keys on the GPU: `(ceilings, L2 bytes, keys)`, with Dynamo's recompile
+    limits raised (one torch.compile build per key: one code object, many shapes); None without CUDA."""
+    import torch
+
+    from kforge.evaluate import roofline
+
+    if not torch.cuda.is_available():
+        print(f"benchmarks/{script} times GPU calls: no CUDA device here (use --report)", file=sys.stderr)
+        return None
+    keys = model_keys(args.models, args.tokens, args.ops)
+    print(f"{len(keys)} keys of {len(args.models)} model(s)", file=sys.stderr, flush=True)
+    for name in ("cache_size_limit", "recompile_limit", "accumulated_cache_size_limit", "accumulated_recompile_limit"):
+        if hasattr(torch._dynamo.config, name):
+            setattr(torch._dynamo.config, name, 4096)
+    return roofline.ceilings("cuda"), torch.cuda.get_device_properties(0).L2_cache_size, keys
+
+
+def timed_line(label: str, op: str, shape, row: dict) -> str:
+    """One progress line: the key, what kforge routed it to, every implementation's call_us."""
+    return (f"{label} {op} {'x'.join(map(str, shape))} [{row['routed_impl']}] "
+            + "  ".join(f"{n} {v['call_us']:.1f}" for n, v in row["impls"].items()))
+
+
 def summarize(keys: list[dict]) -> dict:
     ratios = [k["after_vs_best"] for k in keys if k.get("after_vs_best")]
     before = [k["before_vs_best"] for k in keys if k.get("before_vs_best")]
@@ -75,11 +99,9 @@ def summarize(keys: list[dict]) -> dict:
 
 
 def run(argv: list[str]) -> int:
-    import torch
 
     import kforge
     from common import environment, write_json
-    from kforge.evaluate import roofline
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--models", nargs="+", required=True)
@@ -91,17 +113,11 @@ def run(argv: list[str]) -> int:
     parser.add_argument("--name", default="unseen.json")
     parser.add_argument("--out", default=None, help="also write the JSON here after every key (a cut run keeps it)")
     args = parser.parse_args(argv)
-    if not torch.cuda.is_available():
-        print("benchmarks/unseen.py times GPU calls: no CUDA device here (use --report)", file=sys.stderr)
+    prepared = prepare("unseen.py", args)
+    if prepared is None:
         return 2
-    ceilings = roofline.ceilings("cuda")
-    l2_bytes = torch.cuda.get_device_properties(0).L2_cache_size
-    keys = model_keys(args.models, args.tokens, args.ops)
-    print(f"{len(keys)} keys of {len(args.models)} model(s)", file=sys.stderr, flush=True)
+    ceilings, l2_bytes, keys = prepared
     compiled: dict = {}  # every key's build kept for the second timing: one code object, many shapes
-    for name in ("cache_size_limit", "recompile_limit", "accumulated_cache_size_limit", "accumulated_recompile_limit"):
-        if hasattr(torch._dynamo.config, name):
-            setattr(torch._dynamo.config, name, 4096)
     rows = []
 
     def save(stage: str, tune: dict | None = None) -> Path:
@@ -120,8 +136,7 @@ def run(argv: list[str]) -> int:
                      "dtype": row["dtype"], "before": row["impls"], "routed_before": row["routed_impl"],
                      "before_vs_best": vs_best(row), "errors_before": row["errors"]})
         save("before")
-        print(f"before {op} {'x'.join(map(str, shape))} [{row['routed_impl']}] "
-              + "  ".join(f"{n} {v['call_us']:.1f}" for n, v in row["impls"].items()), file=sys.stderr, flush=True)
+        print(timed_line("before", op, shape, row), file=sys.stderr, flush=True)
     kforge.flush()  # the misses, for tune --from-misses
     save("before")
 
@@ -147,8 +162,7 @@ def run(argv: list[str]) -> int:
         entry.update({"after": row["impls"], "routed_after": row["routed_impl"], "after_vs_best": vs_best(row),
                       "errors_after": row["errors"]})
         save("after", tune)
-        print(f"after  {op} {'x'.join(map(str, shape))} [{row['routed_impl']}] "
-              + "  ".join(f"{n} {v['call_us']:.1f}" for n, v in row["impls"].items()), file=sys.stderr, flush=True)
+        print(timed_line("after ", op, shape, row), file=sys.stderr, flush=True)
     path = save("after", tune)
     print(json.dumps(summarize(rows), indent=1))
     print(f"wrote {path}", file=sys.stderr)
