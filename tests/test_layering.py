@@ -47,6 +47,7 @@ LAYERS = (
     ("kforge.router",),
     ("kforge.ops",),
     ("kforge.userops",),
+    ("kforge.patching",),
     ("kforge",),  # the package __init__ alone; its submodules sit in their own layers
     ("kforge.compile",),
     ("kforge.evaluate",),
@@ -54,7 +55,7 @@ LAYERS = (
     ("kforge.issues",),
     ("kforge.cli", "kforge.__main__"),
 )
-FIRST_OFFLINE = 10  # compile: the layers from here on are the offline side
+FIRST_OFFLINE = 11  # compile: the layers from here on are the offline side
 OFFLINE_THIRD_PARTY = ("anthropic", "openai", "ray")
 # (module, imported name) pairs that point upward, each imported only inside a function.
 UPWARD = {

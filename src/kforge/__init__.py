@@ -55,6 +55,22 @@ def graphed(fn, *example_inputs, warmup: int = 3, check: bool = True):
     return _graphed(fn, *example_inputs, warmup=warmup, check=check)
 
 
+def patch(model, **options):
+    """Serve an eager Hugging Face model's norms, SiLU gates, rotary embedding, MoE routers and loss
+    through kforge's ops, each replacement checked against the model's own code first; returns a
+    `PatchReport` of what was patched and what was left, and why (`kforge.patching`)."""
+    from kforge.patching import patch as _patch
+
+    return _patch(model, **options)
+
+
+def unpatch(model):
+    """Undo `kforge.patch(model)`; returns the report of the patch undone, or None."""
+    from kforge.patching import unpatch as _unpatch
+
+    return _unpatch(model)
+
+
 def explain(model, *example_inputs, **kwargs):
     """What `torch.compile(model, backend="kforge")` rewrites in `model` for these inputs, where,
     and why other candidate patterns were left alone (`kforge.compile.explain`)."""

@@ -1,0 +1,80 @@
+"""One replacement's life: probed against the module's own code, installed as the module's
+instance `forward` (the class, the module tree, the state dict and the user's hooks stay as they
+were), and undone by `unpatch`.
+
+Replacements are functions of the module (`forward(self, ...)`) bound to it, with whatever state
+they keep stored on the module itself, so `copy.deepcopy` of a patched model gives a patched copy
+that computes with its own weights, not the original's."""
+from __future__ import annotations
+
+import dataclasses
+import types
+from typing import Callable
+
+import torch
+import torch.nn as nn
+
+from kforge.patching import probe
+from kforge.patching.report import Entry
+
+MARK = "kforge_patch"  # set on every replacement function: unpatch removes only forwards it finds marked
+
+
+@dataclasses.dataclass
+class Candidate:
+    op: str  # the kforge op the replacement routes through
+    note: str  # how, as the report says it
+    forward: Callable  # forward(module, *args)
+    prepare: Callable[[nn.Module], bool] | None = None  # before the probe (False: cannot be tried)
+    install: Callable[[nn.Module], None] | None = None  # after the probe agreed
+    discard: Callable[[nn.Module], None] | None = None  # after the probe disagreed
+    compare: Callable = probe.disagreement  # (new, expected) -> None, or the difference as a sentence
+
+
+def mark(fn: Callable) -> Callable:
+    setattr(fn, MARK, True)
+    return fn
+
+
+def replace_forward(kind: str, where: str, module: nn.Module, candidates: list[Candidate], inputs: tuple) -> Entry:
+    """The first candidate that agrees with `module.forward` on `inputs` becomes the module's
+    forward (an entry with its op); with none, an entry with no op that says the first disagreement."""
+    if "forward" in vars(module):
+        return Entry(kind, where, "", "its forward is already replaced on this instance (accelerate's hooks or "
+                                      "another patch), so kforge leaves it")
+    reasons = []
+    with torch.no_grad():
+        try:
+            expected = module.forward(*inputs)
+        except Exception as err:  # noqa: BLE001 - a module kforge cannot run alone is left, with the reason
+            return Entry(kind, where, "", f"its own forward failed on a probe input ({type(err).__name__}: {err})")
+        for cand in candidates:
+            if cand.prepare is not None and not cand.prepare(module):
+                reasons.append(f"{cand.note}: cannot be built for these weights")
+                continue
+            try:
+                reason = cand.compare(cand.forward(module, *inputs), expected)
+            except Exception as err:  # noqa: BLE001 - a replacement that cannot run is one that disagrees
+                reason = f"raised {type(err).__name__}: {err}"
+            if reason is None:
+                module.forward = types.MethodType(mark(cand.forward), module)
+                if cand.install is not None:
+                    cand.install(module)
+                return Entry(kind, where, cand.op, cand.note)
+            if cand.discard is not None:
+                cand.discard(module)
+            reasons.append(reason)
+    return Entry(kind, where, "", f"its output is not kforge's {candidates[0].op}: {reasons[0]}")
+
+
+def restore_forward(module: nn.Module) -> bool:
+    """Remove kforge's instance forward from `module`; False when it has none."""
+    bound = vars(module).get("forward")
+    if not getattr(getattr(bound, "__func__", None), MARK, False):
+        return False
+    del module.forward
+    return True
+
+
+def needs_grad(*tensors) -> bool:
+    return torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
