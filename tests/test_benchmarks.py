@@ -106,3 +106,24 @@ def test_a_run_names_the_code_it_ran_clean_or_dirty(tmp_path):
     assert tree_state(tmp_path)["tree"] == "dirty"
     (tmp_path / ".git").rename(tmp_path / "no-git")  # the device's copy may have no usable .git
     assert set(tree_state(tmp_path)) == {"src_sha256"}
+
+
+def test_models_benchmark_smoke_routes_the_patched_variant(tmp_path):
+    """benchmarks/models.py on this CPU at tiny widths: every variant timed, the patched one's logits
+    within a rounding of eager's and its norms, gates and rotary really served by kforge."""
+    out = tmp_path / "models.json"
+    subprocess.run([sys.executable, str(BENCHMARKS / "models.py"), "--smoke", "--models", "llama3-8b", "--regimes",
+                    "decode1,prefill1x2048", "--variants", "eager,patch,control", "--layers", "1", "--reps", "2",
+                    "--steps", "2", "--context", "8", "--out", str(out)], check=True, capture_output=True, timeout=300,
+                   env={**os.environ, "KFORGE_NATIVE": "0"})
+    import json
+
+    data = json.loads(out.read_text())
+    (model,) = data["models"]
+    assert set(model["regimes"]) == {"decode1", "prefill1x2048"}
+    for row in model["regimes"].values():
+        assert set(row["variants"]) == {"eager", "patch", "control"} and not row["errors"]
+        assert {"patch/eager", "control/eager"} <= set(row["ratios"])
+    assert model["regimes"]["prefill1x2048"]["accuracy_vs_eager"]["patch"] < 1e-5
+    calls = {op: s["calls"] for op, s in model["kforge_stats"]["ops"].items()}
+    assert {"rms_norm", "silu_and_mul", "rotary_embedding"} <= {op for op, n in calls.items() if n > 0}
