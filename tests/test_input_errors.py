@@ -49,6 +49,8 @@ TAKES = {
     "layer_norm": {"x": FLOATS, "weight": FLOATS, "bias": FLOATS},
     "rotary_embedding": {"query": FLOATS, "key": (BF16,), "positions": (I64,), "cos_sin_cache": (F32, BF16)},
     "gemv": {"x": FLOATS, "weight": (BF16,)},
+    "fused_moe": {"x": FLOATS, "gate_up": (BF16,), "down": (BF16,), "topk_weights": (F32, BF16),
+                  "topk_ids": (I32, I64)},
 }
 
 
@@ -174,6 +176,19 @@ SHAPE_CASES = [  # wrong ranks and sizes, per op
     Bad("gemv", "weight", "1d", lambda t, a: t[0]),
     Bad("gemv", "weight", "3d", _lead),
     Bad("gemv", "weight", "k", _drop_last),
+    Bad("fused_moe", "x", "1d", lambda t, a: t[0]),
+    Bad("fused_moe", "x", "3d", _lead),
+    Bad("fused_moe", "x", "hidden_not_gate_up", _drop_last, "gate_up"),
+    Bad("fused_moe", "gate_up", "2d", lambda t, a: t[0]),
+    Bad("fused_moe", "gate_up", "odd_rows", lambda t, a: t[:, :-1]),
+    Bad("fused_moe", "gate_up", "hidden", _drop_last),
+    Bad("fused_moe", "down", "experts", lambda t, a: t[:-1]),
+    Bad("fused_moe", "down", "inter", _drop_last),
+    Bad("fused_moe", "down", "2d", lambda t, a: t[0]),
+    Bad("fused_moe", "topk_weights", "tokens", lambda t, a: t[:-1]),
+    Bad("fused_moe", "topk_weights", "1d", lambda t, a: t[:, 0]),
+    Bad("fused_moe", "topk_ids", "k", _drop_last),
+    Bad("fused_moe", "topk_ids", "3d", _lead),
 ]
 
 
@@ -193,6 +208,8 @@ VALUE_CASES = [  # values out of range: read on every CPU call
     Bad("cross_entropy", "target", "int32_vocab", lambda t, a: _set_entry(3, 64)(t, a).to(I32)),
     Bad("rotary_embedding", "positions", "max_position", lambda t, a: _set_entry(0, a[3].shape[0])(t, a)),
     Bad("rotary_embedding", "positions", "minus_one", _set_entry(1, -1)),  # indexing would wrap it silently
+    Bad("fused_moe", "topk_ids", "experts", lambda t, a: _set_entry(0, a[1].shape[0])(t, a)),
+    Bad("fused_moe", "topk_ids", "minus_one", _set_entry(1, -1)),
 ]
 
 SCALAR_CASES = [

@@ -33,12 +33,13 @@ MODELS = {
     "gemma2": ({"head_dim": 16}, {"rms_norm", "rotary_embedding", "cross_entropy"}),  # a GELU gate: left
     "gemma3_text": ({"head_dim": 16}, {"rms_norm", "rotary_embedding", "cross_entropy"}),
     "phi3": ({}, {"rms_norm", "silu_and_mul", "rotary_embedding", "cross_entropy"}),
-    "mixtral": ({"num_local_experts": 4}, {"rms_norm", "topk_softmax", "rotary_embedding", "cross_entropy"}),
+    "mixtral": ({"num_local_experts": 4}, {"rms_norm", "topk_softmax", "fused_moe", "rotary_embedding",
+                                           "cross_entropy"}),
     "qwen2_moe": ({"num_experts": 8, "num_experts_per_tok": 2, "moe_intermediate_size": 32,
                    "shared_expert_intermediate_size": 48},
-                  {"rms_norm", "topk_softmax", "silu_and_mul", "rotary_embedding", "cross_entropy"}),
+                  {"rms_norm", "topk_softmax", "fused_moe", "silu_and_mul", "rotary_embedding", "cross_entropy"}),
     "qwen3_moe": ({"num_experts": 8, "num_experts_per_tok": 2, "moe_intermediate_size": 32, "head_dim": 16},
-                  {"rms_norm", "topk_softmax", "rotary_embedding", "cross_entropy"}),
+                  {"rms_norm", "topk_softmax", "fused_moe", "rotary_embedding", "cross_entropy"}),
 }
 
 

@@ -15,6 +15,7 @@ from kforge.ops.registry import ENTRIES, SPECS, is_builtin, register
 from kforge.specs import OpSpec
 from kforge.specs import cross_entropy as _cross_entropy
 from kforge.specs import fused_add_rms_norm as _fused_add_rms_norm
+from kforge.specs import fused_moe as _fused_moe
 from kforge.specs import gemv as _gemv
 from kforge.specs import layer_norm as _layer_norm
 from kforge.specs import rms_norm as _rms_norm
@@ -33,6 +34,7 @@ cross_entropy = register(_cross_entropy.SPEC, builtin=True)
 layer_norm = register(_layer_norm.SPEC, builtin=True)
 rotary_embedding = register(_rotary_embedding.SPEC, builtin=True)
 gemv = register(_gemv.SPEC, builtin=True)
+fused_moe = register(_fused_moe.SPEC, builtin=True)
 
 
 def get_spec(name: str, trust=None) -> OpSpec:
@@ -68,4 +70,5 @@ def __dir__() -> list[str]:
 
 
 __all__ = ["ENTRIES", "SPECS", "OpSpec", "get_spec", "is_builtin", "register", "rms_norm", "fused_add_rms_norm",
-           "softmax", "silu_and_mul", "topk_softmax", "cross_entropy", "layer_norm", "rotary_embedding", "gemv"]
+           "softmax", "silu_and_mul", "topk_softmax", "cross_entropy", "layer_norm", "rotary_embedding", "gemv",
+           "fused_moe"]

@@ -11,6 +11,7 @@ untouched, with one warning that says so. What is patched (see each module for t
 - norm: every `...RMSNorm` module, Llama's form and Gemma's `1 + weight` (`norms`);
 - mlp: SiLU-gated MLPs, Phi-3's `gate_up_proj` and Llama's gate/up pair (one shared buffer) (`mlp`);
 - rotary: the modeling module's `apply_rotary_pos_emb`, process-wide while patched (`rotary`);
+- experts: MoE experts kept as 3-D weights: one `fused_moe` call for the whole layer (`experts`);
 - router: MoE `...Router` modules: softmax and top-k in one `topk_softmax` (`router`);
 - loss: a causal LM's `loss_function` (`loss`).
 A module is patched only if its replacement agrees with its own forward on a probe input (`probe`),
@@ -27,7 +28,7 @@ from typing import Iterable
 import torch.nn as nn
 
 from kforge.errors import KforgeInputError
-from kforge.patching import install, loss, mlp, norms, rotary, router
+from kforge.patching import experts, install, loss, mlp, norms, rotary, router
 from kforge.patching.report import Entry, PatchReport
 from kforge.router import misses
 
@@ -36,7 +37,7 @@ SUPPORTED = {
     "gemma3": "Gemma 3", "gemma3_text": "Gemma 3 (text)", "phi3": "Phi-3", "mixtral": "Mixtral",
     "qwen2_moe": "Qwen2-MoE", "qwen3_moe": "Qwen3-MoE",
 }
-KINDS = ("norm", "mlp", "rotary", "router", "loss")
+KINDS = ("norm", "mlp", "experts", "rotary", "router", "loss")
 STATE = "_kforge_patch"  # on a patched model: its PatchReport (unpatch reads where each replacement is)
 
 
@@ -99,7 +100,10 @@ def unpatch(model: nn.Module) -> PatchReport | None:
         else:
             module = model.get_submodule(entry.where)
             install.restore_forward(module)
-            (mlp.undo if entry.kind == "mlp" else norms.undo)(module)
+            if entry.kind == "mlp":
+                mlp.undo(module)
+            elif entry.kind == "norm":
+                norms.undo(module)
     return report
 
 
@@ -118,6 +122,9 @@ def _module_entry(where: str, module: nn.Module, chosen) -> Entry | None:
         return install.replace_forward("norm", where, module, norms.candidates(module), norms.probe_inputs(module))
     if "mlp" in chosen and mlp.matches(module):
         return install.replace_forward("mlp", where, module, mlp.candidates(module), mlp.probe_inputs(module))
+    if "experts" in chosen and experts.matches(module):
+        return install.replace_forward("experts", where, module, experts.candidates(module),
+                                       experts.probe_inputs(module))
     if "mlp" in chosen and (reason := mlp.reason_left(module)):
         return Entry("mlp", where, "", reason)
     if "router" in chosen and router.matches(module):
