@@ -33,7 +33,38 @@ GOAL_SHAPES = {
     "layer_norm": [(32, 4096), (4096, 4096), (16384, 8192)],
     "rotary_embedding": [(32, 32, 8, 128), (4096, 32, 8, 128), (16384, 28, 4, 128)],
     "silu_and_mul": [(32, 14336), (4096, 14336), (8192, 14336)],
+    # (tokens, hidden, inter, experts, k): Mixtral 8x7B and Qwen3-30B-A3B at decode and prefill.
+    "fused_moe": [(1, 4096, 14336, 8, 2), (32, 4096, 14336, 8, 2), (4096, 4096, 14336, 8, 2),
+                  (1, 2048, 768, 128, 8), (4096, 2048, 768, 128, 8)],
 }
+
+
+def hf_expert_loop(x, gate_up, down, topk_weights, topk_ids):
+    """fused_moe as Hugging Face's eager experts compute it (transformers 5, MixtralExperts): a
+    one_hot mask of the routing, then per expert hit its tokens' gate_up, SwiGLU, down, weight,
+    index_add into the output (bf16 roundings after each op, as there)."""
+    import torch
+    import torch.nn.functional as F
+
+    experts = gate_up.shape[0]
+    out = torch.zeros_like(x)
+    with torch.no_grad():
+        mask = F.one_hot(topk_ids.long(), num_classes=experts).permute(2, 1, 0)  # (experts, k, tokens)
+        hit = (mask.sum(dim=(-1, -2)) > 0).nonzero()
+    for e in hit:
+        e = e[0]
+        slot, token = torch.where(mask[e])
+        gate, up = F.linear(x[token], gate_up[e]).chunk(2, dim=-1)
+        h = F.linear(F.silu(gate) * up, down[e]) * topk_weights[token, slot, None]
+        out.index_add_(0, token, h.to(out.dtype))
+    return out
+
+
+# Baselines besides vendor and the compiled reference, per op: what a user of the op runs today.
+EXTRA_BASELINES = {"fused_moe": {"hf_loop": hf_expert_loop}}
+# Ops whose reference is no fair compile baseline (fused_moe's is dense: every expert on every
+# token); the compile baseline is torch.compile of the first extra baseline instead.
+COMPILE_EXTRA = {"fused_moe"}
 
 
 def load_seed(path):
@@ -114,10 +145,12 @@ def main(argv: list[str]) -> int:
             call = spec.make_inputs(shape, torch.bfloat16, "cuda", 0)
             problem = tuple(spec.problem(call))
             nbytes = spec.bytes_moved(problem, torch.bfloat16)
-            fns = {"vendor": spec.vendor, **{name: m.forward for name, m in modules.items()}}
+            extra = EXTRA_BASELINES.get(op, {})
+            fns = {"vendor": spec.vendor, **extra, **{name: m.forward for name, m in modules.items()}}
             if not args.no_compile:
                 torch._dynamo.reset()
-                fns["compile"] = torch.compile(spec.reference, dynamic=False)
+                compiled = next(iter(extra.values())) if op in COMPILE_EXTRA else spec.reference
+                fns["compile"] = torch.compile(compiled, dynamic=False)
             row = {"op": op, "shape": list(shape), "problem": list(problem), "bytes": nbytes, "us": {},
                    "frac_ceiling": {}, "errors": {}}
             for name, fn in list(fns.items()):
@@ -138,7 +171,7 @@ def main(argv: list[str]) -> int:
             if best_seed:
                 row["best_seed"] = best_seed
                 row["seed_speedup"] = {n: round(row["us"][n] / row["us"][best_seed], 3)
-                                       for n in ("vendor", "compile") if n in row["us"]}
+                                       for n in ("vendor", "compile", *extra) if n in row["us"]}
             rows.append(row)
             print(f"{op} {'x'.join(map(str, shape))}: " + "  ".join(f"{n} {u:.1f}" for n, u in row["us"].items())
                   + f"  best {best_seed} {row.get('seed_speedup')}  ({time.perf_counter() - t0:.1f} s)"

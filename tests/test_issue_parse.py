@@ -9,6 +9,7 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 
 from kforge.cli.main import main
 from kforge.issues import form
@@ -405,3 +406,34 @@ def test_misses_to_issue_with_nothing_logged_or_an_unknown_op(capsys):
                                          ("not a fingerprint H100", "any")])
 def test_gpu_of_a_device(device, gpu):
     assert gpu_of(device) == TargetGpu(gpu)
+
+
+def test_misses_to_issue_of_a_persisted_user_op_carries_its_definition(capsys):
+    """The machine that answers the request has never seen the op: the request is a new op whose
+    reference is the op's persisted definition, `reference`/`make_inputs` under those names even
+    where the user's functions have others, and it is valid there (and here, as it will be seen)."""
+    import user_op_defs
+
+    import kforge
+
+    name = "amax_and_flat"
+    kforge.define_op(name, "(Tensor x) -> (Tensor, Tensor)", user_op_defs.two_outputs, user_op_defs.one_input,
+                     shapes=[(4, 8)], dtypes=[torch.float32])
+    log((name, CPU, "float32", (4, 8), 7))
+    rc, out, _ = run_main(capsys, "misses", "--to-issue", "--json")
+    result = json.loads(out)
+    request = result["request"]
+    assert rc == 0 and request["op"] == name and request["new_op"] and result["problems"] == []
+    assert "def two_outputs" in request["reference"] and "def reference(*args)" in request["reference"]
+    assert "return one_input(shape, dtype, device, seed)" in request["reference"]
+    from kforge.ops import SPECS, is_builtin
+
+    parsed, problems = parse_request(result["body"], known=[n for n in SPECS if is_builtin(n)])  # as the answering
+    # machine reads it: the built-in ops exist there, this one does not
+    assert problems == [] and parsed.new_op and parsed.reference.rstrip() == request["reference"].rstrip()
+    namespace: dict = {}
+    exec(compile(parsed.reference, "<request>", "exec"), namespace)  # the reference defines the same op
+    x = torch.randn(4, 8)
+    for got, want in zip(namespace["reference"](x), user_op_defs.two_outputs(x)):
+        assert torch.equal(got, want)
+    assert namespace["make_inputs"]((4, 8), torch.float32, "cpu", 3)[0].shape == (4, 8)

@@ -78,7 +78,14 @@ def request_from_misses(entries: Sequence[dict], op: str | None = None, limit: i
     devices = sorted({e["device"] for e, _ in used})
     lines += ["", f"Measured on {'this device' if len(devices) == 1 else 'these devices'} (the miss log's file "
               "under `<KFORGE_HOME>/misses/`):"] + [f"- {_device_line(d)}" for d in devices]
-    return KernelRequest(version=FORM_VERSION, op=op, new_op=op not in known_ops(), reference=None,
+    # A user op persisted here is new to the machine that answers the request: it gets the op's
+    # definition as its reference (what `kforge issue run` there defines the op from).
+    from kforge.ops import is_builtin
+    from kforge.userops import persist
+
+    user_op = op in persist.persisted() and not is_builtin(op)
+    reference = persist.request_source(op) if user_op else None
+    return KernelRequest(version=FORM_VERSION, op=op, new_op=user_op or op not in known_ops(), reference=reference,
                          shapes=tuple(shapes), dtypes=tuple(e["dtypes"].split(",")[0] for e, _ in used),
                          gpu=gpus.pop() if len(gpus) == 1 else TargetGpu.ANY, goal=Goal.LATENCY,
                          tolerance=None, notes="\n".join(lines))

@@ -1,5 +1,5 @@
 """The shapes kforge is tuned and benchmarked at: popular open models' dimensions, and the keys of
-the nine built-in ops in each model's forward.
+the built-in ops in each model's forward.
 
     from kforge import shapes
     m = shapes.model("llama-3.1-8b")            # or its Hugging Face id, "meta-llama/Llama-3.1-8B"

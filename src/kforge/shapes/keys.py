@@ -1,4 +1,4 @@
-"""A model's forward as the calls of kforge's nine built-in ops, at given token counts.
+"""A model's forward as the calls of kforge's built-in ops, at given token counts.
 
 Each op's problems (what its `spec.problem(args)` gives, the dispatch key's shape) are derived
 from the model's config here; `keys` maps each through the spec's own `shape_for` to the shape its
@@ -21,6 +21,7 @@ step, a larger one a prefill. Per op, at t tokens:
                       qk_rope_head_dim, ...), its key's RoPE part being one head shared by all
   softmax             decode only, (t, vocab): sampling's probabilities
   topk_softmax        (t, experts, top_k, renormalize) for softmax routers
+  fused_moe           (t, hidden, moe_intermediate, experts, top_k) for SwiGLU routed experts
   cross_entropy       prefill only, (t, vocab): the training or evaluation loss
 
 A call the op's `make_inputs` cannot build (it derives rotary_embedding's layout from the head
@@ -36,11 +37,13 @@ import torch
 from kforge.errors import KforgeError, UnknownNameError
 from kforge.shapes.models import Mlp, Model, Norm, Scoring
 from kforge.specs import OpSpec, Problem, Shape
-from kforge.specs import cross_entropy, fused_add_rms_norm, gemv, layer_norm, rms_norm, rotary_embedding, silu_and_mul
+from kforge.specs import cross_entropy, fused_add_rms_norm, fused_moe, gemv, layer_norm, rms_norm, rotary_embedding
+from kforge.specs import silu_and_mul
 from kforge.specs import softmax, topk_softmax
 
 BUILTIN_SPECS: dict[str, OpSpec] = {s.SPEC.name: s.SPEC for s in (
-    rms_norm, fused_add_rms_norm, layer_norm, softmax, silu_and_mul, gemv, rotary_embedding, topk_softmax, cross_entropy)}
+    rms_norm, fused_add_rms_norm, layer_norm, softmax, silu_and_mul, gemv, rotary_embedding, topk_softmax, cross_entropy,
+    fused_moe)}
 
 
 class Key(NamedTuple):
@@ -170,6 +173,8 @@ RULES: dict[str, tuple[str, Callable[[Model, int], list[Problem]]]] = {
     "softmax": (DECODE, lambda m, t: [(t, m.vocab_size)]),
     "topk_softmax": (ALL, _topk),
     "cross_entropy": (PREFILL, lambda m, t: [(t, m.vocab_size)]),
+    "fused_moe": (ALL, lambda m, t: [(t, m.hidden_size, m.moe.moe_intermediate_size, m.moe.num_experts,
+                                      m.moe.num_experts_per_tok)] if m.moe is not None and m.mlp is Mlp.SWIGLU else []),
 }
 
 def gaps(m: Model) -> list[str]:

@@ -118,6 +118,23 @@ def read_manifest(name: str) -> dict:
     return manifest
 
 
+def request_source(name: str) -> str:
+    """The persisted op `name` as a kernel request's reference (what another machine's kforge
+    defines the op from): its source.py, with `reference` and `make_inputs` defined under those
+    names where the op's own functions have others. A KernelBench file is its own reference."""
+    manifest = read_manifest(name)
+    source = (ops_dir() / check_name(name) / "source.py").read_text()
+    if kind_of(manifest) is not OpKind.FUNCTION:
+        return source
+    aliases = []
+    if manifest["reference"] != "reference":
+        aliases.append(f"def reference(*args):\n    return {manifest['reference']}(*args)\n")
+    if manifest["make_inputs"] != "make_inputs":
+        aliases.append(f"def make_inputs(shape, dtype, device, seed):\n"
+                       f"    return {manifest['make_inputs']}(shape, dtype, device, seed)\n")
+    return source.rstrip("\n") + "\n\n\n" + "\n\n".join(aliases) if aliases else source
+
+
 def kind_of(manifest: dict) -> OpKind:
     """The kind a checked manifest records (older files without one define functions)."""
     return OpKind(manifest.get("kind", OpKind.FUNCTION.value))
