@@ -86,24 +86,35 @@ def patch(model: nn.Module, *, kinds: Iterable[str] | None = None) -> PatchRepor
 def unpatch(model: nn.Module) -> PatchReport | None:
     """Restore what `patch` replaced in `model`: the modules' own forwards, the gate and up weights'
     own storage, the rotary function (once no patched model uses it) and the loss. Returns the
-    report of the patch undone, None when `model` was not patched."""
+    report of the patch undone, None when `model` was not patched. A module since removed from
+    the model is skipped; one whose forward was wrapped after the patch (and so cannot be
+    restored here) is named in a warning and in the report's `left`."""
     if not isinstance(model, nn.Module):
         raise KforgeInputError("unpatch", "model", f"must be a torch.nn.Module, got {type(model).__name__}")
-    report = vars(model).pop(STATE, None)
+    report = vars(model).get(STATE)
     if not isinstance(report, PatchReport):
         return None
+    stuck = []
     for entry in report.patched:
         if entry.kind == "rotary":
             rotary.unpatch(model, entry.where.rsplit(".", 1)[0])
         elif entry.kind == "loss":
             loss.unpatch(model)
         else:
-            module = model.get_submodule(entry.where)
-            install.restore_forward(module)
+            try:
+                module = model.get_submodule(entry.where)
+            except AttributeError:
+                continue  # pruned since: nothing of kforge's is left in the model there
+            if not install.restore_forward(module):
+                stuck.append(entry)
             if entry.kind == "mlp":
                 mlp.undo(module)
-            elif entry.kind == "norm":
-                norms.undo(module)
+    del model.__dict__[STATE]
+    if stuck:
+        report.left.extend(Entry(e.kind, e.where, "", "unpatch could not restore it: its forward was wrapped after "
+                                                      "the patch (remove that wrapper first)") for e in stuck)
+        warnings.warn(f"kforge.unpatch: {len(stuck)} module(s) kept kforge's forward under a wrapper added after "
+                      f"the patch, e.g. {stuck[0].where}", KforgePatchWarning, stacklevel=2)
     return report
 
 
@@ -127,6 +138,8 @@ def _module_entry(where: str, module: nn.Module, chosen) -> Entry | None:
                                        experts.probe_inputs(module))
     if "mlp" in chosen and (reason := mlp.reason_left(module)):
         return Entry("mlp", where, "", reason)
+    if "norm" in chosen and (reason := norms.reason_left(module)):
+        return Entry("norm", where, "", reason)
     if "router" in chosen and router.matches(module):
         return install.replace_forward("router", where, module, router.candidates(module), router.probe_inputs(module))
     return None

@@ -2,13 +2,14 @@
 instance `forward` (the class, the module tree, the state dict and the user's hooks stay as they
 were), and undone by `unpatch`.
 
-Replacements are functions of the module (`forward(self, ...)`) bound to it, with whatever state
-they keep stored on the module itself, so `copy.deepcopy` of a patched model gives a patched copy
-that computes with its own weights, not the original's."""
+Replacements are module-level functions of the module (`forward(self, ...)`), bound to it as a
+`functools.partial`, with whatever state they keep stored on the module itself, so `copy.deepcopy`
+of a patched model gives a patched copy that computes with its own weights, not the original's,
+and `torch.save` pickles it."""
 from __future__ import annotations
 
 import dataclasses
-import types
+import functools
 from typing import Callable
 
 import torch
@@ -40,6 +41,8 @@ def replace_forward(kind: str, where: str, module: nn.Module, candidates: list[C
     """The first candidate that agrees with `module.forward` on `inputs` becomes the module's
     forward (an entry with its op); with none, an entry with no op that says the first disagreement."""
     if "forward" in vars(module):
+        if is_marked(vars(module)["forward"]):
+            return Entry(kind, where, "", "already patched by an earlier kforge.patch (of a module holding it)")
         return Entry(kind, where, "", "its forward is already replaced on this instance (accelerate's hooks or "
                                       "another patch), so kforge leaves it")
     reasons = []
@@ -57,7 +60,7 @@ def replace_forward(kind: str, where: str, module: nn.Module, candidates: list[C
             except Exception as err:  # noqa: BLE001 - a replacement that cannot run is one that disagrees
                 reason = f"raised {type(err).__name__}: {err}"
             if reason is None:
-                module.forward = types.MethodType(mark(cand.forward), module)
+                module.forward = bind(mark(cand.forward), module)
                 if cand.install is not None:
                     cand.install(module)
                 return Entry(kind, where, cand.op, cand.note)
@@ -67,10 +70,19 @@ def replace_forward(kind: str, where: str, module: nn.Module, candidates: list[C
     return Entry(kind, where, "", f"its output is not kforge's {candidates[0].op}: {reasons[0]}")
 
 
+def bind(fn: Callable, module: nn.Module) -> functools.partial:
+    """`fn(module, ...)` as the module's forward: a partial of a module-level function pickles
+    (torch.save of a patched model) and deep-copies with the module."""
+    return functools.partial(fn, module)
+
+
+def is_marked(forward) -> bool:
+    return getattr(getattr(forward, "func", None), MARK, False)
+
+
 def restore_forward(module: nn.Module) -> bool:
     """Remove kforge's instance forward from `module`; False when it has none."""
-    bound = vars(module).get("forward")
-    if not getattr(getattr(bound, "__func__", None), MARK, False):
+    if not is_marked(vars(module).get("forward")):
         return False
     del module.forward
     return True

@@ -12,34 +12,40 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from kforge import ops
+from kforge.errors import KforgeInputError
 from kforge.patching import probe
 from kforge.patching.report import Entry
 
 CAUSAL_LM = "ForCausalLM"
 
 
-def make(original):
-    is_compiling = torch.compiler.is_compiling
+class CausalLMLoss:
+    """The replacement of `model.loss_function` (a module-level class, so a patched model pickles)."""
 
-    def loss_function(logits, labels, vocab_size: int, num_items_in_batch=None, ignore_index: int = -100,
-                      shift_labels=None, **kwargs):
-        if (kwargs or is_compiling() or not isinstance(logits, torch.Tensor) or logits.shape[-1] != vocab_size
-                or (torch.is_grad_enabled() and logits.requires_grad)):
-            return original(logits, labels, vocab_size, num_items_in_batch=num_items_in_batch,
-                            ignore_index=ignore_index, shift_labels=shift_labels, **kwargs)
-        logits = logits.float()
-        if shift_labels is None:
-            shift_labels = F.pad(labels, (0, 1), value=ignore_index)[..., 1:]
-        target = shift_labels.reshape(-1).to(logits.device)  # (rows,)
-        rows = ops.cross_entropy(logits.reshape(-1, vocab_size), target, ignore_index)  # (rows,), 0 where ignored
+    def __init__(self, original, had_own: bool):
+        self.original, self.had_own = original, had_own  # the loss replaced; whether the model set its own
+
+    def __call__(self, logits, labels, vocab_size: int, num_items_in_batch=None, ignore_index: int = -100,
+                 shift_labels=None, **kwargs):
+        if (kwargs or torch.compiler.is_compiling() or not isinstance(logits, torch.Tensor)
+                or logits.shape[-1] != vocab_size or (torch.is_grad_enabled() and logits.requires_grad)):
+            return self._own(logits, labels, vocab_size, num_items_in_batch, ignore_index, shift_labels, **kwargs)
+        logits32 = logits.float()
+        shifted = F.pad(labels, (0, 1), value=ignore_index)[..., 1:] if shift_labels is None else shift_labels
+        target = shifted.reshape(-1).to(logits32.device)  # (rows,)
+        try:
+            rows = ops.cross_entropy(logits32.reshape(-1, vocab_size), target, ignore_index)  # (rows,), 0 where ignored
+        except KforgeInputError:  # labels out of range: the model's own loss raises what it raises (IndexError)
+            return self._own(logits, labels, vocab_size, num_items_in_batch, ignore_index, shift_labels)
         if num_items_in_batch is not None:
             if torch.is_tensor(num_items_in_batch):
                 num_items_in_batch = num_items_in_batch.to(rows.device)
             return rows.sum() / num_items_in_batch
         return rows.sum() / (target != ignore_index).sum()
 
-    loss_function.kforge_original = original
-    return loss_function
+    def _own(self, logits, labels, vocab_size, num_items_in_batch, ignore_index, shift_labels, **kwargs):
+        return self.original(logits, labels, vocab_size, num_items_in_batch=num_items_in_batch,
+                             ignore_index=ignore_index, shift_labels=shift_labels, **kwargs)
 
 
 def patch(model: nn.Module) -> Entry:
@@ -51,8 +57,7 @@ def patch(model: nn.Module) -> Entry:
         original = model.loss_function
     except Exception as err:  # noqa: BLE001 - a model without HF's loss property is left, with the reason
         return Entry("loss", where, "", f"it has no loss_function ({type(err).__name__})")
-    replacement = make(original)
-    replacement.kforge_had_own = "_loss_function" in vars(model)
+    replacement = CausalLMLoss(original, "_loss_function" in vars(model))
     vocab = 11
     param = next(model.parameters())
     logits = probe.randn((2, 5, vocab), param, seed=6).float()
@@ -73,9 +78,9 @@ def patch(model: nn.Module) -> Entry:
 
 def unpatch(model: nn.Module) -> None:
     replacement = vars(model).get("_loss_function")
-    if getattr(replacement, "kforge_original", None) is None:
+    if not isinstance(replacement, CausalLMLoss):
         return
-    if replacement.kforge_had_own:
-        model._loss_function = replacement.kforge_original
+    if replacement.had_own:
+        model._loss_function = replacement.original
     else:
         del model._loss_function

@@ -54,8 +54,15 @@ def matches(module: nn.Module) -> bool:
 def reason_left(module: nn.Module) -> str | None:
     """Why a module that looks like a gated MLP is not one kforge patches, or None."""
     act = _activation(module)
-    if act is not None and hasattr(module, "down_proj") and not _is_silu(act):
+    if act is None or not hasattr(module, "down_proj"):
+        return None
+    if not _is_silu(act):
         return f"its gate is {type(act).__name__}, not SiLU (kforge's gate op is silu_and_mul)"
+    names = ("gate_up_proj", "down_proj") if hasattr(module, "gate_up_proj") else ("gate_proj", "up_proj", "down_proj")
+    odd = [n for n in names if not _plain_linear(getattr(module, n, None))]
+    if odd:
+        return (f"its {', '.join(odd)} {'is' if len(odd) == 1 else 'are'} not a plain bias-free nn.Linear "
+                "(a bias, an adapter or a quantized layer)")
     return None
 
 
@@ -66,7 +73,9 @@ def _build(self) -> torch.Tensor | None:
     g, u = self.gate_proj.weight, self.up_proj.weight
     if g.shape != u.shape or g.dtype != u.dtype or g.device != u.device:
         return None
-    with torch.no_grad():
+    # Never an inference tensor (built inside torch.inference_mode it would become the Parameters'
+    # .data, and a later backward through them would fail): a normal tensor, without autograd.
+    with torch.inference_mode(False), torch.no_grad():
         return torch.cat((g.detach(), u.detach()))  # (2 * inter, hidden)
 
 
@@ -89,6 +98,7 @@ def _fused(self) -> torch.Tensor | None:
 
 def undo(module: nn.Module) -> None:
     """Give the gate and up Parameters their own storage back."""
+    vars(module).pop(ACT, None)
     state = vars(module).pop(FUSED, None)
     if state is not None and (module.gate_proj.weight.data_ptr(), module.up_proj.weight.data_ptr()) == state[1]:
         module.gate_proj.weight.data = module.gate_proj.weight.data.clone()
@@ -102,12 +112,35 @@ def merged_forward(self, hidden_states):
     return self.down_proj(ops.silu_and_mul(self.gate_up_proj(hidden_states)))
 
 
+def _still_plain(self) -> bool:
+    """The gate and up projections are still the plain, hook-free linears and the activation the
+    SiLU the patch checked: an adapter (LoRA), a hook or another activation added since makes the
+    module's own code run, so that they take effect."""
+    gate, up = self.gate_proj, self.up_proj
+    return (type(gate).forward is nn.Linear.forward and type(up).forward is nn.Linear.forward
+            and gate.bias is None and up.bias is None and (_activation(self),) == vars(self).get(ACT)
+            and not (gate._forward_hooks or gate._forward_pre_hooks or up._forward_hooks or up._forward_pre_hooks)
+            and not (_global_hooks() or _global_pre_hooks()))
+
+
+def _global_hooks():
+    return torch.nn.modules.module._global_forward_hooks
+
+
+def _global_pre_hooks():
+    return torch.nn.modules.module._global_forward_pre_hooks
+
+
+ACT = "_kforge_act"  # (the activation object the patch checked,)
+
+
 @mark
 def split_forward(self, hidden_states):
     trial = vars(self).get(TRIAL)
     if trial is not None:
         weight = trial
-    elif torch.compiler.is_compiling() or needs_grad(hidden_states, self.gate_proj.weight, self.up_proj.weight):
+    elif (torch.compiler.is_compiling() or needs_grad(hidden_states, self.gate_proj.weight, self.up_proj.weight)
+          or FUSED not in vars(self) or not _still_plain(self)):
         return type(self).forward(self, hidden_states)
     else:
         weight = _fused(self)
@@ -120,6 +153,7 @@ TRIAL = "_kforge_trial"  # the buffer the probe runs on, before the Parameters s
 
 
 def _prepare(module: nn.Module) -> bool:
+    module.__dict__[ACT] = (_activation(module),)  # in a tuple: an nn.Module attribute would become a child
     weight = _build(module)
     if weight is not None:
         setattr(module, TRIAL, weight)
@@ -132,6 +166,7 @@ def _install(module: nn.Module) -> None:
 
 def _discard(module: nn.Module) -> None:
     vars(module).pop(TRIAL, None)
+    vars(module).pop(ACT, None)
 
 
 def candidates(module: nn.Module) -> list[Candidate]:

@@ -23,7 +23,7 @@ from kforge.patching import probe
 from kforge.patching.report import Entry
 
 NAME = "apply_rotary_pos_emb"
-# modeling module name -> (original function, replacement, {id(model): finalizer} of the models
+# modeling module name -> (the global replaced or holding the replacement, replacement, {id(model): finalizer} of the models
 # patched): the last model out, by unpatch or by being collected, restores the original.
 _ACTIVE: dict[str, tuple] = {}
 
@@ -43,15 +43,15 @@ def make(original):
     params = list(inspect.signature(original).parameters)
     fifth_is_unsqueeze = len(params) > 4 and params[4] == "unsqueeze_dim"
     is_compiling = torch.compiler.is_compiling
-    last: list = [None]  # (cos, sin, batch, cache, positions) of the latest call: the next layer's
+    last: list = [None]  # (cos, sin, (batch, versions), cache, positions) of the latest call: the next layer's
 
     def apply_rotary_pos_emb(q, k, cos, sin, *args, **kwargs):
         if args or kwargs:
             given = args[0] if args else kwargs.get("unsqueeze_dim")
             if len(args) + len(kwargs) != 1 or given != 1 or (args and not fifth_is_unsqueeze):
                 return original(q, k, cos, sin, *args, **kwargs)
-        if (is_compiling() or q.dim() != 4 or k.dim() != 4 or cos.dim() != 3 or q.dtype != k.dtype
-                or (torch.is_grad_enabled() and (q.requires_grad or k.requires_grad))):
+        if (is_compiling() or q.dim() != 4 or k.dim() != 4 or cos.dim() != 3 or not q.dtype == k.dtype == cos.dtype
+                == sin.dtype or (torch.is_grad_enabled() and (q.requires_grad or k.requires_grad))):
             return original(q, k, cos, sin, *args, **kwargs)
         batch, heads, seq, head_dim = q.shape
         kv_heads, rot_dim = k.shape[1], cos.shape[-1]
@@ -59,14 +59,17 @@ def make(original):
                 or cos.shape[1] != seq or cos.shape[0] not in (1, batch) or sin.shape != cos.shape):
             return original(q, k, cos, sin, *args, **kwargs)
         entry = last[0]
-        if entry is not None and entry[0] is cos and entry[1] is sin and entry[2] == batch:
+        # cos/sin written in place since: build again (inference tensors have no version counter;
+        # HF makes cos/sin anew each forward)
+        versions = None if cos.is_inference() or sin.is_inference() else (cos._version, sin._version)
+        if entry is not None and entry[0] is cos and entry[1] is sin and entry[2] == (batch, versions):
             cache, positions = entry[3], entry[4]
         else:
             half = rot_dim // 2
             cache = torch.cat((cos[..., :half], sin[..., :half]), -1).expand(batch, seq, rot_dim)
             cache = cache.reshape(batch * seq, rot_dim)  # (tokens, rot_dim): token t's cos | sin
             positions = torch.arange(batch * seq, device=q.device)
-            last[0] = (cos, sin, batch, cache, positions)
+            last[0] = (cos, sin, (batch, versions), cache, positions)
         query = q.transpose(1, 2).reshape(batch * seq, heads, head_dim)  # a view for HF's (b, s, h, d) layout
         key = k.transpose(1, 2).reshape(batch * seq, kv_heads, head_dim)
         q_out, k_out = ops.rotary_embedding(query, key, positions, cache, True)
@@ -110,7 +113,11 @@ def patch(model: nn.Module, name: str, dtype: torch.dtype, device) -> Entry:
         if isinstance(found, str):
             return Entry("rotary", where, "", found)
         cos, sin = found
-        original = getattr(module, NAME)
+        holder = getattr(module, NAME)
+        # With the `kernels` package (a dependency of transformers 5.2x), the global is a Func
+        # nn.Module wrapping the function: its forward is replaced on that object, so the global
+        # stays the object kernels and pickles of models refer to.
+        original = type(holder).forward.__get__(holder) if isinstance(holder, nn.Module) else holder
         replacement = make(original)
         head_dim = next((int(m.head_dim) for m in model.modules() if isinstance(getattr(m, "head_dim", None), int)),
                         cos.shape[-1])
@@ -123,8 +130,11 @@ def patch(model: nn.Module, name: str, dtype: torch.dtype, device) -> Entry:
                 reason = f"raised {type(err).__name__}: {err}"
         if reason is not None:
             return Entry("rotary", where, "", f"its output is not kforge's rotary_embedding: {reason}")
-        setattr(module, NAME, replacement)
-        _ACTIVE[name] = (original, replacement, {})
+        if isinstance(holder, nn.Module):
+            holder.forward = replacement
+        else:
+            setattr(module, NAME, replacement)
+        _ACTIVE[name] = (holder, replacement, {})
     models = _ACTIVE[name][2]
     if id(model) not in models:
         models[id(model)] = weakref.finalize(model, _release, name, id(model))
@@ -145,10 +155,13 @@ def _release(name: str, key: int) -> None:
     active = _ACTIVE.get(name)
     if active is None:
         return
-    original, replacement, models = active
+    holder, replacement, models = active
     models.pop(key, None)
     if not models:
         module = sys.modules.get(name)
-        if module is not None and getattr(module, NAME, None) is replacement:
-            setattr(module, NAME, original)
+        if isinstance(holder, nn.Module):
+            if vars(holder).get("forward") is replacement:
+                del holder.forward
+        elif module is not None and getattr(module, NAME, None) is replacement:
+            setattr(module, NAME, holder)
         del _ACTIVE[name]

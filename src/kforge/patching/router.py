@@ -13,7 +13,7 @@ import torch.nn.functional as F
 
 from kforge import ops
 from kforge.patching import probe
-from kforge.patching.install import Candidate, mark, needs_grad
+from kforge.patching.install import Candidate, needs_grad
 
 
 def matches(module: nn.Module) -> bool:
@@ -22,19 +22,25 @@ def matches(module: nn.Module) -> bool:
             and isinstance(getattr(module, "top_k", None), int) and getattr(module, "bias", None) is None)
 
 
-def _make(renormalize: bool, cast: bool):
-    @mark
-    def forward(self, hidden_states):
-        weight = self.weight
+class _Form:
+    """One router form's forward (module-level, so a patched model pickles): renormalised or not,
+    scores cast to the logits' dtype or kept fp32."""
+
+    kforge_patch = True  # install.MARK
+
+    def __init__(self, renormalize: bool, cast: bool):
+        self.renormalize, self.cast = renormalize, cast
+
+    def __call__(self, module, hidden_states):
+        weight = module.weight
         if hidden_states.dtype != weight.dtype or torch.compiler.is_compiling() or needs_grad(hidden_states, weight):
-            return type(self).forward(self, hidden_states)
+            return type(module).forward(module, hidden_states)
         logits = F.linear(hidden_states.reshape(-1, weight.shape[1]), weight)  # (tokens, experts)
-        scores, indices = ops.topk_softmax(logits, self.top_k, renormalize)
-        return logits, scores.to(logits.dtype) if cast else scores, indices.long()
-    return forward
+        scores, indices = ops.topk_softmax(logits, module.top_k, self.renormalize)
+        return logits, scores.to(logits.dtype) if self.cast else scores, indices.long()
 
 
-_FORMS = {(r, c): _make(r, c) for r in (True, False) for c in (False, True)}
+_FORMS = {(r, c): _Form(r, c) for r in (True, False) for c in (False, True)}
 
 
 def candidates(module: nn.Module) -> list[Candidate]:
