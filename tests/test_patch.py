@@ -20,48 +20,28 @@ from kforge.errors import KforgeInputError
 from kforge.patching import SUPPORTED, KforgePatchWarning, rotary
 
 transformers = pytest.importorskip("transformers")  # in the test extra: CI has it
+from hf_tiny import assert_patched_matches_own, calls, ids, release_rotary, tiny  # noqa: E402
 from transformers import AutoConfig, AutoModelForCausalLM  # noqa: E402
 
-COMMON = dict(hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-              vocab_size=128, max_position_embeddings=64, pad_token_id=0, eos_token_id=1, bos_token_id=1)
-# model_type -> (extra config, the ops a patch must route through)
+# model_type -> the ops a patch must route through (configs: hf_tiny.EXTRA)
 MODELS = {
-    "llama": ({}, {"rms_norm", "silu_and_mul", "rotary_embedding", "cross_entropy"}),
-    "mistral": ({}, {"rms_norm", "silu_and_mul", "rotary_embedding", "cross_entropy"}),
-    "qwen2": ({}, {"rms_norm", "silu_and_mul", "rotary_embedding", "cross_entropy"}),
-    "qwen3": ({"head_dim": 16}, {"rms_norm", "silu_and_mul", "rotary_embedding", "cross_entropy"}),
-    "gemma2": ({"head_dim": 16}, {"rms_norm", "rotary_embedding", "cross_entropy"}),  # a GELU gate: left
-    "gemma3_text": ({"head_dim": 16}, {"rms_norm", "rotary_embedding", "cross_entropy"}),
-    "phi3": ({}, {"rms_norm", "silu_and_mul", "rotary_embedding", "cross_entropy"}),
-    "mixtral": ({"num_local_experts": 4}, {"rms_norm", "topk_softmax", "fused_moe", "rotary_embedding",
-                                           "cross_entropy"}),
-    "qwen2_moe": ({"num_experts": 8, "num_experts_per_tok": 2, "moe_intermediate_size": 32,
-                   "shared_expert_intermediate_size": 48},
-                  {"rms_norm", "topk_softmax", "fused_moe", "silu_and_mul", "rotary_embedding", "cross_entropy"}),
-    "qwen3_moe": ({"num_experts": 8, "num_experts_per_tok": 2, "moe_intermediate_size": 32, "head_dim": 16},
-                  {"rms_norm", "topk_softmax", "fused_moe", "rotary_embedding", "cross_entropy"}),
+    "llama": {"rms_norm", "silu_and_mul", "rotary_embedding", "cross_entropy"},
+    "mistral": {"rms_norm", "silu_and_mul", "rotary_embedding", "cross_entropy"},
+    "qwen2": {"rms_norm", "silu_and_mul", "rotary_embedding", "cross_entropy"},
+    "qwen3": {"rms_norm", "silu_and_mul", "rotary_embedding", "cross_entropy"},
+    "gemma2": {"rms_norm", "rotary_embedding", "cross_entropy"},  # a GELU gate: left
+    "gemma3_text": {"rms_norm", "rotary_embedding", "cross_entropy"},
+    "phi3": {"rms_norm", "silu_and_mul", "rotary_embedding", "cross_entropy"},
+    "mixtral": {"rms_norm", "topk_softmax", "fused_moe", "rotary_embedding", "cross_entropy"},
+    "qwen2_moe": {"rms_norm", "topk_softmax", "fused_moe", "silu_and_mul", "rotary_embedding", "cross_entropy"},
+    "qwen3_moe": {"rms_norm", "topk_softmax", "fused_moe", "rotary_embedding", "cross_entropy"},
 }
 
 
 @pytest.fixture(autouse=True)
 def no_model_patched_before():
-    """Models patched by earlier tests and never unpatched release the rotary function when collected."""
-    gc.collect()
-    for name, (original, _, models) in list(rotary._ACTIVE.items()):  # held by a failed test's traceback
-        for finalizer in list(models.values()):
-            finalizer()
-    assert not rotary._ACTIVE
+    release_rotary()
     yield
-
-
-def tiny(model_type: str, dtype=torch.float32, seed: int = 0, **extra):
-    torch.manual_seed(seed)
-    config = AutoConfig.for_model(model_type, **COMMON, **MODELS[model_type][0], **extra)
-    return AutoModelForCausalLM.from_config(config).to(dtype).eval()
-
-
-def ids(batch=2, seq=7, seed=1):
-    return torch.randint(2, 128, (batch, seq), generator=torch.Generator().manual_seed(seed))
 
 
 def rotary_patched(modeling) -> bool:
@@ -71,10 +51,6 @@ def rotary_patched(modeling) -> bool:
     if isinstance(fn, nn.Module):
         return "forward" in vars(fn)
     return hasattr(fn, "kforge_original")
-
-
-def calls():
-    return {op: s["calls"] for op, s in kforge.stats()["ops"].items()}
 
 
 def test_every_supported_class_has_a_tiny_model_here():
@@ -89,12 +65,12 @@ def test_patched_model_matches_and_routes(model_type):
     with torch.no_grad():
         expected = model(x, labels=x)
     report = kforge.patch(model)
-    assert {e.op for e in report.patched} == MODELS[model_type][1], str(report)
+    assert {e.op for e in report.patched} == MODELS[model_type], str(report)
     before = calls()
     with torch.no_grad():
         got = model(x, labels=x)
     after = calls()
-    for op in MODELS[model_type][1]:
+    for op in MODELS[model_type]:
         assert after.get(op, 0) > before.get(op, 0), f"{op} was patched but never called"
     torch.testing.assert_close(got.logits, expected.logits, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(got.loss, expected.loss, rtol=1e-5, atol=1e-6)
@@ -300,12 +276,7 @@ def test_look_alikes_are_left_with_the_difference():
     assert "model.layers.0.mlp.gate" in left and "model.layers.1.extra_mlp" in left
     assert "forward" not in vars(model.model.norm) and "forward" not in vars(model.model.layers[1].extra_mlp)
     assert any(e.where == "model.layers.1.mlp.gate" for e in report.patched)  # the real router still is
-    x = ids()
-    with torch.no_grad():
-        got = model(x).logits
-    kforge.unpatch(model)
-    with torch.no_grad():
-        torch.testing.assert_close(got, model(x).logits, rtol=1e-5, atol=1e-5)
+    assert_patched_matches_own(model, ids())
 
 
 def test_a_router_whose_flag_lies_is_patched_as_it_computes():
@@ -328,12 +299,7 @@ def test_a_router_whose_flag_lies_is_patched_as_it_computes():
     assert "(renormalised" in entry.note
     other = next(e for e in report.patched if e.where == "model.layers.1.mlp.gate")
     assert "not renormalised" in other.note  # Qwen2-MoE's default: norm_topk_prob False
-    x = ids()
-    with torch.no_grad():
-        got = model(x).logits
-    kforge.unpatch(model)
-    with torch.no_grad():
-        torch.testing.assert_close(got, model(x).logits, rtol=1e-5, atol=1e-5)
+    assert_patched_matches_own(model, ids())
 
 
 def test_an_instance_forward_already_replaced_is_left():

@@ -21,42 +21,13 @@ from kforge.patching import mlp as patch_mlp
 from kforge.patching import rotary
 
 transformers = pytest.importorskip("transformers")
-from transformers import AutoConfig, AutoModelForCausalLM  # noqa: E402
-
-COMMON = dict(hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-              vocab_size=128, max_position_embeddings=64, pad_token_id=0, eos_token_id=1, bos_token_id=1)
-EXTRA = {
-    "qwen3": {"head_dim": 16}, "gemma2": {"head_dim": 16}, "gemma3_text": {"head_dim": 16}, "phi3": {},
-    "llama": {}, "qwen2": {}, "mixtral": {"num_local_experts": 4},
-    "qwen2_moe": {"num_experts": 8, "num_experts_per_tok": 2, "moe_intermediate_size": 32,
-                  "shared_expert_intermediate_size": 48},
-    "qwen3_moe": {"num_experts": 8, "num_experts_per_tok": 2, "moe_intermediate_size": 32, "head_dim": 16},
-}
-
+from hf_tiny import assert_patched_matches_own, calls, ids, release_rotary, tiny  # noqa: E402
+from transformers import AutoModelForCausalLM  # noqa: E402
 
 @pytest.fixture(autouse=True)
 def no_model_patched_before():
-    if rotary._ACTIVE:  # a full collection costs ~0.2 s: only when a model may still hold the rotary function
-        gc.collect()
-    for name, (original, _, models) in list(rotary._ACTIVE.items()):  # held by a failed test's traceback
-        for finalizer in list(models.values()):
-            finalizer()
-    assert not rotary._ACTIVE
+    release_rotary()
     yield
-
-
-def tiny(model_type: str, dtype=torch.float32, seed: int = 0, **extra):
-    torch.manual_seed(seed)
-    config = AutoConfig.for_model(model_type, **COMMON, **EXTRA[model_type], **extra)
-    return AutoModelForCausalLM.from_config(config).to(dtype).eval()
-
-
-def ids(batch=2, seq=7, seed=1):
-    return torch.randint(2, 128, (batch, seq), generator=torch.Generator().manual_seed(seed))
-
-
-def calls():
-    return {op: s["calls"] for op, s in kforge.stats()["ops"].items()}
 
 
 def modeling(model):
@@ -192,13 +163,7 @@ def test_a_lora_wrapper_added_after_patch_is_honoured():
     torch.manual_seed(3)
     for layer in model.model.layers:
         layer.mlp.gate_proj = LoraLike(layer.mlp.gate_proj)
-    x = ids()
-    with torch.no_grad():
-        got = model(x).logits
-    kforge.unpatch(model)
-    with torch.no_grad():
-        expected = model(x).logits
-    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+    assert_patched_matches_own(model, ids())
 
 
 def test_an_activation_swapped_after_patch_is_honoured():
@@ -206,13 +171,7 @@ def test_an_activation_swapped_after_patch_is_honoured():
     kforge.patch(model)
     for layer in model.model.layers:
         layer.mlp.act_fn = nn.GELU()
-    x = ids()
-    with torch.no_grad():
-        got = model(x).logits
-    kforge.unpatch(model)
-    with torch.no_grad():
-        expected = model(x).logits
-    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+    assert_patched_matches_own(model, ids())
 
 
 def test_unpatch_after_layers_were_pruned():
