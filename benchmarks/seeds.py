@@ -40,9 +40,10 @@ GOAL_SHAPES = {
 
 
 def hf_expert_loop(x, gate_up, down, topk_weights, topk_ids):
-    """fused_moe as Hugging Face's eager experts compute it (transformers 5, MixtralExperts): a
-    one_hot mask of the routing, then per expert hit its tokens' gate_up, SwiGLU, down, weight,
-    index_add into the output (bf16 roundings after each op, as there)."""
+    """fused_moe as Hugging Face's eager experts compute it (transformers 5, MixtralExperts with
+    experts_implementation="eager"): a one_hot mask of the routing, then per expert hit its tokens'
+    gate_up, SwiGLU, down, weight, index_add into the output (bf16 roundings after each op, as
+    there). transformers 5.2x's default, "grouped_mm", is the vendor's torch._grouped_mm spelling."""
     import torch
     import torch.nn.functional as F
 

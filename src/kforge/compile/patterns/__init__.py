@@ -24,9 +24,10 @@ UNMATCHED: dict[str, str] = {
     "gemv": "F.linear / x @ w.T stays Inductor's: on the H200 kforge served every measured gemv shape with "
             "the vendor's cuBLAS (benchmarks/RESULTS.md), which Inductor calls for a linear layer too, so a "
             "rewrite of every linear layer would add a routed call and win nothing",
-    "fused_moe": "Hugging Face's expert loop (one_hot, nonzero, a Python loop over the experts hit) has "
-                 "data-dependent shapes, so Dynamo breaks the graph inside it and no single graph holds the "
-                 "pattern; kforge.patch swaps the experts module for the op in eager models instead",
+    "fused_moe": "no pattern yet: Hugging Face's experts are a loop with data-dependent shapes "
+                 "(experts_implementation='eager', where Dynamo breaks the graph) or, transformers 5.2x's "
+                 "default, a sort/histc/grouped_mm sequence whose spelling changes between releases; "
+                 "kforge.patch swaps the experts module for the op in eager models instead",
 }
 
 __all__ = ["PATTERNS", "UNMATCHED", "Match", "Pattern", "Reject"]
