@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Issue 16 on the GPU machine, in one device call: bubblewrap from a carried .deb, the CUDA tests,
 # `kforge tune` at keys of unseen shapes (per-candidate phases in its JSON), then benchmarks/unseen.py.
-#   env: DECODE (benchmarks/decode.py arguments, empty skips), PROBE (1: benchmarks/probes/vendor_host.py), DISPATCH (1: benchmarks/dispatch_overhead.py on cuda, bf16), DEMO (1: `kforge demo --device cuda` timed, its JSON and log kept), GPU_TESTS (pytest args, empty skips), TUNE_KEYS (--key arguments, empty skips), UNSEEN (unseen.py arguments, empty skips), SEEDS (benchmarks/seeds.py --ops list, e.g. fused_moe), HF_MODELS (benchmarks/models.py arguments: issue 19's models)
+#   env: DECODE (benchmarks/decode.py arguments, empty skips), PROBE (1: benchmarks/probes/vendor_host.py), DISPATCH (1: benchmarks/dispatch_overhead.py on cuda, bf16), DEMO (1: `kforge demo --device cuda` timed, its JSON and log kept), GPU_TESTS (pytest args, empty skips), TUNE_KEYS (--key arguments, empty skips), UNSEEN (unseen.py arguments, empty skips), SEEDS (benchmarks/seeds.py --ops list, e.g. fused_moe), HF_MODELS (benchmarks/models.py arguments: issue 19's models), COMPILE_AB (1: benchmarks/probes/compile_ab.py --gpu)
 #   carry: .deb (bubblewrap_*.deb and lib/), .whl (pure-Python wheels the image lacks)
 set -uo pipefail
 export KFORGE_HOME=/tmp/kforge-home
@@ -36,6 +36,10 @@ fi
 if [ -n "${SEEDS:-}" ]; then
   timeout ${SEEDS_TIMEOUT:-300} python3 benchmarks/seeds.py --ops $SEEDS --name seeds-${SEEDS// /-}.json 2>&1 | tail -20
   cp benchmarks/results/h200/seeds-*.json "$OUT"/ 2>/dev/null
+fi
+if [ -n "${COMPILE_AB:-}" ]; then
+  timeout ${COMPILE_AB_TIMEOUT:-300} python3 benchmarks/probes/compile_ab.py --gpu > "$OUT/compile_ab.json" 2> "$OUT/compile_ab.log"
+  echo "compile_ab exit $?"; tail -3 "$OUT/compile_ab.log"
 fi
 if [ -n "${HF_MODELS:-}" ]; then
   timeout ${HF_MODELS_TIMEOUT:-540} python3 benchmarks/models.py $HF_MODELS --out "$OUT/models.json" 2>&1 | tail -40
