@@ -12,6 +12,8 @@ A call that needs a gradient or runs under torch.compile runs the module's own c
 """
 from __future__ import annotations
 
+import functools
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -88,7 +90,8 @@ def _share(self, weight: torch.Tensor) -> None:
 def _fused(self) -> torch.Tensor | None:
     """The shared buffer, built again if the Parameters no longer share it; None if they cannot."""
     state = vars(self).get(FUSED)
-    if state is not None and (self.gate_proj.weight.data_ptr(), self.up_proj.weight.data_ptr()) == state[1]:
+    if state is not None and state[0] is not None and (self.gate_proj.weight.data_ptr(),
+                                                       self.up_proj.weight.data_ptr()) == state[1]:
         return state[0]
     weight = _build(self)
     if weight is not None:
@@ -99,8 +102,11 @@ def _fused(self) -> torch.Tensor | None:
 def undo(module: nn.Module) -> None:
     """Give the gate and up Parameters their own storage back."""
     vars(module).pop(ACT, None)
+    if getattr(vars(module).get("_apply"), "func", None) is _release_then_apply:
+        del module._apply
     state = vars(module).pop(FUSED, None)
-    if state is not None and (module.gate_proj.weight.data_ptr(), module.up_proj.weight.data_ptr()) == state[1]:
+    if state is not None and state[0] is not None and (module.gate_proj.weight.data_ptr(),
+                                                       module.up_proj.weight.data_ptr()) == state[1]:
         module.gate_proj.weight.data = module.gate_proj.weight.data.clone()
         module.up_proj.weight.data = module.up_proj.weight.data.clone()
 
@@ -162,6 +168,17 @@ def _prepare(module: nn.Module) -> bool:
 
 def _install(module: nn.Module) -> None:
     _share(module, vars(module).pop(TRIAL))
+    module._apply = functools.partial(_release_then_apply, module)
+
+
+def _release_then_apply(self, fn, *args, **kwargs):
+    """`model.to(...)` and the like: the shared buffer is dropped first, so the old copy (a CPU fp32
+    one after `.to("cuda", torch.bfloat16)`) is freed with the Parameters' old data, not kept until
+    the next forward builds the new one."""
+    state = vars(self).get(FUSED)
+    if state is not None:
+        state[0], state[1] = None, (0, 0)
+    return type(self)._apply(self, fn, *args, **kwargs)
 
 
 def _discard(module: nn.Module) -> None:
