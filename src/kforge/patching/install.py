@@ -8,6 +8,8 @@ of a patched model gives a patched copy that computes with its own weights, not 
 and `torch.save` pickles it."""
 from __future__ import annotations
 
+import collections
+import contextlib
 import dataclasses
 import functools
 from typing import Callable
@@ -46,7 +48,7 @@ def replace_forward(kind: str, where: str, module: nn.Module, candidates: list[C
         return Entry(kind, where, "", "its forward is already replaced on this instance (accelerate's hooks or "
                                       "another patch), so kforge leaves it")
     reasons = []
-    with torch.no_grad():
+    with torch.no_grad(), _hooks_detached(module):
         try:
             expected = module.forward(*inputs)
         except Exception as err:  # noqa: BLE001 - a module kforge cannot run alone is left, with the reason
@@ -78,6 +80,20 @@ def bind(fn: Callable, module: nn.Module) -> functools.partial:
 
 def is_marked(forward) -> bool:
     return getattr(getattr(forward, "func", None), MARK, False)
+
+
+@contextlib.contextmanager
+def _hooks_detached(module: nn.Module):
+    """The user's forward hooks on `module` and its children do not see the probe's random input
+    (activation capture, calibration): detached while it runs, put back as they were."""
+    saved = [(m, m._forward_hooks, m._forward_pre_hooks) for m in module.modules()]
+    for m, _, _ in saved:
+        m._forward_hooks, m._forward_pre_hooks = collections.OrderedDict(), collections.OrderedDict()
+    try:
+        yield
+    finally:
+        for m, hooks, pre_hooks in saved:
+            m._forward_hooks, m._forward_pre_hooks = hooks, pre_hooks
 
 
 def restore_forward(module: nn.Module) -> bool:
