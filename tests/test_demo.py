@@ -39,7 +39,8 @@ def test_the_result_says_how_long_each_phase_took(kforge_home, capsys):
     phases = result["phases"]
     assert list(phases) == ["startup", "calibrate", "route"]  # in order; no generate with --no-generate
     assert all(s > 0 for s in phases.values()), phases
-    assert sum(phases.values()) <= result["seconds"] + 0.05  # "seconds" is rounded to 0.1
+    # "seconds" is rounded to 0.1, each phase to 0.001 (a sum of 2.45 against 2.4 failed by a float's last bit)
+    assert sum(phases.values()) <= result["seconds"] + 0.05 + 0.0005 * len(phases) + 1e-9
     assert phases["calibrate"] > phases["startup"]  # calibration times two keys; startup parses flags
     assert result["generate_seconds"] == {}
     before = result["process_start_seconds"]  # pytest's process: it started before this test
